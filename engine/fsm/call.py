@@ -1,0 +1,839 @@
+"""Call state machine.
+
+Rule 1: every decision about a call's state lives in this file.
+Rule 2: no I/O, no trio, no clock reads: time arrives inside events (``at``).
+Rule 3: ``step(call, event) -> (call, effects)``; unknown (state, event type) pairs raise
+        ``IllegalTransition``; duplicate and late media events are explicit no-ops in the table.
+
+Theory of operation
+A call has the caller's channel (leg ``"a"``) and the legs the engine originates (agents,
+extensions, consult targets), each with an id derived from the call id and a counter, so a replay
+produces the same ids. The call moves through::
+
+    ROUTING -> IN_FLOW -> QUEUED <-> RINGING -> ACTIVE <-> HELD
+                  \\________________/   \\        |   \\-> TRANSFERRING -> ACTIVE
+                                        \\       \\-> PARKED -> RINGING (pickup)
+                                         `-> ENDED  (from anywhere: exactly one CDR)
+
+Ringing legs carry their own ring timer (``ring:<leg>``); leaving RINGING cancels them. When the
+caller hangs up while a queue is reserving or ringing an agent, the call tells both the queue and
+the agent (``CallerLeft``, ``OfferFailed(caller_gone)``) and hangs the agent's leg up: a caller who
+is gone never rings an agent. Reaching ENDED cancels every timer and emits exactly one
+``WriteCdr``; after that every event is a no-op and every command is refused.
+
+Time accounting: each transition charges the time since ``state_since`` to a bucket: QUEUED and
+RINGING count as wait, ACTIVE as talk, HELD / TRANSFERRING / PARKED as hold. Event times are
+clamped to be monotonic so late events cannot make a bucket negative.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Literal
+
+import msgspec
+
+from engine.fsm.base import IllegalTransition, Machine, Out, cancel_timer, cancel_timers, ignore, start_timer
+from engine.messages import (
+    AgentCallEnded,
+    Answer,
+    AttendedTransferCancel,
+    AttendedTransferComplete,
+    AttendedTransferStart,
+    BlindTransfer,
+    CallerLeft,
+    CallCommand,
+    Cdr,
+    ChannelAnswered,
+    ChannelBridged,
+    ChannelCreated,
+    ChannelDestroyed,
+    ChannelHangup,
+    ChannelHangupComplete,
+    ChannelHeld,
+    ChannelProgress,
+    ChannelUnbridged,
+    ChannelUnheld,
+    ConnectAgent,
+    Disposition,
+    DtmfReceived,
+    Effect,
+    EnterFlow,
+    Hangup,
+    HangupCause,
+    Hold,
+    JoinConference,
+    MediaAnswer,
+    MediaBridge,
+    MediaConference,
+    MediaEvent,
+    MediaHangup,
+    MediaHold,
+    MediaOriginate,
+    MediaPark,
+    MediaRecordStart,
+    MediaRecordStop,
+    MediaSendDtmf,
+    MediaUnhold,
+    Message,
+    OfferAnswered,
+    OfferFailed,
+    Originate,
+    Park,
+    Pickup,
+    PlaybackFinished,
+    PlaybackStarted,
+    QueueCall,
+    QueueOverflow,
+    RecordingStarted,
+    RecordingStopped,
+    Retrieve,
+    RouteToExtension,
+    RouteToQueue,
+    SendDtmf,
+    SendMedia,
+    StartRecording,
+    Stop,
+    StopRecording,
+    TimerFired,
+    WriteCdr,
+    ApplicationCompleted,
+    ApplicationExecuted,
+)
+
+__all__ = ["CallState", "Call", "Leg", "new_call", "originate_call", "step", "MACHINE", "CALL_EVENTS"]
+
+
+class CallState(enum.Enum):
+    #: media reported a new channel; routing not decided yet
+    ROUTING = "routing"
+    #: an IVR flow drives the call (prompts, menus)
+    IN_FLOW = "in_flow"
+    #: waiting in a queue for an agent
+    QUEUED = "queued"
+    #: one or more legs (agent, extension, ring-all group) are ringing
+    RINGING = "ringing"
+    #: caller and the answering party are talking
+    ACTIVE = "active"
+    #: the caller is on hold
+    HELD = "held"
+    #: attended transfer: the caller is held while the agent consults a third party
+    TRANSFERRING = "transferring"
+    #: the caller is parked, waiting to be picked up
+    PARKED = "parked"
+    #: over; exactly one CDR has been written
+    ENDED = "ended"
+
+
+LegRole = Literal["agent", "extension", "consult"]
+
+
+class Leg(msgspec.Struct, frozen=True, kw_only=True):
+    """A leg the engine originated."""
+
+    id: str
+    destination: str
+    role: LegRole
+    agent_id: str = ""
+    queue_id: str = ""
+    offer_id: str = ""
+    answered: bool = False
+
+
+class Call(msgspec.Struct, frozen=True, kw_only=True):
+    call_id: str
+    tenant: str = "default"
+    direction: str = "inbound"
+    caller_id: str = ""
+    destination: str = ""
+    node: str = ""
+    state: CallState = CallState.ROUTING
+    created_at: float = 0.0
+    #: when the current state was entered
+    state_since: float = 0.0
+    #: latest event time seen (times are clamped to it so they never go backwards)
+    now: float = 0.0
+    #: the caller's channel is up (False once it hung up, or while a click-to-call rings it)
+    a_up: bool = True
+    a_answered: bool = False
+    #: click-to-call: the number to dial once leg "a" (the caller's own phone) answers
+    pending_target: str = ""
+    answered_at: float | None = None
+    flow_id: str = ""
+    digits: str = ""
+    queue_id: str = ""
+    priority: int = 0
+    skills: dict[str, int] = {}
+    #: the queue was told about this caller and has not been told it left
+    in_queue: bool = False
+    #: live originated legs (ringing or connected)
+    legs: tuple[Leg, ...] = ()
+    #: the leg in conversation with the caller ("" when none)
+    connected: str = ""
+    #: attended transfer: the consult leg
+    consult: str = ""
+    agent_id: str = ""
+    leg_seq: int = 0
+    wait_s: float = 0.0
+    talk_s: float = 0.0
+    hold_s: float = 0.0
+    transfers: int = 0
+    recording: str = ""
+    conference: str = ""
+    timers: frozenset[str] = frozenset()
+    disposition: str = ""
+    hangup_cause: str = ""
+    cdr_written: bool = False
+
+    def leg(self, leg_id: str) -> Leg | None:
+        for leg in self.legs:
+            if leg.id == leg_id:
+                return leg
+        return None
+
+    @property
+    def ringing(self) -> tuple[Leg, ...]:
+        return tuple(leg for leg in self.legs if not leg.answered and leg.id != self.consult)
+
+
+replace = msgspec.structs.replace
+
+_WAIT = (CallState.QUEUED, CallState.RINGING)
+_HOLD = (CallState.HELD, CallState.TRANSFERRING, CallState.PARKED)
+LIVE = tuple(s for s in CallState if s is not CallState.ENDED)
+_TALKING = (CallState.ACTIVE, CallState.HELD)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _t(call: Call, at: float) -> tuple[Call, float]:
+    t = max(call.now, at)
+    return (replace(call, now=t) if t != call.now else call), t
+
+
+def _enter(call: Call, new: CallState, t: float) -> Call:
+    """Charge the time spent in the current state to its bucket and enter ``new``."""
+    spent = max(0.0, t - call.state_since)
+    wait, talk, hold = call.wait_s, call.talk_s, call.hold_s
+    if call.state in _WAIT:
+        wait += spent
+    elif call.state is CallState.ACTIVE:
+        talk += spent
+    elif call.state in _HOLD:
+        hold += spent
+    return replace(call, state=new, state_since=t, wait_s=wait, talk_s=talk, hold_s=hold)
+
+
+def _new_leg_id(call: Call) -> tuple[Call, str]:
+    seq = call.leg_seq + 1
+    return replace(call, leg_seq=seq), f"{call.call_id}-{seq}"
+
+
+def _media(out: Out, command: object) -> None:
+    out.add(SendMedia(command=command))  # type: ignore[arg-type]
+
+
+def _without_leg(call: Call, leg_id: str) -> Call:
+    return replace(call, legs=tuple(leg for leg in call.legs if leg.id != leg_id))
+
+
+def _offer_failed(out: Out, call: Call, leg: Leg, reason: str, t: float) -> None:
+    if leg.role != "agent":
+        return
+    msg = dict(at=t, offer_id=leg.offer_id, call_id=call.call_id, agent_id=leg.agent_id,
+               queue_id=leg.queue_id, reason=reason)
+    out.send("queue", leg.queue_id, OfferFailed(**msg))  # type: ignore[arg-type]
+    out.send("agent", leg.agent_id, OfferFailed(**msg))  # type: ignore[arg-type]
+
+
+def _drop_leg(call: Call, leg: Leg, out: Out, cause: str, t: float, *, hangup: bool, reason: str) -> Call:
+    """Forget a ringing leg: stop its timer, optionally hang it up, tell queue and agent."""
+    timers = cancel_timer(call.timers, out, f"ring:{leg.id}")
+    if hangup:
+        _media(out, MediaHangup(call_id=call.call_id, leg=leg.id, node=call.node, cause=cause))
+    _offer_failed(out, call, leg, reason, t)
+    return replace(_without_leg(call, leg.id), timers=timers)
+
+
+def _ring(call: Call, out: Out, t: float, destination: str, timeout_s: float, role: str, **ids: str) -> Call:
+    call, leg_id = _new_leg_id(call)
+    leg = Leg(id=leg_id, destination=destination, role=role, **ids)  # type: ignore[arg-type]
+    _media(out, MediaOriginate(call_id=call.call_id, leg=leg_id, node=call.node, destination=destination,
+                               timeout_s=timeout_s, caller_id=call.caller_id))
+    timers = start_timer(call.timers, out, f"ring:{leg_id}", t + timeout_s)
+    return replace(call, legs=call.legs + (leg,), timers=timers)
+
+
+def _cause_reason(cause: str) -> Literal["busy", "no_answer", "failed"]:
+    if cause in (HangupCause.USER_BUSY, HangupCause.CALL_REJECTED):
+        return "busy"
+    if cause in (HangupCause.NO_ANSWER, HangupCause.NO_USER_RESPONSE, HangupCause.ORIGINATOR_CANCEL):
+        return "no_answer"
+    return "failed"
+
+
+def _end(call: Call, out: Out, t: float, disposition: Disposition, cause: str, *, hang_up_a: bool) -> Call:
+    """Leave whatever state the call is in for ENDED: release everyone, one CDR, stop."""
+    for leg in call.legs:
+        if not leg.answered:
+            reason = "caller_gone" if not call.a_up or disposition in ("abandoned",) else "failed"
+            call = _drop_leg(call, leg, out, HangupCause.ORIGINATOR_CANCEL, t, hangup=True, reason=reason)
+        else:
+            _media(out, MediaHangup(call_id=call.call_id, leg=leg.id, node=call.node, cause=HangupCause.NORMAL_CLEARING))
+            call = _without_leg(call, leg.id)
+    if call.in_queue:
+        out.send("queue", call.queue_id, CallerLeft(queue_id=call.queue_id, call_id=call.call_id, at=t))
+    if call.agent_id and call.connected:
+        out.send("agent", call.agent_id, AgentCallEnded(agent_id=call.agent_id, at=t, call_id=call.call_id,
+                                                         queue_id=call.queue_id))
+    if hang_up_a and call.a_up:
+        _media(out, MediaHangup(call_id=call.call_id, leg="a", node=call.node, cause=cause))
+    timers = cancel_timers(call.timers, out)
+    call = _enter(call, CallState.ENDED, t)
+    call = replace(call, timers=timers, a_up=False, in_queue=False, connected="", consult="",
+                   disposition=disposition, hangup_cause=cause, cdr_written=True)
+    out.add(WriteCdr(cdr=Cdr(
+        call_id=call.call_id, tenant=call.tenant, direction=call.direction, caller_id=call.caller_id,
+        destination=call.destination, created_at=call.created_at, answered_at=call.answered_at,
+        ended_at=t, disposition=disposition, hangup_cause=cause, queue_id=call.queue_id,
+        agent_id=call.agent_id, wait_s=round(call.wait_s, 6), talk_s=round(call.talk_s, 6),
+        hold_s=round(call.hold_s, 6), transfers=call.transfers, node=call.node)))
+    out.cti("CALL_ENDED", call.tenant, t, call_id=call.call_id, disposition=disposition, cause=cause,
+            queue_id=call.queue_id, agent_id=call.agent_id)
+    out.add(Stop(reason=disposition))
+    return call
+
+
+def _unanswered_disposition(call: Call) -> Disposition:
+    return "answered" if call.answered_at is not None else "abandoned"
+
+
+# --------------------------------------------------------------------------------------------
+# construction
+# --------------------------------------------------------------------------------------------
+
+
+def new_call(event: ChannelCreated) -> tuple[Call, list[Effect]]:
+    """A new inbound channel: the call starts in ROUTING."""
+    out = Out()
+    call = Call(call_id=event.call_id, tenant=event.tenant, direction=event.direction,
+                caller_id=event.caller_id, destination=event.destination, node=event.node,
+                created_at=event.at, state_since=event.at, now=event.at)
+    out.cti("CALL_CREATED", call.tenant, event.at, call_id=call.call_id, caller_id=call.caller_id,
+            destination=call.destination, direction=call.direction)
+    return call, out.effects
+
+
+def originate_call(cmd: Originate) -> tuple[Call, list[Effect]]:
+    """Click-to-call: ring the user's own phone (leg "a") first; dial ``to`` once it answers."""
+    out = Out()
+    t = cmd.at
+    call = Call(call_id=cmd.call_id, tenant=cmd.tenant, direction="outbound",
+                caller_id=cmd.caller_id or cmd.from_extension, destination=cmd.to, created_at=t,
+                state=CallState.RINGING, state_since=t, now=t, a_up=False, pending_target=cmd.to)
+    _media(out, MediaOriginate(call_id=call.call_id, leg="a", destination=cmd.from_extension,
+                               timeout_s=cmd.timeout_s, caller_id=cmd.to))
+    timers = start_timer(call.timers, out, "ring:a", t + cmd.timeout_s)
+    out.cti("CALL_CREATED", call.tenant, t, call_id=call.call_id, caller_id=call.caller_id,
+            destination=call.destination, direction="outbound")
+    out.reply(cmd.request_id, call_id=call.call_id)
+    return replace(call, timers=timers), out.effects
+
+
+# --------------------------------------------------------------------------------------------
+# the table
+# --------------------------------------------------------------------------------------------
+
+MACHINE: Machine[Call, Message] = Machine("call", lambda c: c.state)
+on = MACHINE.on
+S = CallState
+
+#: every event type the call machine understands in at least one state
+CALL_EVENTS: tuple[type, ...] = (
+    *MediaEvent.__args__,  # type: ignore[attr-defined]
+    *CallCommand.__args__,  # type: ignore[attr-defined]
+    EnterFlow, RouteToQueue, RouteToExtension, QueueOverflow, ConnectAgent, TimerFired,
+)
+
+# informational media events: the engine drove them or they change nothing here
+on(LIVE, ChannelCreated, ChannelBridged, ChannelUnbridged, ChannelProgress, PlaybackStarted,
+   PlaybackFinished, ApplicationExecuted, ApplicationCompleted)(ignore)
+# after the end every event is late: a deliberate no-op
+on([S.ENDED], *MediaEvent.__args__, EnterFlow, RouteToQueue, RouteToExtension, QueueOverflow,  # type: ignore[attr-defined]
+   TimerFired)(ignore)
+
+
+@on(LIVE, ChannelHangup, ChannelHangupComplete, ChannelDestroyed)
+def _on_leg_gone(call: Call, ev: ChannelHangup, out: Out) -> Call:
+    call, t = _t(call, ev.at)
+    cause = getattr(ev, "cause", HangupCause.NORMAL_CLEARING)
+    if ev.leg == "a":
+        if not call.a_up and call.pending_target:
+            # click-to-call: the user's own phone never answered
+            return _end(call, out, t, _disposition_for(cause), cause, hang_up_a=False)
+        if not call.a_up:
+            return call  # duplicate
+        call = replace(call, a_up=False)
+        return _end(call, out, t, _unanswered_disposition(call), cause, hang_up_a=False)
+    leg = call.leg(ev.leg)
+    if leg is None:
+        return call  # late or duplicate: that leg is already gone
+    if leg.id == call.consult:
+        return _consult_gone(call, out, t)
+    if not leg.answered:
+        call = _drop_leg(call, leg, out, cause, t, hangup=False, reason=_cause_reason(cause))
+        return _after_ring_failure(call, out, t, cause)
+    # the answering party hung up
+    call = _without_leg(call, leg.id)
+    if call.state is S.TRANSFERRING and call.consult:
+        return _agent_left_during_consult(call, out, t)
+    return _end(call, out, t, "answered", cause, hang_up_a=True)
+
+
+def _disposition_for(cause: str) -> Disposition:
+    reason = _cause_reason(cause)
+    return "busy" if reason == "busy" else "no_answer" if reason == "no_answer" else "failed"
+
+
+def _after_ring_failure(call: Call, out: Out, t: float, cause: str) -> Call:
+    """A ringing leg is gone; decide where the caller goes."""
+    if call.state is not S.RINGING or call.ringing:
+        return call
+    if call.in_queue:
+        return _enter(call, S.QUEUED, t)  # back in line; the queue offers again
+    return _end(call, out, t, _disposition_for(cause), cause, hang_up_a=True)
+
+
+@on(LIVE, ChannelAnswered)
+def _on_answered(call: Call, ev: ChannelAnswered, out: Out) -> Call:
+    call, t = _t(call, ev.at)
+    if ev.leg == "a":
+        if call.a_answered:
+            return call
+        call = replace(call, a_answered=True)
+        if call.pending_target and not call.a_up:
+            # click-to-call: the user's phone answered; now dial the destination
+            timers = cancel_timer(call.timers, out, "ring:a")
+            call = replace(call, a_up=True, timers=timers)
+            target, call = call.pending_target, replace(call, pending_target="")
+            return _ring(call, out, t, target, 30.0, "extension")
+        return call
+    leg = call.leg(ev.leg)
+    if leg is None:
+        # an answer after we cancelled that leg: hang it up so it does not become a ghost
+        _media(out, MediaHangup(call_id=call.call_id, leg=ev.leg, node=call.node, cause=HangupCause.LOSE_RACE))
+        return call
+    if leg.answered:
+        return call
+    if leg.id == call.consult:
+        timers = cancel_timer(call.timers, out, f"ring:{leg.id}")
+        legs = tuple(replace(x, answered=True) if x.id == leg.id else x for x in call.legs)
+        out.cti("CALL_CONSULT_ANSWERED", call.tenant, t, call_id=call.call_id, target=leg.destination)
+        return replace(call, legs=legs, timers=timers)
+    if call.state is not S.RINGING:
+        _media(out, MediaHangup(call_id=call.call_id, leg=leg.id, node=call.node, cause=HangupCause.LOSE_RACE))
+        return call
+    return _connect(call, leg, out, t)
+
+
+def _connect(call: Call, leg: Leg, out: Out, t: float) -> Call:
+    timers = cancel_timer(call.timers, out, f"ring:{leg.id}")
+    call = replace(call, timers=timers)
+    for other in call.ringing:
+        if other.id != leg.id:
+            call = _drop_leg(call, other, out, HangupCause.LOSE_RACE, t, hangup=True, reason="answered_elsewhere")
+    legs = tuple(replace(x, answered=True) if x.id == leg.id else x for x in call.legs)
+    call = replace(call, legs=legs, connected=leg.id, answered_at=call.answered_at if call.answered_at is not None else t)
+    _media(out, MediaBridge(call_id=call.call_id, leg="a", node=call.node, other_leg=leg.id))
+    if leg.role == "agent":
+        msg = dict(at=t, offer_id=leg.offer_id, call_id=call.call_id, agent_id=leg.agent_id, queue_id=leg.queue_id)
+        out.send("queue", leg.queue_id, OfferAnswered(**msg))  # type: ignore[arg-type]
+        out.send("agent", leg.agent_id, OfferAnswered(**msg))  # type: ignore[arg-type]
+        call = replace(call, agent_id=leg.agent_id, in_queue=False)
+    out.cti("CALL_ANSWERED", call.tenant, t, call_id=call.call_id, agent_id=leg.agent_id,
+            queue_id=leg.queue_id, answered_by=leg.destination)
+    return _enter(call, S.ACTIVE, t)
+
+
+@on(LIVE, ChannelHeld)
+def _on_held(call: Call, ev: ChannelHeld, out: Out) -> Call:
+    # a phone put the call on hold by itself; follow it
+    if call.state is S.ACTIVE:
+        call, t = _t(call, ev.at)
+        out.cti("CALL_HELD", call.tenant, t, call_id=call.call_id, by="phone")
+        return _enter(call, S.HELD, t)
+    return call
+
+
+@on(LIVE, ChannelUnheld)
+def _on_unheld(call: Call, ev: ChannelUnheld, out: Out) -> Call:
+    if call.state is S.HELD:
+        call, t = _t(call, ev.at)
+        out.cti("CALL_RETRIEVED", call.tenant, t, call_id=call.call_id, by="phone")
+        return _enter(call, S.ACTIVE, t)
+    return call
+
+
+@on(LIVE, DtmfReceived)
+def _on_dtmf(call: Call, ev: DtmfReceived, out: Out) -> Call:
+    if call.state is S.IN_FLOW and ev.leg == "a":
+        return replace(call, digits=call.digits + ev.digit)
+    return call
+
+
+@on(LIVE, RecordingStarted)
+def _on_rec_started(call: Call, ev: RecordingStarted, out: Out) -> Call:
+    return replace(call, recording=ev.path or call.recording)
+
+
+@on(LIVE, RecordingStopped)
+def _on_rec_stopped(call: Call, ev: RecordingStopped, out: Out) -> Call:
+    return replace(call, recording="")
+
+
+# ---- routing ---------------------------------------------------------------------------------
+
+
+@on([S.ROUTING], EnterFlow)
+def _enter_flow(call: Call, ev: EnterFlow, out: Out) -> Call:
+    call, t = _t(call, ev.at)
+    out.cti("CALL_IN_FLOW", call.tenant, t, call_id=call.call_id, flow_id=ev.flow_id)
+    return replace(_enter(call, S.IN_FLOW, t), flow_id=ev.flow_id, digits="")
+
+
+on([S.QUEUED, S.RINGING, S.ACTIVE, S.HELD, S.TRANSFERRING, S.PARKED, S.IN_FLOW], EnterFlow)(ignore)
+
+
+@on([S.ROUTING, S.IN_FLOW], RouteToQueue)
+def _route_to_queue(call: Call, ev: RouteToQueue, out: Out) -> Call:
+    call, t = _t(call, ev.at)
+    if not call.a_answered:
+        _media(out, MediaAnswer(call_id=call.call_id, leg="a", node=call.node))
+    out.send("queue", ev.queue_id, QueueCall(queue_id=ev.queue_id, call_id=call.call_id, at=t,
+                                             priority=ev.priority, skills=ev.skills,
+                                             caller_id=call.caller_id, tenant=call.tenant))
+    call = replace(call, a_answered=True, queue_id=ev.queue_id, priority=ev.priority,
+                   skills=ev.skills, in_queue=True)
+    return _enter(call, S.QUEUED, t)
+
+
+@on([S.ROUTING, S.IN_FLOW, S.PARKED], RouteToExtension)
+def _route_to_extension(call: Call, ev: RouteToExtension, out: Out) -> Call:
+    call, t = _t(call, ev.at)
+    call = _ring(call, out, t, ev.target, ev.timeout_s, "extension")
+    out.cti("CALL_RINGING", call.tenant, t, call_id=call.call_id, target=ev.target)
+    return _enter(call, S.RINGING, t)
+
+
+# a decision that arrives after the call moved on is stale
+on([S.QUEUED, S.RINGING, S.ACTIVE, S.HELD, S.TRANSFERRING], RouteToQueue, RouteToExtension)(ignore)
+on([S.PARKED], RouteToQueue)(ignore)
+
+
+@on([S.QUEUED, S.RINGING], QueueOverflow)
+def _overflow(call: Call, ev: QueueOverflow, out: Out) -> Call:
+    call, t = _t(call, ev.at)
+    if not call.in_queue or ev.queue_id != call.queue_id:
+        return call
+    for leg in call.ringing:
+        call = _drop_leg(call, leg, out, HangupCause.ORIGINATOR_CANCEL, t, hangup=True, reason="caller_gone")
+    call = replace(call, in_queue=False)
+    out.cti("CALL_OVERFLOWED", call.tenant, t, call_id=call.call_id, queue_id=ev.queue_id,
+            target=ev.target, reason=ev.reason)
+    if ev.target.startswith("queue:"):
+        call = _enter(call, S.ROUTING, t)
+        return _route_to_queue(call, RouteToQueue(call_id=call.call_id, at=t, queue_id=ev.target[6:],
+                                                  priority=call.priority, skills=call.skills), out)
+    if ev.target:
+        call = _ring(call, out, t, ev.target, 30.0, "extension")
+        return _enter(call, S.RINGING, t)
+    return _end(call, out, t, "overflowed", HangupCause.NORMAL_CLEARING, hang_up_a=True)
+
+
+on([S.ROUTING, S.IN_FLOW, S.ACTIVE, S.HELD, S.TRANSFERRING, S.PARKED], QueueOverflow)(ignore)
+
+
+@on(list(CallState), ConnectAgent)
+def _connect_agent(call: Call, ev: ConnectAgent, out: Out) -> Call:
+    call, t = _t(call, ev.at)
+    if call.state in _WAIT and call.in_queue and ev.queue_id == call.queue_id:
+        call = _ring(call, out, t, ev.extension, ev.ring_timeout_s, "agent", agent_id=ev.agent_id,
+                     queue_id=ev.queue_id, offer_id=ev.offer_id)
+        out.cti("CALL_RINGING", call.tenant, t, call_id=call.call_id, agent_id=ev.agent_id,
+                queue_id=ev.queue_id, target=ev.extension)
+        return _enter(call, S.RINGING, t) if call.state is S.QUEUED else call
+    # the caller is gone or already talking to someone: release the reservation at once
+    reason = "answered_elsewhere" if call.state in (S.ACTIVE, S.HELD, S.TRANSFERRING) else "caller_gone"
+    leg = Leg(id="", destination=ev.extension, role="agent", agent_id=ev.agent_id, queue_id=ev.queue_id,
+              offer_id=ev.offer_id)
+    _offer_failed(out, call, leg, reason, t)
+    return call
+
+
+@on(LIVE, TimerFired)
+def _timer(call: Call, ev: TimerFired, out: Out) -> Call:
+    if ev.key not in call.timers:
+        return call  # stale: the timer was cancelled after it fired
+    call, t = _t(call, ev.at)
+    call = replace(call, timers=call.timers - {ev.key})
+    if ev.key == "ring:a":
+        # click-to-call: the user's own phone did not answer; cancel that leg
+        _media(out, MediaHangup(call_id=call.call_id, leg="a", node=call.node, cause=HangupCause.ORIGINATOR_CANCEL))
+        return _end(call, out, t, "no_answer", HangupCause.NO_ANSWER, hang_up_a=False)
+    if ev.key.startswith("ring:"):
+        leg = call.leg(ev.key[5:])
+        if leg is None:
+            return call
+        if leg.id == call.consult:
+            return _consult_gone(call, out, t, hang_up=True)
+        call = _drop_leg(call, leg, out, HangupCause.ORIGINATOR_CANCEL, t, hangup=True, reason="no_answer")
+        return _after_ring_failure(call, out, t, HangupCause.NO_ANSWER)
+    return call
+
+
+# ---- commands --------------------------------------------------------------------------------
+
+
+def _refuse(call: Call, cmd: CallCommand, out: Out) -> Call:
+    out.reply(cmd.request_id, "FAILED_PRECONDITION",
+              f"call {call.call_id} is {call.state.name}: cannot {type(cmd).__name__}")
+    return call
+
+
+on([S.ENDED], *CallCommand.__args__)(_refuse)  # type: ignore[attr-defined]
+on(LIVE, Originate)(_refuse)  # the call exists already
+
+
+@on([S.ROUTING, S.IN_FLOW, S.QUEUED], Answer)
+def _answer(call: Call, cmd: Answer, out: Out) -> Call:
+    if not call.a_answered:
+        _media(out, MediaAnswer(call_id=call.call_id, leg="a", node=call.node))
+    out.reply(cmd.request_id)
+    return replace(call, a_answered=True)
+
+
+on([S.RINGING, S.ACTIVE, S.HELD, S.TRANSFERRING, S.PARKED], Answer)(_refuse)
+
+
+@on(LIVE, Hangup)
+def _hangup(call: Call, cmd: Hangup, out: Out) -> Call:
+    call, t = _t(call, cmd.at)
+    out.reply(cmd.request_id)
+    disposition: Disposition = "answered" if call.answered_at is not None else "abandoned"
+    if call.state is S.RINGING and not call.in_queue and call.answered_at is None:
+        disposition = "no_answer"
+    return _end(call, out, t, disposition, cmd.cause, hang_up_a=True)
+
+
+@on([S.ACTIVE], Hold)
+def _hold(call: Call, cmd: Hold, out: Out) -> Call:
+    call, t = _t(call, cmd.at)
+    _media(out, MediaHold(call_id=call.call_id, leg="a", node=call.node))
+    out.cti("CALL_HELD", call.tenant, t, call_id=call.call_id, agent_id=call.agent_id)
+    out.reply(cmd.request_id)
+    return _enter(call, S.HELD, t)
+
+
+on([s for s in LIVE if s is not S.ACTIVE], Hold)(_refuse)
+
+
+@on([S.HELD], Retrieve)
+def _retrieve(call: Call, cmd: Retrieve, out: Out) -> Call:
+    call, t = _t(call, cmd.at)
+    _media(out, MediaUnhold(call_id=call.call_id, leg="a", node=call.node))
+    out.cti("CALL_RETRIEVED", call.tenant, t, call_id=call.call_id, agent_id=call.agent_id)
+    out.reply(cmd.request_id)
+    return _enter(call, S.ACTIVE, t)
+
+
+on([s for s in LIVE if s is not S.HELD], Retrieve)(_refuse)
+
+
+def _release_connected(call: Call, out: Out, t: float, cause: str) -> Call:
+    """Hang up the party the caller was talking to and free its agent."""
+    if call.connected:
+        _media(out, MediaHangup(call_id=call.call_id, leg=call.connected, node=call.node, cause=cause))
+        call = _without_leg(call, call.connected)
+    if call.agent_id:
+        out.send("agent", call.agent_id, AgentCallEnded(agent_id=call.agent_id, at=t, call_id=call.call_id,
+                                                         queue_id=call.queue_id))
+    return replace(call, connected="", agent_id="")
+
+
+@on(_TALKING, BlindTransfer)
+def _blind_transfer(call: Call, cmd: BlindTransfer, out: Out) -> Call:
+    call, t = _t(call, cmd.at)
+    if call.state is S.HELD:
+        _media(out, MediaUnhold(call_id=call.call_id, leg="a", node=call.node))
+    call = _release_connected(call, out, t, HangupCause.BLIND_TRANSFER)
+    call = replace(call, transfers=call.transfers + 1)
+    call = _ring(call, out, t, cmd.target, 30.0, "extension")
+    out.cti("CALL_TRANSFERRED", call.tenant, t, call_id=call.call_id, target=cmd.target, kind="blind")
+    out.reply(cmd.request_id)
+    return _enter(call, S.RINGING, t)
+
+
+on([s for s in LIVE if s not in _TALKING], BlindTransfer)(_refuse)
+
+
+@on(_TALKING, AttendedTransferStart)
+def _att_start(call: Call, cmd: AttendedTransferStart, out: Out) -> Call:
+    call, t = _t(call, cmd.at)
+    if call.state is S.ACTIVE:
+        _media(out, MediaHold(call_id=call.call_id, leg="a", node=call.node))
+    call = _ring(call, out, t, cmd.target, cmd.timeout_s, "consult")
+    call = replace(call, consult=call.legs[-1].id)
+    out.cti("CALL_CONSULT_STARTED", call.tenant, t, call_id=call.call_id, target=cmd.target)
+    out.reply(cmd.request_id, consult_leg=call.consult)
+    return _enter(call, S.TRANSFERRING, t)
+
+
+on([s for s in LIVE if s not in _TALKING], AttendedTransferStart)(_refuse)
+
+
+@on([S.TRANSFERRING], AttendedTransferComplete)
+def _att_complete(call: Call, cmd: AttendedTransferComplete, out: Out) -> Call:
+    consult = call.leg(call.consult)
+    if consult is None or not consult.answered:
+        out.reply(cmd.request_id, "FAILED_PRECONDITION", "the transfer target has not answered yet")
+        return call
+    call, t = _t(call, cmd.at)
+    call = _release_connected(call, out, t, HangupCause.ATTENDED_TRANSFER)
+    return _complete_transfer(call, consult, out, t, cmd.request_id)
+
+
+def _complete_transfer(call: Call, consult: Leg, out: Out, t: float, request_id: str = "") -> Call:
+    _media(out, MediaUnhold(call_id=call.call_id, leg="a", node=call.node))
+    _media(out, MediaBridge(call_id=call.call_id, leg="a", node=call.node, other_leg=consult.id))
+    call = replace(call, connected=consult.id, consult="", transfers=call.transfers + 1)
+    out.cti("CALL_TRANSFERRED", call.tenant, t, call_id=call.call_id, target=consult.destination, kind="attended")
+    out.reply(request_id)
+    return _enter(call, S.ACTIVE, t)
+
+
+def _agent_left_during_consult(call: Call, out: Out, t: float) -> Call:
+    """The agent hung up while consulting: the transfer completes (as on a desk phone)."""
+    if call.agent_id:
+        out.send("agent", call.agent_id, AgentCallEnded(agent_id=call.agent_id, at=t, call_id=call.call_id,
+                                                         queue_id=call.queue_id))
+    call = replace(call, connected="", agent_id="")
+    consult = call.leg(call.consult)
+    assert consult is not None
+    if consult.answered:
+        return _complete_transfer(call, consult, out, t)
+    # still ringing: the caller now waits for the target as for any extension
+    _media(out, MediaUnhold(call_id=call.call_id, leg="a", node=call.node))
+    call = replace(call, consult="", transfers=call.transfers + 1)
+    return _enter(call, S.RINGING, t)
+
+
+@on([S.TRANSFERRING], AttendedTransferCancel)
+def _att_cancel(call: Call, cmd: AttendedTransferCancel, out: Out) -> Call:
+    call, t = _t(call, cmd.at)
+    out.reply(cmd.request_id)
+    return _consult_gone(call, out, t, hang_up=True)
+
+
+on([s for s in LIVE if s is not S.TRANSFERRING], AttendedTransferComplete, AttendedTransferCancel)(_refuse)
+
+
+def _consult_gone(call: Call, out: Out, t: float, *, hang_up: bool = False) -> Call:
+    """The consult leg failed, was cancelled or hung up: back to the caller."""
+    leg_id = call.consult
+    timers = cancel_timer(call.timers, out, f"ring:{leg_id}")
+    if hang_up:
+        _media(out, MediaHangup(call_id=call.call_id, leg=leg_id, node=call.node, cause=HangupCause.ORIGINATOR_CANCEL))
+    call = replace(_without_leg(call, leg_id), consult="", timers=timers)
+    _media(out, MediaUnhold(call_id=call.call_id, leg="a", node=call.node))
+    out.cti("CALL_CONSULT_ENDED", call.tenant, t, call_id=call.call_id)
+    return _enter(call, S.ACTIVE, t)
+
+
+@on(_TALKING, Park)
+def _park(call: Call, cmd: Park, out: Out) -> Call:
+    call, t = _t(call, cmd.at)
+    call = _release_connected(call, out, t, HangupCause.NORMAL_CLEARING)
+    slot = cmd.slot or call.call_id
+    _media(out, MediaPark(call_id=call.call_id, leg="a", node=call.node, slot=slot))
+    out.cti("CALL_PARKED", call.tenant, t, call_id=call.call_id, slot=slot)
+    out.reply(cmd.request_id, slot=slot)
+    return _enter(call, S.PARKED, t)
+
+
+on([s for s in LIVE if s not in _TALKING], Park)(_refuse)
+
+
+@on([S.PARKED], Pickup)
+def _pickup(call: Call, cmd: Pickup, out: Out) -> Call:
+    call, t = _t(call, cmd.at)
+    call = _ring(call, out, t, cmd.extension, 30.0, "extension")
+    out.cti("CALL_PICKED_UP", call.tenant, t, call_id=call.call_id, extension=cmd.extension)
+    out.reply(cmd.request_id)
+    return _enter(call, S.RINGING, t)
+
+
+on([s for s in LIVE if s is not S.PARKED], Pickup)(_refuse)
+
+
+@on(_TALKING, JoinConference)
+def _conference(call: Call, cmd: JoinConference, out: Out) -> Call:
+    call, t = _t(call, cmd.at)
+    _media(out, MediaConference(call_id=call.call_id, leg="a", node=call.node, room=cmd.room))
+    if call.connected:
+        _media(out, MediaConference(call_id=call.call_id, leg=call.connected, node=call.node, room=cmd.room))
+    out.cti("CALL_CONFERENCED", call.tenant, t, call_id=call.call_id, room=cmd.room)
+    out.reply(cmd.request_id)
+    return replace(call, conference=cmd.room)
+
+
+on([s for s in LIVE if s not in _TALKING], JoinConference)(_refuse)
+
+
+@on([S.IN_FLOW, S.ACTIVE, S.HELD], SendDtmf)
+def _send_dtmf(call: Call, cmd: SendDtmf, out: Out) -> Call:
+    if not cmd.digits or any(d not in "0123456789*#ABCDabcd" for d in cmd.digits):
+        out.reply(cmd.request_id, "INVALID_ARGUMENT", f"not DTMF digits: {cmd.digits!r}")
+        return call
+    _media(out, MediaSendDtmf(call_id=call.call_id, leg=call.connected or "a", node=call.node, digits=cmd.digits))
+    out.reply(cmd.request_id)
+    return call
+
+
+on([s for s in LIVE if s not in (S.IN_FLOW, S.ACTIVE, S.HELD)], SendDtmf)(_refuse)
+
+
+@on([S.ACTIVE, S.HELD, S.TRANSFERRING], StartRecording)
+def _start_rec(call: Call, cmd: StartRecording, out: Out) -> Call:
+    if call.recording:
+        out.reply(cmd.request_id, "FAILED_PRECONDITION", f"call {call.call_id} is already recording")
+        return call
+    path = cmd.path or f"{call.call_id}.wav"
+    _media(out, MediaRecordStart(call_id=call.call_id, leg="a", node=call.node, path=path))
+    out.cti("CALL_RECORDING_STARTED", call.tenant, call.now, call_id=call.call_id, path=path)
+    out.reply(cmd.request_id, path=path)
+    return replace(call, recording=path)
+
+
+@on([S.ACTIVE, S.HELD, S.TRANSFERRING], StopRecording)
+def _stop_rec(call: Call, cmd: StopRecording, out: Out) -> Call:
+    if not call.recording:
+        out.reply(cmd.request_id, "FAILED_PRECONDITION", f"call {call.call_id} is not recording")
+        return call
+    _media(out, MediaRecordStop(call_id=call.call_id, leg="a", node=call.node, path=call.recording))
+    out.cti("CALL_RECORDING_STOPPED", call.tenant, call.now, call_id=call.call_id, path=call.recording)
+    out.reply(cmd.request_id)
+    return replace(call, recording="")
+
+
+on([S.ROUTING, S.IN_FLOW, S.QUEUED, S.RINGING, S.PARKED], StartRecording, StopRecording)(_refuse)
+
+
+def step(call: Call, event: Message) -> tuple[Call, list[Effect]]:
+    """Apply one event to a call. Raises ``IllegalTransition`` for pairs outside the table."""
+    return MACHINE.step(call, event)
+
+
+__all__ += ["IllegalTransition"]

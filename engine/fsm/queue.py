@@ -1,0 +1,435 @@
+"""Queue state machine: who waits, in what order, and which agent is offered whom.
+
+Rule 1: every routing decision lives in this file; it is deterministic for a given state (ties are
+        broken by a stable key), so simulations replay exactly.
+Rule 2: no I/O, no trio, no clock reads: time arrives inside events.
+Rule 3: the queue never owns an agent. It *reserves* one (``ReserveAgent``), and only on
+        ``ReservationAccepted`` asks the call to ring it (``ConnectAgent``).
+
+Theory of operation
+Waiting callers are ordered by priority (higher first), then arrival. After every event the queue
+dispatches: for each waiting caller without a pending offer, in that order, it picks among the
+members that are logged in, available (as their last ``AgentStatus`` says), not already holding an
+offer from this queue, and qualified for the caller's skills as relaxed by the time waited. The
+strategy orders the candidates; ring-all offers to all of them at once.
+
+Skills: a caller requires ``{skill: minimum proficiency}``. ``relax_steps`` lower the minimums (and
+finally drop the requirement) as the wait grows; a ``relax:<call>`` timer re-dispatches when the
+next step is due. Max wait (``maxwait:<call>``) and max length overflow to ``overflow_target``.
+A caller leaves exactly once: answered, abandoned or overflowed, each counted; abandons within
+``short_abandon_s`` are counted apart, and answers within ``sl_threshold_s`` make the service level.
+
+The machine has two states: IDLE (nobody waiting) and WAITING (at least one caller waiting).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Literal
+
+import msgspec
+
+from engine.fsm.base import Machine, Out, cancel_timers, start_timer
+from engine.messages import (
+    AgentStatus,
+    CallerLeft,
+    ConnectAgent,
+    Effect,
+    Message,
+    OfferAnswered,
+    OfferFailed,
+    QueueCall,
+    QueueOverflow,
+    ReleaseReservation,
+    ReservationAccepted,
+    ReservationRejected,
+    ReserveAgent,
+    TimerFired,
+)
+
+__all__ = [
+    "QueueState", "Queue", "QueueConfig", "RelaxStep", "Waiter", "Member", "Offer", "QueueStats",
+    "new_queue", "step", "MACHINE", "QUEUE_EVENTS", "STRATEGIES", "required_skills",
+]
+
+Strategy = Literal["ring-all", "longest-idle", "least-talk-time", "round-robin", "fewest-calls", "skills-based"]
+STRATEGIES: tuple[str, ...] = Strategy.__args__  # type: ignore[attr-defined]
+
+
+class QueueState(enum.Enum):
+    #: nobody is waiting
+    IDLE = "idle"
+    #: at least one caller is waiting (or being offered)
+    WAITING = "waiting"
+
+
+class RelaxStep(msgspec.Struct, frozen=True, kw_only=True):
+    """After ``after_s`` seconds of waiting, lower every minimum by ``lower_by``; ``drop`` removes them all."""
+
+    after_s: float
+    lower_by: int = 0
+    drop: bool = False
+
+
+class QueueConfig(msgspec.Struct, frozen=True, kw_only=True):
+    queue_id: str
+    tenant: str = "default"
+    strategy: Strategy = "longest-idle"
+    ring_timeout_s: float = 20.0
+    #: how much longer than the ring timeout an agent stays reserved at most
+    offer_grace_s: float = 10.0
+    wrap_up_s: float = 0.0
+    #: 0 = no limit
+    max_wait_s: float = 0.0
+    #: 0 = no limit
+    max_length: int = 0
+    #: "" hangs up; "queue:<id>" moves to another queue; anything else is dialled
+    overflow_target: str = ""
+    sl_threshold_s: float = 20.0
+    short_abandon_s: float = 5.0
+    relax_steps: tuple[RelaxStep, ...] = ()
+
+
+class Waiter(msgspec.Struct, frozen=True, kw_only=True):
+    call_id: str
+    priority: int
+    seq: int
+    enqueued_at: float
+    skills: dict[str, int] = {}
+    caller_id: str = ""
+    #: waited past max wait while an offer was pending: overflow once the offer fails
+    overdue: bool = False
+
+
+class Member(msgspec.Struct, frozen=True, kw_only=True):
+    agent_id: str
+    extension: str = ""
+    available: bool = False
+    skills: dict[str, int] = {}
+    idle_since: float = 0.0
+    talk_time: float = 0.0
+    calls_handled: int = 0
+
+
+class Offer(msgspec.Struct, frozen=True, kw_only=True):
+    offer_id: str
+    call_id: str
+    agent_id: str
+    phase: Literal["reserving", "ringing"] = "reserving"
+
+
+class QueueStats(msgspec.Struct, frozen=True, kw_only=True):
+    offered: int = 0
+    answered: int = 0
+    answered_within_sl: int = 0
+    abandoned: int = 0
+    short_abandoned: int = 0
+    overflowed: int = 0
+    total_wait_answered: float = 0.0
+    max_length: int = 0
+
+
+class Queue(msgspec.Struct, frozen=True, kw_only=True):
+    config: QueueConfig
+    state: QueueState = QueueState.IDLE
+    now: float = 0.0
+    waiting: tuple[Waiter, ...] = ()
+    members: dict[str, Member] = {}
+    offers: dict[str, Offer] = {}
+    seq: int = 0
+    offer_seq: int = 0
+    rr_cursor: str = ""
+    timers: frozenset[str] = frozenset()
+    stats: QueueStats = QueueStats()
+
+    @property
+    def queue_id(self) -> str:
+        return self.config.queue_id
+
+    def waiter(self, call_id: str) -> Waiter | None:
+        for w in self.waiting:
+            if w.call_id == call_id:
+                return w
+        return None
+
+    def offers_for(self, call_id: str) -> list[Offer]:
+        return [o for o in self.offers.values() if o.call_id == call_id]
+
+
+replace = msgspec.structs.replace
+S = QueueState
+
+MACHINE: Machine[Queue, Message] = Machine("queue", lambda q: q.state)
+on = MACHINE.on
+
+QUEUE_EVENTS: tuple[type, ...] = (
+    QueueCall, CallerLeft, AgentStatus, ReservationAccepted, ReservationRejected, OfferAnswered,
+    OfferFailed, TimerFired,
+)
+
+
+def new_queue(config: QueueConfig) -> Queue:
+    return Queue(config=config)
+
+
+def required_skills(config: QueueConfig, waiter: Waiter, now: float) -> dict[str, int]:
+    """The caller's skill requirements relaxed by the time waited."""
+    waited = now - waiter.enqueued_at
+    lower = 0
+    for relax in config.relax_steps:
+        if waited + 1e-9 >= relax.after_s:
+            if relax.drop:
+                return {}
+            lower += relax.lower_by
+    if not lower:
+        return waiter.skills
+    return {skill: max(0, level - lower) for skill, level in waiter.skills.items()}
+
+
+def _qualifies(member: Member, required: dict[str, int]) -> bool:
+    return all(member.skills.get(skill, -1) >= level for skill, level in required.items())
+
+
+def _next_relax(config: QueueConfig, waiter: Waiter, now: float) -> float | None:
+    for relax in config.relax_steps:
+        due = waiter.enqueued_at + relax.after_s
+        if due > now + 1e-9:
+            return due
+    return None
+
+
+def _order(q: Queue, candidates: list[Member], required: dict[str, int], now: float) -> list[Member]:
+    strategy = q.config.strategy
+    if strategy == "skills-based":
+        def score(m: Member) -> int:
+            return sum(m.skills.get(s, 0) for s in required)
+        return sorted(candidates, key=lambda m: (-score(m), m.idle_since, m.agent_id))
+    if strategy == "least-talk-time":
+        return sorted(candidates, key=lambda m: (m.talk_time, m.idle_since, m.agent_id))
+    if strategy == "fewest-calls":
+        return sorted(candidates, key=lambda m: (m.calls_handled, m.idle_since, m.agent_id))
+    if strategy == "round-robin":
+        ids = sorted(candidates, key=lambda m: m.agent_id)
+        after = [m for m in ids if m.agent_id > q.rr_cursor]
+        return after + [m for m in ids if m.agent_id <= q.rr_cursor]
+    # longest-idle and ring-all: who has waited longest for a call first
+    return sorted(candidates, key=lambda m: (m.idle_since, m.agent_id))
+
+
+def _settle(q: Queue) -> Queue:
+    new = S.WAITING if q.waiting else S.IDLE
+    return q if q.state is new else replace(q, state=new)
+
+
+def _dispatch(q: Queue, out: Out, t: float) -> Queue:
+    """Offer waiting callers to free, qualified agents, best first. Deterministic."""
+    if not q.waiting:
+        return _settle(q)
+    busy = {o.agent_id for o in q.offers.values()}
+    free = [m for m in q.members.values() if m.available and m.agent_id not in busy]
+    if not free:
+        return _settle(q)
+    pending_calls = {o.call_id for o in q.offers.values()}
+    offers = dict(q.offers)
+    offer_seq, rr = q.offer_seq, q.rr_cursor
+    cfg = q.config
+    for waiter in sorted(q.waiting, key=lambda w: (-w.priority, w.seq)):
+        if not free:
+            break
+        if waiter.call_id in pending_calls or waiter.overdue:
+            continue
+        required = required_skills(cfg, waiter, t)
+        candidates = [m for m in free if _qualifies(m, required)]
+        if not candidates:
+            continue
+        ordered = _order(replace(q, rr_cursor=rr), candidates, required, t)
+        chosen = ordered if cfg.strategy == "ring-all" else ordered[:1]
+        for member in chosen:
+            offer_seq += 1
+            offer_id = f"{cfg.queue_id}-o{offer_seq}"
+            offers[offer_id] = Offer(offer_id=offer_id, call_id=waiter.call_id, agent_id=member.agent_id)
+            out.send("agent", member.agent_id, ReserveAgent(
+                agent_id=member.agent_id, at=t, offer_id=offer_id, queue_id=cfg.queue_id,
+                call_id=waiter.call_id, timeout_s=cfg.ring_timeout_s + cfg.offer_grace_s,
+                wrap_up_s=cfg.wrap_up_s))
+            rr = member.agent_id
+        chosen_ids = {m.agent_id for m in chosen}
+        free = [m for m in free if m.agent_id not in chosen_ids]
+    return _settle(replace(q, offers=offers, offer_seq=offer_seq, rr_cursor=rr))
+
+
+def _t(q: Queue, at: float) -> tuple[Queue, float]:
+    t = max(q.now, at)
+    return replace(q, now=t), t
+
+
+def _leave(q: Queue, waiter: Waiter, out: Out, t: float, outcome: str) -> Queue:
+    """The caller leaves the queue: cancel its timers, void its offers, count it once."""
+    keys = [f"maxwait:{waiter.call_id}", f"relax:{waiter.call_id}"]
+    timers = cancel_timers(q.timers, out, keys)
+    offers = dict(q.offers)
+    for offer in q.offers_for(waiter.call_id):
+        if offer.phase == "reserving":
+            # the agent is reserved but not rung yet: free it (a rung agent is freed by the call)
+            out.send("agent", offer.agent_id, ReleaseReservation(agent_id=offer.agent_id, at=t, offer_id=offer.offer_id))
+        del offers[offer.offer_id]
+    waited = max(0.0, t - waiter.enqueued_at)
+    st = q.stats
+    if outcome == "answered":
+        st = replace(st, answered=st.answered + 1, total_wait_answered=st.total_wait_answered + waited,
+                     answered_within_sl=st.answered_within_sl + (waited <= q.config.sl_threshold_s))
+    elif outcome == "abandoned":
+        st = replace(st, abandoned=st.abandoned + 1,
+                     short_abandoned=st.short_abandoned + (waited < q.config.short_abandon_s))
+    else:
+        st = replace(st, overflowed=st.overflowed + 1)
+    out.cti("QUEUE_LEFT", q.config.tenant, t, queue_id=q.queue_id, call_id=waiter.call_id, outcome=outcome,
+            wait_s=round(waited, 3))
+    waiting = tuple(w for w in q.waiting if w.call_id != waiter.call_id)
+    return replace(q, waiting=waiting, offers=offers, timers=timers, stats=st)
+
+
+def _overflow(q: Queue, waiter: Waiter, out: Out, t: float, reason: str) -> Queue:
+    q = _leave(q, waiter, out, t, "overflowed")
+    out.send("call", waiter.call_id, QueueOverflow(call_id=waiter.call_id, at=t, queue_id=q.queue_id,
+                                                   target=q.config.overflow_target, reason=reason))  # type: ignore[arg-type]
+    return q
+
+
+@on(list(S), QueueCall)
+def _enqueue(q: Queue, msg: QueueCall, out: Out) -> Queue:
+    if q.waiter(msg.call_id) is not None:
+        return q  # duplicate
+    q, t = _t(q, msg.at)
+    cfg = q.config
+    waiter = Waiter(call_id=msg.call_id, priority=msg.priority, seq=q.seq + 1, enqueued_at=t,
+                    skills=dict(msg.skills), caller_id=msg.caller_id)
+    q = replace(q, seq=waiter.seq, waiting=q.waiting + (waiter,),
+                stats=replace(q.stats, offered=q.stats.offered + 1))
+    out.cti("QUEUE_ENTERED", cfg.tenant, t, queue_id=q.queue_id, call_id=msg.call_id, priority=msg.priority,
+            position=len(q.waiting))
+    if cfg.max_length and len(q.waiting) > cfg.max_length:
+        return _settle(_overflow(q, waiter, out, t, "max_length"))
+    q = replace(q, stats=replace(q.stats, max_length=max(q.stats.max_length, len(q.waiting))))
+    timers = q.timers
+    if cfg.max_wait_s > 0:
+        timers = start_timer(timers, out, f"maxwait:{msg.call_id}", t + cfg.max_wait_s)
+    due = _next_relax(cfg, waiter, t)
+    if due is not None and waiter.skills:
+        timers = start_timer(timers, out, f"relax:{msg.call_id}", due)
+    return _dispatch(replace(q, timers=timers), out, t)
+
+
+@on(list(S), CallerLeft)
+def _caller_left(q: Queue, msg: CallerLeft, out: Out) -> Queue:
+    waiter = q.waiter(msg.call_id)
+    if waiter is None:
+        return q  # already answered / overflowed / duplicate
+    q, t = _t(q, msg.at)
+    return _dispatch(_leave(q, waiter, out, t, "abandoned"), out, t)
+
+
+@on(list(S), AgentStatus)
+def _agent_status(q: Queue, msg: AgentStatus, out: Out) -> Queue:
+    q, t = _t(q, msg.at)
+    members = dict(q.members)
+    if not msg.logged_in:
+        members.pop(msg.agent_id, None)
+    else:
+        members[msg.agent_id] = Member(agent_id=msg.agent_id, extension=msg.extension, available=msg.available,
+                                       skills=dict(msg.skills), idle_since=msg.idle_since,
+                                       talk_time=msg.talk_time, calls_handled=msg.calls_handled)
+    return _dispatch(replace(q, members=members), out, t)
+
+
+@on(list(S), ReservationAccepted)
+def _accepted(q: Queue, msg: ReservationAccepted, out: Out) -> Queue:
+    q, t = _t(q, msg.at)
+    offer = q.offers.get(msg.offer_id)
+    if offer is None or offer.phase != "reserving":
+        # the caller left (or overflowed) while we were reserving: free the agent
+        out.send("agent", msg.agent_id, ReleaseReservation(agent_id=msg.agent_id, at=t, offer_id=msg.offer_id))
+        return q
+    offers = dict(q.offers)
+    offers[msg.offer_id] = replace(offer, phase="ringing")
+    member = q.members.get(msg.agent_id)
+    extension = msg.extension or (member.extension if member else "")
+    out.send("call", offer.call_id, ConnectAgent(call_id=offer.call_id, at=t, queue_id=q.queue_id,
+                                                 offer_id=offer.offer_id, agent_id=msg.agent_id,
+                                                 extension=extension, ring_timeout_s=q.config.ring_timeout_s))
+    return replace(q, offers=offers)
+
+
+@on(list(S), ReservationRejected)
+def _rejected(q: Queue, msg: ReservationRejected, out: Out) -> Queue:
+    q, t = _t(q, msg.at)
+    offer = q.offers.get(msg.offer_id)
+    if offer is None:
+        return q
+    offers = dict(q.offers)
+    del offers[msg.offer_id]
+    members = dict(q.members)
+    # the agent said no: its view here is stale until its next AgentStatus (which, sent later by the
+    # same agent, arrives after this rejection)
+    if msg.agent_id in members:
+        members[msg.agent_id] = replace(members[msg.agent_id], available=False)
+    q = replace(q, offers=offers, members=members)
+    return _retry_or_overflow(q, offer.call_id, out, t)
+
+
+def _retry_or_overflow(q: Queue, call_id: str, out: Out, t: float) -> Queue:
+    waiter = q.waiter(call_id)
+    if waiter is not None and waiter.overdue and not q.offers_for(call_id):
+        q = _overflow(q, waiter, out, t, "max_wait")
+    return _dispatch(q, out, t)
+
+
+@on(list(S), OfferAnswered)
+def _answered(q: Queue, msg: OfferAnswered, out: Out) -> Queue:
+    waiter = q.waiter(msg.call_id)
+    if waiter is None:
+        return q
+    q, t = _t(q, msg.at)
+    offers = dict(q.offers)
+    offers.pop(msg.offer_id, None)
+    q = _leave(replace(q, offers=offers), waiter, out, t, "answered")
+    return _dispatch(q, out, t)
+
+
+@on(list(S), OfferFailed)
+def _failed(q: Queue, msg: OfferFailed, out: Out) -> Queue:
+    if msg.offer_id not in q.offers:
+        return q
+    q, t = _t(q, msg.at)
+    offers = dict(q.offers)
+    del offers[msg.offer_id]
+    return _retry_or_overflow(replace(q, offers=offers), msg.call_id, out, t)
+
+
+@on(list(S), TimerFired)
+def _timer(q: Queue, msg: TimerFired, out: Out) -> Queue:
+    if msg.key not in q.timers:
+        return q  # stale
+    q, t = _t(q, msg.at)
+    q = replace(q, timers=q.timers - {msg.key})
+    kind, _, call_id = msg.key.partition(":")
+    waiter = q.waiter(call_id)
+    if waiter is None:
+        return q
+    if kind == "maxwait":
+        if q.offers_for(call_id):
+            # an agent is being offered or rung: do not yank the caller; overflow if that fails
+            waiting = tuple(replace(w, overdue=True) if w.call_id == call_id else w for w in q.waiting)
+            return replace(q, waiting=waiting)
+        return _dispatch(_overflow(q, waiter, out, t, "max_wait"), out, t)
+    if kind == "relax":
+        due = _next_relax(q.config, waiter, t)
+        if due is not None:
+            q = replace(q, timers=start_timer(q.timers, out, msg.key, due))
+        return _dispatch(q, out, t)
+    return q
+
+
+def step(queue: Queue, event: Message) -> tuple[Queue, list[Effect]]:
+    """Apply one event to a queue. Raises ``IllegalTransition`` for pairs outside the table."""
+    return MACHINE.step(queue, event)

@@ -1,0 +1,750 @@
+"""Typed messages: the one vocabulary every part of callengine speaks.
+
+Rules
+1. Every message is a frozen msgspec Struct tagged by ``type``; unions are tagged unions, so one
+   ``msgspec.json.Decoder(Message)`` decodes any of them and ``match`` dispatches on the class.
+2. Types are checked when decoding, at the edges (ESL, NATS, WebSocket, files). Inside the engine
+   they are trusted.
+3. A field added to a message that has been published always has a default (schema evolution).
+4. Time is data: every event carries ``at`` (seconds, float, from whatever clock the host uses:
+   trio's clock in production, virtual time in the simulator). Nothing here reads a clock.
+5. Effects are plain data returned by the pure state machines (``engine/fsm``); hosts perform them.
+
+Theory of operation
+- *Media events* are what FreeSWITCH reports, normalised by ``adapters/freeswitch``. ``call_id`` is
+  the engine's call (the a-leg's channel UUID for inbound calls); ``leg`` names the channel within
+  the call: ``"a"`` for the caller, otherwise the id of a leg the engine originated (its channel
+  UUID, derived deterministically from the call id so that simulations replay).
+- *Call commands* come from the API / agent desktops and ask a call to do something; they carry a
+  ``request_id`` so the answer (a ``Reply`` effect) finds its way back.
+- *Agent commands* change an agent's availability.
+- *Routing messages* are how calls, queues and agents talk to each other. They share no state: a
+  queue reserves an agent (``ReserveAgent`` -> ``ReservationAccepted`` / ``ReservationRejected``),
+  then asks the call to ring it (``ConnectAgent``); the call reports the outcome to both
+  (``OfferAnswered`` / ``OfferFailed``). That reservation protocol is what makes "an agent is never
+  reserved twice" and "no agent rings for a caller who hung up" hold across actors.
+- *Effects* (``StartTimer``, ``CancelTimer``, ``SendMedia``, ``PublishCti``, ``WriteCdr``, ``Send``,
+  ``Reply``, ``Stop``) are what a step asks its host to do.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Literal
+
+import msgspec
+
+class Msg(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of every message: frozen, keyword-only, tagged by ``type``."""
+
+
+# --------------------------------------------------------------------------------------------
+# Shared value types
+# --------------------------------------------------------------------------------------------
+
+#: Reasons a call ended, as reported in the CDR.
+Disposition = Literal["answered", "abandoned", "no_answer", "busy", "failed", "overflowed"]
+
+#: Kinds of addressable actors.
+ActorKind = Literal["call", "agent", "queue"]
+
+
+class HangupCause(enum.StrEnum):
+    """Q.850-style causes as FreeSWITCH names them (a subset; unknown ones pass through as str)."""
+
+    NORMAL_CLEARING = "NORMAL_CLEARING"
+    ORIGINATOR_CANCEL = "ORIGINATOR_CANCEL"
+    USER_BUSY = "USER_BUSY"
+    NO_ANSWER = "NO_ANSWER"
+    NO_USER_RESPONSE = "NO_USER_RESPONSE"
+    CALL_REJECTED = "CALL_REJECTED"
+    NO_ROUTE_DESTINATION = "NO_ROUTE_DESTINATION"
+    UNALLOCATED_NUMBER = "UNALLOCATED_NUMBER"
+    NORMAL_TEMPORARY_FAILURE = "NORMAL_TEMPORARY_FAILURE"
+    LOSE_RACE = "LOSE_RACE"
+    MANAGER_REQUEST = "MANAGER_REQUEST"
+    ATTENDED_TRANSFER = "ATTENDED_TRANSFER"
+    BLIND_TRANSFER = "BLIND_TRANSFER"
+
+
+# --------------------------------------------------------------------------------------------
+# Media events (FreeSWITCH -> engine), normalised
+# --------------------------------------------------------------------------------------------
+
+
+class MediaEventBase(Msg):
+    call_id: str
+    at: float
+    #: "a" for the caller's channel, else the id of an originated leg
+    leg: str = "a"
+    #: media node (FreeSWITCH instance) the channel lives on
+    node: str = ""
+
+
+class ChannelCreated(MediaEventBase, tag="channel_created", kw_only=True):
+    direction: Literal["inbound", "outbound"] = "inbound"
+    caller_id: str = ""
+    caller_name: str = ""
+    destination: str = ""
+    tenant: str = "default"
+    variables: dict[str, str] = {}
+
+
+class ChannelProgress(MediaEventBase, tag="channel_progress", kw_only=True):
+    #: True for CHANNEL_PROGRESS_MEDIA (early media), False for plain ringing
+    early_media: bool = False
+
+
+class ChannelAnswered(MediaEventBase, tag="channel_answered", kw_only=True):
+    pass
+
+
+class ChannelBridged(MediaEventBase, tag="channel_bridged", kw_only=True):
+    other_leg: str = ""
+
+
+class ChannelUnbridged(MediaEventBase, tag="channel_unbridged", kw_only=True):
+    other_leg: str = ""
+
+
+class ChannelHeld(MediaEventBase, tag="channel_held", kw_only=True):
+    pass
+
+
+class ChannelUnheld(MediaEventBase, tag="channel_unheld", kw_only=True):
+    pass
+
+
+class DtmfReceived(MediaEventBase, tag="dtmf", kw_only=True):
+    digit: str
+    duration_ms: int = 0
+
+
+class PlaybackStarted(MediaEventBase, tag="playback_started", kw_only=True):
+    file: str = ""
+
+
+class PlaybackFinished(MediaEventBase, tag="playback_finished", kw_only=True):
+    file: str = ""
+    #: "done" when the file played to its end, "break" when interrupted
+    status: str = "done"
+
+
+class RecordingStarted(MediaEventBase, tag="recording_started", kw_only=True):
+    path: str = ""
+
+
+class RecordingStopped(MediaEventBase, tag="recording_stopped", kw_only=True):
+    path: str = ""
+    cause: str = ""
+
+
+class ApplicationExecuted(MediaEventBase, tag="app_executed", kw_only=True):
+    app: str
+    arg: str = ""
+    app_uuid: str = ""
+
+
+class ApplicationCompleted(MediaEventBase, tag="app_completed", kw_only=True):
+    app: str
+    arg: str = ""
+    app_uuid: str = ""
+    response: str = ""
+
+
+class ChannelHangup(MediaEventBase, tag="channel_hangup", kw_only=True):
+    cause: str = HangupCause.NORMAL_CLEARING
+
+
+class ChannelHangupComplete(MediaEventBase, tag="channel_hangup_complete", kw_only=True):
+    cause: str = HangupCause.NORMAL_CLEARING
+
+
+class ChannelDestroyed(MediaEventBase, tag="channel_destroyed", kw_only=True):
+    pass
+
+
+MediaEvent = (
+    ChannelCreated
+    | ChannelProgress
+    | ChannelAnswered
+    | ChannelBridged
+    | ChannelUnbridged
+    | ChannelHeld
+    | ChannelUnheld
+    | DtmfReceived
+    | PlaybackStarted
+    | PlaybackFinished
+    | RecordingStarted
+    | RecordingStopped
+    | ApplicationExecuted
+    | ApplicationCompleted
+    | ChannelHangup
+    | ChannelHangupComplete
+    | ChannelDestroyed
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Call control commands (API / desktop -> call)
+# --------------------------------------------------------------------------------------------
+
+
+class CallCommandBase(Msg):
+    call_id: str
+    at: float
+    #: correlates the Reply effect with the request; empty when nobody waits for an answer
+    request_id: str = ""
+
+
+class Originate(CallCommandBase, tag="originate", kw_only=True):
+    """Click-to-call: ring ``from_extension`` first, then connect it to ``to``."""
+
+    from_extension: str
+    to: str
+    tenant: str = "default"
+    caller_id: str = ""
+    timeout_s: float = 30.0
+
+
+class Answer(CallCommandBase, tag="answer", kw_only=True):
+    pass
+
+
+class Hangup(CallCommandBase, tag="hangup", kw_only=True):
+    cause: str = HangupCause.NORMAL_CLEARING
+
+
+class Hold(CallCommandBase, tag="hold", kw_only=True):
+    pass
+
+
+class Retrieve(CallCommandBase, tag="retrieve", kw_only=True):
+    pass
+
+
+class BlindTransfer(CallCommandBase, tag="blind_transfer", kw_only=True):
+    target: str
+
+
+class AttendedTransferStart(CallCommandBase, tag="attended_transfer_start", kw_only=True):
+    target: str
+    timeout_s: float = 30.0
+
+
+class AttendedTransferComplete(CallCommandBase, tag="attended_transfer_complete", kw_only=True):
+    pass
+
+
+class AttendedTransferCancel(CallCommandBase, tag="attended_transfer_cancel", kw_only=True):
+    pass
+
+
+class Park(CallCommandBase, tag="park", kw_only=True):
+    slot: str = ""
+
+
+class Pickup(CallCommandBase, tag="pickup", kw_only=True):
+    """Pick a parked call up at ``extension``."""
+
+    extension: str
+
+
+class JoinConference(CallCommandBase, tag="join_conference", kw_only=True):
+    room: str
+
+
+class SendDtmf(CallCommandBase, tag="send_dtmf", kw_only=True):
+    digits: str
+
+
+class StartRecording(CallCommandBase, tag="start_recording", kw_only=True):
+    path: str = ""
+
+
+class StopRecording(CallCommandBase, tag="stop_recording", kw_only=True):
+    pass
+
+
+CallCommand = (
+    Originate
+    | Answer
+    | Hangup
+    | Hold
+    | Retrieve
+    | BlindTransfer
+    | AttendedTransferStart
+    | AttendedTransferComplete
+    | AttendedTransferCancel
+    | Park
+    | Pickup
+    | JoinConference
+    | SendDtmf
+    | StartRecording
+    | StopRecording
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Agent commands (desktop / API -> agent)
+# --------------------------------------------------------------------------------------------
+
+
+class AgentCommandBase(Msg):
+    agent_id: str
+    at: float
+    request_id: str = ""
+
+
+class AgentLogin(AgentCommandBase, tag="agent_login", kw_only=True):
+    extension: str
+    queues: tuple[str, ...] = ()
+    #: skill name -> proficiency (1..100)
+    skills: dict[str, int] = {}
+    tenant: str = "default"
+    #: log in straight to AVAILABLE instead of NOT_READY("login")
+    ready: bool = False
+
+
+class AgentLogout(AgentCommandBase, tag="agent_logout", kw_only=True):
+    pass
+
+
+class AgentReady(AgentCommandBase, tag="agent_ready", kw_only=True):
+    pass
+
+
+class AgentNotReady(AgentCommandBase, tag="agent_not_ready", kw_only=True):
+    reason: str = "break"
+
+
+class AgentEndWrapUp(AgentCommandBase, tag="agent_end_wrap_up", kw_only=True):
+    pass
+
+
+AgentCommand = AgentLogin | AgentLogout | AgentReady | AgentNotReady | AgentEndWrapUp
+
+
+# --------------------------------------------------------------------------------------------
+# Routing: how calls, queues and agents talk (all by message, no shared state)
+# --------------------------------------------------------------------------------------------
+
+
+class EnterFlow(Msg, tag="enter_flow", kw_only=True):
+    """Router -> call: run the IVR flow ``flow_id`` (the flow engine drives the call from here)."""
+
+    call_id: str
+    at: float
+    flow_id: str
+
+
+class RouteToQueue(Msg, tag="route_to_queue", kw_only=True):
+    """Flow/router -> call: put the caller into ``queue_id``."""
+
+    call_id: str
+    at: float
+    queue_id: str
+    priority: int = 0
+    #: required skill -> minimum proficiency
+    skills: dict[str, int] = {}
+
+
+class RouteToExtension(Msg, tag="route_to_extension", kw_only=True):
+    """Flow/router -> call: ring an extension (or an external number) directly."""
+
+    call_id: str
+    at: float
+    target: str
+    timeout_s: float = 30.0
+
+
+class QueueCall(Msg, tag="queue_call", kw_only=True):
+    """Call -> queue: a caller joins."""
+
+    queue_id: str
+    call_id: str
+    at: float
+    priority: int = 0
+    skills: dict[str, int] = {}
+    caller_id: str = ""
+    tenant: str = "default"
+
+
+class CallerLeft(Msg, tag="caller_left", kw_only=True):
+    """Call -> queue: the caller is gone (hung up while waiting or ringing)."""
+
+    queue_id: str
+    call_id: str
+    at: float
+
+
+class QueueOverflow(Msg, tag="queue_overflow", kw_only=True):
+    """Queue -> call: max wait or max length reached; leave for ``target`` ("" = hang up)."""
+
+    call_id: str
+    at: float
+    queue_id: str
+    target: str = ""
+    reason: Literal["max_wait", "max_length", "no_agents"] = "max_wait"
+
+
+class AgentStatus(Msg, tag="agent_status", kw_only=True):
+    """Agent -> each of its queues: what routing needs to know, sent whenever it changes."""
+
+    queue_id: str
+    agent_id: str
+    at: float
+    logged_in: bool
+    available: bool
+    extension: str = ""
+    skills: dict[str, int] = {}
+    idle_since: float = 0.0
+    talk_time: float = 0.0
+    calls_handled: int = 0
+
+
+class ReserveAgent(Msg, tag="reserve_agent", kw_only=True):
+    """Queue -> agent: may I offer you this call?"""
+
+    agent_id: str
+    at: float
+    offer_id: str
+    queue_id: str
+    call_id: str
+    #: how long the agent stays reserved at most (ring timeout plus grace)
+    timeout_s: float = 30.0
+    wrap_up_s: float = 0.0
+
+
+class ReservationAccepted(Msg, tag="reservation_accepted", kw_only=True):
+    queue_id: str
+    agent_id: str
+    at: float
+    offer_id: str
+    extension: str = ""
+
+
+class ReservationRejected(Msg, tag="reservation_rejected", kw_only=True):
+    queue_id: str
+    agent_id: str
+    at: float
+    offer_id: str
+    reason: str = "not_available"
+
+
+class ReleaseReservation(Msg, tag="release_reservation", kw_only=True):
+    """Queue or call -> agent: the reservation is void (caller gone, another agent won)."""
+
+    agent_id: str
+    at: float
+    offer_id: str
+
+
+class ConnectAgent(Msg, tag="connect_agent", kw_only=True):
+    """Queue -> call: ring this reserved agent."""
+
+    call_id: str
+    at: float
+    queue_id: str
+    offer_id: str
+    agent_id: str
+    extension: str
+    ring_timeout_s: float = 20.0
+
+
+class OfferAnswered(Msg, tag="offer_answered", kw_only=True):
+    """Call -> queue and agent: the agent picked up."""
+
+    at: float
+    offer_id: str
+    call_id: str
+    agent_id: str
+    queue_id: str
+
+
+class OfferFailed(Msg, tag="offer_failed", kw_only=True):
+    """Call -> queue and agent: the offer ended without a conversation."""
+
+    at: float
+    offer_id: str
+    call_id: str
+    agent_id: str
+    queue_id: str
+    reason: Literal["no_answer", "busy", "failed", "caller_gone", "answered_elsewhere"] = "no_answer"
+
+
+class AgentCallEnded(Msg, tag="agent_call_ended", kw_only=True):
+    """Call -> agent: the conversation ended (or the agent was transferred away)."""
+
+    agent_id: str
+    at: float
+    call_id: str
+    queue_id: str = ""
+
+
+class TimerFired(Msg, tag="timer_fired", kw_only=True):
+    """Host -> the actor that started the timer."""
+
+    key: str
+    at: float
+
+
+RoutingMessage = (
+    EnterFlow
+    | RouteToQueue
+    | RouteToExtension
+    | QueueCall
+    | CallerLeft
+    | QueueOverflow
+    | AgentStatus
+    | ReserveAgent
+    | ReservationAccepted
+    | ReservationRejected
+    | ReleaseReservation
+    | ConnectAgent
+    | OfferAnswered
+    | OfferFailed
+    | AgentCallEnded
+    | TimerFired
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Media commands (engine -> FreeSWITCH), carried by the SendMedia effect
+# --------------------------------------------------------------------------------------------
+
+
+class MediaCommandBase(Msg):
+    call_id: str
+    leg: str = "a"
+    node: str = ""
+
+
+class MediaAnswer(MediaCommandBase, tag="m_answer", kw_only=True):
+    pass
+
+
+class MediaHangup(MediaCommandBase, tag="m_hangup", kw_only=True):
+    cause: str = HangupCause.NORMAL_CLEARING
+
+
+class MediaOriginate(MediaCommandBase, tag="m_originate", kw_only=True):
+    """Create leg ``leg`` of ``call_id`` by dialling ``destination`` (an extension or number)."""
+
+    destination: str
+    timeout_s: float = 30.0
+    caller_id: str = ""
+    variables: dict[str, str] = {}
+
+
+class MediaBridge(MediaCommandBase, tag="m_bridge", kw_only=True):
+    """Bridge ``leg`` with ``other_leg`` (both of the same call)."""
+
+    other_leg: str
+
+
+class MediaHold(MediaCommandBase, tag="m_hold", kw_only=True):
+    music: str = "local_stream://moh"
+
+
+class MediaUnhold(MediaCommandBase, tag="m_unhold", kw_only=True):
+    pass
+
+
+class MediaPlay(MediaCommandBase, tag="m_play", kw_only=True):
+    file: str
+    loops: int = 1
+
+
+class MediaStopPlayback(MediaCommandBase, tag="m_stop_playback", kw_only=True):
+    pass
+
+
+class MediaCollectDigits(MediaCommandBase, tag="m_collect_digits", kw_only=True):
+    prompt: str
+    min_digits: int = 1
+    max_digits: int = 1
+    timeout_s: float = 5.0
+    terminators: str = "#"
+
+
+class MediaTransfer(MediaCommandBase, tag="m_transfer", kw_only=True):
+    destination: str
+
+
+class MediaPark(MediaCommandBase, tag="m_park", kw_only=True):
+    slot: str = ""
+
+
+class MediaConference(MediaCommandBase, tag="m_conference", kw_only=True):
+    room: str
+
+
+class MediaSendDtmf(MediaCommandBase, tag="m_send_dtmf", kw_only=True):
+    digits: str
+
+
+class MediaRecordStart(MediaCommandBase, tag="m_record_start", kw_only=True):
+    path: str
+
+
+class MediaRecordStop(MediaCommandBase, tag="m_record_stop", kw_only=True):
+    path: str = ""
+
+
+MediaCommand = (
+    MediaAnswer
+    | MediaHangup
+    | MediaOriginate
+    | MediaBridge
+    | MediaHold
+    | MediaUnhold
+    | MediaPlay
+    | MediaStopPlayback
+    | MediaCollectDigits
+    | MediaTransfer
+    | MediaPark
+    | MediaConference
+    | MediaSendDtmf
+    | MediaRecordStart
+    | MediaRecordStop
+)
+
+
+# --------------------------------------------------------------------------------------------
+# CTI events and CDRs (payloads of effects)
+# --------------------------------------------------------------------------------------------
+
+#: Scalar values allowed in a CTI event's ``data``.
+Scalar = str | int | float | bool | None
+
+
+class CtiEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """A CTI event as the state machines emit it. ``seq`` is assigned by the publisher, per tenant."""
+
+    name: str  #: CALL_CREATED, QUEUE_ENTERED, AGENT_STATE_CHANGED, ... (upper snake case)
+    tenant: str
+    at: float
+    call_id: str = ""
+    agent_id: str = ""
+    queue_id: str = ""
+    data: dict[str, Scalar] = {}
+    seq: int = 0
+    version: int = 1
+
+
+class Cdr(msgspec.Struct, frozen=True, kw_only=True):
+    """Call detail record: exactly one per call, written when the call reaches ENDED."""
+
+    call_id: str
+    tenant: str
+    direction: str
+    caller_id: str
+    destination: str
+    created_at: float
+    answered_at: float | None
+    ended_at: float
+    disposition: Disposition
+    hangup_cause: str
+    queue_id: str = ""
+    agent_id: str = ""
+    wait_s: float = 0.0
+    talk_s: float = 0.0
+    hold_s: float = 0.0
+    transfers: int = 0
+    node: str = ""
+    version: int = 1
+
+    @property
+    def duration_s(self) -> float:
+        return self.ended_at - self.created_at
+
+
+# --------------------------------------------------------------------------------------------
+# Effects (state machine -> host)
+# --------------------------------------------------------------------------------------------
+
+
+class StartTimer(Msg, tag="start_timer", kw_only=True):
+    """Deliver ``TimerFired(key, at=deadline)`` to this actor at ``deadline`` unless cancelled.
+
+    Starting a timer with a key that is already running replaces it.
+    """
+
+    key: str
+    deadline: float
+
+
+class CancelTimer(Msg, tag="cancel_timer", kw_only=True):
+    key: str
+
+
+class SendMedia(Msg, tag="send_media", kw_only=True):
+    command: MediaCommand
+
+
+class PublishCti(Msg, tag="publish_cti", kw_only=True):
+    event: CtiEvent
+
+
+class WriteCdr(Msg, tag="write_cdr", kw_only=True):
+    cdr: Cdr
+
+
+class Send(Msg, tag="send", kw_only=True):
+    """Deliver ``message`` to the actor (``to``, ``to_id``)."""
+
+    to: ActorKind
+    to_id: str
+    message: RoutingMessage
+
+
+class Reply(Msg, tag="reply", kw_only=True):
+    """Answer a command that carried a ``request_id``. ``code`` is a gRPC status name."""
+
+    request_id: str
+    ok: bool = True
+    code: str = "OK"
+    message: str = ""
+    data: dict[str, Any] = {}
+
+
+class Stop(Msg, tag="stop", kw_only=True):
+    """The actor is done: the host may forget it once the other effects are performed."""
+
+    reason: str = "normal"
+
+
+Effect = StartTimer | CancelTimer | SendMedia | PublishCti | WriteCdr | Send | Reply | Stop
+
+#: Everything an actor can receive.
+Message = MediaEvent | CallCommand | AgentCommand | RoutingMessage
+
+ALL_MESSAGE_TYPES: tuple[type[Msg], ...] = tuple(
+    t
+    for union in (MediaEvent, CallCommand, AgentCommand, RoutingMessage, MediaCommand, Effect)
+    for t in union.__args__  # type: ignore[attr-defined]
+)
+
+# Decoders/encoders built once and reused (msgspec's recommended pattern).
+json_encoder = msgspec.json.Encoder()
+msgpack_encoder = msgspec.msgpack.Encoder()
+message_json_decoder = msgspec.json.Decoder(Message)
+message_msgpack_decoder = msgspec.msgpack.Decoder(Message)
+effect_json_decoder = msgspec.json.Decoder(Effect)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema (2020-12) for every message, media command, effect, CTI event and CDR."""
+
+    roots = (Message, MediaCommand, Effect, CtiEvent, Cdr)
+    (message, media, effect, cti, cdr), defs = msgspec.json.schema_components(roots)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "callengine messages",
+        "anyOf": [message, media, effect, cti, cdr],
+        "$defs": defs,
+    }
+
+
+__all__ = [name for name in dir() if not name.startswith("_")]
