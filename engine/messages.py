@@ -29,7 +29,6 @@ Theory of operation
 
 from __future__ import annotations
 
-import enum
 from typing import Any, Literal
 
 import msgspec
@@ -49,8 +48,11 @@ Disposition = Literal["answered", "abandoned", "no_answer", "busy", "failed", "o
 ActorKind = Literal["call", "agent", "queue"]
 
 
-class HangupCause(enum.StrEnum):
-    """Q.850-style causes as FreeSWITCH names them (a subset; unknown ones pass through as str)."""
+class HangupCause:
+    """Q.850-style causes as FreeSWITCH names them (a subset; unknown ones pass through as str).
+
+    Plain string constants rather than an Enum: causes travel as strings and reprs stay valid Python.
+    """
 
     NORMAL_CLEARING = "NORMAL_CLEARING"
     ORIGINATOR_CANCEL = "ORIGINATOR_CANCEL"

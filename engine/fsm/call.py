@@ -210,8 +210,12 @@ _TALKING = (CallState.ACTIVE, CallState.HELD)
 
 
 def _t(call: Call, at: float) -> tuple[Call, float]:
-    t = max(call.now, at)
-    return (replace(call, now=t) if t != call.now else call), t
+    """The event's time, clamped so it never runs behind what the call has already seen.
+
+    ``now`` itself only moves when the call changes state (``_enter``), so a duplicate or late
+    event leaves the call exactly as it was.
+    """
+    return call, max(call.now, at)
 
 
 def _enter(call: Call, new: CallState, t: float) -> Call:
@@ -224,7 +228,7 @@ def _enter(call: Call, new: CallState, t: float) -> Call:
         talk += spent
     elif call.state in _HOLD:
         hold += spent
-    return replace(call, state=new, state_since=t, wait_s=wait, talk_s=talk, hold_s=hold)
+    return replace(call, state=new, state_since=t, now=t, wait_s=wait, talk_s=talk, hold_s=hold)
 
 
 def _new_leg_id(call: Call) -> tuple[Call, str]:
@@ -404,7 +408,9 @@ def _after_ring_failure(call: Call, out: Out, t: float, cause: str) -> Call:
         return call
     if call.in_queue:
         return _enter(call, S.QUEUED, t)  # back in line; the queue offers again
-    return _end(call, out, t, _disposition_for(cause), cause, hang_up_a=True)
+    # a caller who already talked to someone (then was transferred) still had an answered call
+    disposition = "answered" if call.answered_at is not None else _disposition_for(cause)
+    return _end(call, out, t, disposition, cause, hang_up_a=True)
 
 
 @on(LIVE, ChannelAnswered)

@@ -269,9 +269,10 @@ def _leave(q: Queue, waiter: Waiter, out: Out, t: float, outcome: str) -> Queue:
     timers = cancel_timers(q.timers, out, keys)
     offers = dict(q.offers)
     for offer in q.offers_for(waiter.call_id):
-        if offer.phase == "reserving":
-            # the agent is reserved but not rung yet: free it (a rung agent is freed by the call)
-            out.send("agent", offer.agent_id, ReleaseReservation(agent_id=offer.agent_id, at=t, offer_id=offer.offer_id))
+        # free every agent still held for this caller. A rung agent is also freed by the call, but
+        # the call may have ended before our ConnectAgent reached it; a second release of the same
+        # offer is a no-op at the agent, a missing one would leave it RESERVED until its timer.
+        out.send("agent", offer.agent_id, ReleaseReservation(agent_id=offer.agent_id, at=t, offer_id=offer.offer_id))
         del offers[offer.offer_id]
     waited = max(0.0, t - waiter.enqueued_at)
     st = q.stats
