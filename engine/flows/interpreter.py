@@ -1,0 +1,360 @@
+"""The flow interpreter: runs a ``Flow`` graph for one call, purely.
+
+Rules
+1. Pure: no I/O, no clock reads, no async library. Time arrives in events (``at``); wall-clock
+   decisions (business hours) use ``at + FlowRun.clock_offset``, an offset the host supplies once
+   when the flow starts (virtual epoch in the simulator, the real one in production).
+2. ``start`` and ``handle`` return a ``FlowStep``: the new (frozen) ``FlowRun``, the effects to
+   perform (``SendMedia`` and one timer, key ``FLOW_TIMER``) and, when the flow is over, an
+   ``outcome`` that the call machine turns into its ordinary routing (RouteToQueue,
+   RouteToExtension, hangup). The call machine owns the call; the interpreter only says what the
+   flow wants.
+3. Events the current node does not wait for are ignored (media is noisy: a late
+   ``PlaybackFinished`` after a barge-in, DTMF while a plain prompt plays).
+
+Theory of operation
+Immediate nodes (answer, set, time_condition, route) are followed in a loop until a waiting node
+(play, menu, voicemail) or a terminal node (queue, transfer, hangup) is reached. A guard of
+``MAX_IMMEDIATE_STEPS`` turns a loop that never waits into a hangup (the loader rejects such flows;
+the guard protects production from a flow that slipped through). Play, menu and voicemail
+auto-answer the caller first, as Kazoo does: prompts need an answered channel.
+
+A menu plays its prompt (DTMF barges in and stops it), then waits ``timeout_s`` for each digit.
+Input ends with the terminator, ``max_digits`` digits or the timeout; a known choice follows its
+option; no input / an unknown choice counts an attempt and replays (after ``invalid_prompt``),
+and after ``retries`` replays goes to ``on_timeout`` / ``on_invalid`` or hangs up.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+import zoneinfo
+from functools import lru_cache
+from typing import Literal
+
+import msgspec
+
+from engine.flows.model import (
+    DAYS,
+    AnswerNode,
+    Flow,
+    HangupNode,
+    MenuNode,
+    PlayNode,
+    QueueNode,
+    RouteNode,
+    SetNode,
+    TimeConditionNode,
+    TransferNode,
+    VoicemailNode,
+)
+from engine.messages import (
+    CancelTimer,
+    DtmfReceived,
+    Effect,
+    MediaAnswer,
+    MediaPlay,
+    MediaRecordStart,
+    MediaRecordStop,
+    MediaStopPlayback,
+    PlaybackFinished,
+    SendMedia,
+    StartTimer,
+    TimerFired,
+)
+
+__all__ = [
+    "FLOW_TIMER", "MAX_IMMEDIATE_STEPS", "FlowRun", "FlowStep", "ToQueue", "ToTarget", "ToHangup",
+    "Outcome", "start", "handle", "is_open",
+]
+
+#: the one timer key a flow uses (menus' digit timeout, voicemail's max length)
+FLOW_TIMER = "flow"
+#: immediate nodes followed within one event before the flow is declared looping
+MAX_IMMEDIATE_STEPS = 256
+
+Waiting = Literal["", "play", "prompt", "digits", "invalid", "greeting", "recording", "done"]
+
+
+class FlowRun(msgspec.Struct, frozen=True, kw_only=True):
+    """Where one call is in its flow."""
+
+    flow_id: str
+    call_id: str
+    node: str = ""
+    waiting: Waiting = ""
+    #: digits collected by the current menu attempt
+    digits: str = ""
+    #: menu attempts that failed (no input or invalid) at the current menu
+    failures: int = 0
+    vars: dict[str, str] = {}
+    did: str = ""
+    caller_id: str = ""
+    media_node: str = ""
+    #: unix time = event ``at`` + clock_offset
+    clock_offset: float = 0.0
+    answered: bool = False
+    #: the node ids visited, in order (for tests, CDR enrichment and reports)
+    path: tuple[str, ...] = ()
+    timer: bool = False
+
+
+class ToQueue(msgspec.Struct, frozen=True, kw_only=True):
+    queue: str
+    priority: int = 0
+    skills: dict[str, int] = {}
+
+
+class ToTarget(msgspec.Struct, frozen=True, kw_only=True):
+    target: str
+    timeout_s: float = 30.0
+
+
+class ToHangup(msgspec.Struct, frozen=True, kw_only=True):
+    cause: str = "NORMAL_CLEARING"
+    #: why, for humans ("menu_timeout", "flow_loop", "voicemail_done", ...)
+    reason: str = ""
+
+
+Outcome = ToQueue | ToTarget | ToHangup
+
+
+class FlowStep(msgspec.Struct, frozen=True):
+    run: FlowRun
+    effects: list[Effect]
+    outcome: Outcome | None = None
+
+
+replace = msgspec.structs.replace
+
+
+class _Out:
+    __slots__ = ("effects", "run")
+
+    def __init__(self, run: FlowRun) -> None:
+        self.run = run
+        self.effects: list[Effect] = []
+
+    def media(self, command: object) -> None:
+        self.effects.append(SendMedia(command=command))  # type: ignore[arg-type]
+
+    def timer(self, deadline: float) -> None:
+        self.effects.append(StartTimer(key=FLOW_TIMER, deadline=deadline))
+        self.run = replace(self.run, timer=True)
+
+    def cancel_timer(self) -> None:
+        if self.run.timer:
+            self.effects.append(CancelTimer(key=FLOW_TIMER))
+            self.run = replace(self.run, timer=False)
+
+
+def start(flow: Flow, *, call_id: str, at: float, did: str = "", caller_id: str = "",
+          media_node: str = "", clock_offset: float = 0.0, answered: bool = False,
+          variables: dict[str, str] | None = None) -> FlowStep:
+    """Begin ``flow`` for a call and run it until it waits or ends."""
+    run = FlowRun(flow_id=flow.id, call_id=call_id, did=did, caller_id=caller_id, media_node=media_node,
+                  clock_offset=clock_offset, answered=answered, vars=dict(variables or {}))
+    out = _Out(run)
+    outcome = _goto(flow, out, flow.start, at)
+    return FlowStep(out.run, out.effects, outcome)
+
+
+def handle(flow: Flow, run: FlowRun, event: object) -> FlowStep:
+    """Apply a media event or the flow timer to a running flow."""
+    out = _Out(run)
+    outcome: Outcome | None = None
+    if run.waiting in ("", "done"):
+        return FlowStep(run, [])
+    node = flow.nodes[run.node]
+    match event:
+        case PlaybackFinished(leg="a"):
+            outcome = _on_playback(flow, out, node, event)
+        case DtmfReceived(leg="a"):
+            outcome = _on_dtmf(flow, out, node, event.digit, event.at)
+        case TimerFired(key=key) if key == FLOW_TIMER:
+            if run.timer:
+                out.run = replace(out.run, timer=False)
+                outcome = _on_timeout(flow, out, node, event.at)
+    return FlowStep(out.run, out.effects, outcome)
+
+
+# ---- node entry --------------------------------------------------------------------------------
+
+
+def _answer(out: _Out) -> None:
+    if not out.run.answered:
+        out.media(MediaAnswer(call_id=out.run.call_id, leg="a", node=out.run.media_node))
+        out.run = replace(out.run, answered=True)
+
+
+def _play(out: _Out, file: str) -> None:
+    out.media(MediaPlay(call_id=out.run.call_id, leg="a", node=out.run.media_node, file=file))
+
+
+def _goto(flow: Flow, out: _Out, node_id: str, at: float) -> Outcome | None:
+    """Enter ``node_id`` and follow immediate nodes until something waits or the flow ends."""
+    for _ in range(MAX_IMMEDIATE_STEPS):
+        if not node_id:
+            return _finish(out, ToHangup(reason="no_target"))
+        node = flow.nodes.get(node_id)
+        if node is None:  # the loader rejects this; never crash a live call over it
+            return _finish(out, ToHangup(cause="NORMAL_TEMPORARY_FAILURE", reason=f"missing_node:{node_id}"))
+        out.run = replace(out.run, node=node_id, waiting="", digits="", path=out.run.path + (node_id,))
+        match node:
+            case AnswerNode():
+                _answer(out)
+                node_id = node.next
+            case SetNode():
+                out.run = replace(out.run, vars={**out.run.vars, node.name: node.value})
+                node_id = node.next
+            case TimeConditionNode():
+                node_id = node.open if is_open(node, at + out.run.clock_offset) else node.closed
+            case RouteNode():
+                node_id = _route(node, out.run)
+            case PlayNode():
+                _answer(out)
+                _play(out, node.prompt)
+                out.run = replace(out.run, waiting="play")
+                return None
+            case MenuNode():
+                out.run = replace(out.run, failures=0)
+                _menu_prompt(out, node)
+                return None
+            case VoicemailNode():
+                _answer(out)
+                if node.greeting:
+                    _play(out, node.greeting)
+                    out.run = replace(out.run, waiting="greeting")
+                else:
+                    _record(out, node, at)
+                return None
+            case QueueNode():
+                return _finish(out, ToQueue(queue=node.queue, priority=node.priority, skills=dict(node.skills)))
+            case TransferNode():
+                return _finish(out, ToTarget(target=node.target, timeout_s=node.timeout_s))
+            case HangupNode():
+                return _finish(out, ToHangup(cause=node.cause, reason="hangup_node"))
+    return _finish(out, ToHangup(cause="NORMAL_TEMPORARY_FAILURE", reason="flow_loop"))
+
+
+def _finish(out: _Out, outcome: Outcome) -> Outcome:
+    out.cancel_timer()
+    out.run = replace(out.run, waiting="done")
+    return outcome
+
+
+def _menu_prompt(out: _Out, node: MenuNode) -> None:
+    _answer(out)
+    _play(out, node.prompt)
+    out.run = replace(out.run, waiting="prompt", digits="")
+
+
+def _record(out: _Out, node: VoicemailNode, at: float) -> None:
+    path = f"voicemail/{node.box}/{out.run.call_id}.wav"
+    out.media(MediaRecordStart(call_id=out.run.call_id, leg="a", node=out.run.media_node, path=path))
+    out.run = replace(out.run, waiting="recording")
+    out.timer(at + node.max_length_s)
+
+
+def _route(node: RouteNode, run: FlowRun) -> str:
+    if node.by == "did":
+        value = run.did
+    elif node.by == "caller_id":
+        value = run.caller_id
+    else:
+        value = run.vars.get(node.by[4:], "")
+    for rule in node.rules:
+        if _pattern(rule.match).fullmatch(value):
+            return rule.next
+    return node.default
+
+
+@lru_cache(maxsize=1024)
+def _pattern(text: str) -> re.Pattern[str]:
+    return re.compile(text)
+
+
+@lru_cache(maxsize=64)
+def _zone(name: str) -> zoneinfo.ZoneInfo:
+    return zoneinfo.ZoneInfo(name)
+
+
+def is_open(node: TimeConditionNode, unix_time: float) -> bool:
+    """Business hours at ``unix_time`` (seconds since the epoch) in the node's time zone."""
+    local = _dt.datetime.fromtimestamp(unix_time, _zone(node.timezone))
+    if local.date().isoformat() in node.holidays:
+        return False
+    day = DAYS[local.weekday()]
+    hhmm = f"{local.hour:02d}:{local.minute:02d}"
+    return any(day in rule.days and rule.start <= hhmm < rule.end for rule in node.rules)
+
+
+# ---- events ------------------------------------------------------------------------------------
+
+
+def _on_playback(flow: Flow, out: _Out, node: object, ev: PlaybackFinished) -> Outcome | None:
+    run = out.run
+    match node:
+        case PlayNode() if run.waiting == "play" and ev.file in ("", node.prompt):
+            return _goto(flow, out, node.next, ev.at)
+        case MenuNode() if run.waiting == "prompt" and ev.file in ("", node.prompt):
+            out.run = replace(run, waiting="digits")
+            out.timer(ev.at + node.timeout_s)
+        case MenuNode() if run.waiting == "invalid" and ev.file in ("", node.invalid_prompt):
+            _menu_prompt(out, node)
+        case VoicemailNode() if run.waiting == "greeting":
+            _record(out, node, ev.at)
+    return None
+
+
+def _on_dtmf(flow: Flow, out: _Out, node: object, digit: str, at: float) -> Outcome | None:
+    if not isinstance(node, MenuNode) or out.run.waiting not in ("prompt", "invalid", "digits"):
+        return None  # plain prompts and voicemail do not take input
+    if out.run.waiting != "digits":
+        # barge-in: the caller knows what they want; stop talking
+        out.media(MediaStopPlayback(call_id=out.run.call_id, leg="a", node=out.run.media_node))
+        out.run = replace(out.run, waiting="digits", digits="")
+    if digit == node.terminator:
+        return _decide(flow, out, node, at)
+    out.run = replace(out.run, digits=out.run.digits + digit)
+    if len(out.run.digits) >= node.max_digits:
+        return _decide(flow, out, node, at)
+    out.timer(at + node.timeout_s)
+    return None
+
+
+def _on_timeout(flow: Flow, out: _Out, node: object, at: float) -> Outcome | None:
+    match node:
+        case MenuNode() if out.run.waiting == "digits":
+            if out.run.digits:
+                return _decide(flow, out, node, at)
+            return _retry(flow, out, node, at, invalid=False)
+        case VoicemailNode() if out.run.waiting == "recording":
+            out.media(MediaRecordStop(call_id=out.run.call_id, leg="a", node=out.run.media_node))
+            return _finish(out, ToHangup(reason="voicemail_done"))
+    return None
+
+
+def _decide(flow: Flow, out: _Out, node: MenuNode, at: float) -> Outcome | None:
+    out.cancel_timer()
+    target = node.options.get(out.run.digits)
+    if target is not None:
+        return _goto(flow, out, target, at)
+    return _retry(flow, out, node, at, invalid=True)
+
+
+def _retry(flow: Flow, out: _Out, node: MenuNode, at: float, *, invalid: bool) -> Outcome | None:
+    failures = out.run.failures + 1
+    out.run = replace(out.run, failures=failures, digits="")
+    if failures > node.retries:
+        fallback = node.on_invalid if invalid else node.on_timeout
+        if not fallback:
+            return _finish(out, ToHangup(reason="menu_invalid" if invalid else "menu_timeout"))
+        return _goto(flow, out, fallback, at)
+    if invalid and node.invalid_prompt:
+        _play(out, node.invalid_prompt)
+        out.run = replace(out.run, waiting="invalid")
+        return None
+    _menu_prompt(out, node)
+    return None

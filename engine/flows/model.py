@@ -1,0 +1,190 @@
+"""Call-flow documents: the declarative graphs an IVR is made of (in the spirit of Kazoo callflows).
+
+Rules
+1. A flow is data: frozen msgspec Structs, decoded from TOML or YAML at the edge (``loader``) and
+   trusted inside. Nothing here does I/O or reads a clock; nothing here imports ``engine.messages``
+   (messages carry flows, not the other way round).
+2. A node is one of a closed set of types, tagged by ``type``. Every edge is a node id held in a
+   field whose name says when it is taken (``next``, ``open``/``closed``, ``options``,
+   ``on_timeout``, ...). ``Flow.edges`` is the one place that knows where those fields are, so the
+   validator and the interpreter cannot disagree about the graph.
+3. Terminal nodes (queue, transfer, voicemail, hangup) hand the call to routing and have no edges.
+
+Theory of operation
+A flow starts at ``start``. *Immediate* nodes (answer, set, time_condition, route) decide at once
+and move on; *waiting* nodes (play, menu) send media and wait for the switch (PlaybackFinished,
+DTMF) or a timer. A terminal node ends the flow with an outcome that the call machine turns into
+its ordinary routing. ``engine.flows.interpreter`` runs the graph; ``engine.flows.loader``
+decodes and validates it (missing targets, unreachable nodes, loops without exit).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = [
+    "Node", "AnswerNode", "PlayNode", "MenuNode", "TimeConditionNode", "TimeRule", "RouteNode",
+    "RouteRule", "QueueNode", "TransferNode", "VoicemailNode", "SetNode", "HangupNode", "Flow",
+    "TERMINAL_TYPES", "WAITING_TYPES", "DAYS",
+]
+
+#: weekday names as ``TimeRule.days`` spells them, Monday first (``datetime.weekday()`` order)
+DAYS: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class _Node(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", forbid_unknown_fields=True):
+    #: free text shown in reports and validation errors
+    label: str = ""
+
+
+class AnswerNode(_Node, tag="answer", kw_only=True):
+    """Answer the caller's channel (a no-op when it is already answered)."""
+
+    next: str
+
+
+class PlayNode(_Node, tag="play", kw_only=True):
+    """Play ``prompt`` to the caller and continue when it has finished."""
+
+    prompt: str
+    next: str
+
+
+class MenuNode(_Node, tag="menu", kw_only=True):
+    """Play ``prompt`` and collect up to ``max_digits`` DTMF digits.
+
+    Input ends with the terminator, with ``max_digits`` digits, or after ``timeout_s`` without a new
+    digit (counted from the end of the prompt). A known choice goes to ``options[digits]``; no input
+    or an unknown choice replays the menu (after ``invalid_prompt`` for an unknown one) up to
+    ``retries`` times, then goes to ``on_timeout`` / ``on_invalid`` ("" hangs up).
+    """
+
+    prompt: str
+    options: dict[str, str]
+    timeout_s: float = 5.0
+    retries: int = 2
+    max_digits: int = 1
+    terminator: str = "#"
+    invalid_prompt: str = ""
+    on_invalid: str = ""
+    on_timeout: str = ""
+
+
+class TimeRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Open on ``days`` from ``start`` (inclusive) to ``end`` (exclusive), local "HH:MM" times."""
+
+    days: tuple[str, ...] = DAYS[:5]
+    start: str = "09:00"
+    end: str = "17:00"
+
+
+class TimeConditionNode(_Node, tag="time_condition", kw_only=True):
+    """Business hours: ``open`` when local time (``timezone``) falls in a rule and is no holiday."""
+
+    timezone: str = "UTC"
+    rules: tuple[TimeRule, ...] = (TimeRule(),)
+    #: local dates "YYYY-MM-DD" that are closed all day
+    holidays: tuple[str, ...] = ()
+    open: str
+    closed: str
+
+
+class RouteRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``match`` is a regular expression that must match the whole value."""
+
+    match: str
+    next: str
+
+
+class RouteNode(_Node, tag="route", kw_only=True):
+    """Choose the first rule whose pattern matches the DID, the caller id or a flow variable."""
+
+    #: "did", "caller_id" or "var:<name>"
+    by: str = "did"
+    rules: tuple[RouteRule, ...] = ()
+    default: str
+
+
+class QueueNode(_Node, tag="queue", kw_only=True):
+    """Terminal: put the caller in ``queue`` (the call machine's RouteToQueue)."""
+
+    queue: str
+    priority: int = 0
+    #: required skill -> minimum proficiency
+    skills: dict[str, int] = {}
+
+
+class TransferNode(_Node, tag="transfer", kw_only=True):
+    """Terminal: ring an extension or an external number (the call machine's RouteToExtension)."""
+
+    target: str
+    timeout_s: float = 30.0
+
+
+class VoicemailNode(_Node, tag="voicemail", kw_only=True):
+    """Terminal: leave a message in ``box`` (greeting, then record up to ``max_length_s``)."""
+
+    box: str
+    greeting: str = ""
+    max_length_s: float = 120.0
+
+
+class SetNode(_Node, tag="set", kw_only=True):
+    """Set the flow variable ``name`` to ``value`` (visible to ``route`` nodes as ``var:<name>``)."""
+
+    name: str
+    value: str
+    next: str
+
+
+class HangupNode(_Node, tag="hangup", kw_only=True):
+    """Terminal: hang the caller up."""
+
+    cause: str = "NORMAL_CLEARING"
+
+
+Node = (
+    AnswerNode | PlayNode | MenuNode | TimeConditionNode | RouteNode | QueueNode | TransferNode
+    | VoicemailNode | SetNode | HangupNode
+)
+
+TERMINAL_TYPES: tuple[type, ...] = (QueueNode, TransferNode, VoicemailNode, HangupNode)
+WAITING_TYPES: tuple[type, ...] = (PlayNode, MenuNode)
+
+
+class Flow(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    id: str
+    start: str
+    nodes: dict[str, Node]
+    description: str = ""
+
+    def edges(self, node_id: str) -> list[tuple[str, str]]:
+        """``(field path, target)`` for every edge leaving ``node_id``, in a stable order.
+
+        An empty target means "hang up" where the node allows it (menu fallbacks).
+        """
+        node = self.nodes[node_id]
+        match node:
+            case AnswerNode() | PlayNode() | SetNode():
+                return [("next", node.next)]
+            case MenuNode():
+                out = [(f"options.{k}", v) for k, v in node.options.items()]
+                if node.on_invalid:
+                    out.append(("on_invalid", node.on_invalid))
+                if node.on_timeout:
+                    out.append(("on_timeout", node.on_timeout))
+                return out
+            case TimeConditionNode():
+                return [("open", node.open), ("closed", node.closed)]
+            case RouteNode():
+                rules = [(f"rules[{i}].next", r.next) for i, r in enumerate(node.rules)]
+                return rules + [("default", node.default)]
+        return []
+
+    def is_terminal(self, node_id: str) -> bool:
+        return isinstance(self.nodes[node_id], TERMINAL_TYPES)
+
+    def can_hang_up(self, node_id: str) -> bool:
+        """A menu without a fallback for timeout / invalid input hangs up: that is an exit."""
+        node = self.nodes[node_id]
+        return isinstance(node, MenuNode) and (not node.on_invalid or not node.on_timeout)
