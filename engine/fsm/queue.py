@@ -310,7 +310,7 @@ def _enqueue(q: Queue, msg: QueueCall, out: Out) -> Queue:
     out.cti("QUEUE_ENTERED", cfg.tenant, t, queue_id=q.queue_id, call_id=msg.call_id, priority=msg.priority,
             position=len(q.waiting))
     if cfg.max_length and len(q.waiting) > cfg.max_length:
-        return _settle(_overflow(q, waiter, out, t, "max_length"))
+        return _overflow(q, waiter, out, t, "max_length")
     q = replace(q, stats=replace(q.stats, max_length=max(q.stats.max_length, len(q.waiting))))
     timers = q.timers
     if cfg.max_wait_s > 0:
@@ -318,7 +318,7 @@ def _enqueue(q: Queue, msg: QueueCall, out: Out) -> Queue:
     due = _next_relax(cfg, waiter, t)
     if due is not None and waiter.skills:
         timers = start_timer(timers, out, f"relax:{msg.call_id}", due)
-    return _dispatch(replace(q, timers=timers), out, t)
+    return replace(q, timers=timers)
 
 
 @on(list(S), CallerLeft)
@@ -327,7 +327,7 @@ def _caller_left(q: Queue, msg: CallerLeft, out: Out) -> Queue:
     if waiter is None:
         return q  # already answered / overflowed / duplicate
     q, t = _t(q, msg.at)
-    return _dispatch(_leave(q, waiter, out, t, "abandoned"), out, t)
+    return _leave(q, waiter, out, t, "abandoned")
 
 
 @on(list(S), AgentStatus)
@@ -340,7 +340,7 @@ def _agent_status(q: Queue, msg: AgentStatus, out: Out) -> Queue:
         members[msg.agent_id] = Member(agent_id=msg.agent_id, extension=msg.extension, available=msg.available,
                                        skills=dict(msg.skills), idle_since=msg.idle_since,
                                        talk_time=msg.talk_time, calls_handled=msg.calls_handled)
-    return _dispatch(replace(q, members=members), out, t)
+    return replace(q, members=members)
 
 
 @on(list(S), ReservationAccepted)
@@ -382,7 +382,7 @@ def _retry_or_overflow(q: Queue, call_id: str, out: Out, t: float) -> Queue:
     waiter = q.waiter(call_id)
     if waiter is not None and waiter.overdue and not q.offers_for(call_id):
         q = _overflow(q, waiter, out, t, "max_wait")
-    return _dispatch(q, out, t)
+    return q
 
 
 @on(list(S), OfferAnswered)
@@ -393,8 +393,7 @@ def _answered(q: Queue, msg: OfferAnswered, out: Out) -> Queue:
     q, t = _t(q, msg.at)
     offers = dict(q.offers)
     offers.pop(msg.offer_id, None)
-    q = _leave(replace(q, offers=offers), waiter, out, t, "answered")
-    return _dispatch(q, out, t)
+    return _leave(replace(q, offers=offers), waiter, out, t, "answered")
 
 
 @on(list(S), OfferFailed)
@@ -422,15 +421,26 @@ def _timer(q: Queue, msg: TimerFired, out: Out) -> Queue:
             # an agent is being offered or rung: do not yank the caller; overflow if that fails
             waiting = tuple(replace(w, overdue=True) if w.call_id == call_id else w for w in q.waiting)
             return replace(q, waiting=waiting)
-        return _dispatch(_overflow(q, waiter, out, t, "max_wait"), out, t)
+        return _overflow(q, waiter, out, t, "max_wait")
     if kind == "relax":
         due = _next_relax(q.config, waiter, t)
         if due is not None:
             q = replace(q, timers=start_timer(q.timers, out, msg.key, due))
-        return _dispatch(q, out, t)
+        return q
     return q
 
 
 def step(queue: Queue, event: Message) -> tuple[Queue, list[Effect]]:
-    """Apply one event to a queue. Raises ``IllegalTransition`` for pairs outside the table."""
-    return MACHINE.step(queue, event)
+    """Apply one event to a queue, then dispatch once if it changed anything.
+
+    Dispatching here rather than in each handler means no path can forget it: after every event
+    that moved the queue, no waiting caller is left beside a free agent it qualifies for (at the
+    event's time, with skills relaxed to that time). Raises ``IllegalTransition`` for pairs
+    outside the table.
+    """
+    new, effects = MACHINE.step(queue, event)
+    if new is queue:
+        return new, effects
+    out = Out()
+    out.effects = effects
+    return _dispatch(new, out, new.now), out.effects
