@@ -321,6 +321,10 @@ class Runtime:
         if self.root is not None:
             with trio.move_on_at(max(end, trio.current_time() + 0.001)):
                 await self.root.terminate()
+        # unsupervised actors (spawned without a supervisor) go last, newest first
+        for table in reversed(list(self._registry.values())):
+            for cell in reversed(list(table.values())):
+                self._remove(cell, "shutdown", leftovers="dead")
         report = ShutdownReport(drained=drained, undrained=undrained,
                                 stopped=self.stopped - stopped_before,
                                 elapsed_s=trio.current_time() - start)

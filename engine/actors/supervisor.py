@@ -302,9 +302,9 @@ class Supervisor:
             await self._terminate_child(child)
         rt._emit("supervisor_stopped", path=self.path)
 
-    async def _terminate_child(self, child: _Child) -> None:
+    async def _terminate_child(self, child: _Child, reason: str = "shutdown") -> None:
         if child.cell is not None:
-            self.runtime._remove(child.cell, "shutdown", leftovers="dead")
+            self.runtime._remove(child.cell, reason, leftovers="dead")
         if child.task is not None:
             await self._stop_task(child)
         if child.sup is not None:
@@ -331,7 +331,7 @@ class Supervisor:
             return
         restart = child.spec.restart
         if restart == "temporary" or (not abnormal and restart == "transient"):
-            await self._terminate_child(child)
+            await self._terminate_child(child, "failed" if abnormal else "exited")
             rt._emit("child_removed", path=f"{self.path}/{child.spec.id}")
             return
         if not await self._count_restart():
