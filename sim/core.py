@@ -85,6 +85,10 @@ from sim.scenario import AgentSpec, Dist, Scenario, Traffic, expand_agents
 __all__ = ["Simulator", "InvariantViolation", "CallerModel", "Observation"]
 
 
+#: a synthetic caller still in ROUTING (nothing answered, nothing played) after this long hangs up
+DEAD_AIR_S = 60.0
+
+
 class InvariantViolation(Exception):
     """An invariant broke. ``seed`` and ``at`` say how to replay it."""
 
@@ -427,7 +431,9 @@ class Simulator:
         if t < self._outage_until:
             self.stats.fault_rejected += 1
             return
-        self._new_call(t, tr.did, caller_id, CallerModel("", index, handle, patience, priority, False, rng.random(), t))
+        call_id = self._new_call(t, tr.did, caller_id, CallerModel("", index, handle, patience, priority, False, rng.random(), t))
+        # dead air: a caller who hears nothing at all (no answer, no prompt) hangs up after a while
+        self._at(t + DEAD_AIR_S, self._dead_air, call_id)
 
     def place_call(self, did: str, caller_id: str = "+15550000000", *, at: float | None = None,
                    handle_s: float = math.inf, patience_s: float = math.inf) -> str:
@@ -481,6 +487,11 @@ class Simulator:
         if caller is None or caller.connected or caller.gone or caller.abandon_token == 0:
             return
         self._caller_hangs_up(t, call_id, HangupCause.ORIGINATOR_CANCEL)
+
+    def _dead_air(self, t: float, call_id: str) -> None:
+        call = self.calls.get(call_id)
+        if call is not None and call.state is CallState.ROUTING:
+            self._caller_hangs_up(t, call_id, HangupCause.ORIGINATOR_CANCEL)
 
     def _caller_hangs_up(self, t: float, call_id: str, cause: str = HangupCause.NORMAL_CLEARING) -> None:
         caller = self.callers.get(call_id)

@@ -76,6 +76,7 @@ class World:
     replies: list[Reply] = field(default_factory=list)
     transitions: list[Transition] = field(default_factory=list)
     stopped: set[str] = field(default_factory=set)
+    dropped: list[tuple[str, str, Any]] = field(default_factory=list)
     #: called after every step; tests put invariant checks here
     observers: list[Callable[[World, Transition], None]] = field(default_factory=list)
     _timers: list[tuple[float, int, str, str, str]] = field(default_factory=list)
@@ -83,6 +84,10 @@ class World:
     _seq: int = 0
     _inbox: deque[tuple[str, str, Any]] = field(default_factory=deque)
     keep_transitions: bool = True
+    #: False: messages wait in per-actor mailboxes until ``deliver_next`` picks one, so a test can
+    #: choose any interleaving across actors (FIFO per recipient, as in the actor runtime)
+    auto_drain: bool = True
+    mailboxes: dict[tuple[str, str], deque[Any]] = field(default_factory=dict)
 
     # ---- population ------------------------------------------------------------------------
 
@@ -118,20 +123,45 @@ class World:
         self._inbox.append((kind, actor_id, message))
         self._drain()
 
+    def pending(self) -> list[tuple[str, str]]:
+        """Actors with mail waiting (only when ``auto_drain`` is False), in a stable order."""
+        return sorted(key for key, box in self.mailboxes.items() if box)
+
+    def deliver_next(self, kind: str, actor_id: str) -> None:
+        """Step ``(kind, actor_id)`` with the oldest message in its mailbox."""
+        message = self.mailboxes[(kind, actor_id)].popleft()
+        self._step(kind, actor_id, message)
+
+    def drain_all(self) -> None:
+        while pending := self.pending():
+            for kind, actor_id in pending:
+                self.deliver_next(kind, actor_id)
+
     def _table(self, kind: str) -> dict[str, Any]:
         return {"call": self.calls, "agent": self.agents, "queue": self.queues}[kind]
 
     def _drain(self) -> None:
         while self._inbox:
             kind, actor_id, message = self._inbox.popleft()
-            table = self._table(kind)
-            if actor_id not in table:
-                raise KeyError(f"no {kind} {actor_id!r} for {type(message).__name__}")
-            before = table[actor_id]
-            after, effects = _STEP[kind](before, message)
-            table[actor_id] = after
-            self._record(kind, actor_id, message, before.state.name, after.state.name, effects)
-            self._perform(kind, actor_id, effects)
+            if self.auto_drain:
+                self._step(kind, actor_id, message)
+            else:
+                self.mailboxes.setdefault((kind, actor_id), deque()).append(message)
+
+    def _step(self, kind: str, actor_id: str, message: Any) -> None:
+        if f"{kind}:{actor_id}" in self.stopped:
+            # as in the actor runtime: a stopped actor is gone, its late mail is dropped
+            self.dropped.append((kind, actor_id, message))
+            return
+        table = self._table(kind)
+        if actor_id not in table:
+            raise KeyError(f"no {kind} {actor_id!r} for {type(message).__name__}")
+        before = table[actor_id]
+        after, effects = _STEP[kind](before, message)
+        table[actor_id] = after
+        self._record(kind, actor_id, message, before.state.name, after.state.name, effects)
+        self._perform(kind, actor_id, effects)
+        self._drain()
 
     def _record(self, kind: str, actor_id: str, message: Any, before: str, after: str,
                 effects: list[Effect]) -> None:

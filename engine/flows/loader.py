@@ -79,8 +79,51 @@ def convert_at(obj: Any, typ: type[T], file: str, path: str) -> T:
         key_in = re.match(r"^(?P<msg>.*) - at `key` in `(?P<path>[^`]*)`$", str(exc))
         if key_in:
             msg, inner = key_in.group("msg") + " (as a key)", key_in.group("path")
+        if "[...]" in inner:
+            inner = _resolve_keys(obj, inner, msg)
         full = path + inner[1:] if inner.startswith("$") else f"{path}.{inner}"
         raise FlowError(file, full, msg) from None
+
+
+_GOT = {"str": (str,), "int": (int,), "float": (float,), "bool": (bool,), "null": (type(None),),
+        "array": (list, tuple), "object": (dict,)}
+_SEGMENT = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
+
+
+def _resolve_keys(obj: Any, inner: str, msg: str) -> str:
+    """msgspec writes ``[...]`` for dict keys; find the key whose value has the type it complains
+    about (``got `str` ``) so that the path names it. Falls back to ``[...]`` when unsure."""
+    got = re.search(r"got `(\w+)`", msg)
+    kinds = _GOT.get(got.group(1)) if got else None
+    segments = [(m.group(1), m.group(2)) for m in _SEGMENT.finditer(inner[1:])]
+
+    def walk(node: Any, i: int) -> str | None:
+        if i == len(segments):
+            if kinds is None:
+                return ""
+            ok = isinstance(node, kinds) and not (bool not in kinds and isinstance(node, bool))
+            return "" if ok else None
+        name, index = segments[i]
+        if name is not None:
+            if isinstance(node, dict) and name in node:
+                rest = walk(node[name], i + 1)
+                return None if rest is None else f".{name}{rest}"
+            return None
+        if index == "...":
+            if not isinstance(node, dict) or kinds is None:
+                return None
+            for key, value in node.items():
+                rest = walk(value, i + 1)
+                if rest is not None:
+                    return f".{key}{rest}"
+            return None
+        if isinstance(node, list | tuple) and int(index) < len(node):
+            rest = walk(node[int(index)], i + 1)
+            return None if rest is None else f"[{index}]{rest}"
+        return None
+
+    found = walk(obj, 0)
+    return "$" + found if found is not None else inner
 
 
 def _as_mapping(obj: Any, file: str, path: str) -> dict[str, Any]:

@@ -1,0 +1,159 @@
+"""Scripted callers: a small API for call-flow tests, over the simulator.
+
+Rules
+1. A script reads like what a tester would do on a phone: call a DID, expect a prompt, press
+   digits, expect a queue, expect an agent with a skill to answer within 30 s, hang up.
+2. Every ``expect_*`` advances *virtual* time only as far as needed (at most ``within`` seconds),
+   so scripts are fast and deterministic. A failed expectation raises ``AssertionError`` listing
+   everything the caller observed, with times.
+3. The world is the real thing: the scenario's queues and agents, the production call, agent and
+   queue machines and the production flow interpreter. Background traffic is off unless asked for.
+
+Example::
+
+    world = World.from_file("examples/office/scenario.yaml")
+    caller = world.call("+15550100")
+    caller.expect_prompt("welcome.wav")
+    caller.press("2")
+    caller.expect_queue("support")
+    agent = caller.expect_answered(within=30, skill="support")
+    caller.hangup()
+    caller.expect_ended()
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+from sim.core import CallerModel, Observation, Simulator
+from sim.scenario import Scenario, load_scenario
+
+__all__ = ["World", "ScriptedCall"]
+
+
+class World:
+    """A simulated switch, agents and queues that scripted callers can dial into."""
+
+    def __init__(self, scenario: Scenario, *, seed: int | None = None, traffic: bool = False,
+                 start_at: float = 0.0) -> None:
+        self.scenario = scenario
+        self.sim = Simulator(scenario, seed, traffic=traffic)
+        # let agents log in (scheduled at their login times) before the first call
+        self.sim.run_until(start_at)
+
+    @classmethod
+    def from_file(cls, path: str | pathlib.Path, **kwargs: Any) -> World:
+        return cls(load_scenario(path), **kwargs)
+
+    @property
+    def now(self) -> float:
+        return self.sim.now
+
+    def call(self, did: str, caller_id: str = "+15550000000", *, talk_s: float = math.inf) -> ScriptedCall:
+        """Dial ``did`` now. ``talk_s``: once connected, the caller hangs up after that long."""
+        call_id = self.sim.place_call(did, caller_id, handle_s=talk_s)
+        caller = self.sim.callers.get(call_id) or self.sim.ended_callers[call_id]
+        return ScriptedCall(self, call_id, caller)
+
+    def advance(self, seconds: float) -> None:
+        self.sim.run_until(self.sim.now + seconds)
+
+    def agent(self, agent_id: str) -> Any:
+        return self.sim.agents[agent_id]
+
+
+class ScriptedCall:
+    def __init__(self, world: World, call_id: str, caller: CallerModel) -> None:
+        self.world = world
+        self.call_id = call_id
+        self._caller = caller
+        self._cursor = 0
+
+    @property
+    def log(self) -> list[Observation]:
+        assert self._caller.log is not None
+        return self._caller.log
+
+    @property
+    def state(self) -> Any:
+        """The call machine's state (None once the call has ended and its actor stopped)."""
+        return self.world.sim.calls.get(self.call_id)
+
+    def _expect(self, what: str, within: float, match: Callable[[Observation], bool]) -> Observation:
+        sim = self.world.sim
+        deadline = sim.now + within
+        log = self.log
+
+        def found() -> Observation | None:
+            for i in range(self._cursor, len(log)):
+                if match(log[i]):
+                    self._cursor = i + 1
+                    return log[i]
+            return None
+
+        hit = found()
+        if hit is None:
+            seen = [len(log)]
+
+            def stop() -> bool:
+                if len(log) != seen[0]:
+                    seen[0] = len(log)
+                    return any(match(o) for o in log[self._cursor:])
+                return False
+
+            sim.run_until(deadline, stop)
+            hit = found()
+        if hit is None:
+            lines = "\n".join(f"  {o.at:9.3f}s {o.kind} {o.detail}" for o in log) or "  (nothing)"
+            raise AssertionError(f"call {self.call_id}: expected {what} within {within:g}s "
+                                 f"(until t={deadline:.3f}s); the caller observed:\n{lines}")
+        return hit
+
+    def expect_prompt(self, file: str, within: float = 10.0) -> Observation:
+        return self._expect(f"prompt {file!r}", within, lambda o: o.kind == "prompt" and o.detail["file"] == file)
+
+    def expect_queue(self, queue: str, within: float = 10.0) -> Observation:
+        return self._expect(f"to enter queue {queue!r}", within, lambda o: o.kind == "queue" and o.detail["queue"] == queue)
+
+    def expect_ringing(self, destination: str, within: float = 10.0) -> Observation:
+        return self._expect(f"{destination!r} to ring", within,
+                            lambda o: o.kind == "ringing" and o.detail["destination"] == destination)
+
+    def expect_answered(self, within: float = 30.0, *, skill: str | None = None, agent: str | None = None,
+                        destination: str | None = None) -> str:
+        """Wait until someone answers; return the agent id ("" for a non-agent destination)."""
+        specs = self.world.sim.specs
+
+        def ok(o: Observation) -> bool:
+            if o.kind != "answered":
+                return False
+            who = o.detail["agent"]
+            if agent is not None and who != agent:
+                return False
+            if destination is not None and o.detail["destination"] != destination:
+                return False
+            return skill is None or (bool(who) and skill in specs[who].skills)
+
+        label = "an answer" + (f" by an agent with skill {skill!r}" if skill else "") + (f" by {agent!r}" if agent else "")
+        return self._expect(label, within, ok).detail["agent"]
+
+    def expect_voicemail(self, within: float = 15.0) -> Observation:
+        return self._expect("voicemail recording", within, lambda o: o.kind == "voicemail")
+
+    def expect_ended(self, within: float = 10.0, disposition: str | None = None) -> Observation:
+        return self._expect(f"the call to end{f' as {disposition!r}' if disposition else ''}", within,
+                            lambda o: o.kind == "ended" and (disposition is None or o.detail["disposition"] == disposition))
+
+    def press(self, digits: str) -> None:
+        """Press ``digits`` now, 0.3 s apart."""
+        self.world.sim.press(self.call_id, digits)
+
+    def hangup(self) -> None:
+        self.world.sim.hangup(self.call_id)
+        self.world.sim.run_until(self.world.sim.now)
+
+    def wait(self, seconds: float) -> None:
+        self.world.advance(seconds)
