@@ -350,7 +350,10 @@ class FreeSwitchEmulator:
         if reg is None:
             raise KeyError(f"{user} is not registered")
         sub = "sofia::expire" if expired else "sofia::unregister"
-        self._fire("CUSTOM", subclass=sub, extra=self._reg_values(reg, "Unregistered"))
+        vals = self._reg_values(reg, "Unregistered")
+        for k in ("presence-hosts", "status", "to-user", "to-host"):  # not in FS's unregister
+            vals.pop(k)
+        self._fire("CUSTOM", subclass=sub, extra=vals)
 
     def _reg_values(self, reg: Registration, status: str) -> dict[str, str]:
         return {
