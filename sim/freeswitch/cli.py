@@ -8,6 +8,7 @@ wires it with ``add_parser(subparsers)`` and calls ``run(args)`` (sync; it start
 from __future__ import annotations
 
 import argparse
+import sys
 
 import trio
 
@@ -51,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
         trio.run(async_run, args)
     except KeyboardInterrupt:
         pass
+    except BaseExceptionGroup as group:  # Ctrl-C arrives wrapped by the nursery
+        rest = group.subgroup(lambda e: not isinstance(e, KeyboardInterrupt | BaseExceptionGroup))
+        if rest is not None:
+            raise
     return 0
 
 
@@ -58,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="fs-emulator")
     sub = ap.add_subparsers(dest="cmd", required=True)
     add_parser(sub)
-    args = ap.parse_args(["fs-emulator", *(argv or [])] if argv is not None else None)
+    args = ap.parse_args(["fs-emulator", *(sys.argv[1:] if argv is None else argv)])
     return args.func(args)
 
 

@@ -517,3 +517,27 @@ def test_garbage_from_client_closes_only_that_connection() -> None:
         assert await bad.drain_until_close() == []
         assert (await good.cmd(c.api("status"))).body.startswith(b"UP ")
     run_real(body)
+
+
+def test_cli_parser_defaults_bind_loopback() -> None:
+    import argparse
+
+    from sim.freeswitch import cli
+
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd")
+    cli.add_parser(sub)
+    args = ap.parse_args(["fs-emulator", "--port", "0", "--heartbeat", "5",
+                          "--calls-per-second", "2"])
+    assert args.func is cli.run
+    emu = cli.build(args)
+    assert (emu.host, emu.requested_port, emu.password, emu.heartbeat, emu.calls_per_second) == \
+        ("127.0.0.1", 0, "ClueCon", 5.0, 2.0)
+
+    async def generated_calls(emu):
+        cl = await mem_client(emu)
+        await cl.cmd(c.event("plain", "CHANNEL_PARK"))
+        first = await cl.event(named("CHANNEL_PARK"))
+        second = await cl.event(named("CHANNEL_PARK"))
+        assert first.event.unique_id != second.event.unique_id
+    run_mock(generated_calls, heartbeat=None, calls_per_second=2.0)
