@@ -349,3 +349,13 @@ def test_time_never_runs_backwards_in_accounting():
 def test_answer_command():
     call, effects = C.step(call_in(S.ROUTING), Answer(call_id="c1", at=1.0, request_id="r"))
     assert call.a_answered and effects[-1].ok
+
+
+@pytest.mark.parametrize("state", [S.ACTIVE, S.HELD, S.TRANSFERRING, S.PARKED, S.ROUTING])
+def test_connect_agent_outside_waiting_never_rings(state):
+    before = call_in(state)
+    after, effects = C.step(before, ConnectAgent(call_id="c1", at=9.0, queue_id="q1", offer_id="o8", agent_id="a3",
+                                                 extension="1003"))
+    assert after == before and media(effects) == []
+    reasons = {s.message.reason for s in sends(effects, kind=OfferFailed)}
+    assert reasons == ({"answered_elsewhere"} if state in (S.ACTIVE, S.HELD, S.TRANSFERRING) else {"caller_gone"})

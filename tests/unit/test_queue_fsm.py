@@ -193,3 +193,16 @@ def test_duplicates_and_stale_messages_are_no_ops():
     assert Q.step(q, CallerLeft(queue_id="q1", call_id="zz", at=2.0)) == (q, [])
     assert Q.step(q, TimerFired(key="maxwait:c1", at=5.0)) == (q, [])
     assert Q.step(q, OfferFailed(at=2.0, offer_id="nope", call_id="c1", agent_id="a", queue_id="q1")) == (q, [])
+
+
+def test_service_level_counts_only_answers_within_the_threshold():
+    q, effects = drive(queue(sl_threshold_s=20), status("a1"), caller("c1", at=0.0))
+    [r] = reserves(effects)
+    q, _ = drive(q, ReservationAccepted(queue_id="q1", agent_id="a1", at=1.0, offer_id=r.offer_id),
+                 OfferAnswered(at=20.5, offer_id=r.offer_id, call_id="c1", agent_id="a1", queue_id="q1"))
+    assert q.stats.answered == 1 and q.stats.answered_within_sl == 0
+
+
+def test_long_abandon_is_not_short():
+    q, _ = drive(queue(short_abandon_s=5), caller("c1", at=0.0), CallerLeft(queue_id="q1", call_id="c1", at=5.0))
+    assert q.stats.abandoned == 1 and q.stats.short_abandoned == 0
