@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import msgspec
 
+
 class Msg(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     """Base of every message: frozen, keyword-only, tagged by ``type``."""
 
@@ -74,7 +75,7 @@ class HangupCause:
 # --------------------------------------------------------------------------------------------
 
 
-class MediaEventBase(Msg):
+class MediaEventBase(Msg, frozen=True, kw_only=True):
     call_id: str
     at: float
     #: "a" for the caller's channel, else the id of an originated leg
@@ -83,7 +84,7 @@ class MediaEventBase(Msg):
     node: str = ""
 
 
-class ChannelCreated(MediaEventBase, tag="channel_created", kw_only=True):
+class ChannelCreated(MediaEventBase, tag="channel_created", frozen=True, kw_only=True):
     direction: Literal["inbound", "outbound"] = "inbound"
     caller_id: str = ""
     caller_name: str = ""
@@ -92,77 +93,77 @@ class ChannelCreated(MediaEventBase, tag="channel_created", kw_only=True):
     variables: dict[str, str] = {}
 
 
-class ChannelProgress(MediaEventBase, tag="channel_progress", kw_only=True):
+class ChannelProgress(MediaEventBase, tag="channel_progress", frozen=True, kw_only=True):
     #: True for CHANNEL_PROGRESS_MEDIA (early media), False for plain ringing
     early_media: bool = False
 
 
-class ChannelAnswered(MediaEventBase, tag="channel_answered", kw_only=True):
+class ChannelAnswered(MediaEventBase, tag="channel_answered", frozen=True, kw_only=True):
     pass
 
 
-class ChannelBridged(MediaEventBase, tag="channel_bridged", kw_only=True):
+class ChannelBridged(MediaEventBase, tag="channel_bridged", frozen=True, kw_only=True):
     other_leg: str = ""
 
 
-class ChannelUnbridged(MediaEventBase, tag="channel_unbridged", kw_only=True):
+class ChannelUnbridged(MediaEventBase, tag="channel_unbridged", frozen=True, kw_only=True):
     other_leg: str = ""
 
 
-class ChannelHeld(MediaEventBase, tag="channel_held", kw_only=True):
+class ChannelHeld(MediaEventBase, tag="channel_held", frozen=True, kw_only=True):
     pass
 
 
-class ChannelUnheld(MediaEventBase, tag="channel_unheld", kw_only=True):
+class ChannelUnheld(MediaEventBase, tag="channel_unheld", frozen=True, kw_only=True):
     pass
 
 
-class DtmfReceived(MediaEventBase, tag="dtmf", kw_only=True):
+class DtmfReceived(MediaEventBase, tag="dtmf", frozen=True, kw_only=True):
     digit: str
     duration_ms: int = 0
 
 
-class PlaybackStarted(MediaEventBase, tag="playback_started", kw_only=True):
+class PlaybackStarted(MediaEventBase, tag="playback_started", frozen=True, kw_only=True):
     file: str = ""
 
 
-class PlaybackFinished(MediaEventBase, tag="playback_finished", kw_only=True):
+class PlaybackFinished(MediaEventBase, tag="playback_finished", frozen=True, kw_only=True):
     file: str = ""
     #: "done" when the file played to its end, "break" when interrupted
     status: str = "done"
 
 
-class RecordingStarted(MediaEventBase, tag="recording_started", kw_only=True):
+class RecordingStarted(MediaEventBase, tag="recording_started", frozen=True, kw_only=True):
     path: str = ""
 
 
-class RecordingStopped(MediaEventBase, tag="recording_stopped", kw_only=True):
+class RecordingStopped(MediaEventBase, tag="recording_stopped", frozen=True, kw_only=True):
     path: str = ""
     cause: str = ""
 
 
-class ApplicationExecuted(MediaEventBase, tag="app_executed", kw_only=True):
+class ApplicationExecuted(MediaEventBase, tag="app_executed", frozen=True, kw_only=True):
     app: str
     arg: str = ""
     app_uuid: str = ""
 
 
-class ApplicationCompleted(MediaEventBase, tag="app_completed", kw_only=True):
+class ApplicationCompleted(MediaEventBase, tag="app_completed", frozen=True, kw_only=True):
     app: str
     arg: str = ""
     app_uuid: str = ""
     response: str = ""
 
 
-class ChannelHangup(MediaEventBase, tag="channel_hangup", kw_only=True):
+class ChannelHangup(MediaEventBase, tag="channel_hangup", frozen=True, kw_only=True):
     cause: str = HangupCause.NORMAL_CLEARING
 
 
-class ChannelHangupComplete(MediaEventBase, tag="channel_hangup_complete", kw_only=True):
+class ChannelHangupComplete(MediaEventBase, tag="channel_hangup_complete", frozen=True, kw_only=True):
     cause: str = HangupCause.NORMAL_CLEARING
 
 
-class ChannelDestroyed(MediaEventBase, tag="channel_destroyed", kw_only=True):
+class ChannelDestroyed(MediaEventBase, tag="channel_destroyed", frozen=True, kw_only=True):
     pass
 
 
@@ -192,14 +193,14 @@ MediaEvent = (
 # --------------------------------------------------------------------------------------------
 
 
-class CallCommandBase(Msg):
+class CallCommandBase(Msg, frozen=True, kw_only=True):
     call_id: str
     at: float
     #: correlates the Reply effect with the request; empty when nobody waits for an answer
     request_id: str = ""
 
 
-class Originate(CallCommandBase, tag="originate", kw_only=True):
+class Originate(CallCommandBase, tag="originate", frozen=True, kw_only=True):
     """Click-to-call: ring ``from_extension`` first, then connect it to ``to``."""
 
     from_extension: str
@@ -209,62 +210,62 @@ class Originate(CallCommandBase, tag="originate", kw_only=True):
     timeout_s: float = 30.0
 
 
-class Answer(CallCommandBase, tag="answer", kw_only=True):
+class Answer(CallCommandBase, tag="answer", frozen=True, kw_only=True):
     pass
 
 
-class Hangup(CallCommandBase, tag="hangup", kw_only=True):
+class Hangup(CallCommandBase, tag="hangup", frozen=True, kw_only=True):
     cause: str = HangupCause.NORMAL_CLEARING
 
 
-class Hold(CallCommandBase, tag="hold", kw_only=True):
+class Hold(CallCommandBase, tag="hold", frozen=True, kw_only=True):
     pass
 
 
-class Retrieve(CallCommandBase, tag="retrieve", kw_only=True):
+class Retrieve(CallCommandBase, tag="retrieve", frozen=True, kw_only=True):
     pass
 
 
-class BlindTransfer(CallCommandBase, tag="blind_transfer", kw_only=True):
+class BlindTransfer(CallCommandBase, tag="blind_transfer", frozen=True, kw_only=True):
     target: str
 
 
-class AttendedTransferStart(CallCommandBase, tag="attended_transfer_start", kw_only=True):
+class AttendedTransferStart(CallCommandBase, tag="attended_transfer_start", frozen=True, kw_only=True):
     target: str
     timeout_s: float = 30.0
 
 
-class AttendedTransferComplete(CallCommandBase, tag="attended_transfer_complete", kw_only=True):
+class AttendedTransferComplete(CallCommandBase, tag="attended_transfer_complete", frozen=True, kw_only=True):
     pass
 
 
-class AttendedTransferCancel(CallCommandBase, tag="attended_transfer_cancel", kw_only=True):
+class AttendedTransferCancel(CallCommandBase, tag="attended_transfer_cancel", frozen=True, kw_only=True):
     pass
 
 
-class Park(CallCommandBase, tag="park", kw_only=True):
+class Park(CallCommandBase, tag="park", frozen=True, kw_only=True):
     slot: str = ""
 
 
-class Pickup(CallCommandBase, tag="pickup", kw_only=True):
+class Pickup(CallCommandBase, tag="pickup", frozen=True, kw_only=True):
     """Pick a parked call up at ``extension``."""
 
     extension: str
 
 
-class JoinConference(CallCommandBase, tag="join_conference", kw_only=True):
+class JoinConference(CallCommandBase, tag="join_conference", frozen=True, kw_only=True):
     room: str
 
 
-class SendDtmf(CallCommandBase, tag="send_dtmf", kw_only=True):
+class SendDtmf(CallCommandBase, tag="send_dtmf", frozen=True, kw_only=True):
     digits: str
 
 
-class StartRecording(CallCommandBase, tag="start_recording", kw_only=True):
+class StartRecording(CallCommandBase, tag="start_recording", frozen=True, kw_only=True):
     path: str = ""
 
 
-class StopRecording(CallCommandBase, tag="stop_recording", kw_only=True):
+class StopRecording(CallCommandBase, tag="stop_recording", frozen=True, kw_only=True):
     pass
 
 
@@ -292,13 +293,13 @@ CallCommand = (
 # --------------------------------------------------------------------------------------------
 
 
-class AgentCommandBase(Msg):
+class AgentCommandBase(Msg, frozen=True, kw_only=True):
     agent_id: str
     at: float
     request_id: str = ""
 
 
-class AgentLogin(AgentCommandBase, tag="agent_login", kw_only=True):
+class AgentLogin(AgentCommandBase, tag="agent_login", frozen=True, kw_only=True):
     extension: str
     queues: tuple[str, ...] = ()
     #: skill name -> proficiency (1..100)
@@ -308,23 +309,33 @@ class AgentLogin(AgentCommandBase, tag="agent_login", kw_only=True):
     ready: bool = False
 
 
-class AgentLogout(AgentCommandBase, tag="agent_logout", kw_only=True):
+class AgentLogout(AgentCommandBase, tag="agent_logout", frozen=True, kw_only=True):
     pass
 
 
-class AgentReady(AgentCommandBase, tag="agent_ready", kw_only=True):
+class AgentReady(AgentCommandBase, tag="agent_ready", frozen=True, kw_only=True):
     pass
 
 
-class AgentNotReady(AgentCommandBase, tag="agent_not_ready", kw_only=True):
+class AgentNotReady(AgentCommandBase, tag="agent_not_ready", frozen=True, kw_only=True):
     reason: str = "break"
 
 
-class AgentEndWrapUp(AgentCommandBase, tag="agent_end_wrap_up", kw_only=True):
+class AgentEndWrapUp(AgentCommandBase, tag="agent_end_wrap_up", frozen=True, kw_only=True):
     pass
 
 
-AgentCommand = AgentLogin | AgentLogout | AgentReady | AgentNotReady | AgentEndWrapUp
+class DeviceState(AgentCommandBase, tag="device_state", frozen=True, kw_only=True):
+    """The agent's phone registered or went away (FreeSWITCH sofia::register / unregister / expire).
+
+    An agent whose phone is not registered is never offered a call, whatever its state says.
+    """
+
+    registered: bool
+    contact: str = ""
+
+
+AgentCommand = AgentLogin | AgentLogout | AgentReady | AgentNotReady | AgentEndWrapUp | DeviceState
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,7 +343,7 @@ AgentCommand = AgentLogin | AgentLogout | AgentReady | AgentNotReady | AgentEndW
 # --------------------------------------------------------------------------------------------
 
 
-class EnterFlow(Msg, tag="enter_flow", kw_only=True):
+class EnterFlow(Msg, tag="enter_flow", frozen=True, kw_only=True):
     """Router -> call: run the IVR flow ``flow_id`` (the flow engine drives the call from here)."""
 
     call_id: str
@@ -340,7 +351,7 @@ class EnterFlow(Msg, tag="enter_flow", kw_only=True):
     flow_id: str
 
 
-class RouteToQueue(Msg, tag="route_to_queue", kw_only=True):
+class RouteToQueue(Msg, tag="route_to_queue", frozen=True, kw_only=True):
     """Flow/router -> call: put the caller into ``queue_id``."""
 
     call_id: str
@@ -351,7 +362,7 @@ class RouteToQueue(Msg, tag="route_to_queue", kw_only=True):
     skills: dict[str, int] = {}
 
 
-class RouteToExtension(Msg, tag="route_to_extension", kw_only=True):
+class RouteToExtension(Msg, tag="route_to_extension", frozen=True, kw_only=True):
     """Flow/router -> call: ring an extension (or an external number) directly."""
 
     call_id: str
@@ -360,7 +371,7 @@ class RouteToExtension(Msg, tag="route_to_extension", kw_only=True):
     timeout_s: float = 30.0
 
 
-class QueueCall(Msg, tag="queue_call", kw_only=True):
+class QueueCall(Msg, tag="queue_call", frozen=True, kw_only=True):
     """Call -> queue: a caller joins."""
 
     queue_id: str
@@ -372,7 +383,7 @@ class QueueCall(Msg, tag="queue_call", kw_only=True):
     tenant: str = "default"
 
 
-class CallerLeft(Msg, tag="caller_left", kw_only=True):
+class CallerLeft(Msg, tag="caller_left", frozen=True, kw_only=True):
     """Call -> queue: the caller is gone (hung up while waiting or ringing)."""
 
     queue_id: str
@@ -380,7 +391,7 @@ class CallerLeft(Msg, tag="caller_left", kw_only=True):
     at: float
 
 
-class QueueOverflow(Msg, tag="queue_overflow", kw_only=True):
+class QueueOverflow(Msg, tag="queue_overflow", frozen=True, kw_only=True):
     """Queue -> call: max wait or max length reached; leave for ``target`` ("" = hang up)."""
 
     call_id: str
@@ -390,7 +401,7 @@ class QueueOverflow(Msg, tag="queue_overflow", kw_only=True):
     reason: Literal["max_wait", "max_length", "no_agents"] = "max_wait"
 
 
-class AgentStatus(Msg, tag="agent_status", kw_only=True):
+class AgentStatus(Msg, tag="agent_status", frozen=True, kw_only=True):
     """Agent -> each of its queues: what routing needs to know, sent whenever it changes."""
 
     queue_id: str
@@ -405,7 +416,7 @@ class AgentStatus(Msg, tag="agent_status", kw_only=True):
     calls_handled: int = 0
 
 
-class ReserveAgent(Msg, tag="reserve_agent", kw_only=True):
+class ReserveAgent(Msg, tag="reserve_agent", frozen=True, kw_only=True):
     """Queue -> agent: may I offer you this call?"""
 
     agent_id: str
@@ -418,7 +429,7 @@ class ReserveAgent(Msg, tag="reserve_agent", kw_only=True):
     wrap_up_s: float = 0.0
 
 
-class ReservationAccepted(Msg, tag="reservation_accepted", kw_only=True):
+class ReservationAccepted(Msg, tag="reservation_accepted", frozen=True, kw_only=True):
     queue_id: str
     agent_id: str
     at: float
@@ -426,7 +437,7 @@ class ReservationAccepted(Msg, tag="reservation_accepted", kw_only=True):
     extension: str = ""
 
 
-class ReservationRejected(Msg, tag="reservation_rejected", kw_only=True):
+class ReservationRejected(Msg, tag="reservation_rejected", frozen=True, kw_only=True):
     queue_id: str
     agent_id: str
     at: float
@@ -434,7 +445,7 @@ class ReservationRejected(Msg, tag="reservation_rejected", kw_only=True):
     reason: str = "not_available"
 
 
-class ReleaseReservation(Msg, tag="release_reservation", kw_only=True):
+class ReleaseReservation(Msg, tag="release_reservation", frozen=True, kw_only=True):
     """Queue or call -> agent: the reservation is void (caller gone, another agent won)."""
 
     agent_id: str
@@ -442,7 +453,7 @@ class ReleaseReservation(Msg, tag="release_reservation", kw_only=True):
     offer_id: str
 
 
-class ConnectAgent(Msg, tag="connect_agent", kw_only=True):
+class ConnectAgent(Msg, tag="connect_agent", frozen=True, kw_only=True):
     """Queue -> call: ring this reserved agent."""
 
     call_id: str
@@ -454,7 +465,7 @@ class ConnectAgent(Msg, tag="connect_agent", kw_only=True):
     ring_timeout_s: float = 20.0
 
 
-class OfferAnswered(Msg, tag="offer_answered", kw_only=True):
+class OfferAnswered(Msg, tag="offer_answered", frozen=True, kw_only=True):
     """Call -> queue and agent: the agent picked up."""
 
     at: float
@@ -464,7 +475,7 @@ class OfferAnswered(Msg, tag="offer_answered", kw_only=True):
     queue_id: str
 
 
-class OfferFailed(Msg, tag="offer_failed", kw_only=True):
+class OfferFailed(Msg, tag="offer_failed", frozen=True, kw_only=True):
     """Call -> queue and agent: the offer ended without a conversation."""
 
     at: float
@@ -475,7 +486,7 @@ class OfferFailed(Msg, tag="offer_failed", kw_only=True):
     reason: Literal["no_answer", "busy", "failed", "caller_gone", "answered_elsewhere"] = "no_answer"
 
 
-class AgentCallEnded(Msg, tag="agent_call_ended", kw_only=True):
+class AgentCallEnded(Msg, tag="agent_call_ended", frozen=True, kw_only=True):
     """Call -> agent: the conversation ended (or the agent was transferred away)."""
 
     agent_id: str
@@ -484,7 +495,7 @@ class AgentCallEnded(Msg, tag="agent_call_ended", kw_only=True):
     queue_id: str = ""
 
 
-class TimerFired(Msg, tag="timer_fired", kw_only=True):
+class TimerFired(Msg, tag="timer_fired", frozen=True, kw_only=True):
     """Host -> the actor that started the timer."""
 
     key: str
@@ -516,21 +527,21 @@ RoutingMessage = (
 # --------------------------------------------------------------------------------------------
 
 
-class MediaCommandBase(Msg):
+class MediaCommandBase(Msg, frozen=True, kw_only=True):
     call_id: str
     leg: str = "a"
     node: str = ""
 
 
-class MediaAnswer(MediaCommandBase, tag="m_answer", kw_only=True):
+class MediaAnswer(MediaCommandBase, tag="m_answer", frozen=True, kw_only=True):
     pass
 
 
-class MediaHangup(MediaCommandBase, tag="m_hangup", kw_only=True):
+class MediaHangup(MediaCommandBase, tag="m_hangup", frozen=True, kw_only=True):
     cause: str = HangupCause.NORMAL_CLEARING
 
 
-class MediaOriginate(MediaCommandBase, tag="m_originate", kw_only=True):
+class MediaOriginate(MediaCommandBase, tag="m_originate", frozen=True, kw_only=True):
     """Create leg ``leg`` of ``call_id`` by dialling ``destination`` (an extension or number)."""
 
     destination: str
@@ -539,30 +550,30 @@ class MediaOriginate(MediaCommandBase, tag="m_originate", kw_only=True):
     variables: dict[str, str] = {}
 
 
-class MediaBridge(MediaCommandBase, tag="m_bridge", kw_only=True):
+class MediaBridge(MediaCommandBase, tag="m_bridge", frozen=True, kw_only=True):
     """Bridge ``leg`` with ``other_leg`` (both of the same call)."""
 
     other_leg: str
 
 
-class MediaHold(MediaCommandBase, tag="m_hold", kw_only=True):
+class MediaHold(MediaCommandBase, tag="m_hold", frozen=True, kw_only=True):
     music: str = "local_stream://moh"
 
 
-class MediaUnhold(MediaCommandBase, tag="m_unhold", kw_only=True):
+class MediaUnhold(MediaCommandBase, tag="m_unhold", frozen=True, kw_only=True):
     pass
 
 
-class MediaPlay(MediaCommandBase, tag="m_play", kw_only=True):
+class MediaPlay(MediaCommandBase, tag="m_play", frozen=True, kw_only=True):
     file: str
     loops: int = 1
 
 
-class MediaStopPlayback(MediaCommandBase, tag="m_stop_playback", kw_only=True):
+class MediaStopPlayback(MediaCommandBase, tag="m_stop_playback", frozen=True, kw_only=True):
     pass
 
 
-class MediaCollectDigits(MediaCommandBase, tag="m_collect_digits", kw_only=True):
+class MediaCollectDigits(MediaCommandBase, tag="m_collect_digits", frozen=True, kw_only=True):
     prompt: str
     min_digits: int = 1
     max_digits: int = 1
@@ -570,27 +581,27 @@ class MediaCollectDigits(MediaCommandBase, tag="m_collect_digits", kw_only=True)
     terminators: str = "#"
 
 
-class MediaTransfer(MediaCommandBase, tag="m_transfer", kw_only=True):
+class MediaTransfer(MediaCommandBase, tag="m_transfer", frozen=True, kw_only=True):
     destination: str
 
 
-class MediaPark(MediaCommandBase, tag="m_park", kw_only=True):
+class MediaPark(MediaCommandBase, tag="m_park", frozen=True, kw_only=True):
     slot: str = ""
 
 
-class MediaConference(MediaCommandBase, tag="m_conference", kw_only=True):
+class MediaConference(MediaCommandBase, tag="m_conference", frozen=True, kw_only=True):
     room: str
 
 
-class MediaSendDtmf(MediaCommandBase, tag="m_send_dtmf", kw_only=True):
+class MediaSendDtmf(MediaCommandBase, tag="m_send_dtmf", frozen=True, kw_only=True):
     digits: str
 
 
-class MediaRecordStart(MediaCommandBase, tag="m_record_start", kw_only=True):
+class MediaRecordStart(MediaCommandBase, tag="m_record_start", frozen=True, kw_only=True):
     path: str
 
 
-class MediaRecordStop(MediaCommandBase, tag="m_record_stop", kw_only=True):
+class MediaRecordStop(MediaCommandBase, tag="m_record_stop", frozen=True, kw_only=True):
     path: str = ""
 
 
@@ -667,7 +678,7 @@ class Cdr(msgspec.Struct, frozen=True, kw_only=True):
 # --------------------------------------------------------------------------------------------
 
 
-class StartTimer(Msg, tag="start_timer", kw_only=True):
+class StartTimer(Msg, tag="start_timer", frozen=True, kw_only=True):
     """Deliver ``TimerFired(key, at=deadline)`` to this actor at ``deadline`` unless cancelled.
 
     Starting a timer with a key that is already running replaces it.
@@ -677,23 +688,23 @@ class StartTimer(Msg, tag="start_timer", kw_only=True):
     deadline: float
 
 
-class CancelTimer(Msg, tag="cancel_timer", kw_only=True):
+class CancelTimer(Msg, tag="cancel_timer", frozen=True, kw_only=True):
     key: str
 
 
-class SendMedia(Msg, tag="send_media", kw_only=True):
+class SendMedia(Msg, tag="send_media", frozen=True, kw_only=True):
     command: MediaCommand
 
 
-class PublishCti(Msg, tag="publish_cti", kw_only=True):
+class PublishCti(Msg, tag="publish_cti", frozen=True, kw_only=True):
     event: CtiEvent
 
 
-class WriteCdr(Msg, tag="write_cdr", kw_only=True):
+class WriteCdr(Msg, tag="write_cdr", frozen=True, kw_only=True):
     cdr: Cdr
 
 
-class Send(Msg, tag="send", kw_only=True):
+class Send(Msg, tag="send", frozen=True, kw_only=True):
     """Deliver ``message`` to the actor (``to``, ``to_id``)."""
 
     to: ActorKind
@@ -701,7 +712,7 @@ class Send(Msg, tag="send", kw_only=True):
     message: RoutingMessage
 
 
-class Reply(Msg, tag="reply", kw_only=True):
+class Reply(Msg, tag="reply", frozen=True, kw_only=True):
     """Answer a command that carried a ``request_id``. ``code`` is a gRPC status name."""
 
     request_id: str
@@ -711,7 +722,7 @@ class Reply(Msg, tag="reply", kw_only=True):
     data: dict[str, Any] = {}
 
 
-class Stop(Msg, tag="stop", kw_only=True):
+class Stop(Msg, tag="stop", frozen=True, kw_only=True):
     """The actor is done: the host may forget it once the other effects are performed."""
 
     reason: str = "normal"
@@ -725,7 +736,7 @@ Message = MediaEvent | CallCommand | AgentCommand | RoutingMessage
 ALL_MESSAGE_TYPES: tuple[type[Msg], ...] = tuple(
     t
     for union in (MediaEvent, CallCommand, AgentCommand, RoutingMessage, MediaCommand, Effect)
-    for t in union.__args__  # type: ignore[attr-defined]
+    for t in union.__args__
 )
 
 # Decoders/encoders built once and reused (msgspec's recommended pattern).

@@ -138,7 +138,8 @@ class World:
                 self.deliver_next(kind, actor_id)
 
     def _table(self, kind: str) -> dict[str, Any]:
-        return {"call": self.calls, "agent": self.agents, "queue": self.queues}[kind]
+        tables: dict[str, dict[str, Any]] = {"call": self.calls, "agent": self.agents, "queue": self.queues}
+        return tables[kind]
 
     def _drain(self) -> None:
         while self._inbox:

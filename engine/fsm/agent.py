@@ -36,6 +36,7 @@ from engine.messages import (
     AgentNotReady,
     AgentReady,
     AgentStatus,
+    DeviceState,
     Effect,
     Message,
     OfferAnswered,
@@ -87,7 +88,16 @@ class Agent(msgspec.Struct, frozen=True, kw_only=True):
     max_missed_offers: int = 3
     pending_logout: bool = False
     pending_not_ready: str = ""
+    #: the last offer whose safety timer ran out (its call may still report an answer, see below)
+    expired_offer: str = ""
+    #: the agent's phone is registered (unknown counts as registered until told otherwise)
+    phone_registered: bool = True
     timers: frozenset[str] = frozenset()
+
+    @property
+    def offerable(self) -> bool:
+        """AVAILABLE and reachable: the only condition under which a reservation is accepted."""
+        return self.state is AgentState.AVAILABLE and self.phone_registered
 
 
 replace = msgspec.structs.replace
@@ -98,7 +108,7 @@ MACHINE: Machine[Agent, Message] = Machine("agent", lambda a: a.state)
 on = MACHINE.on
 
 AGENT_EVENTS: tuple[type, ...] = (
-    *AgentCommand.__args__,  # type: ignore[attr-defined]
+    *AgentCommand.__args__,
     ReserveAgent, ReleaseReservation, OfferAnswered, OfferFailed, AgentCallEnded, TimerFired,
 )
 
@@ -116,7 +126,7 @@ def _status(agent: Agent, out: Out, t: float) -> None:
     for queue_id in agent.queues:
         out.send("queue", queue_id, AgentStatus(
             queue_id=queue_id, agent_id=agent.agent_id, at=t,
-            logged_in=agent.state is not S.LOGGED_OUT, available=agent.state is S.AVAILABLE,
+            logged_in=agent.state is not S.LOGGED_OUT, available=agent.offerable,
             extension=agent.extension, skills=agent.skills, idle_since=agent.idle_since,
             talk_time=agent.talk_time, calls_handled=agent.calls_handled))
 
@@ -240,11 +250,13 @@ on([S.AVAILABLE, S.RESERVED, S.ON_CALL, S.NOT_READY], AgentEndWrapUp)(_refuse)
 
 @on([S.AVAILABLE], ReserveAgent)
 def _reserve(agent: Agent, msg: ReserveAgent, out: Out) -> Agent:
+    if not agent.phone_registered:
+        return _reject(agent, msg, out)
     agent, t = _t(agent, msg.at)
     out.send("queue", msg.queue_id, ReservationAccepted(queue_id=msg.queue_id, agent_id=agent.agent_id,
                                                         at=t, offer_id=msg.offer_id, extension=agent.extension))
     timers = start_timer(agent.timers, out, "offer", t + msg.timeout_s)
-    agent = replace(agent, timers=timers, call_id=msg.call_id, wrap_up_s=msg.wrap_up_s)
+    agent = replace(agent, timers=timers, call_id=msg.call_id, wrap_up_s=msg.wrap_up_s, expired_offer="")
     agent = _go(agent, S.RESERVED, out, t)
     return replace(agent, offer_id=msg.offer_id, offer_queue=msg.queue_id)
 
@@ -252,8 +264,23 @@ def _reserve(agent: Agent, msg: ReserveAgent, out: Out) -> Agent:
 @on([S.LOGGED_OUT, S.RESERVED, S.ON_CALL, S.WRAP_UP, S.NOT_READY], ReserveAgent)
 def _reject(agent: Agent, msg: ReserveAgent, out: Out) -> Agent:
     agent, t = _t(agent, msg.at)
+    reason = agent.state.value if agent.state is not S.AVAILABLE else "phone_unregistered"
     out.send("queue", msg.queue_id, ReservationRejected(queue_id=msg.queue_id, agent_id=agent.agent_id, at=t,
-                                                        offer_id=msg.offer_id, reason=agent.state.value))
+                                                        offer_id=msg.offer_id, reason=reason))
+    return agent
+
+
+@on(list(S), DeviceState)
+def _device(agent: Agent, msg: DeviceState, out: Out) -> Agent:
+    if msg.registered == agent.phone_registered:
+        return agent
+    agent, t = _t(agent, msg.at)
+    agent = replace(agent, phone_registered=msg.registered)
+    out.reply(msg.request_id)
+    if agent.state is not S.LOGGED_OUT:
+        out.cti("AGENT_DEVICE_CHANGED", agent.tenant, t, agent_id=agent.agent_id, registered=msg.registered,
+                contact=msg.contact or None)
+        _status(agent, out, t)  # queues see the agent appear or disappear as offerable
     return agent
 
 
@@ -326,14 +353,32 @@ def _timer(agent: Agent, msg: TimerFired, out: Out) -> Agent:
         # nobody resolved the offer in time: count it as missed and free the agent
         out.send("queue", agent.offer_queue, ReservationRejected(
             queue_id=agent.offer_queue, agent_id=agent.agent_id, at=t, offer_id=agent.offer_id, reason="expired"))
-        agent = replace(agent, missed_offers=agent.missed_offers + 1, call_id="", idle_since=t)
+        agent = replace(agent, missed_offers=agent.missed_offers + 1, call_id="", idle_since=t,
+                        expired_offer=agent.offer_id)
         return _after_offer(agent, out, t)
     return agent
 
 
+@on([S.AVAILABLE, S.NOT_READY], OfferAnswered)
+def _late_answer(agent: Agent, msg: OfferAnswered, out: Out) -> Agent:
+    """The call reports an answer for an offer whose safety timer already freed the agent.
+
+    Only reachable when a message took longer than the grace period. The agent's phone *is*
+    connected to that caller, so reality wins: the agent goes ON_CALL (it has taken no other
+    offer since, or it would be RESERVED / ON_CALL and this would not apply).
+    """
+    if not msg.offer_id or msg.offer_id != agent.expired_offer:
+        return agent
+    agent, t = _t(agent, msg.at)
+    agent = replace(agent, expired_offer="", call_id=msg.call_id, missed_offers=max(0, agent.missed_offers - 1))
+    out.cti("AGENT_LATE_ANSWER", agent.tenant, t, agent_id=agent.agent_id, call_id=msg.call_id,
+            queue_id=msg.queue_id)
+    return _go(agent, S.ON_CALL, out, t)
+
+
 # late or foreign protocol messages: explicit no-ops
 on([S.LOGGED_OUT, S.AVAILABLE, S.ON_CALL, S.WRAP_UP, S.NOT_READY], ReleaseReservation, OfferFailed)(ignore)
-on([S.LOGGED_OUT, S.AVAILABLE, S.ON_CALL, S.WRAP_UP, S.NOT_READY], OfferAnswered)(ignore)
+on([S.LOGGED_OUT, S.ON_CALL, S.WRAP_UP], OfferAnswered)(ignore)
 on([S.LOGGED_OUT, S.AVAILABLE, S.RESERVED, S.WRAP_UP, S.NOT_READY], AgentCallEnded)(ignore)
 on([S.LOGGED_OUT], TimerFired)(ignore)
 

@@ -95,7 +95,10 @@ def cancel_timers(timers: frozenset[str], out: Out, keys: Iterable[str] | None =
     return timers - set(chosen)
 
 
-Handler = Callable[[S, E, Out], S]
+#: A handler takes (state, event, out) and returns the new state. Each handler names the concrete
+#: event type it accepts, which the table guarantees; so the table's value type is loose on purpose.
+Handler = Callable[[Any, Any, Out], Any]
+F = TypeVar("F", bound=Handler)
 
 
 class Machine(Generic[S, E]):
@@ -104,10 +107,10 @@ class Machine(Generic[S, E]):
     def __init__(self, name: str, state_of: Callable[[S], enum.Enum]) -> None:
         self.name = name
         self._state_of = state_of
-        self.table: dict[tuple[enum.Enum, type], Handler[S, E]] = {}
+        self.table: dict[tuple[enum.Enum, type], Handler] = {}
 
-    def on(self, states: Iterable[enum.Enum], *event_types: type) -> Callable[[Handler[S, E]], Handler[S, E]]:
-        def register(fn: Handler[S, E]) -> Handler[S, E]:
+    def on(self, states: Iterable[enum.Enum], *event_types: type) -> Callable[[F], F]:
+        def register(fn: F) -> F:
             for st in states:
                 for et in event_types:
                     key = (st, et)
@@ -124,7 +127,7 @@ class Machine(Generic[S, E]):
         if handler is None:
             raise IllegalTransition(current, event, self.name)
         out = Out()
-        new_state = handler(state, event, out)
+        new_state: S = handler(state, event, out)
         return new_state, out.effects
 
     def allows(self, state: enum.Enum, event_type: type) -> bool:

@@ -33,16 +33,26 @@ from typing import Literal
 
 import msgspec
 
-from engine.fsm.base import IllegalTransition, Machine, Out, cancel_timer, cancel_timers, ignore, start_timer
+from engine.fsm.base import (
+    IllegalTransition,
+    Machine,
+    Out,
+    cancel_timer,
+    cancel_timers,
+    ignore,
+    start_timer,
+)
 from engine.messages import (
     AgentCallEnded,
     Answer,
+    ApplicationCompleted,
+    ApplicationExecuted,
     AttendedTransferCancel,
     AttendedTransferComplete,
     AttendedTransferStart,
     BlindTransfer,
-    CallerLeft,
     CallCommand,
+    CallerLeft,
     Cdr,
     ChannelAnswered,
     ChannelBridged,
@@ -97,8 +107,6 @@ from engine.messages import (
     StopRecording,
     TimerFired,
     WriteCdr,
-    ApplicationCompleted,
-    ApplicationExecuted,
 )
 
 __all__ = ["CallState", "Call", "Leg", "new_call", "originate_call", "step", "MACHINE", "CALL_EVENTS"]
@@ -357,8 +365,8 @@ S = CallState
 
 #: every event type the call machine understands in at least one state
 CALL_EVENTS: tuple[type, ...] = (
-    *MediaEvent.__args__,  # type: ignore[attr-defined]
-    *CallCommand.__args__,  # type: ignore[attr-defined]
+    *MediaEvent.__args__,
+    *CallCommand.__args__,
     EnterFlow, RouteToQueue, RouteToExtension, QueueOverflow, ConnectAgent, TimerFired,
 )
 
@@ -366,7 +374,7 @@ CALL_EVENTS: tuple[type, ...] = (
 on(LIVE, ChannelCreated, ChannelBridged, ChannelUnbridged, ChannelProgress, PlaybackStarted,
    PlaybackFinished, ApplicationExecuted, ApplicationCompleted)(ignore)
 # after the end every event is late: a deliberate no-op
-on([S.ENDED], *MediaEvent.__args__, EnterFlow, RouteToQueue, RouteToExtension, QueueOverflow,  # type: ignore[attr-defined]
+on([S.ENDED], *MediaEvent.__args__, EnterFlow, RouteToQueue, RouteToExtension, QueueOverflow,
    TimerFired)(ignore)
 
 
@@ -609,7 +617,7 @@ def _refuse(call: Call, cmd: CallCommand, out: Out) -> Call:
     return call
 
 
-on([S.ENDED], *CallCommand.__args__)(_refuse)  # type: ignore[attr-defined]
+on([S.ENDED], *CallCommand.__args__)(_refuse)
 on(LIVE, Originate)(_refuse)  # the call exists already
 
 

@@ -19,7 +19,6 @@ from engine.messages import (
     AgentStatus,
     CallerLeft,
     CancelTimer,
-    ConnectAgent,
     OfferAnswered,
     OfferFailed,
     PublishCti,

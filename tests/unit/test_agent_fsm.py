@@ -159,3 +159,33 @@ def test_idle_since_survives_a_voided_reservation():
     idle = agent.idle_since
     agent, _ = drive(agent, reserve(at=50.0), failed("caller_gone", at=51.0))
     assert agent.idle_since == idle
+
+
+def test_unregistered_phone_is_never_offered_and_queues_are_told():
+    from engine.messages import DeviceState
+
+    agent, effects = drive(agent_in(S.AVAILABLE), DeviceState(agent_id="a1", at=2.0, registered=False))
+    assert agent.state is S.AVAILABLE and not agent.offerable
+    assert statuses(effects)[-1].available is False
+    agent, effects = drive(agent, reserve(at=3.0))
+    assert agent.state is S.AVAILABLE
+    [rej] = [e.message for e in effects if isinstance(e, Send)]
+    assert isinstance(rej, ReservationRejected) and rej.reason == "phone_unregistered"
+    agent, effects = drive(agent, DeviceState(agent_id="a1", at=4.0, registered=True))
+    assert agent.offerable and statuses(effects)[-1].available is True
+    assert A.step(agent, DeviceState(agent_id="a1", at=5.0, registered=True)) == (agent, [])
+
+
+def test_an_answer_arriving_after_the_safety_timer_still_puts_the_agent_on_the_call():
+    expired, _ = drive(agent_in(S.RESERVED), TimerFired(key="offer", at=31.0))
+    assert expired.state is S.AVAILABLE and expired.expired_offer == "q1-o1"
+    late = OfferAnswered(at=31.5, offer_id="q1-o1", call_id="c1", agent_id="a1", queue_id="q1")
+    agent, effects = drive(expired, late)
+    assert agent.state is S.ON_CALL and agent.call_id == "c1" and agent.missed_offers == 0
+    assert statuses(effects)[-1].available is False
+    # once another offer was taken, the old answer is no longer this agent's truth
+    reserved, _ = drive(expired, reserve(offer="q1-o2", at=32.0, call="c2"))
+    assert A.step(reserved, late) == (reserved, [])
+    # and an unrelated answer is ignored
+    assert A.step(expired, OfferAnswered(at=31.5, offer_id="x", call_id="c9", agent_id="a1", queue_id="q1")) == (
+        expired, [])
