@@ -230,7 +230,7 @@ class Runtime:
         name: str = "shard-0",
         mailbox_capacity: int = 1024,
         throughput: int = 32,
-        batch: int = 512,
+        batch: int = 128,
         recently_stopped: int = 10_000,
         dead_letters_kept: int = 1_000,
         clock: Callable[[], float] | None = None,
