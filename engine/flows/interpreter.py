@@ -95,9 +95,13 @@ class FlowRun(msgspec.Struct, frozen=True, kw_only=True):
     #: unix time = event ``at`` + clock_offset
     clock_offset: float = 0.0
     answered: bool = False
+    #: when this flow answered the caller (None: it did not, or the call was answered before)
+    answered_at: float | None = None
     #: the node ids visited, in order (for tests, CDR enrichment and reports)
     path: tuple[str, ...] = ()
     timer: bool = False
+    #: the graph being run (shared, immutable), so a call needs a single field for its flow
+    graph: Flow | None = None
 
 
 class ToQueue(msgspec.Struct, frozen=True, kw_only=True):
@@ -154,7 +158,7 @@ def start(flow: Flow, *, call_id: str, at: float, did: str = "", caller_id: str 
           variables: dict[str, str] | None = None) -> FlowStep:
     """Begin ``flow`` for a call and run it until it waits or ends."""
     run = FlowRun(flow_id=flow.id, call_id=call_id, did=did, caller_id=caller_id, media_node=media_node,
-                  clock_offset=clock_offset, answered=answered, vars=dict(variables or {}))
+                  clock_offset=clock_offset, answered=answered, vars=dict(variables or {}), graph=flow)
     out = _Out(run)
     outcome = _goto(flow, out, flow.start, at)
     return FlowStep(out.run, out.effects, outcome)
@@ -182,10 +186,10 @@ def handle(flow: Flow, run: FlowRun, event: object) -> FlowStep:
 # ---- node entry --------------------------------------------------------------------------------
 
 
-def _answer(out: _Out) -> None:
+def _answer(out: _Out, at: float) -> None:
     if not out.run.answered:
         out.media(MediaAnswer(call_id=out.run.call_id, leg="a", node=out.run.media_node))
-        out.run = replace(out.run, answered=True)
+        out.run = replace(out.run, answered=True, answered_at=at)
 
 
 def _play(out: _Out, file: str) -> None:
@@ -203,7 +207,7 @@ def _goto(flow: Flow, out: _Out, node_id: str, at: float) -> Outcome | None:
         out.run = replace(out.run, node=node_id, waiting="", digits="", path=out.run.path + (node_id,))
         match node:
             case AnswerNode():
-                _answer(out)
+                _answer(out, at)
                 node_id = node.next
             case SetNode():
                 out.run = replace(out.run, vars={**out.run.vars, node.name: node.value})
@@ -213,16 +217,16 @@ def _goto(flow: Flow, out: _Out, node_id: str, at: float) -> Outcome | None:
             case RouteNode():
                 node_id = _route(node, out.run)
             case PlayNode():
-                _answer(out)
+                _answer(out, at)
                 _play(out, node.prompt)
                 out.run = replace(out.run, waiting="play")
                 return None
             case MenuNode():
                 out.run = replace(out.run, failures=0)
-                _menu_prompt(out, node)
+                _menu_prompt(out, node, at)
                 return None
             case VoicemailNode():
-                _answer(out)
+                _answer(out, at)
                 if node.greeting:
                     _play(out, node.greeting)
                     out.run = replace(out.run, waiting="greeting")
@@ -244,8 +248,8 @@ def _finish(out: _Out, outcome: Outcome) -> Outcome:
     return outcome
 
 
-def _menu_prompt(out: _Out, node: MenuNode) -> None:
-    _answer(out)
+def _menu_prompt(out: _Out, node: MenuNode, at: float) -> None:
+    _answer(out, at)
     _play(out, node.prompt)
     out.run = replace(out.run, waiting="prompt", digits="")
 
@@ -302,7 +306,7 @@ def _on_playback(flow: Flow, out: _Out, node: object, ev: PlaybackFinished) -> O
             out.run = replace(run, waiting="digits")
             out.timer(ev.at + node.timeout_s)
         case MenuNode() if run.waiting == "invalid" and ev.file in ("", node.invalid_prompt):
-            _menu_prompt(out, node)
+            _menu_prompt(out, node, ev.at)
         case VoicemailNode() if run.waiting == "greeting":
             _record(out, node, ev.at)
     return None
@@ -356,5 +360,5 @@ def _retry(flow: Flow, out: _Out, node: MenuNode, at: float, *, invalid: bool) -
         _play(out, node.invalid_prompt)
         out.run = replace(out.run, waiting="invalid")
         return None
-    _menu_prompt(out, node)
+    _menu_prompt(out, node, at)
     return None
