@@ -143,8 +143,8 @@ def _summary(report: dict[str, Any]) -> None:
         print(f"{name:<16}{f['offered']:>9}{f['answered']:>9}{f['abandoned']:>8}{_n(f['asa_s']):>8}"
               f"{_n(f['sl'], 3):>7}{_n(f['p_wait'], 3):>9}{_n(f.get('aht_s')):>8}")
         if th:
-            extra = f"  P(abandon) {th['p_abandon']:.4f}" if th["model"] == "erlang_a" else \
-                f"  SL {th['sl']:.3f}  ASA {th['asa_s']:.1f} s"
+            extra = (f"  P(abandon) {th['p_abandon']:.4f} (measured {_n(f['abandon_rate'], 4)})"
+                     if th["model"] == "erlang_a" else f"  SL {th['sl']:.3f}  ASA {th['asa_s']:.1f} s")
             print(f"{'  ' + th['model']:<16} A={th['offered_load_erlangs']} N={th['agents']}  P(wait) {th['p_wait']:.3f}{extra}")
 
 

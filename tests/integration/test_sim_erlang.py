@@ -27,7 +27,7 @@ DAY = 86400.0
 
 
 def textbook(days: float, patience_s: float | None = None):
-    sc = load_scenario(ROOT / "examples/textbook/scenario.yaml")
+    sc = load_scenario(ROOT / "examples/textbook/mmn.yaml")
     tr = sc.traffic[0]
     if patience_s is not None:
         tr = msgspec.structs.replace(tr, patience=Dist(dist="exponential", mean_s=patience_s))

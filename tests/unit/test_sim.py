@@ -208,7 +208,7 @@ def test_cli_reports_bad_files_in_one_line(tmp_path, capsys):
 
 
 def test_cli_writes_reports_and_prints_a_replay_command_on_violation(tmp_path, capsys, monkeypatch):
-    scen = ROOT / "examples/textbook/scenario.yaml"
+    scen = ROOT / "examples/textbook/mmn.yaml"
     assert cli.main([str(scen), "--duration", "1800", "--report", str(tmp_path)]) == 0
     assert (tmp_path / "report.json").read_text().startswith("{")
     assert "<svg" in (tmp_path / "report.html").read_text()
