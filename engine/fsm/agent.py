@@ -147,12 +147,15 @@ def _go(agent: Agent, new: AgentState, out: Out, t: float, reason: str = "") -> 
 
 
 def _after_work(agent: Agent, out: Out, t: float) -> Agent:
-    """Where an agent goes when a call or wrap-up ends."""
+    """Where an agent goes when a call, its wrap-up or an offer ends: a pending logout or "not
+    ready" first, then NOT_READY after too many missed offers, else AVAILABLE."""
     if agent.pending_logout:
         return _logout_now(agent, out, t)
     if agent.pending_not_ready:
         reason = agent.pending_not_ready
         return _go(replace(agent, pending_not_ready=""), S.NOT_READY, out, t, reason)
+    if agent.missed_offers >= agent.max_missed_offers:
+        return _go(agent, S.NOT_READY, out, t, "missed_offers")
     return _go(agent, S.AVAILABLE, out, t)
 
 
@@ -290,18 +293,7 @@ def _release(agent: Agent, msg: ReleaseReservation, out: Out) -> Agent:
         return agent
     agent, t = _t(agent, msg.at)
     timers = cancel_timer(agent.timers, out, "offer")
-    return _after_offer(replace(agent, timers=timers, call_id=""), out, t)
-
-
-def _after_offer(agent: Agent, out: Out, t: float) -> Agent:
-    if agent.pending_logout:
-        return _logout_now(agent, out, t)
-    if agent.pending_not_ready:
-        reason = agent.pending_not_ready
-        return _go(replace(agent, pending_not_ready=""), S.NOT_READY, out, t, reason)
-    if agent.missed_offers >= agent.max_missed_offers:
-        return _go(agent, S.NOT_READY, out, t, "missed_offers")
-    return _go(agent, S.AVAILABLE, out, t)
+    return _after_work(replace(agent, timers=timers, call_id=""), out, t)
 
 
 @on([S.RESERVED], OfferFailed)
@@ -316,7 +308,7 @@ def _offer_failed(agent: Agent, msg: OfferFailed, out: Out) -> Agent:
         out.cti("AGENT_OFFER_MISSED", agent.tenant, t, agent_id=agent.agent_id, call_id=msg.call_id,
                 queue_id=msg.queue_id, reason=msg.reason, missed=missed)
         agent = replace(agent, idle_since=t)  # a missed offer does not keep the agent first in line
-    return _after_offer(agent, out, t)
+    return _after_work(agent, out, t)
 
 
 @on([S.RESERVED], OfferAnswered)
@@ -355,7 +347,7 @@ def _timer(agent: Agent, msg: TimerFired, out: Out) -> Agent:
             queue_id=agent.offer_queue, agent_id=agent.agent_id, at=t, offer_id=agent.offer_id, reason="expired"))
         agent = replace(agent, missed_offers=agent.missed_offers + 1, call_id="", idle_since=t,
                         expired_offer=agent.offer_id)
-        return _after_offer(agent, out, t)
+        return _after_work(agent, out, t)
     return agent
 
 
