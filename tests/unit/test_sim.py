@@ -247,3 +247,39 @@ def test_lognormal_and_fixed_handle_times_have_the_right_mean():
     assert mean == pytest.approx(200, rel=0.02) and sd == pytest.approx(100, rel=0.05)
     assert draw(rng, Dist(dist="fixed", mean_s=7)) == 7
     assert draw(rng, Dist(dist="none")) == math.inf
+
+
+def test_report_figures_on_a_hand_computed_day():
+    """One agent, four scripted callers with known waits: every figure can be checked by hand."""
+    from sim.script import World
+
+    sc = small(traffic=[], warmup_s=0, duration_s=200, interval_s=100,
+               agents=[{"id": "solo", "queues": ["q"]}],
+               queues=[{"queue_id": "q", "sl_threshold_s": 29, "short_abandon_s": 5}])
+    world = World(sc, start_at=10)
+    a = world.call("100", talk_s=30)           # t=10: answered at once, hangs up at 40
+    world.advance(1)
+    b = world.call("100", talk_s=30)           # t=11: waits until 40 (29 s), talks until 70
+    world.advance(1)
+    c = world.call("100")                      # t=12: hangs up at 14 (a short abandon)
+    world.advance(2)
+    c.hangup()
+    world.advance(11)
+    d = world.call("100")                      # t=25: hangs up at 35 (an abandon, 10 s)
+    world.advance(10)
+    d.hangup()
+    assert a.expect_answered(within=1) == "solo" and b.expect_answered(within=40) == "solo"
+    world.sim.run()
+    r = build_report(world.sim.stats, 3)
+    q = r["queues"]["q"]["figures"]
+    assert (q["offered"], q["answered"], q["abandoned"], q["short_abandoned"]) == (4, 2, 2, 1)
+    assert q["sl"] == pytest.approx(2 / 3)            # a and b within 29 s (inclusive); of 4 - 1 short abandon
+    assert q["asa_s"] == pytest.approx(14.5)          # (0 + 29) / 2
+    assert q["p_wait"] == pytest.approx(0.75)         # b, c and d found the agent busy
+    assert q["wait_mean_s"] == pytest.approx(10.25)   # (0 + 29 + 2 + 10) / 4
+    assert q["max_queue_length"] == 2                 # b and c waiting together
+    assert q["aht_s"] == pytest.approx(30.0)
+    iv = r["queues"]["q"]["intervals"]
+    assert [i["offered"] for i in iv] == [4, 0]
+    occ = r["agents"]["solo"]
+    assert occ["occupancy"] == pytest.approx(60 / 200, abs=0.01)  # on calls 10..70 of 0..200
