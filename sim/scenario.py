@@ -262,10 +262,14 @@ def _check(sc: Scenario) -> None:
         for j, q in enumerate(g.queues):
             if q not in queue_ids:
                 raise ScenarioError(f, f"$.agents[{i}].queues[{j}]", f"an existing queue, {q!r} is not one")
+    extensions: dict[str, str] = {}
     for a in expand_agents(sc):
         if a.id in ids:
             raise ScenarioError(f, "$.agents", f"unique agent ids, {a.id!r} is used twice")
         ids.add(a.id)
+        if a.extension in extensions:
+            raise ScenarioError(f, "$.agents", f"unique extensions, {a.extension} belongs to {extensions[a.extension]!r} and {a.id!r}")
+        extensions[a.extension] = a.id
     for number, did in sc.dids.items():
         if bool(did.flow) == bool(did.queue):
             raise ScenarioError(f, f"$.dids.{number}", "exactly one of 'flow' or 'queue'")
