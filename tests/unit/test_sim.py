@@ -285,3 +285,31 @@ def test_report_figures_on_a_hand_computed_day():
     assert [i["offered"] for i in iv] == [4, 0]
     occ = r["agents"]["solo"]
     assert occ["occupancy"] == pytest.approx(60 / 200, abs=0.01)  # on calls 10..70 of 0..200
+
+
+def test_toml_scenarios_load_and_errors_name_the_toml_path(tmp_path):
+    good = tmp_path / "s.toml"
+    good.write_text('''name = "toml"
+duration_s = 600
+[[queues]]
+queue_id = "q"
+[[agents]]
+id = "a"
+count = 2
+queues = ["q"]
+[dids."100"]
+queue = "q"
+[[traffic]]
+did = "100"
+rate_per_hour = 60
+handle = { dist = "fixed", mean_s = 30 }
+''')
+    sc = load_scenario(good)
+    assert sc.name == "toml" and sc.queues[0].queue_id == "q" and sc.dids["100"].queue == "q"
+    r = report_of(sc)
+    assert r["calls"]["created"] == r["calls"]["cdrs"] > 0
+    bad = tmp_path / "b.toml"
+    bad.write_text(good.read_text().replace('count = 2', 'count = "two"'))
+    with pytest.raises(FlowError) as err:
+        load_scenario(bad)
+    assert (err.value.file, err.value.path) == (str(bad), "$.agents[0].count")
