@@ -247,6 +247,14 @@ def _check(sc: Scenario) -> None:
         raise ScenarioError(f, "$.warmup_s", "a warm-up >= 0 and shorter than duration_s")
     if sc.interval_s <= 0:
         raise ScenarioError(f, "$.interval_s", "an interval in seconds > 0")
+    tenants = {t.id for t in sc.tenants}
+    for where, items in (("queues", sc.queues), ("agents", sc.agents)):
+        for i, item in enumerate(items):
+            if item.tenant not in tenants:
+                raise ScenarioError(f, f"$.{where}[{i}].tenant", f"a tenant listed in tenants, {item.tenant!r} is not one")
+    for number, did in sc.dids.items():
+        if did.tenant not in tenants:
+            raise ScenarioError(f, f"$.dids.{number}.tenant", f"a tenant listed in tenants, {did.tenant!r} is not one")
     queue_ids = [q.queue_id for q in sc.queues]
     for i, q in enumerate(sc.queues):
         if queue_ids.index(q.queue_id) != i:

@@ -111,6 +111,7 @@ def test_textbook_detection_refuses_non_textbook_queues():
         ({"flows": ["missing.yaml"]}, "$.flows[0]", "readable flow file"),
         ({"start": "monday"}, "$.start", "ISO 8601"),
         ({"colour": "red"}, "$", "unknown field `colour`"),
+        ({"tenants": [{"id": "acme"}]}, "$.queues[0].tenant", "a tenant listed in tenants, 'default'"),
         ({"agents": [{"id": "a", "count": 2, "extension": 2000}, {"id": "b", "extension": 2001}]}, "$.agents",
          "unique extensions, 2001 belongs to 'a002' and 'b'"),
     ],
