@@ -85,6 +85,10 @@ from sim.scenario import AgentSpec, Dist, Scenario, Traffic, expand_agents
 __all__ = ["Simulator", "InvariantViolation", "CallerModel", "Observation"]
 
 
+#: after the last arrival, calls in progress get this long (virtual) to finish
+DRAIN_S = 4 * 3600.0
+#: states in which a caller still waiting at the end of the drain simply gives up
+_GIVE_UP_STATES = (CallState.ROUTING, CallState.IN_FLOW, CallState.QUEUED)
 #: a synthetic caller still in ROUTING (nothing answered, nothing played) after this long hangs up
 DEAD_AIR_S = 60.0
 
@@ -233,10 +237,16 @@ class Simulator:
         end = self.sc.duration_s
         self.run_until(end)
         # drain: let calls in progress finish (bounded, in case something never ends)
-        limit = end + 4 * 3600.0
+        limit = end + DRAIN_S
         while self.calls and self._heap and self._heap[0][0] <= limit:
             self._step_one()
         self.now = max(self.now, end)
+        # callers still waiting when the drain ends (nobody can serve them: no qualified agent,
+        # infinite patience) give up; a call stuck in any other state is a bug, left for the checks
+        for call_id in [c.call_id for c in self.calls.values() if c.state in _GIVE_UP_STATES]:
+            self._caller_hangs_up(self.now, call_id, HangupCause.ORIGINATOR_CANCEL)
+            self._drain()
+            self.stats.gave_up_at_end += 1
         if self.check:
             self._final_checks()
         self.stats.finish(self)

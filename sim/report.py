@@ -95,6 +95,8 @@ class Collector:
         self.dispositions: dict[str, int] = {}
         self.dead_letters = 0
         self.fault_rejected = 0
+        #: callers still waiting when the drain ended (nobody could serve them)
+        self.gave_up_at_end = 0
         self.faults: list[dict[str, Any]] = []
         self.sim_end = 0.0
         self.events = 0
@@ -323,7 +325,7 @@ def build_report(stats: Collector, seed: int) -> dict[str, Any]:
         "warmup_s": sc.warmup_s,
         "interval_s": sc.interval_s,
         "calls": {"created": stats.calls_created, "cdrs": stats.cdrs, "dispositions": dict(sorted(stats.dispositions.items())),
-                  "rejected_by_faults": stats.fault_rejected},
+                  "rejected_by_faults": stats.fault_rejected, "gave_up_at_end": stats.gave_up_at_end},
         "events": stats.events,
         "virtual_end_s": _r(stats.sim_end),
         "faults": stats.faults,
