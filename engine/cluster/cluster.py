@@ -1,0 +1,236 @@
+"""The driver side: start shard hosts on Ray, place entities, route ingress, add/remove shards.
+
+Rules
+1. Local default: ``ray.init()`` on this machine (no dashboard, a modest object store) with one
+   shard host per core; ``ray_address`` joins an existing Ray cluster instead.
+2. Shard hosts are named Ray actors (``<prefix><shard>`` in ``namespace``) with
+   ``max_restarts=-1`` and ``max_task_retries=-1``: Ray restarts a killed host, and batches sent to
+   it meanwhile wait for the new instance instead of failing.
+3. The ingress (``send``) is the media-affinity point: every event of a FreeSWITCH link is routed
+   by call id to the shard that owns the call, grouped per shard, one Ray call per shard per batch,
+   so events of one call arrive in the order the link saw them.
+4. Membership changes are hand-overs (``_rebalance``): every host installs the new directory and
+   parks messages for ids it now owns but has not received, the old owners export those actors
+   (state, timers, queued mail) to the new owners over the ordered shard links, the driver waits
+   until every adoption arrived, then the parked messages are delivered. Live calls move with their
+   timers like idle entities; nothing is dropped, a call just pauses for the hand-over (~ms).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import msgspec
+
+from engine.actors.node import route
+from engine.cluster.host import HostConfig, ShardHostCore, actor_name, decode_outputs
+from engine.cluster.placement import Directory, directory_encoder
+from engine.cluster.snapshots import DIRECTORY_KEY
+from engine.cluster.wire import Envelope, encode_batch
+from engine.fsm.queue import QueueConfig
+from engine.messages import Cdr, MediaCommand
+
+__all__ = ["Cluster", "default_shards"]
+
+
+def default_shards() -> int:
+    import os
+
+    return max(1, os.cpu_count() or 1)
+
+
+class Cluster:
+    def __init__(self, *, shards: int | Sequence[str] | None = None, ray_address: str | None = None,
+                 config: HostConfig | None = None, host_cpus: float = 1.0,
+                 object_store_memory: int = 80 * 1024 * 1024) -> None:
+        self.config = config or HostConfig()
+        if shards is None:
+            shards = default_shards()
+        self.names = [f"s{i}" for i in range(shards)] if isinstance(shards, int) else list(shards)
+        self.ray_address = ray_address
+        self.host_cpus = host_cpus
+        self.object_store_memory = object_store_memory
+        self.directory = msgspec.structs.replace(self.config.directory, shards=tuple(sorted(self.names)))
+        self.hosts: dict[str, Any] = {}
+        self.tenants: dict[str, str] = {}
+        self._started_ray = False
+        self._actor_cls: Any = None
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> Cluster:
+        import ray
+
+        if not ray.is_initialized():
+            if self.ray_address:
+                ray.init(address=self.ray_address, namespace=self.config.namespace, log_to_driver=False)
+            else:
+                ray.init(num_cpus=max(1, int(len(self.names) * self.host_cpus)), include_dashboard=False,
+                         object_store_memory=self.object_store_memory, namespace=self.config.namespace,
+                         log_to_driver=False)
+            self._started_ray = True
+        self._actor_cls = ray.remote(max_restarts=-1, max_task_retries=-1)(ShardHostCore)
+        self._write_directory()
+        for name in self.names:
+            self.hosts[name] = self._create(name)
+        ray.get([h.ready.remote() for h in self.hosts.values()], timeout=120)
+        return self
+
+    def _create(self, name: str) -> Any:
+        cfg = msgspec.structs.replace(self.config, directory=self.directory)
+        return self._actor_cls.options(name=actor_name(cfg, name), namespace=cfg.namespace,
+                                       num_cpus=self.host_cpus).remote(name, cfg)
+
+    def shutdown(self) -> None:
+        import ray
+
+        for host in self.hosts.values():
+            try:
+                ray.kill(host, no_restart=True)
+            except Exception:
+                pass
+        self.hosts.clear()
+        if self._started_ray:
+            ray.shutdown()
+            self._started_ray = False
+
+    def __enter__(self) -> Cluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def _write_directory(self) -> None:
+        if self.config.store is not None:
+            self.config.store.put_many({DIRECTORY_KEY: directory_encoder.encode(self.directory)})
+
+    def _broadcast_directory(self) -> None:
+        import ray
+
+        self._write_directory()
+        payload = directory_encoder.encode(self.directory)
+        ray.get([h.set_directory.remote(payload) for h in self.hosts.values()], timeout=60)
+
+    # ---------------------------------------------------------------- entities
+
+    def add_entities(self, queues: Iterable[QueueConfig] = (), agents: Iterable[tuple[str, str]] = ()) -> None:
+        """Place queues and (agent_id, tenant) pairs tenant-aware, then create them on their shards."""
+        import ray
+
+        queues, agents = list(queues), list(agents)
+        placed: dict[str, str] = {}
+        per_shard: dict[str, tuple[list[QueueConfig], list[tuple[str, str]]]] = {}
+        for q in queues:
+            key = f"queue/{q.queue_id}"
+            shard = placed[key] = self.directory.place("queue", q.queue_id, q.tenant)
+            self.tenants[key] = q.tenant
+            per_shard.setdefault(shard, ([], []))[0].append(q)
+        for agent_id, tenant in agents:
+            key = f"agent/{agent_id}"
+            shard = placed[key] = self.directory.place("agent", agent_id, tenant)
+            self.tenants[key] = tenant
+            per_shard.setdefault(shard, ([], []))[1].append((agent_id, tenant))
+        self.directory = self.directory.with_entities(placed)
+        self._broadcast_directory()
+        ray.get([self.hosts[s].add_entities.remote(qs, ags) for s, (qs, ags) in per_shard.items()], timeout=60)
+
+    # ---------------------------------------------------------------- ingress (media affinity)
+
+    def send(self, messages: Iterable[Any], *, wait: bool = False) -> list[Any]:
+        """Route messages (media events, commands) to their owners' shards, one batch per shard."""
+        import ray
+
+        groups: dict[str, list[Envelope]] = {}
+        owner = self.directory.owner
+        for message in messages:
+            kind, actor_id = route(message)
+            groups.setdefault(owner(kind, actor_id), []).append(Envelope(kind, actor_id, message))
+        refs = [self.hosts[s].deliver_batch.remote(encode_batch("ingress", items)) for s, items in groups.items()]
+        if wait and refs:
+            ray.get(refs, timeout=60)
+        return refs
+
+    def drain(self) -> tuple[list[MediaCommand], list[Cdr]]:
+        import ray
+
+        media: list[MediaCommand] = []
+        cdrs: list[Cdr] = []
+        for data in ray.get([h.drain_outputs.remote() for h in self.hosts.values()], timeout=60):
+            m, c = decode_outputs(data)
+            media += m
+            cdrs += c
+        return media, cdrs
+
+    def states(self, kind: str) -> list[Any]:
+        import ray
+
+        return [s for part in ray.get([h.states.remote(kind) for h in self.hosts.values()], timeout=60)
+                for s in part]
+
+    def statistics(self) -> dict[str, Any]:
+        import ray
+
+        return {name: st for name, st in zip(self.hosts, ray.get(
+            [h.statistics.remote() for h in self.hosts.values()], timeout=60), strict=True)}
+
+    # ---------------------------------------------------------------- failures
+
+    def kill(self, shard: str, *, restart: bool = True) -> None:
+        import ray
+
+        ray.kill(self.hosts[shard], no_restart=not restart)
+
+    def wait_ready(self, shard: str, timeout: float = 60.0) -> dict[str, Any]:
+        import ray
+
+        return ray.get(self.hosts[shard].ready.remote(), timeout=timeout)
+
+    def resync(self, restarted: str) -> int:
+        import ray
+
+        return sum(ray.get([h.resync.remote(restarted) for s, h in self.hosts.items() if s != restarted],
+                           timeout=60))
+
+    # ---------------------------------------------------------------- membership
+
+    def add_shard(self, name: str) -> dict[str, int]:
+        import ray
+
+        self.hosts[name] = self._create(name)
+        ray.get(self.hosts[name].ready.remote(), timeout=120)
+        return self._rebalance(self.directory.with_shards([*self.directory.shards, name]))
+
+    def remove_shard(self, name: str) -> dict[str, int]:
+        import ray
+
+        moved = self._rebalance(self.directory.with_shards([s for s in self.directory.shards if s != name]))
+        host = self.hosts.pop(name)
+        ray.get(host.stop.remote(), timeout=30)
+        ray.kill(host, no_restart=True)
+        return moved
+
+    def _rebalance(self, directory: Directory, timeout: float = 30.0) -> dict[str, int]:
+        import ray
+
+        directory, _ = directory.rebalanced(self.tenants)
+        self.directory = directory
+        self._write_directory()
+        payload = directory_encoder.encode(directory)
+        base = {s: st["adopted"] for s, st in self.statistics().items()}
+        exported = ray.get([h.begin_handoff.remote(payload) for h in self.hosts.values()], timeout=60)
+        expected: dict[str, int] = {}
+        for part in exported:
+            for dest, n in part.items():
+                expected[dest] = expected.get(dest, 0) + n
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            stats = self.statistics()
+            if all(stats[d]["adopted"] - base.get(d, 0) >= n for d, n in expected.items()):
+                break
+            time.sleep(0.01)
+        else:
+            raise TimeoutError(f"hand-over did not complete in {timeout}s: expected {expected}")
+        ray.get([h.end_handoff.remote() for h in self.hosts.values()], timeout=60)
+        return expected

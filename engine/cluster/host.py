@@ -1,0 +1,387 @@
+"""The shard host: one Ray actor hosting one trio actor runtime (``ShardNode``) in its own thread.
+
+Rules
+1. Ray is the control plane and the batch carrier, never the per-event path: a method call
+   carries a batch (``deliver_batch``) or asks for something rare (statistics, hand-over). The
+   trio thread owns every actor; Ray's thread only hands bytes over (``trio.from_thread``), which
+   also keeps a method call's batch in call order.
+2. Start = recovery. Ray reruns ``__init__`` after a crash (``max_restarts=-1``). The host then
+   (a) reads the newest directory from the snapshot store, (b) adopts the agent and queue images
+   it owns (timers re-armed at their deadlines), (c) asks every media node which channels exist and
+   rebuilds the calls it owns, (d) repairs agents against those channels, and only then returns
+   from ``__init__``, so the batches Ray queued for it meanwhile (``max_task_retries=-1``) land on
+   rebuilt actors. Finally it asks its peers to re-announce (``resync``): agents whose queues live
+   here resend their status, callers waiting in queues that live here rejoin them.
+3. Cross-shard sends go through the ``Outbox`` to ``peer.deliver_batch.remote(bytes)``: one Ray
+   call per batch, fire-and-forget, ordered per link by Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+import trio
+
+from engine.actors.node import route_by_destination
+from engine.actors.ports import InMemoryCti, InMemoryReplies, Ports
+from engine.cluster.clock import ClusterClock
+from engine.cluster.outbox import Outbox
+from engine.cluster.placement import Directory, directory_decoder
+from engine.cluster.recovery import (
+    LiveChannel,
+    agent_status,
+    rebuild_calls,
+    reconcile_agent,
+    requeue_message,
+)
+from engine.cluster.shard import ShardNode
+from engine.cluster.snapshots import DIRECTORY_KEY, SnapshotStore, parse_key
+from engine.cluster.wire import Adopt, Envelope, decode_batch, decode_image, encode_image, state_of
+from engine.fsm.agent import Agent, AgentState
+from engine.fsm.queue import QueueConfig
+from engine.messages import Cdr, MediaCommand, Send
+
+__all__ = ["HostConfig", "ShardHostCore", "actor_name"]
+
+
+class HostConfig(msgspec.Struct, kw_only=True):
+    namespace: str = "callengine"
+    prefix: str = "callengine-shard-"
+    directory: Directory = Directory()
+    #: picklable store (FileSnapshotStore for a machine, a NATS KV store for a cluster)
+    store: Any = None
+    #: picklable callables, one per media node, returning ``list[LiveChannel]``
+    channel_sources: tuple[Any, ...] = ()
+    #: dialled destination -> queue (the router for new calls)
+    routes: dict[str, str] = {}
+    snapshot_interval_s: float = 0.1
+    max_batch: int = 1024
+    max_delay_s: float = 0.001
+    #: keep media commands and CDRs for ``drain_outputs`` (an external switch plays FreeSWITCH)
+    collect_outputs: bool = True
+    #: a ``loadgen.LocalSwitch`` factory (benchmarks): plays FreeSWITCH inside the shard
+    local_switch: Any = None
+
+
+def actor_name(config: HostConfig, shard: str) -> str:
+    return f"{config.prefix}{shard}"
+
+
+class _CollectMedia:
+    def __init__(self) -> None:
+        self.items: deque[MediaCommand] = deque()
+        self.count = 0
+        self.keep = True
+        self.listeners: list[Callable[[MediaCommand], None]] = []
+
+    def send(self, command: MediaCommand) -> None:
+        self.count += 1
+        if self.keep:
+            self.items.append(command)
+        for listener in self.listeners:
+            listener(command)
+
+
+class _CollectCdrs:
+    def __init__(self) -> None:
+        self.items: deque[Cdr] = deque()
+        self.count = 0
+        self.keep = True
+
+    def write(self, cdr: Cdr) -> None:
+        self.count += 1
+        if self.keep:
+            self.items.append(cdr)
+
+
+_out_encoder = msgspec.msgpack.Encoder()
+
+
+class ShardHostCore:
+    """Plain class; ``cluster.py`` makes it a Ray actor. Usable without Ray in one process when
+    ``send`` is given (unit tests wire hosts to each other directly)."""
+
+    def __init__(self, shard: str, config: HostConfig, send: Callable[[str, bytes], None] | None = None) -> None:
+        self.shard = shard
+        self.config = config
+        self._send_override = send
+        self._peers: dict[str, Any] = {}
+        self._ready = threading.Event()
+        self._stop: trio.Event | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._error: BaseException | None = None
+        self.started_at = time.time()
+        self.recovery: dict[str, Any] = {}
+        self._written: dict[tuple[str, str], Any] = {}
+        self._thread = threading.Thread(target=self._thread_main, name=f"trio-{shard}", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(60) or self._error is not None:
+            raise RuntimeError(f"shard {shard} failed to start: {self._error!r}")
+
+    # ---------------------------------------------------------------- the trio thread
+
+    def _thread_main(self) -> None:
+        try:
+            trio.run(self._main, clock=ClusterClock())
+        except BaseException as exc:  # reported through ready() / statistics
+            self._error = exc
+            self._ready.set()
+
+    def _transport(self, dest: str, payload: bytes) -> None:
+        if self._send_override is not None:
+            self._send_override(dest, payload)
+            return
+        handle = self._peers.get(dest)
+        if handle is None:
+            import ray
+
+            handle = self._peers[dest] = ray.get_actor(actor_name(self.config, dest),
+                                                       namespace=self.config.namespace)
+        handle.deliver_batch.remote(payload)
+
+    async def _main(self) -> None:
+        cfg = self.config
+        self._stop = trio.Event()
+        self._token = trio.lowlevel.current_trio_token()
+        self.outbox = Outbox(self.shard, self._transport, max_batch=cfg.max_batch, max_delay_s=cfg.max_delay_s)
+        self.media = _CollectMedia()
+        self.cdrs = _CollectCdrs()
+        self.media.keep = self.cdrs.keep = cfg.collect_outputs
+        ports = Ports(self.media, InMemoryCti(keep=False), self.cdrs, InMemoryReplies(keep=False))
+        directory = cfg.directory
+        stored = await self._load_directory()
+        if stored is not None and stored.epoch >= directory.epoch:
+            directory = stored
+        router = route_by_destination(dict(cfg.routes)) if cfg.routes else None
+        self.node = ShardNode(name=self.shard, directory=directory, outbox=self.outbox, ports=ports,
+                              router=router, call_mailbox=4096)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.node.run)
+            await nursery.start(self.outbox.pump)
+            await self._recover()
+            if cfg.snapshot_interval_s > 0 and cfg.store is not None:
+                nursery.start_soon(self._snapshot_loop)
+            if cfg.local_switch is not None:
+                self.switch = cfg.local_switch(self)
+                await nursery.start(self.switch.run)
+            self._ready.set()
+            await self._stop.wait()
+            await self.node.shutdown(2.0)
+            self.outbox.flush_nowait()
+            nursery.cancel_scope.cancel()
+
+    async def _load_directory(self) -> Directory | None:
+        store: SnapshotStore | None = self.config.store
+        if store is None:
+            return None
+        data = await trio.to_thread.run_sync(store.load, DIRECTORY_KEY)
+        raw = data.get(DIRECTORY_KEY)
+        return None if raw is None else directory_decoder.decode(raw)
+
+    async def _recover(self) -> None:
+        """Rule 2: images from the store, calls from the switch, agents repaired."""
+        t0 = time.perf_counter()
+        node, cfg = self.node, self.config
+        adopted = 0
+        if cfg.store is not None:
+            raw = await trio.to_thread.run_sync(cfg.store.load, "")
+            newest: dict[tuple[str, str], Any] = {}
+            for key, value in raw.items():
+                if key == DIRECTORY_KEY:
+                    continue
+                kind, actor_id = parse_key(key)
+                if node.directory.owner(kind, actor_id) != self.shard:
+                    continue
+                image = decode_image(value)
+                old = newest.get((kind, actor_id))
+                if old is None or image.taken_at > old.taken_at:
+                    newest[(kind, actor_id)] = image
+            for image in newest.values():
+                node.adopt(image)
+                self._written[(image.kind, image.actor_id)] = None
+                adopted += 1
+        channels: list[LiveChannel] = []
+        for source in cfg.channel_sources:
+            channels += await trio.to_thread.run_sync(source)
+        now = trio.current_time()
+        calls, orphans = rebuild_calls(channels, lambda cid: node.directory.owner("call", cid) == self.shard,
+                                       node.router, now)
+        rt = node.runtime
+        for call, effects in calls:
+            if not rt.exists("call", call.call_id):
+                assert node._calls is not None
+                node._calls.start_child(call.call_id, call, effects)
+        if orphans:
+            rt._perform(None, orphans)
+        talking = {c.agent_id: c.call_id for c in channels if c.leg != "a" and c.answered and c.agent_id}
+        live = {c.call_id for c in channels if c.leg == "a"}
+        repaired = 0
+        for cell in rt.cells("agent"):
+            agent: Agent = cell.state
+            fixed = reconcile_agent(agent, talking.get(agent.agent_id), live, now)
+            if fixed is not agent:
+                cell.state = fixed
+                repaired += 1
+                rt._perform(cell, agent_status(fixed, now))
+        self.recovery = {"images": adopted, "calls": len(calls), "orphan_legs": len(orphans),
+                         "agents_repaired": repaired, "channels": len(channels),
+                         "recovery_s": round(time.perf_counter() - t0, 4)}
+
+    async def _snapshot_loop(self) -> None:
+        while True:
+            await trio.sleep(self.config.snapshot_interval_s)
+            await self.snapshot_once()
+
+    async def snapshot_once(self) -> int:
+        rt = self.node.runtime
+        dirty = [cell for kind in ("agent", "queue") for cell in rt.cells(kind)
+                 if self._written.get((kind, cell.id)) is not cell.state]
+        if not dirty:
+            return 0
+        from engine.cluster.snapshots import entity_key
+
+        deadlines = rt.timer_deadlines()
+        items = {}
+        for cell in dirty:
+            items[entity_key(cell.kind, cell.id)] = encode_image(rt.image(cell, deadlines))
+            self._written[(cell.kind, cell.id)] = cell.state
+        await trio.to_thread.run_sync(self.config.store.put_many, items)
+        return len(items)
+
+    # ---------------------------------------------------------------- calls into trio
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return trio.from_thread.run_sync(fn, *args, trio_token=self._token)
+
+    def _acall(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return trio.from_thread.run(fn, *args, trio_token=self._token)
+
+    # ---------------------------------------------------------------- Ray methods
+
+    def ready(self) -> dict[str, Any]:
+        return {"shard": self.shard, "pid": os.getpid(), "recovery": self.recovery,
+                "started_at": self.started_at}
+
+    def deliver_batch(self, payload: bytes) -> int:
+        return self._call(self._ingest, payload)
+
+    def _ingest(self, payload: bytes) -> int:
+        batch = decode_batch(payload)
+        node = self.node
+        for item in batch.items:
+            if type(item) is Envelope:
+                node.accept(item.kind, item.actor_id, item.message, item.hops)
+            else:
+                assert isinstance(item, Adopt)
+                node.adopt(item.image, item.mail)
+        return len(batch.items)
+
+    def set_directory(self, payload: bytes) -> bool:
+        return self._call(self.node.set_directory, directory_decoder.decode(payload))
+
+    def add_entities(self, queues: Sequence[QueueConfig], agents: Sequence[tuple[str, str]]) -> int:
+        def add() -> int:
+            n = 0
+            for config in queues:
+                if not self.node.runtime.exists("queue", config.queue_id):
+                    self.node.add_queue(config)
+                    n += 1
+            for agent_id, tenant in agents:
+                if not self.node.runtime.exists("agent", agent_id):
+                    self.node.add_agent(agent_id, tenant)
+                    n += 1
+            return n
+        return self._call(add)
+
+    def begin_handoff(self, payload: bytes) -> dict[str, int]:
+        moved = self._call(self.node.begin_handoff, directory_decoder.decode(payload))
+        return {dest: len(adopts) for dest, adopts in moved.items()}
+
+    def end_handoff(self) -> int:
+        return self._call(self.node.end_handoff)
+
+    def resync(self, restarted: str) -> int:
+        """A peer restarted: re-announce what it may have lost (Rule 2)."""
+        def run() -> int:
+            rt, directory = self.node.runtime, self.node.directory
+            now = trio.current_time()
+            sends: list[Send] = []
+            for cell in rt.cells("agent"):
+                agent: Agent = cell.state
+                if agent.state is not AgentState.LOGGED_OUT and any(
+                        directory.owner("queue", q) == restarted for q in agent.queues):
+                    sends += [s for s in agent_status(agent, now) if directory.owner("queue", s.to_id) == restarted]
+            for cell in rt.cells("call"):
+                send = requeue_message(cell.state, now)
+                if send is not None and directory.owner("queue", send.to_id) == restarted:
+                    sends.append(send)
+            if sends:
+                rt._perform(None, sends)
+            return len(sends)
+        return self._call(run)
+
+    def drain_outputs(self) -> bytes:
+        def drain() -> bytes:
+            media = list(self.media.items)
+            self.media.items.clear()
+            cdrs = list(self.cdrs.items)
+            self.cdrs.items.clear()
+            return _out_encoder.encode({"media": media, "cdrs": cdrs})
+        return self._call(drain)
+
+    def states(self, kind: str) -> list[Any]:
+        return self._call(lambda: list(self.node.runtime.states(kind)))
+
+    def snapshot_now(self) -> int:
+        return self._acall(self.snapshot_once) if self.config.store is not None else 0
+
+    def statistics(self) -> dict[str, Any]:
+        def stats() -> dict[str, Any]:
+            node = self.node
+            rt = node.runtime
+            s = rt.statistics()
+            return {"shard": self.shard, "pid": os.getpid(), "epoch": node.directory.epoch,
+                    "actors": s.actors, "processed": s.processed, "dead_letters": s.dead_letters,
+                    "forwarded": rt.forwarded, "bounced": rt.bounced, "accepted": node.accepted,
+                    "adopted": node.adopted, "hop_dropped": node.hop_dropped,
+                    "media_dropped": node.media_dropped, "calls_created": node.calls_created,
+                    "cdrs": self.cdrs.count, "media": self.media.count, "timers": s.timers,
+                    "outbox": self.outbox.statistics(), "recovery": self.recovery,
+                    "switch": getattr(getattr(self, "switch", None), "statistics", dict)()}
+        return self._call(stats)
+
+    def dead_letters(self) -> list[str]:
+        return self._call(lambda: [f"{d.kind}:{d.actor_id} {type(d.message).__name__} {d.reason}"
+                                   for d in self.node.runtime.dead_letters])
+
+    def call(self, fn: Callable[[Any], Any]) -> Any:
+        """Run ``fn(self)`` in the trio thread (tests, benchmarks)."""
+        return self._call(fn, self)
+
+    def stop(self) -> None:
+        if self._stop is not None and self._token is not None:
+            try:
+                self._call(self._stop.set)
+            except trio.RunFinishedError:
+                pass
+        self._thread.join(5)
+
+
+def decode_outputs(data: bytes) -> tuple[list[MediaCommand], list[Cdr]]:
+    raw = msgspec.msgpack.decode(data, type=_Outputs)
+    return raw.media, raw.cdrs
+
+
+class _Outputs(msgspec.Struct):
+    media: list[MediaCommand]
+    cdrs: list[Cdr]
+
+
+def _state_of_image(data: bytes) -> Any:  # convenience for tests
+    return state_of(decode_image(data))

@@ -1,0 +1,163 @@
+"""Rebuilding a shard after a restart: calls from the switch, agents repaired against it.
+
+Rules
+1. Pure functions: channels in, (state, effects) out. The host performs the effects.
+2. FreeSWITCH is the source of truth for calls (kazoo's ``sync_channels``). A restarted shard asks
+   every media node (``ChannelSource``) which channels exist and rebuilds the calls it owns:
+   - caller + an answered engine leg: the call is ACTIVE with that party (bridged again if needed);
+   - caller + ringing legs: the legs are hung up and the caller is routed again (back in its
+     queue: a ``QueueCall`` for a caller the queue still has is a no-op, so it keeps its place);
+   - legs whose caller is gone: hung up.
+3. Agents restored from a snapshot may be up to one snapshot interval old. The switch says which
+   agent is talking to whom, so ``reconcile_agent`` puts an agent that has a live answered leg
+   ON_CALL for that call, and frees an agent that the snapshot has ON_CALL/RESERVED for a call
+   that no longer exists. RESERVED agents otherwise keep their offer safety timer (re-armed at its
+   deadline), so a reservation whose messages died with the shard times out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+import msgspec
+
+from engine.fsm import call as call_fsm
+from engine.fsm.agent import Agent, AgentState
+from engine.fsm.call import Call, CallState, Leg
+from engine.messages import (
+    AgentStatus,
+    ChannelCreated,
+    Effect,
+    HangupCause,
+    MediaBridge,
+    MediaHangup,
+    QueueCall,
+    RoutingMessage,
+    Send,
+    SendMedia,
+)
+
+__all__ = ["ChannelSource", "LiveChannel", "agent_status", "rebuild_calls", "reconcile_agent",
+           "requeue_message"]
+
+replace = msgspec.structs.replace
+
+
+class LiveChannel(msgspec.Struct, frozen=True, kw_only=True):
+    """One channel as a media node reports it (``show channels as json`` over ESL)."""
+
+    call_id: str
+    #: "a" for the caller, else the engine's leg id (``<call_id>-<n>``)
+    leg: str = "a"
+    node: str = ""
+    answered: bool = False
+    #: the leg this one is bridged with ("" when none)
+    bridged_to: str = ""
+    direction: str = "inbound"
+    caller_id: str = ""
+    destination: str = ""
+    tenant: str = "default"
+    created_at: float = 0.0
+    #: channel variables the engine set on the legs it originated
+    agent_id: str = ""
+    queue_id: str = ""
+
+
+class ChannelSource(Protocol):
+    """Returns the live channels of one media node (a picklable callable: Ray restarts the shard
+    host in a fresh process and calls it there)."""
+
+    def __call__(self) -> list[LiveChannel]: ...
+
+
+Router = Callable[[ChannelCreated], RoutingMessage | None]
+
+
+def rebuild_calls(channels: Iterable[LiveChannel], owns: Callable[[str], bool], router: Router | None,
+                  now: float) -> tuple[list[tuple[Call, list[Effect]]], list[Effect]]:
+    """Calls this shard owns, rebuilt from the switch, and effects for orphan legs."""
+    by_call: dict[str, list[LiveChannel]] = {}
+    for ch in channels:
+        if owns(ch.call_id):
+            by_call.setdefault(ch.call_id, []).append(ch)
+    calls: list[tuple[Call, list[Effect]]] = []
+    orphans: list[Effect] = []
+    for call_id, chans in sorted(by_call.items()):
+        a = next((c for c in chans if c.leg == "a"), None)
+        others = [c for c in chans if c.leg != "a"]
+        if a is None:
+            orphans += [SendMedia(command=MediaHangup(call_id=call_id, leg=c.leg, node=c.node,
+                                                      cause=HangupCause.NORMAL_CLEARING)) for c in others]
+            continue
+        calls.append(_rebuild(a, others, router, now))
+    return calls, orphans
+
+
+def _rebuild(a: LiveChannel, others: list[LiveChannel], router: Router | None,
+             now: float) -> tuple[Call, list[Effect]]:
+    created = ChannelCreated(call_id=a.call_id, at=a.created_at or now, node=a.node, direction=a.direction,  # type: ignore[arg-type]
+                             caller_id=a.caller_id, destination=a.destination, tenant=a.tenant)
+    call, _ = call_fsm.new_call(created)
+    seq = max((_leg_seq(c.leg) for c in others), default=0)
+    call = replace(call, a_answered=a.answered, leg_seq=seq, now=now, state_since=now)
+    effects: list[Effect] = []
+    talking = next((c for c in others if c.answered), None)
+    for c in others:
+        if c is not talking:
+            effects.append(SendMedia(command=MediaHangup(call_id=a.call_id, leg=c.leg, node=c.node,
+                                                         cause=HangupCause.LOSE_RACE)))
+    if talking is not None:
+        leg = Leg(id=talking.leg, destination=talking.destination,
+                  role="agent" if talking.agent_id else "extension", agent_id=talking.agent_id,
+                  queue_id=talking.queue_id, answered=True)
+        call = replace(call, state=CallState.ACTIVE, legs=(leg,), connected=leg.id, agent_id=leg.agent_id,
+                       queue_id=talking.queue_id, answered_at=now, a_answered=True)
+        if a.bridged_to != talking.leg:
+            effects.append(SendMedia(command=MediaBridge(call_id=a.call_id, leg="a", node=a.node,
+                                                         other_leg=talking.leg)))
+        return call, effects
+    decision = router(created) if router is not None else None
+    if decision is not None:
+        call, more = call_fsm.step(call, decision)
+        effects += more
+    return call, effects
+
+
+def _leg_seq(leg: str) -> int:
+    tail = leg.rpartition("-")[2]
+    return int(tail) if tail.isdigit() else 0
+
+
+def reconcile_agent(agent: Agent, talking_on: str | None, live_calls: set[str], now: float) -> Agent:
+    """Repair a snapshot-restored agent against the switch (Rule 3)."""
+    if talking_on:
+        if agent.state is AgentState.ON_CALL and agent.call_id == talking_on:
+            return agent
+        return replace(agent, state=AgentState.ON_CALL, call_id=talking_on, offer_id="", offer_queue="",
+                       state_since=now, now=max(agent.now, now), timers=agent.timers - {"offer", "wrap"})
+    if agent.state is AgentState.ON_CALL and agent.call_id not in live_calls:
+        # the call ended while the shard was down and its AgentCallEnded died with it
+        return replace(agent, state=AgentState.AVAILABLE, call_id="", state_since=now, idle_since=now,
+                       now=max(agent.now, now))
+    return agent
+
+
+def agent_status(agent: Agent, at: float) -> list[Send]:
+    """What ``fsm.agent`` sends its queues on every change (re-announced after a restart)."""
+    return [Send(to="queue", to_id=q, message=AgentStatus(
+        queue_id=q, agent_id=agent.agent_id, at=at, logged_in=agent.state is not AgentState.LOGGED_OUT,
+        available=agent.offerable, extension=agent.extension, skills=agent.skills,
+        idle_since=agent.idle_since, talk_time=agent.talk_time, calls_handled=agent.calls_handled))
+        for q in agent.queues]
+
+
+def requeue_message(call: Call, at: float) -> Send | None:
+    """A waiting caller re-announces itself to its queue (the queue may have lost it)."""
+    if not call.in_queue or call.state is not CallState.QUEUED:
+        return None
+    return Send(to="queue", to_id=call.queue_id, message=QueueCall(
+        queue_id=call.queue_id, call_id=call.call_id, at=at, priority=call.priority, skills=call.skills,
+        caller_id=call.caller_id, tenant=call.tenant))
+
+

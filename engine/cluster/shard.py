@@ -1,0 +1,212 @@
+"""A shard: the actor runtime of ``engine/actors`` plus "this id lives on another shard".
+
+Rules
+1. The runtime is wrapped, not edited: ``ShardRuntime`` overrides the one place a ``Send`` effect
+   is delivered (``Runtime._deliver``). An actor registered here gets the message locally, as
+   before; otherwise the directory names the owner and the message goes to the ``Outbox`` for
+   that shard. Only when this shard owns the id do the runtime's usual rules for absent actors
+   apply (tombstone, ``NOT_FOUND``, dead letter).
+2. Everything that arrives from other shards or from an ingress goes through ``accept``: creation
+   rules of ``Node`` (a ``ChannelCreated`` for leg "a" creates the call), never refused for
+   capacity (like ``Send``), forwarded when the directory says another shard owns it.
+3. Hand-over: ``export`` takes an actor out (state, timers, queued mail) in one synchronous step,
+   so the actor is never alive in two places; ``adopt`` puts it in, timers re-armed at their
+   absolute deadlines (the cluster clock, see clock.py). Snapshots are the same images.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import trio
+
+from engine.actors.node import Node, route
+from engine.actors.ports import Ports
+from engine.actors.runtime import Cell, Runtime
+from engine.cluster.outbox import Outbox
+from engine.cluster.placement import Directory
+from engine.cluster.wire import MAX_HOPS, Adopt, Envelope, Image, state_of
+
+__all__ = ["ShardNode", "ShardRuntime"]
+
+
+class ShardRuntime(Runtime):
+    def __init__(self, *, directory: Directory, outbox: Outbox, **options: Any) -> None:
+        super().__init__(**options)
+        self.directory = directory
+        self.outbox = outbox
+        self.forwarded = 0
+        self.bounced = 0
+        #: during a hand-over: messages for ids this shard now owns but has not received yet
+        self.parking: list[tuple[str, str, Any, int]] | None = None
+
+    def _deliver(self, kind: str, actor_id: str, message: Any) -> None:
+        table = self._registry.get(kind)
+        cell = None if table is None else table.get(actor_id)
+        if cell is not None:
+            self._enqueue(cell, message)
+            return
+        owner = self.directory.owner(kind, actor_id)
+        if owner != self.name:
+            self.forwarded += 1
+            self.outbox.put(owner, Envelope(kind, actor_id, message))
+            return
+        if self.parking is not None and not self.recently_stopped(kind, actor_id):
+            self.parking.append((kind, actor_id, message, 0))
+            return
+        self._undeliverable(kind, actor_id, message)
+
+    # ---------------------------------------------------------------- images
+
+    def timer_deadlines(self) -> dict[int, list[tuple[str, float]]]:
+        """Armed timers of every actor, by ``id(cell)`` (one pass over the heap)."""
+        out: dict[int, list[tuple[str, float]]] = {}
+        for deadline, seq, owner, key in self._timers._heap:
+            timers = owner.timers
+            if timers is not None and timers.get(key) == seq:
+                out.setdefault(id(owner), []).append((key, deadline))
+        return out
+
+    def image(self, cell: Cell, deadlines: dict[int, list[tuple[str, float]]] | None = None) -> Image:
+        if deadlines is None:
+            deadlines = self.timer_deadlines()
+        return Image(kind=cell.kind, actor_id=cell.id, state=cell.state,
+                     timers=tuple(sorted(deadlines.get(id(cell), ()))), taken_at=trio.current_time())
+
+    def cells(self, kind: str) -> list[Cell]:
+        return list(self._registry.get(kind, {}).values())
+
+    def export(self, kind: str, actor_id: str) -> Adopt | None:
+        """Take an actor out of this shard (state, timers, queued mail). No await inside."""
+        cell = self._cell(kind, actor_id)
+        if cell is None:
+            return None
+        image = self.image(cell)
+        mail = tuple(cell.mail or ())
+        self._queued -= len(mail)
+        cell.mail = None
+        self._remove(cell, "moved", leftovers="dead")
+        recent = self._recent.get(kind)
+        if recent is not None:
+            recent[1].discard(actor_id)  # it lives on elsewhere: no tombstone here
+        if cell.sup is not None:
+            cell.sup.child_removed(cell)
+        return Adopt(image, mail)
+
+
+class ShardNode(Node):
+    """A ``Node`` whose runtime knows the other shards."""
+
+    def __init__(self, *, name: str, directory: Directory, outbox: Outbox, ports: Ports | None = None,
+                 runtime_options: dict[str, Any] | None = None, **node_options: Any) -> None:
+        super().__init__(name=name, ports=ports, **node_options)
+        self.runtime: ShardRuntime = ShardRuntime(directory=directory, outbox=outbox, ports=self.ports,
+                                                  name=name, **(runtime_options or {}))
+        self.outbox = outbox
+        self.adopted = 0
+        self.accepted = 0
+        self.hop_dropped = 0
+
+    @property
+    def directory(self) -> Directory:
+        return self.runtime.directory
+
+    def set_directory(self, directory: Directory) -> bool:
+        if directory.epoch < self.runtime.directory.epoch:
+            return False
+        self.runtime.directory = directory
+        return True
+
+    def owns(self, kind: str, actor_id: str) -> bool:
+        return self.runtime.exists(kind, actor_id) or self.directory.owner(kind, actor_id) == self.name
+
+    # ---------------------------------------------------------------- intake
+
+    def accept(self, kind: str, actor_id: str, message: Any, hops: int = 0) -> None:
+        """A message from another shard or an ingress (Rule 2)."""
+        rt = self.runtime
+        self.accepted += 1
+        if not rt.exists(kind, actor_id):
+            owner = self.directory.owner(kind, actor_id)
+            if owner != self.name:
+                if hops >= MAX_HOPS:
+                    self.hop_dropped += 1
+                    rt._dead_letter(kind, actor_id, message, f"too many hops (owner {owner})")
+                    return
+                rt.bounced += 1
+                self.outbox.put(owner, Envelope(kind, actor_id, message, hops + 1))
+                return
+            if rt.parking is not None and not rt.recently_stopped(kind, actor_id):
+                rt.parking.append((kind, actor_id, message, hops))
+                return
+            if self._handled_here(kind, actor_id, message):
+                return
+        rt._deliver(kind, actor_id, message)
+
+    def begin_handoff(self, directory: Directory) -> dict[str, list[Adopt]]:
+        """Install ``directory``, park messages for absent ids it gives us, and take out every
+        actor it gives to another shard. No await inside: one consistent cut."""
+        rt = self.runtime
+        rt.directory = directory
+        if rt.parking is None:
+            rt.parking = []
+        out: dict[str, list[Adopt]] = {}
+        for kind in ("call", "agent", "queue"):
+            for cell in rt.cells(kind):
+                owner = directory.owner(kind, cell.id)
+                if owner != self.name:
+                    adopt = rt.export(kind, cell.id)
+                    if adopt is not None:
+                        out.setdefault(owner, []).append(adopt)
+        for owner, adopts in out.items():
+            for adopt in adopts:
+                self.outbox.put(owner, adopt)
+        self.outbox.flush_nowait()
+        return out
+
+    def end_handoff(self) -> int:
+        """Deliver what was parked (the adopted actors are here now)."""
+        rt = self.runtime
+        parked, rt.parking = rt.parking or [], None
+        for kind, actor_id, message, hops in parked:
+            self.accept(kind, actor_id, message, hops)
+        return len(parked)
+
+    def accept_routed(self, message: Any) -> None:
+        kind, actor_id = route(message)
+        self.accept(kind, actor_id, message)
+
+    def adopt(self, image: Image, mail: tuple[Any, ...] = ()) -> None:
+        """Put an actor in (hand-over or snapshot); replaces a live one only if the image is newer
+        than nothing, i.e. never: an existing actor wins (it has seen more)."""
+        rt = self.runtime
+        kind, actor_id = image.kind, image.actor_id
+        if rt.exists(kind, actor_id):
+            cell = rt._cell(kind, actor_id)
+        else:
+            sup = {"call": self._calls, "agent": self._agents, "queue": self._queues}[kind]
+            assert sup is not None, "the node is not running"
+            sup.start_child(actor_id, state_of(image))
+            cell = rt._cell(kind, actor_id)
+            assert cell is not None
+            for key, deadline in image.timers:
+                if rt._timers.start(cell, key, deadline):
+                    rt._timer_lot.unpark_all()
+            self.adopted += 1
+        assert cell is not None
+        for message in mail:
+            rt._enqueue(cell, message)
+
+    def export(self, kind: str, actor_id: str) -> Adopt | None:
+        return self.runtime.export(kind, actor_id)
+
+    def images(self, kinds: tuple[str, ...] = ("agent", "queue")) -> list[Image]:
+        rt = self.runtime
+        deadlines = rt.timer_deadlines()
+        return [rt.image(cell, deadlines) for kind in kinds for cell in rt.cells(kind)]
+
+
+def drain(buffer: deque[Any], limit: int = 100_000) -> list[Any]:
+    n = min(limit, len(buffer))
+    return [buffer.popleft() for _ in range(n)]
