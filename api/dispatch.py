@@ -1,0 +1,282 @@
+"""The dispatcher every transport shares: authenticate, rate-limit, authorise, decode, run, audit.
+
+Rules
+1. One path for every transport: ``Api.invoke(token, method, body, transport)`` for unary calls and
+   ``Api.watch(principal, request)`` for the Events stream. Transports only frame bytes.
+2. Order of checks: token (UNAUTHENTICATED) -> rate limit (RESOURCE_EXHAUSTED) -> role gate
+   (PERMISSION_DENIED) -> body (INVALID_ARGUMENT) -> handler (its own typed errors). Only
+   ``ApiError`` leaves; anything else is logged as INTERNAL without details.
+3. Audit: every admin action and every denied request (UNAUTHENTICATED, PERMISSION_DENIED,
+   RESOURCE_EXHAUSTED) leaves one ``AuditRecord``.
+4. Commands reach the engine through ``Node.ask``; queries read actor states (frozen Structs, so
+   reading them from another task is safe).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import trio
+
+from api import types as t
+from api.auth import AuditLog, AuditRecord, Authenticator, Principal, RateLimiter
+from api.errors import ApiError
+from api.events import CtiBase, decode_event
+from api.hub import EventFilter, EventHub
+from api.services import Method, method_named
+from api.store import InMemoryAdminStore
+from engine.actors import ActorCrashed, AskTimeout, MailboxFull, Node
+from engine.fsm.queue import QueueConfig
+
+__all__ = ["Api", "Context", "DENIALS"]
+
+log = logging.getLogger("callengine.api")
+
+DENIALS = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED"})
+_encoder = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True)
+class Context:
+    api: Api
+    principal: Principal
+    transport: str
+
+    @property
+    def node(self) -> Node:
+        return self.api.node
+
+
+class Api:
+    def __init__(self, node: Node, authenticator: Authenticator, *, store: Any | None = None,
+                 hub: EventHub | None = None, bridge: Any | None = None,
+                 limiter: RateLimiter | None = None, audit: AuditLog | None = None,
+                 ask_timeout_s: float = 5.0, watch_capacity: int = 10_000) -> None:
+        self.node = node
+        self.auth = authenticator
+        self.store = store if store is not None else InMemoryAdminStore()
+        self.hub = hub if hub is not None else EventHub()
+        self.bridge = bridge
+        self.limiter = limiter if limiter is not None else RateLimiter()
+        self.audit = audit if audit is not None else AuditLog()
+        self.ask_timeout_s = ask_timeout_s
+        self.watch_capacity = watch_capacity
+        self._originators: OrderedDict[str, str] = OrderedDict()
+        self.calls = 0
+        self.errors: dict[str, int] = {}
+
+    # ---------------------------------------------------------------- unary
+
+    def authenticate(self, token: str | None, method: str = "", transport: str = "") -> Principal:
+        try:
+            return self.auth.authenticate(token)
+        except ApiError as error:
+            self._deny(None, method, transport, error)
+            raise
+
+    async def invoke(self, token: str | Principal | None, method_name: str, body: bytes | msgspec.Raw,
+                     transport: str) -> Any:
+        """Run one unary method; returns the response Struct or raises ``ApiError``."""
+        principal = token if isinstance(token, Principal) else self.authenticate(token, method_name, transport)
+        method: Method | None = None
+        try:
+            method = method_named(method_name)
+            self.limiter.check(principal)
+            if not principal.has(*method.roles):
+                raise ApiError("PERMISSION_DENIED",
+                               f"{method.service}.{method.name} needs one of: {', '.join(sorted(method.roles))}")
+            if method.streaming or method.handler is None:
+                raise ApiError("UNIMPLEMENTED", f"{method.full_name} is server-streaming: use Watch on "
+                                                "WebSocket or the Connect streaming form")
+            try:
+                request = method.decoder.decode(bytes(body) if isinstance(body, msgspec.Raw) else (body or b"{}"))
+            except (msgspec.ValidationError, msgspec.DecodeError) as error:
+                raise ApiError("INVALID_ARGUMENT", str(error)[:300]) from None
+            self.calls += 1
+            result = await method.handler(Context(self, principal, transport), request)
+        except ApiError as error:
+            self.errors[error.code] = self.errors.get(error.code, 0) + 1
+            if error.code in DENIALS or (method is not None and method.audited):
+                self._deny(principal, method.full_name if method else method_name, transport, error,
+                           body if method is not None and method.audited else b"")
+            raise
+        except Exception:
+            log.exception("internal error in %s", method_name)
+            self.errors["INTERNAL"] = self.errors.get("INTERNAL", 0) + 1
+            raise ApiError("INTERNAL", "internal error") from None
+        if method.audited:
+            self._audit(principal, method.full_name, transport, "OK", "", body)
+        return result
+
+    async def invoke_json(self, token: str | Principal | None, method_name: str, body: bytes,
+                          transport: str) -> bytes:
+        return _encoder.encode(await self.invoke(token, method_name, body, transport))
+
+    # ---------------------------------------------------------------- audit
+
+    def _audit(self, principal: Principal | None, method: str, transport: str, outcome: str,
+               message: str, body: bytes | msgspec.Raw = b"") -> None:
+        raw = bytes(body)[:2000].decode("utf-8", "replace") if body else ""
+        self.audit.record(AuditRecord(
+            at=time.time(), tenant=principal.tenant if principal else "",
+            subject=principal.subject if principal else "", roles=tuple(sorted(principal.roles)) if principal else (),
+            method=method, transport=transport, outcome=outcome, message=message, request=raw))
+
+    def _deny(self, principal: Principal | None, method: str, transport: str, error: ApiError,
+              body: bytes | msgspec.Raw = b"") -> None:
+        self._audit(principal, method, transport, error.code, error.message, body)
+
+    # ---------------------------------------------------------------- engine access
+
+    async def ask(self, command: Any) -> Any:
+        try:
+            return await self.node.ask(command, timeout=self.ask_timeout_s)
+        except AskTimeout:
+            raise ApiError("UNAVAILABLE", "the engine did not answer in time") from None
+        except ActorCrashed:
+            raise ApiError("UNAVAILABLE", "the engine failed to process the command; it recovered, retry") from None
+        except MailboxFull:
+            raise ApiError("RESOURCE_EXHAUSTED", "the engine is overloaded") from None
+
+    def remember_originator(self, call_id: str, agent_id: str) -> None:
+        self._originators[call_id] = agent_id
+        if len(self._originators) > 100_000:
+            self._originators.popitem(last=False)
+
+    def owns_call(self, agent_id: str, call: Any) -> bool:
+        if not agent_id:
+            return False
+        if call.agent_id == agent_id or self._originators.get(call.call_id) == agent_id:
+            return True
+        return any(leg.agent_id == agent_id for leg in call.legs)
+
+    def agent_extension(self, tenant: str, agent_id: str) -> str:
+        state = self.node.runtime.state_of("agent", agent_id)
+        if state is not None and state.tenant == tenant and state.extension:
+            return str(state.extension)
+        record = self.store_get_nowait(tenant, "agent", agent_id)
+        return record.extension if record is not None else ""
+
+    def store_get_nowait(self, tenant: str, kind: str, record_id: str) -> Any:
+        getter = getattr(self.store, "get_nowait", None)
+        return getter(tenant, kind, record_id) if getter is not None else None
+
+    def provision(self, tenant: str, kind: str, record: Any) -> None:
+        """Admin created a queue or an agent: host its actor on this node (ids are node-global)."""
+        rt = self.node.runtime
+        if kind == "queue" and not rt.exists("queue", record.id):
+            self.provision_queue(tenant, record)
+        elif kind == "agent" and not rt.exists("agent", record.id):
+            self.node.add_agent(record.id, tenant)
+
+    def provision_queue(self, tenant: str, record: Any) -> None:
+        self.node.add_queue(QueueConfig(
+            queue_id=record.id, tenant=tenant, strategy=record.strategy, ring_timeout_s=record.ring_timeout_s,
+            wrap_up_s=record.wrap_up_s, max_wait_s=record.max_wait_s, max_length=record.max_length,
+            overflow_target=record.overflow_target, sl_threshold_s=record.sl_threshold_s))
+
+    # ---------------------------------------------------------------- Events.Watch
+
+    def authorize_watch(self, principal: Principal, body: bytes | msgspec.Raw, transport: str) -> t.WatchRequest:
+        method = method_named("Events/Watch")
+        try:
+            self.limiter.check(principal)
+            if not principal.has(*method.roles):
+                raise ApiError("PERMISSION_DENIED", "Events.Watch is not allowed")
+            try:
+                request: t.WatchRequest = method.decoder.decode(
+                    bytes(body) if isinstance(body, msgspec.Raw) else (body or b"{}"))
+            except (msgspec.ValidationError, msgspec.DecodeError) as error:
+                raise ApiError("INVALID_ARGUMENT", str(error)[:300]) from None
+            if not principal.sees_tenant and request.agent_id not in ("", principal.agent_id):
+                raise ApiError("PERMISSION_DENIED", "an agent watches only its own events")
+        except ApiError as error:
+            if error.code in DENIALS:
+                self._deny(principal, method.full_name, transport, error)
+            raise
+        return request
+
+    def event_filter(self, principal: Principal, req: t.WatchRequest) -> EventFilter:
+        agent_id = req.agent_id if principal.sees_tenant else principal.agent_id
+        return EventFilter(types=req.types, call_id=req.call_id, agent_id=agent_id, queue_id=req.queue_id)
+
+    async def watch(self, principal: Principal, req: t.WatchRequest, *,
+                    capacity: int | None = None) -> AsyncIterator[list[tuple[int, str]]]:
+        """Batches of (seq, event JSON) for the caller's tenant: replayed first (from JetStream),
+        then live. Raises ``ApiError(RESOURCE_EXHAUSTED)`` when the consumer fell too far behind."""
+        accept = self.event_filter(principal, req)
+        replaying = req.from_seq > 0 or req.since > 0
+        # while replaying, take everything and filter here: gaps are detected on the raw seq
+        sub = self.hub.subscribe(principal.tenant, None if replaying else accept,
+                                 capacity or self.watch_capacity)
+        try:
+            last = 0
+            if replaying:
+                if self.bridge is None:
+                    raise ApiError("FAILED_PRECONDITION", "replay needs JetStream (no NATS configured)")
+                async for batch in self._replay(principal.tenant, req.from_seq, req.since, accept):
+                    if batch:
+                        last = batch[-1][0]
+                        yield [(s, j) for s, j, ok in batch if ok]
+                if last == 0 and req.from_seq:
+                    last = req.from_seq - 1
+            while True:
+                items = await sub.next_batch()
+                if not items:
+                    if sub.overflowed:
+                        raise ApiError("RESOURCE_EXHAUSTED",
+                                       f"slow consumer dropped: resume with from_seq={last + 1}")
+                    return
+                if replaying:
+                    first = items[0][0].seq
+                    if last and first > last + 1:
+                        # published to the hub before we subscribed but not yet in JetStream when we
+                        # replayed: fetch the gap again (bounded)
+                        async for batch in self._replay(principal.tenant, last + 1, 0.0, accept,
+                                                        until=first - 1):
+                            if batch:
+                                last = batch[-1][0]
+                                yield [(s, j) for s, j, ok in batch if ok]
+                    out = [(e.seq, j) for e, j in items if e.seq > last and accept(e)]
+                    last = max(last, items[-1][0].seq)
+                else:
+                    out = [(e.seq, j) for e, j in items]
+                    last = items[-1][0].seq
+                if out:
+                    yield out
+        finally:
+            sub.close()
+
+    async def _replay(self, tenant: str, from_seq: int, since: float, accept: EventFilter,
+                      until: int = 0) -> AsyncIterator[list[tuple[int, str, bool]]]:
+        async for msgs in self.bridge.replay(tenant, from_seq=from_seq, since=since):
+            out = []
+            for msg in msgs:
+                if until and msg.seq > until:
+                    break
+                if from_seq and msg.seq < from_seq:
+                    continue
+                try:
+                    event: CtiBase = decode_event(msg.data)
+                except (msgspec.ValidationError, msgspec.DecodeError):
+                    continue
+                if event.tenant != tenant:  # defence in depth: the filter subject is per tenant
+                    continue
+                out.append((msg.seq, msg.data.decode(), accept(event)))
+            yield out
+            if until and out and out[-1][0] >= until:
+                return
+
+
+def _in_trio() -> bool:
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return False
+    return True

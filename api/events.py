@@ -1,0 +1,268 @@
+"""The CTI event contract: what clients receive on NATS, WebSocket and Events.Watch.
+
+Rules
+1. Every wire event is a frozen msgspec Struct tagged by ``type`` with the name the product's users
+   know (CALL_CREATED, AGENT_STATE_CHANGED, ...). Common fields: ``tenant``, ``seq`` (monotonic per
+   tenant, assigned by the publisher), ``at``, the ids, and ``version``.
+2. Schema evolution: a field added to an event always has a default; decoders ignore fields they
+   do not know, so old clients keep working when new fields appear. ``version`` bumps only when a
+   field changes meaning.
+3. The machines stay generic: they emit ``engine.messages.CtiEvent(name, data)``; ``to_wire``
+   turns that into the typed event. A data key that the typed event does not (yet) declare is
+   kept in ``data`` rather than lost; a name we do not know becomes ``CtiUnknown`` with its name.
+4. The JSON encoding is flat: ``{"type": "CALL_HELD", "tenant": ..., "seq": ..., "call_id": ...}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import msgspec
+
+from engine.messages import CtiEvent, Scalar
+
+__all__ = [
+    "CtiWireEvent", "CtiBase", "CtiUnknown", "EVENT_TYPES", "WIRE_VERSION", "to_wire", "encode_event",
+    "decode_event", "event_kind", "event_id",
+]
+
+#: version of the wire contract (bumped only when a field changes meaning)
+WIRE_VERSION = 1
+
+
+class CtiBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", omit_defaults=False):
+    """Fields every CTI event carries."""
+
+    tenant: str
+    #: per-tenant sequence number, strictly increasing; resume after a reconnect from the last seen
+    seq: int = 0
+    #: when it happened (seconds, the engine's clock)
+    at: float = 0.0
+    call_id: str = ""
+    agent_id: str = ""
+    queue_id: str = ""
+    version: int = WIRE_VERSION
+    #: data keys this version of the contract does not name (kept, never dropped)
+    data: dict[str, Scalar] = {}
+
+    #: which entity the event is about: "call", "agent" or "queue" (its subject's middle token)
+    kind: ClassVar[str] = "call"
+
+
+# ---- calls -----------------------------------------------------------------------------------
+
+
+class CallCreated(CtiBase, tag="CALL_CREATED", frozen=True, kw_only=True):
+    caller_id: str = ""
+    destination: str = ""
+    direction: str = "inbound"
+
+
+class CallRinging(CtiBase, tag="CALL_RINGING", frozen=True, kw_only=True):
+    #: extension or number ringing
+    target: str = ""
+
+
+class CallAnswered(CtiBase, tag="CALL_ANSWERED", frozen=True, kw_only=True):
+    answered_by: str = ""
+
+
+class CallHeld(CtiBase, tag="CALL_HELD", frozen=True, kw_only=True):
+    #: "phone" when the hold came from the handset, "" when from the API
+    by: str = ""
+
+
+class CallRetrieved(CtiBase, tag="CALL_RETRIEVED", frozen=True, kw_only=True):
+    by: str = ""
+
+
+class CallTransferred(CtiBase, tag="CALL_TRANSFERRED", frozen=True, kw_only=True):
+    target: str = ""
+    #: "blind" or "attended"
+    transfer_kind: str = msgspec.field(default="", name="kind")
+
+
+class CallConsultStarted(CtiBase, tag="CALL_CONSULT_STARTED", frozen=True, kw_only=True):
+    target: str = ""
+
+
+class CallConsultAnswered(CtiBase, tag="CALL_CONSULT_ANSWERED", frozen=True, kw_only=True):
+    target: str = ""
+
+
+class CallConsultEnded(CtiBase, tag="CALL_CONSULT_ENDED", frozen=True, kw_only=True):
+    pass
+
+
+class CallParked(CtiBase, tag="CALL_PARKED", frozen=True, kw_only=True):
+    slot: str = ""
+
+
+class CallPickedUp(CtiBase, tag="CALL_PICKED_UP", frozen=True, kw_only=True):
+    extension: str = ""
+
+
+class CallConferenced(CtiBase, tag="CALL_CONFERENCED", frozen=True, kw_only=True):
+    room: str = ""
+
+
+class CallRecordingStarted(CtiBase, tag="CALL_RECORDING_STARTED", frozen=True, kw_only=True):
+    path: str = ""
+
+
+class CallRecordingStopped(CtiBase, tag="CALL_RECORDING_STOPPED", frozen=True, kw_only=True):
+    path: str = ""
+
+
+class CallInFlow(CtiBase, tag="CALL_IN_FLOW", frozen=True, kw_only=True):
+    flow_id: str = ""
+
+
+class CallOverflowed(CtiBase, tag="CALL_OVERFLOWED", frozen=True, kw_only=True):
+    target: str = ""
+    reason: str = ""
+
+
+class CallEnded(CtiBase, tag="CALL_ENDED", frozen=True, kw_only=True):
+    #: answered, abandoned, no_answer, busy, failed, overflowed
+    disposition: str = ""
+    #: Q.850 hangup cause
+    cause: str = ""
+
+
+# ---- queues ----------------------------------------------------------------------------------
+
+
+class QueueEntered(CtiBase, tag="QUEUE_ENTERED", frozen=True, kw_only=True):
+    priority: int = 0
+    #: 1-based position on entry
+    position: int = 0
+    kind: ClassVar[str] = "queue"
+
+
+class QueueLeft(CtiBase, tag="QUEUE_LEFT", frozen=True, kw_only=True):
+    #: answered, abandoned, overflowed, ...
+    outcome: str = ""
+    wait_s: float = 0.0
+    kind: ClassVar[str] = "queue"
+
+
+# ---- agents ----------------------------------------------------------------------------------
+
+
+class AgentStateChanged(CtiBase, tag="AGENT_STATE_CHANGED", frozen=True, kw_only=True):
+    #: LOGGED_OUT, AVAILABLE, RESERVED, ON_CALL, WRAP_UP, NOT_READY
+    state: str = ""
+    previous: str = ""
+    #: not-ready reason
+    reason: str | None = None
+    kind: ClassVar[str] = "agent"
+
+
+class AgentDeviceChanged(CtiBase, tag="AGENT_DEVICE_CHANGED", frozen=True, kw_only=True):
+    registered: bool = False
+    contact: str | None = None
+    kind: ClassVar[str] = "agent"
+
+
+class AgentOfferMissed(CtiBase, tag="AGENT_OFFER_MISSED", frozen=True, kw_only=True):
+    reason: str = ""
+    missed: int = 0
+    kind: ClassVar[str] = "agent"
+
+
+class AgentLateAnswer(CtiBase, tag="AGENT_LATE_ANSWER", frozen=True, kw_only=True):
+    kind: ClassVar[str] = "agent"
+
+
+# ---- engine ----------------------------------------------------------------------------------
+
+
+class ActorError(CtiBase, tag="ACTOR_ERROR", frozen=True, kw_only=True):
+    """An actor's step raised; it resumed from its last good state (see docs/actors.md)."""
+
+    actor_kind: str = msgspec.field(default="", name="kind")
+    id: str = ""
+    error: str = ""
+    message: str = ""
+    restarts: int = 0
+
+
+class CtiUnknown(CtiBase, tag="UNKNOWN", frozen=True, kw_only=True):
+    """An event whose name this version of the contract does not know."""
+
+    name: str = ""
+
+
+CtiWireEvent = (
+    CallCreated | CallRinging | CallAnswered | CallHeld | CallRetrieved | CallTransferred
+    | CallConsultStarted | CallConsultAnswered | CallConsultEnded | CallParked | CallPickedUp
+    | CallConferenced | CallRecordingStarted | CallRecordingStopped | CallInFlow | CallOverflowed
+    | CallEnded | QueueEntered | QueueLeft | AgentStateChanged | AgentDeviceChanged
+    | AgentOfferMissed | AgentLateAnswer | ActorError | CtiUnknown
+)
+
+#: name -> Struct class
+EVENT_TYPES: dict[str, type[CtiBase]] = {
+    t.__struct_config__.tag: t for t in CtiWireEvent.__args__  # type: ignore[attr-defined]
+}
+
+_BASE_FIELDS = frozenset(CtiBase.__struct_fields__)
+#: per class: wire name of each declared non-base field -> attribute name
+_EXTRA: dict[type, dict[str, str]] = {}
+for _cls in EVENT_TYPES.values():
+    _names = dict(zip(_cls.__struct_encode_fields__, _cls.__struct_fields__, strict=True))
+    _EXTRA[_cls] = {wire: attr for wire, attr in _names.items() if attr not in _BASE_FIELDS}
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(CtiWireEvent)
+
+
+def to_wire(event: CtiEvent, seq: int | None = None) -> CtiBase:
+    """The typed wire event for a machine's generic ``CtiEvent`` (``seq`` overrides the event's)."""
+    cls = EVENT_TYPES.get(event.name, CtiUnknown)
+    known = _EXTRA[cls]
+    kwargs: dict[str, Any] = {}
+    rest: dict[str, Scalar] = {}
+    for key, value in event.data.items():
+        attr = known.get(key)
+        if attr is None:
+            rest[key] = value
+        else:
+            kwargs[attr] = value
+    if cls is CtiUnknown:
+        kwargs["name"] = event.name
+    try:
+        return cls(tenant=event.tenant, seq=event.seq if seq is None else seq, at=event.at,
+                   call_id=event.call_id, agent_id=event.agent_id, queue_id=event.queue_id,
+                   version=WIRE_VERSION, data=rest, **kwargs)
+    except TypeError:  # pragma: no cover - a machine sent a value of the wrong type: keep it all
+        return CtiUnknown(tenant=event.tenant, seq=event.seq if seq is None else seq, at=event.at,
+                          call_id=event.call_id, agent_id=event.agent_id, queue_id=event.queue_id,
+                          name=event.name, data=dict(event.data))
+
+
+def event_kind(event: CtiBase) -> str:
+    """"call", "agent" or "queue": the entity the event's subject is filed under."""
+    return type(event).kind
+
+
+def event_id(event: CtiBase) -> str:
+    """The id of the entity the event is about (its subject's fourth token)."""
+    kind = type(event).kind
+    value = event.call_id if kind == "call" else event.agent_id if kind == "agent" else event.queue_id
+    return value or event.call_id or event.agent_id or event.queue_id or "-"
+
+
+def event_name(event: CtiBase) -> str:
+    name = type(event).__struct_config__.tag
+    return event.name if isinstance(event, CtiUnknown) else str(name)
+
+
+def encode_event(event: CtiBase) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode_event(data: bytes | str) -> CtiBase:
+    """Decode a wire event; raises ``msgspec.ValidationError``/``DecodeError`` on bad input."""
+    return _decoder.decode(data)

@@ -1,0 +1,140 @@
+"""In-process fan-out of CTI events to watchers (WebSocket clients, Events.Watch streams).
+
+Rules
+1. ``EventHub.publish_batch`` is a plain non-blocking function called by the publisher's pump
+   after it has assigned seqs: the engine never waits for a watcher.
+2. Each subscription has a bounded buffer. When it is full the subscription is marked
+   ``overflowed`` and stops receiving: the transport tells the client and drops it (the client
+   resumes from its last seq through JetStream). A slow client is dropped, never the engine.
+3. Subscriptions are per tenant: an event is offered only to its own tenant's subscriptions,
+   so isolation does not depend on every filter being right.
+4. Each event is encoded once; every subscriber gets the same bytes/str.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+
+import trio
+
+from api.events import CtiBase, event_name
+
+__all__ = ["EventHub", "Subscription", "EventFilter", "Delivered"]
+
+#: (event, its JSON as str)
+Delivered = tuple[CtiBase, str]
+
+
+class EventFilter:
+    """Which events a watcher wants: by type names and ids (all empty = everything)."""
+
+    __slots__ = ("types", "call_id", "agent_id", "queue_id")
+
+    def __init__(self, types: Iterable[str] = (), call_id: str = "", agent_id: str = "",
+                 queue_id: str = "") -> None:
+        self.types = frozenset(types)
+        self.call_id = call_id
+        self.agent_id = agent_id
+        self.queue_id = queue_id
+
+    def __call__(self, event: CtiBase) -> bool:
+        if self.types and event_name(event) not in self.types:
+            return False
+        if self.call_id and event.call_id != self.call_id:
+            return False
+        if self.agent_id and event.agent_id != self.agent_id:
+            return False
+        if self.queue_id and event.queue_id != self.queue_id:
+            return False
+        return True
+
+
+class Subscription:
+    def __init__(self, hub: EventHub, tenant: str, accept: Callable[[CtiBase], bool], capacity: int) -> None:
+        self.hub = hub
+        self.tenant = tenant
+        self.accept = accept
+        self.capacity = capacity
+        self.buffer: deque[Delivered] = deque()
+        self.overflowed = False
+        self.overflow_event = trio.Event()
+        self.delivered = 0
+        self._lot = trio.lowlevel.ParkingLot()
+        self.closed = False
+
+    def offer(self, item: Delivered) -> None:
+        if self.overflowed or self.closed or not self.accept(item[0]):
+            return
+        if len(self.buffer) >= self.capacity:
+            self.overflowed = True
+            self.overflow_event.set()
+            self._lot.unpark_all()
+            return
+        self.buffer.append(item)
+        if len(self.buffer) == 1:
+            self._lot.unpark_all()
+
+    async def next_batch(self, max_items: int = 256) -> list[Delivered]:
+        """Wait for events; returns [] once overflowed or closed (check ``overflowed``)."""
+        while not self.buffer:
+            if self.overflowed or self.closed:
+                return []
+            await self._lot.park()
+        n = min(max_items, len(self.buffer))
+        batch = [self.buffer.popleft() for _ in range(n)]
+        self.delivered += n
+        return batch
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.hub._remove(self)
+            self._lot.unpark_all()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EventHub:
+    def __init__(self, default_capacity: int = 10_000) -> None:
+        self.default_capacity = default_capacity
+        self._by_tenant: dict[str, list[Subscription]] = {}
+        self.published = 0
+        self.last_seq: dict[str, int] = {}
+
+    def subscribe(self, tenant: str, accept: Callable[[CtiBase], bool] | None = None,
+                  capacity: int | None = None) -> Subscription:
+        sub = Subscription(self, tenant, accept or (lambda e: True), capacity or self.default_capacity)
+        self._by_tenant.setdefault(tenant, []).append(sub)
+        return sub
+
+    def _remove(self, sub: Subscription) -> None:
+        subs = self._by_tenant.get(sub.tenant)
+        if subs and sub in subs:
+            subs.remove(sub)
+            if not subs:
+                del self._by_tenant[sub.tenant]
+
+    def wants(self, tenant: str) -> bool:
+        return tenant in self._by_tenant
+
+    def publish_batch(self, items: Iterable[Delivered]) -> None:
+        by_tenant = self._by_tenant
+        for item in items:
+            tenant = item[0].tenant
+            self.last_seq[tenant] = item[0].seq
+            self.published += 1
+            subs = by_tenant.get(tenant)
+            if subs:
+                for sub in tuple(subs):
+                    sub.offer(item)
+
+    def statistics(self) -> dict[str, int]:
+        subs = [s for group in self._by_tenant.values() for s in group]
+        return {"subscriptions": len(subs), "published": self.published,
+                "buffered": sum(len(s.buffer) for s in subs),
+                "overflowed": sum(1 for s in subs if s.overflowed)}

@@ -1,0 +1,435 @@
+"""The services, defined once: one table of methods -> (request type, response type, handler, roles).
+
+Rules
+1. ``METHODS`` is the only place that says which methods exist, what they take and return, and
+   which roles may call them. Transports look methods up here (``callengine.v1.<Service>/<Method>``).
+2. RBAC has two layers: the role gate in the table (checked by the dispatcher before the body is
+   decoded), then object checks in the handler: an *agent* controls only its own calls (calls it
+   is connected to or originated) and its own state; a *supervisor* sees and controls its tenant;
+   an *admin* also manages configuration.
+3. Tenant isolation: every entity (call, agent, queue, config record) is looked up and its tenant
+   compared with the caller's; an entity of another tenant is NOT_FOUND (its existence is not
+   revealed). Events are delivered per tenant (``EventHub``) and replayed with a tenant filter.
+4. Commands go to the engine through ``Node.ask`` and come back as the machine's ``Reply``: its
+   gRPC status is the API's (FAILED_PRECONDITION for holding a call that is not active, ...).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from api import types as t
+from api.errors import ApiError
+from api.store import RECORD_TYPES, AgentRecord, Extension, Flow, QueueRecord
+from engine import messages as m
+
+if TYPE_CHECKING:
+    from api.dispatch import Context
+
+__all__ = ["Method", "METHODS", "SERVICES", "PACKAGE", "method_named"]
+
+PACKAGE = "callengine.v1"
+ALL = frozenset({"admin", "supervisor", "agent"})
+STAFF = frozenset({"admin", "supervisor"})
+ADMIN = frozenset({"admin"})
+
+Handler = Callable[["Context", Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Method:
+    service: str
+    name: str
+    request: type
+    response: type
+    handler: Handler | None
+    roles: frozenset[str]
+    #: every call is audited (admin actions)
+    audited: bool = False
+    #: server-streaming (Events.Watch): handled by the transports' streaming path
+    streaming: bool = False
+    doc: str = ""
+    decoder: msgspec.json.Decoder = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "decoder", msgspec.json.Decoder(self.request))
+
+    @property
+    def full_name(self) -> str:
+        return f"{PACKAGE}.{self.service}/{self.name}"
+
+
+# --------------------------------------------------------------------------------------------
+# helpers: look entities up with tenant and ownership checks
+# --------------------------------------------------------------------------------------------
+
+
+def _call(ctx: Context, call_id: str) -> Any:
+    call = ctx.node.runtime.state_of("call", call_id)
+    p = ctx.principal
+    if call is None or call.tenant != p.tenant:
+        raise ApiError("NOT_FOUND", f"call {call_id} not found")
+    if not p.sees_tenant and not ctx.api.owns_call(p.agent_id, call):
+        raise ApiError("PERMISSION_DENIED", f"call {call_id} is not yours")
+    return call
+
+
+def _agent_id(ctx: Context, requested: str) -> str:
+    p = ctx.principal
+    agent_id = requested or p.agent_id
+    if not p.sees_tenant and agent_id != p.agent_id:
+        raise ApiError("PERMISSION_DENIED", "an agent may act only on itself")
+    return agent_id
+
+
+def _agent(ctx: Context, agent_id: str) -> Any:
+    rt = ctx.node.runtime
+    state = rt.state_of("agent", agent_id)
+    if state is None:
+        record = ctx.api.store_get_nowait(ctx.principal.tenant, "agent", agent_id)
+        if record is not None and not rt.exists("agent", agent_id):
+            ctx.node.add_agent(agent_id, ctx.principal.tenant)
+            state = rt.state_of("agent", agent_id)
+    if state is None or state.tenant != ctx.principal.tenant:
+        raise ApiError("NOT_FOUND", f"agent {agent_id} not found")
+    return state
+
+
+def _queue(ctx: Context, queue_id: str) -> Any:
+    rt = ctx.node.runtime
+    state = rt.state_of("queue", queue_id)
+    if state is None:
+        record = ctx.api.store_get_nowait(ctx.principal.tenant, "queue", queue_id)
+        if record is not None and not rt.exists("queue", queue_id):
+            ctx.api.provision_queue(ctx.principal.tenant, record)
+            state = rt.state_of("queue", queue_id)
+    if state is None or state.config.tenant != ctx.principal.tenant:
+        raise ApiError("NOT_FOUND", f"queue {queue_id} not found")
+    return state
+
+
+async def _ask(ctx: Context, command: Any) -> m.Reply:
+    reply = await ctx.api.ask(command)
+    if not reply.ok:
+        raise ApiError(reply.code, reply.message or f"{type(command).__name__} refused")
+    return reply
+
+
+def _now(ctx: Context) -> float:
+    return ctx.node.runtime.clock()
+
+
+# --------------------------------------------------------------------------------------------
+# CallControl
+# --------------------------------------------------------------------------------------------
+
+
+async def originate(ctx: Context, req: t.OriginateRequest) -> t.OriginateResponse:
+    p = ctx.principal
+    own = ctx.api.agent_extension(p.tenant, p.agent_id)
+    from_extension = req.from_extension or own
+    if not from_extension:
+        raise ApiError("INVALID_ARGUMENT", "from_extension is required (the caller has no extension)")
+    if not p.sees_tenant and from_extension != own:
+        raise ApiError("PERMISSION_DENIED", "an agent may click-to-call only from its own extension")
+    call_id = uuid.uuid4().hex
+    ctx.api.remember_originator(call_id, p.agent_id)
+    await _ask(ctx, m.Originate(call_id=call_id, at=_now(ctx), request_id=uuid.uuid4().hex,
+                                from_extension=from_extension, to=req.to, tenant=p.tenant,
+                                caller_id=req.caller_id, timeout_s=req.timeout_s))
+    return t.OriginateResponse(call_id=call_id)
+
+
+def _call_command(build: Callable[[Any, float, str], Any]) -> Handler:
+    async def handler(ctx: Context, req: Any) -> t.CallResponse:
+        _call(ctx, req.call_id)
+        reply = await _ask(ctx, build(req, _now(ctx), uuid.uuid4().hex))
+        return t.CallResponse(call_id=req.call_id, message=reply.message, data=dict(reply.data))
+
+    return handler
+
+
+def _simple(cls: type) -> Callable[[Any, float, str], Any]:
+    return lambda req, at, rid: cls(call_id=req.call_id, at=at, request_id=rid)
+
+
+_CALL_METHODS: list[tuple[str, type, Callable[[Any, float, str], Any], str]] = [
+    ("Answer", t.CallRequest, _simple(m.Answer), "answer a ringing call"),
+    ("Hangup", t.HangupRequest,
+     lambda r, at, rid: m.Hangup(call_id=r.call_id, at=at, request_id=rid, cause=r.cause), "hang up"),
+    ("Hold", t.CallRequest, _simple(m.Hold), "hold an active call (FAILED_PRECONDITION otherwise)"),
+    ("Retrieve", t.CallRequest, _simple(m.Retrieve), "retrieve a held call"),
+    ("BlindTransfer", t.TransferRequest,
+     lambda r, at, rid: m.BlindTransfer(call_id=r.call_id, at=at, request_id=rid, target=r.target),
+     "transfer the caller to target"),
+    ("AttendedTransferStart", t.AttendedTransferStartRequest,
+     lambda r, at, rid: m.AttendedTransferStart(call_id=r.call_id, at=at, request_id=rid,
+                                                target=r.target, timeout_s=r.timeout_s),
+     "hold the caller and consult target"),
+    ("AttendedTransferComplete", t.CallRequest, _simple(m.AttendedTransferComplete),
+     "connect the caller to the consulted party"),
+    ("AttendedTransferCancel", t.CallRequest, _simple(m.AttendedTransferCancel),
+     "drop the consultation, back to the caller"),
+    ("Park", t.ParkRequest,
+     lambda r, at, rid: m.Park(call_id=r.call_id, at=at, request_id=rid, slot=r.slot), "park the caller"),
+    ("Pickup", t.PickupRequest,
+     lambda r, at, rid: m.Pickup(call_id=r.call_id, at=at, request_id=rid, extension=r.extension),
+     "pick a parked call up at extension"),
+    ("JoinConference", t.JoinConferenceRequest,
+     lambda r, at, rid: m.JoinConference(call_id=r.call_id, at=at, request_id=rid, room=r.room),
+     "move the call into a conference room"),
+    ("SendDtmf", t.SendDtmfRequest,
+     lambda r, at, rid: m.SendDtmf(call_id=r.call_id, at=at, request_id=rid, digits=r.digits),
+     "send DTMF digits"),
+    # the recording path is the engine's choice: a client must not name files on the media server
+    ("StartRecording", t.CallRequest, _simple(m.StartRecording), "start recording the call"),
+    ("StopRecording", t.CallRequest, _simple(m.StopRecording), "stop recording"),
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Agents
+# --------------------------------------------------------------------------------------------
+
+
+def _agent_info(a: Any) -> t.AgentInfo:
+    return t.AgentInfo(agent_id=a.agent_id, state=a.state.name, reason=a.reason, extension=a.extension,
+                       queues=list(a.queues), skills=dict(a.skills), call_id=a.call_id,
+                       state_since=a.state_since, calls_handled=a.calls_handled,
+                       talk_time_s=round(a.talk_time, 3), phone_registered=a.phone_registered)
+
+
+async def login(ctx: Context, req: t.LoginRequest) -> t.AgentResponse:
+    agent_id = _agent_id(ctx, req.agent_id)
+    _agent(ctx, agent_id)
+    record = ctx.api.store_get_nowait(ctx.principal.tenant, "agent", agent_id)
+    extension = req.extension or (record.extension if record else "")
+    if not extension:
+        raise ApiError("INVALID_ARGUMENT", "extension is required (none configured for this agent)")
+    if (not ctx.principal.sees_tenant and record is not None and record.extension
+            and extension != record.extension):
+        raise ApiError("PERMISSION_DENIED", "an agent logs in at its configured extension")
+    queues = list(req.queues) or (list(record.queues) if record else [])
+    for queue_id in queues:
+        _queue(ctx, queue_id)
+    skills = dict(req.skills) or (dict(record.skills) if record else {})
+    reply = await _ask(ctx, m.AgentLogin(agent_id=agent_id, at=_now(ctx), request_id=uuid.uuid4().hex,
+                                         extension=extension, queues=tuple(queues), skills=skills,
+                                         tenant=ctx.principal.tenant, ready=req.ready))
+    return t.AgentResponse(agent_id=agent_id, message=reply.message)
+
+
+def _agent_command(cls: type, **fixed: Any) -> Handler:
+    async def handler(ctx: Context, req: Any) -> t.AgentResponse:
+        agent_id = _agent_id(ctx, req.agent_id)
+        _agent(ctx, agent_id)
+        extra = {"reason": req.reason} if isinstance(req, t.NotReadyRequest) else {}
+        reply = await _ask(ctx, cls(agent_id=agent_id, at=_now(ctx), request_id=uuid.uuid4().hex,
+                                    **extra, **fixed))
+        return t.AgentResponse(agent_id=agent_id, message=reply.message)
+
+    return handler
+
+
+async def get_agent(ctx: Context, req: t.AgentRequest) -> t.AgentInfo:
+    agent_id = _agent_id(ctx, req.agent_id)
+    return _agent_info(_agent(ctx, agent_id))
+
+
+async def list_agents(ctx: Context, req: t.ListAgentsRequest) -> t.AgentList:
+    p = ctx.principal
+    agents = [a for a in ctx.node.runtime.states("agent") if a.tenant == p.tenant
+              and (p.sees_tenant or a.agent_id == p.agent_id)
+              and (not req.state or a.state.name == req.state.upper())]
+    return t.AgentList(agents=[_agent_info(a) for a in sorted(agents, key=lambda a: a.agent_id)])
+
+
+# --------------------------------------------------------------------------------------------
+# Queues
+# --------------------------------------------------------------------------------------------
+
+
+def _queue_info(q: Any) -> t.QueueInfo:
+    c = q.config
+    return t.QueueInfo(queue_id=q.queue_id, strategy=c.strategy, waiting=len(q.waiting),
+                       members=sorted(q.members), available=sum(1 for x in q.members.values() if x.available),
+                       ring_timeout_s=c.ring_timeout_s, max_wait_s=c.max_wait_s, max_length=c.max_length)
+
+
+async def get_queue(ctx: Context, req: t.QueueRequest) -> t.QueueInfo:
+    return _queue_info(_queue(ctx, req.queue_id))
+
+
+async def list_queues(ctx: Context, req: t.ListQueuesRequest) -> t.QueueList:
+    tenant = ctx.principal.tenant
+    queues = [q for q in ctx.node.runtime.states("queue") if q.config.tenant == tenant]
+    return t.QueueList(queues=[_queue_info(q) for q in sorted(queues, key=lambda q: q.queue_id)])
+
+
+async def queue_stats(ctx: Context, req: t.QueueRequest) -> t.QueueStatsResponse:
+    q = _queue(ctx, req.queue_id)
+    s = q.stats
+    now = _now(ctx)
+    longest = max((now - w.enqueued_at for w in q.waiting), default=0.0)
+    handled = s.answered + s.abandoned
+    return t.QueueStatsResponse(
+        queue_id=q.queue_id, waiting=len(q.waiting), longest_wait_s=round(max(longest, 0.0), 3),
+        agents_logged_in=len(q.members), agents_available=sum(1 for x in q.members.values() if x.available),
+        offered=s.offered, answered=s.answered, answered_within_sl=s.answered_within_sl,
+        abandoned=s.abandoned, overflowed=s.overflowed,
+        average_wait_s=round(s.total_wait_answered / s.answered, 3) if s.answered else 0.0,
+        service_level=round(s.answered_within_sl / handled, 4) if handled else 1.0)
+
+
+def _membership(join: bool) -> Handler:
+    async def handler(ctx: Context, req: t.QueueMembershipRequest) -> t.MembershipResponse:
+        agent_id = _agent_id(ctx, req.agent_id)
+        agent = _agent(ctx, agent_id)
+        _queue(ctx, req.queue_id)
+        tenant = ctx.principal.tenant
+        record = ctx.api.store_get_nowait(tenant, "agent", agent_id)
+        base = list(agent.queues) if agent.state.name != "LOGGED_OUT" else list(record.queues if record else [])
+        queues = [q for q in base if q != req.queue_id] + ([req.queue_id] if join else [])
+        if record is not None:
+            await ctx.api.store.update(tenant, "agent", msgspec.structs.replace(record, queues=queues))
+        if agent.state.name == "LOGGED_OUT":
+            return t.MembershipResponse(queue_id=req.queue_id, agent_id=agent_id, queues=queues,
+                                        effect="at_next_login")
+        if agent.state.name not in ("AVAILABLE", "NOT_READY"):
+            raise ApiError("FAILED_PRECONDITION",
+                           f"agent {agent_id} is {agent.state.name}: change queues when idle")
+        # The agent machine has no "change queues" message yet: re-login with the new set,
+        # keeping the agent's readiness (see docs/api.md; a JoinQueue message would be cleaner).
+        ready = agent.state.name == "AVAILABLE"
+        reason = agent.reason
+        await _ask(ctx, m.AgentLogout(agent_id=agent_id, at=_now(ctx), request_id=uuid.uuid4().hex))
+        await _ask(ctx, m.AgentLogin(agent_id=agent_id, at=_now(ctx), request_id=uuid.uuid4().hex,
+                                     extension=agent.extension, queues=tuple(queues),
+                                     skills=dict(agent.skills), tenant=tenant, ready=ready))
+        if not ready and reason and reason != "login":
+            await _ask(ctx, m.AgentNotReady(agent_id=agent_id, at=_now(ctx), request_id=uuid.uuid4().hex,
+                                            reason=reason))
+        return t.MembershipResponse(queue_id=req.queue_id, agent_id=agent_id, queues=queues, effect="applied")
+
+    return handler
+
+
+# --------------------------------------------------------------------------------------------
+# Admin (configuration; every call audited)
+# --------------------------------------------------------------------------------------------
+
+_LISTS = {"extension": t.ExtensionList, "queue": t.QueueRecordList, "agent": t.AgentRecordList,
+          "flow": t.FlowList}
+_ADMIN_NAMES = {"extension": "Extension", "queue": "Queue", "agent": "Agent", "flow": "Flow"}
+
+
+def _admin_methods() -> list[Method]:
+    out: list[Method] = []
+    for kind, record_type in RECORD_TYPES.items():
+        noun = _ADMIN_NAMES[kind]
+
+        def make(kind: str = kind) -> dict[str, Handler]:
+            async def create(ctx: Context, rec: Any) -> Any:
+                created = await ctx.api.store.create(ctx.principal.tenant, kind, rec)
+                ctx.api.provision(ctx.principal.tenant, kind, created)
+                return created
+
+            async def get(ctx: Context, req: t.GetRecordRequest) -> Any:
+                return await ctx.api.store.get(ctx.principal.tenant, kind, req.id)
+
+            async def update(ctx: Context, rec: Any) -> Any:
+                return await ctx.api.store.update(ctx.principal.tenant, kind, rec)
+
+            async def delete(ctx: Context, req: t.GetRecordRequest) -> t.Deleted:
+                await ctx.api.store.delete(ctx.principal.tenant, kind, req.id)
+                return t.Deleted(id=req.id)
+
+            async def list_(ctx: Context, req: t.ListRecordsRequest) -> Any:
+                return _LISTS[kind](items=await ctx.api.store.list(ctx.principal.tenant, kind))
+
+            return {"create": create, "get": get, "update": update, "delete": delete, "list": list_}
+
+        h = make()
+        out += [
+            Method("Admin", f"Create{noun}", record_type, record_type, h["create"], ADMIN, audited=True,
+                   doc=f"create a {kind}"),
+            Method("Admin", f"Get{noun}", t.GetRecordRequest, record_type, h["get"], ADMIN, audited=True,
+                   doc=f"read a {kind}"),
+            Method("Admin", f"Update{noun}", record_type, record_type, h["update"], ADMIN, audited=True,
+                   doc=f"replace a {kind}"),
+            Method("Admin", f"Delete{noun}", t.GetRecordRequest, t.Deleted, h["delete"], ADMIN, audited=True,
+                   doc=f"delete a {kind}"),
+            Method("Admin", f"List{noun}s", t.ListRecordsRequest, _LISTS[kind], h["list"], ADMIN, audited=True,
+                   doc=f"list the tenant's {kind}s"),
+        ]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the table
+# --------------------------------------------------------------------------------------------
+
+METHODS: dict[str, Method] = {}
+
+
+def _add(method: Method) -> None:
+    METHODS[method.full_name] = method
+
+
+_add(Method("CallControl", "Originate", t.OriginateRequest, t.OriginateResponse, originate, ALL,
+            doc="click-to-call: ring from_extension, then dial to"))
+for _name, _req, _build, _doc in _CALL_METHODS:
+    _add(Method("CallControl", _name, _req, t.CallResponse, _call_command(_build), ALL, doc=_doc))
+
+_add(Method("Agents", "Login", t.LoginRequest, t.AgentResponse, login, ALL, doc="log an agent in"))
+_add(Method("Agents", "Logout", t.AgentRequest, t.AgentResponse, _agent_command(m.AgentLogout), ALL,
+            doc="log out (after the current call)"))
+_add(Method("Agents", "SetReady", t.AgentRequest, t.AgentResponse, _agent_command(m.AgentReady), ALL,
+            doc="become available"))
+_add(Method("Agents", "SetNotReady", t.NotReadyRequest, t.AgentResponse, _agent_command(m.AgentNotReady),
+            ALL, doc="become not ready, with a reason"))
+_add(Method("Agents", "EndWrapUp", t.AgentRequest, t.AgentResponse, _agent_command(m.AgentEndWrapUp), ALL,
+            doc="end after-call work now"))
+_add(Method("Agents", "Get", t.AgentRequest, t.AgentInfo, get_agent, ALL, doc="an agent's state"))
+_add(Method("Agents", "List", t.ListAgentsRequest, t.AgentList, list_agents, ALL,
+            doc="the tenant's agents (an agent sees itself)"))
+
+_add(Method("Queues", "Get", t.QueueRequest, t.QueueInfo, get_queue, ALL, doc="a queue"))
+_add(Method("Queues", "List", t.ListQueuesRequest, t.QueueList, list_queues, ALL, doc="the tenant's queues"))
+_add(Method("Queues", "Stats", t.QueueRequest, t.QueueStatsResponse, queue_stats, ALL,
+            doc="live queue statistics"))
+_add(Method("Queues", "Join", t.QueueMembershipRequest, t.MembershipResponse, _membership(True), ALL,
+            doc="add an agent to a queue"))
+_add(Method("Queues", "Leave", t.QueueMembershipRequest, t.MembershipResponse, _membership(False), ALL,
+            doc="remove an agent from a queue"))
+
+_add(Method("Events", "Watch", t.WatchRequest, t.WatchEvent, None, ALL, streaming=True,
+            doc="stream CTI events (server-streaming), filtered, optionally from a seq or a time"))
+
+for _m in _admin_methods():
+    _add(_m)
+
+#: service name -> its methods
+SERVICES: dict[str, list[Method]] = {}
+for _m in METHODS.values():
+    SERVICES.setdefault(_m.service, []).append(_m)
+
+
+def method_named(name: str) -> Method:
+    """Accepts ``callengine.v1.Svc/Method``, ``Svc/Method`` and ``Svc.Method``."""
+    method = METHODS.get(name)
+    if method is None:
+        short = name.removeprefix(PACKAGE + ".").replace(".", "/")
+        method = METHODS.get(f"{PACKAGE}.{short}")
+    if method is None:
+        raise ApiError("UNIMPLEMENTED", f"no method {name[:100]!r}")
+    return method
+
+
+# keep the record types importable from here for the schema
+RECORDS = (Extension, QueueRecord, AgentRecord, Flow)

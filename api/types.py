@@ -1,0 +1,261 @@
+"""Request and response types of every API method (defined once; every transport uses them).
+
+Rules
+1. Requests are msgspec Structs with ``forbid_unknown_fields`` (a typo is INVALID_ARGUMENT, not
+   silently ignored) and constrained fields (lengths, ranges); decoding is the validation.
+2. Responses never carry fields a caller's tenant may not see. Added fields always default.
+3. The tenant is never a request field: it comes from the caller's token.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+from api.store import AgentRecord, Extension, Flow, QueueRecord
+
+Id = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[^\s]+$")]
+OptId = Annotated[str, Meta(max_length=128, pattern=r"^[^\s]*$")]
+Text = Annotated[str, Meta(max_length=256)]
+Timeout = Annotated[float, Meta(gt=0, le=600)]
+Digits = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[0-9*#A-Da-d]+$")]
+
+
+class Req(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class Resp(msgspec.Struct, frozen=True, kw_only=True):
+    pass
+
+
+# ---- CallControl ------------------------------------------------------------------------------
+
+
+class OriginateRequest(Req, frozen=True, kw_only=True):
+    """Click-to-call: ring ``from_extension`` (an agent's own by default), then dial ``to``."""
+
+    to: Id
+    from_extension: OptId = ""
+    caller_id: OptId = ""
+    timeout_s: Timeout = 30.0
+
+
+class OriginateResponse(Resp, frozen=True, kw_only=True):
+    call_id: str
+
+
+class CallRequest(Req, frozen=True, kw_only=True):
+    call_id: Id
+
+
+class HangupRequest(Req, frozen=True, kw_only=True):
+    call_id: Id
+    cause: Annotated[str, Meta(max_length=64, pattern=r"^[A-Z_]*$")] = "NORMAL_CLEARING"
+
+
+class TransferRequest(Req, frozen=True, kw_only=True):
+    call_id: Id
+    target: Id
+
+
+class AttendedTransferStartRequest(Req, frozen=True, kw_only=True):
+    call_id: Id
+    target: Id
+    timeout_s: Timeout = 30.0
+
+
+class ParkRequest(Req, frozen=True, kw_only=True):
+    call_id: Id
+    slot: OptId = ""
+
+
+class PickupRequest(Req, frozen=True, kw_only=True):
+    call_id: Id
+    extension: Id
+
+
+class SendDtmfRequest(Req, frozen=True, kw_only=True):
+    call_id: Id
+    digits: Digits
+
+
+class JoinConferenceRequest(Req, frozen=True, kw_only=True):
+    call_id: Id
+    room: Id
+
+
+class CallResponse(Resp, frozen=True, kw_only=True):
+    call_id: str
+    message: str = ""
+    #: what the call machine answered (slot for Park, consult_leg for AttendedTransferStart, ...)
+    data: dict[str, Any] = {}
+
+
+# ---- Agents -----------------------------------------------------------------------------------
+
+
+class LoginRequest(Req, frozen=True, kw_only=True):
+    agent_id: OptId = ""
+    extension: OptId = ""
+    queues: Annotated[list[Id], Meta(max_length=64)] = []
+    skills: Annotated[dict[Id, Annotated[int, Meta(ge=1, le=100)]], Meta(max_length=64)] = {}
+    ready: bool = False
+
+
+class AgentRequest(Req, frozen=True, kw_only=True):
+    #: "" = the caller's own agent
+    agent_id: OptId = ""
+
+
+class NotReadyRequest(Req, frozen=True, kw_only=True):
+    agent_id: OptId = ""
+    reason: Annotated[str, Meta(min_length=1, max_length=64)] = "break"
+
+
+class ListAgentsRequest(Req, frozen=True, kw_only=True):
+    #: only agents in this state (e.g. "AVAILABLE"); "" = all
+    state: Annotated[str, Meta(max_length=32)] = ""
+
+
+class AgentResponse(Resp, frozen=True, kw_only=True):
+    agent_id: str
+    message: str = ""
+
+
+class AgentInfo(Resp, frozen=True, kw_only=True):
+    agent_id: str
+    state: str
+    reason: str = ""
+    extension: str = ""
+    queues: list[str] = []
+    skills: dict[str, int] = {}
+    call_id: str = ""
+    state_since: float = 0.0
+    calls_handled: int = 0
+    talk_time_s: float = 0.0
+    phone_registered: bool = True
+
+
+class AgentList(Resp, frozen=True, kw_only=True):
+    agents: list[AgentInfo]
+
+
+# ---- Queues -----------------------------------------------------------------------------------
+
+
+class QueueRequest(Req, frozen=True, kw_only=True):
+    queue_id: Id
+
+
+class ListQueuesRequest(Req, frozen=True, kw_only=True):
+    pass
+
+
+class QueueMembershipRequest(Req, frozen=True, kw_only=True):
+    queue_id: Id
+    agent_id: OptId = ""
+
+
+class QueueInfo(Resp, frozen=True, kw_only=True):
+    queue_id: str
+    strategy: str
+    waiting: int
+    members: list[str]
+    available: int
+    ring_timeout_s: float = 0.0
+    max_wait_s: float = 0.0
+    max_length: int = 0
+
+
+class QueueList(Resp, frozen=True, kw_only=True):
+    queues: list[QueueInfo]
+
+
+class QueueStatsResponse(Resp, frozen=True, kw_only=True):
+    queue_id: str
+    waiting: int
+    longest_wait_s: float
+    agents_logged_in: int
+    agents_available: int
+    offered: int
+    answered: int
+    answered_within_sl: int
+    abandoned: int
+    overflowed: int
+    average_wait_s: float
+    service_level: float
+
+
+class MembershipResponse(Resp, frozen=True, kw_only=True):
+    queue_id: str
+    agent_id: str
+    queues: list[str]
+    #: "applied" (the agent's live membership changed) or "at_next_login"
+    effect: str
+
+
+# ---- Events -----------------------------------------------------------------------------------
+
+
+class WatchRequest(Req, frozen=True, kw_only=True):
+    """Stream the tenant's CTI events, filtered; optionally first replay from a seq or a time."""
+
+    #: replay from this per-tenant seq (inclusive) before going live; 0 = live only
+    from_seq: Annotated[int, Meta(ge=0)] = 0
+    #: replay from this unix time (seconds) when from_seq is 0; 0 = live only
+    since: Annotated[float, Meta(ge=0)] = 0.0
+    types: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=64)] = []
+    call_id: OptId = ""
+    agent_id: OptId = ""
+    queue_id: OptId = ""
+    #: stop after this many events (0 = no limit); HTTP streams default to 1000
+    max_events: Annotated[int, Meta(ge=0, le=1_000_000)] = 0
+    #: stop after this many seconds (0 = no limit); HTTP streams default to 60
+    timeout_s: Annotated[float, Meta(ge=0, le=86_400)] = 0.0
+
+
+class WatchEvent(Resp, frozen=True, kw_only=True):
+    """One frame of a Watch stream: the wire event (see api/events.py)."""
+
+    event: dict[str, Any]
+
+
+# ---- Admin ------------------------------------------------------------------------------------
+
+
+class GetRecordRequest(Req, frozen=True, kw_only=True):
+    id: Id
+
+
+class ListRecordsRequest(Req, frozen=True, kw_only=True):
+    pass
+
+
+class Deleted(Resp, frozen=True, kw_only=True):
+    id: str
+
+
+class ExtensionList(Resp, frozen=True, kw_only=True):
+    items: list[Extension]
+
+
+class QueueRecordList(Resp, frozen=True, kw_only=True):
+    items: list[QueueRecord]
+
+
+class AgentRecordList(Resp, frozen=True, kw_only=True):
+    items: list[AgentRecord]
+
+
+class FlowList(Resp, frozen=True, kw_only=True):
+    items: list[Flow]
+
+
+class ErrorBody(Resp, frozen=True, kw_only=True):
+    """The error object every transport returns: a gRPC status name and a message."""
+
+    code: str
+    message: str
