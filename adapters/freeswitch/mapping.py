@@ -93,6 +93,7 @@ __all__ = [
     "OriginateSettings",
     "Target",
     "identify",
+    "map_channel_data",
     "map_command",
     "map_event",
 ]
@@ -376,6 +377,13 @@ EVENT_TABLE: dict[str, Converter] = {
 SUBSCRIBE_EVENTS: tuple[str, ...] = tuple(
     sorted({k for k in EVENT_TABLE if not k.startswith("CUSTOM::")} | {"HEARTBEAT"})
 ) + ("CUSTOM",) + tuple(sorted(k[8:] for k in EVENT_TABLE if k.startswith("CUSTOM::")))
+
+
+def map_channel_data(ev: EslEvent, now: float, node: str = "") -> ChannelCreated | None:
+    """The CHANNEL_DATA of an outbound ``connect`` reply, reported as the channel's creation
+    (its CHANNEL_CREATE was fired before the socket existed)."""
+    out = _created(ev, now, node, None)
+    return out if isinstance(out, ChannelCreated) else None
 
 
 def event_key(ev: EslEvent) -> str:
