@@ -123,6 +123,29 @@ class ShardHostCore:
         self._thread.start()
         if not self._ready.wait(60) or self._error is not None:
             raise RuntimeError(f"shard {shard} failed to start: {self._error!r}")
+        self.restarted = False
+        if send is None:
+            self._announce_restart()
+
+    def _announce_restart(self) -> None:
+        """After a crash, ask every peer to re-announce what this shard may have lost (Rule 2)."""
+        import ray
+
+        try:
+            self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        except Exception:
+            return
+        if not self.restarted:
+            return
+        for peer in self.node.directory.shards:
+            if peer != self.shard:
+                try:
+                    handle = self._peers.get(peer) or ray.get_actor(actor_name(self.config, peer),
+                                                                   namespace=self.config.namespace)
+                    self._peers[peer] = handle
+                    handle.resync.remote(self.shard)
+                except Exception as exc:  # a peer that is gone has nothing to re-announce
+                    self.recovery["resync_error"] = repr(exc)
 
     # ---------------------------------------------------------------- the trio thread
 
@@ -266,7 +289,7 @@ class ShardHostCore:
 
     def ready(self) -> dict[str, Any]:
         return {"shard": self.shard, "pid": os.getpid(), "recovery": self.recovery,
-                "started_at": self.started_at}
+                "started_at": self.started_at, "restarted": self.restarted}
 
     def deliver_batch(self, payload: bytes) -> int:
         return self._call(self._ingest, payload)
