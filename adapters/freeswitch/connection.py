@@ -191,13 +191,24 @@ class EslConnection:
     # ------------------------------------------------------------------ serving
     async def serve(self) -> None:
         """Read frames and write commands until the connection ends (raises why)."""
+        errors: list[Exception] = []
+
+        async def guard(fn: Callable[[], Awaitable[None]]) -> None:
+            try:
+                await fn()
+            except Exception as exc:  # noqa: BLE001 - re-raised below, unwrapped from the group
+                errors.append(exc)
+            finally:
+                nursery.cancel_scope.cancel()
+
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer)
-                await self._reader()
-                nursery.cancel_scope.cancel()
+                nursery.start_soon(guard, self._writer)
+                nursery.start_soon(guard, self._reader)
         finally:
             self.close()
+        if errors:
+            raise errors[0]
 
     def close(self) -> None:
         if self._closed:
