@@ -33,6 +33,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from engine.flows.model import Flow
+
 
 class Msg(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     """Base of every message: frozen, keyword-only, tagged by ``type``."""
@@ -344,11 +346,20 @@ AgentCommand = AgentLogin | AgentLogout | AgentReady | AgentNotReady | AgentEndW
 
 
 class EnterFlow(Msg, tag="enter_flow", frozen=True, kw_only=True):
-    """Router -> call: run the IVR flow ``flow_id`` (the flow engine drives the call from here)."""
+    """Router -> call: run the IVR flow ``flow_id`` (the flow engine drives the call from here).
+
+    With ``flow`` (the graph, validated by ``engine.flows.loader``) the call machine runs it itself
+    through the pure interpreter; without it an external driver does (the original behaviour).
+    """
 
     call_id: str
     at: float
     flow_id: str
+    flow: Flow | None = None
+    #: unix time = ``at`` + clock_offset: lets business-hours nodes judge local time without a clock
+    clock_offset: float = 0.0
+    #: initial flow variables (read by ``route`` nodes as ``var:<name>``)
+    variables: dict[str, str] = {}
 
 
 class RouteToQueue(Msg, tag="route_to_queue", frozen=True, kw_only=True):

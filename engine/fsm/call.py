@@ -21,6 +21,14 @@ the agent (``CallerLeft``, ``OfferFailed(caller_gone)``) and hangs the agent's l
 is gone never rings an agent. Reaching ENDED cancels every timer and emits exactly one
 ``WriteCdr``; after that every event is a no-op and every command is refused.
 
+Flows: ``EnterFlow`` carrying a flow graph starts the pure flow interpreter (``engine.flows``); while
+the call is IN_FLOW, ``PlaybackFinished`` and ``DtmfReceived`` of leg "a" and the ``flow`` timer
+are handed to it. Its media effects pass through, its timer joins the call's timers, and its
+outcome becomes the ordinary routing below: RouteToQueue, RouteToExtension or the end of the call
+(a flow that answered and then hung up, e.g. after voicemail, ends "answered" at the time the flow
+answered; one that never answered ends "failed"). Without a graph, EnterFlow only marks the call
+IN_FLOW and collects digits, as before, for an external flow driver.
+
 Time accounting: each transition charges the time since ``state_since`` to a bucket: QUEUED and
 RINGING count as wait, ACTIVE as talk, HELD / TRANSFERRING / PARKED as hold. Event times are
 clamped to be monotonic so late events cannot make a bucket negative.
@@ -33,6 +41,8 @@ from typing import Literal
 
 import msgspec
 
+from engine.flows import interpreter as flows
+from engine.flows.interpreter import FlowRun, FlowStep, ToHangup, ToQueue, ToTarget
 from engine.fsm.base import (
     IllegalTransition,
     Machine,
@@ -53,6 +63,7 @@ from engine.messages import (
     BlindTransfer,
     CallCommand,
     CallerLeft,
+    CancelTimer,
     Cdr,
     ChannelAnswered,
     ChannelBridged,
@@ -103,6 +114,7 @@ from engine.messages import (
     SendDtmf,
     SendMedia,
     StartRecording,
+    StartTimer,
     Stop,
     StopRecording,
     TimerFired,
@@ -169,6 +181,8 @@ class Call(msgspec.Struct, frozen=True, kw_only=True):
     answered_at: float | None = None
     flow_id: str = ""
     digits: str = ""
+    #: the running flow (graph and position) while IN_FLOW with a graph; None otherwise
+    flow: FlowRun | None = None
     queue_id: str = ""
     priority: int = 0
     skills: dict[str, int] = {}
@@ -372,7 +386,7 @@ CALL_EVENTS: tuple[type, ...] = (
 
 # informational media events: the engine drove them or they change nothing here
 on(LIVE, ChannelCreated, ChannelBridged, ChannelUnbridged, ChannelProgress, PlaybackStarted,
-   PlaybackFinished, ApplicationExecuted, ApplicationCompleted)(ignore)
+   ApplicationExecuted, ApplicationCompleted)(ignore)
 # after the end every event is late: a deliberate no-op
 on([S.ENDED], *MediaEvent.__args__, EnterFlow, RouteToQueue, RouteToExtension, QueueOverflow,
    TimerFired)(ignore)
@@ -494,8 +508,21 @@ def _on_unheld(call: Call, ev: ChannelUnheld, out: Out) -> Call:
 @on(LIVE, DtmfReceived)
 def _on_dtmf(call: Call, ev: DtmfReceived, out: Out) -> Call:
     if call.state is S.IN_FLOW and ev.leg == "a":
-        return replace(call, digits=call.digits + ev.digit)
+        call = replace(call, digits=call.digits + ev.digit)
+        if call.flow is not None:
+            return _flow_event(call, ev, out)
     return call
+
+
+@on([S.IN_FLOW], PlaybackFinished)
+def _on_playback_finished(call: Call, ev: PlaybackFinished, out: Out) -> Call:
+    if call.flow is not None and ev.leg == "a":
+        return _flow_event(call, ev, out)
+    return call  # an external flow driver listens to the switch itself
+
+
+# outside a flow a finished prompt changes nothing
+on([s for s in LIVE if s is not S.IN_FLOW], PlaybackFinished)(ignore)
 
 
 @on(LIVE, RecordingStarted)
@@ -515,7 +542,53 @@ def _on_rec_stopped(call: Call, ev: RecordingStopped, out: Out) -> Call:
 def _enter_flow(call: Call, ev: EnterFlow, out: Out) -> Call:
     call, t = _t(call, ev.at)
     out.cti("CALL_IN_FLOW", call.tenant, t, call_id=call.call_id, flow_id=ev.flow_id)
-    return replace(_enter(call, S.IN_FLOW, t), flow_id=ev.flow_id, digits="")
+    call = replace(_enter(call, S.IN_FLOW, t), flow_id=ev.flow_id, digits="")
+    if ev.flow is None:
+        return call  # an external driver runs the flow (it sends RouteTo* when done)
+    step = flows.start(ev.flow, call_id=call.call_id, at=t, did=call.destination, caller_id=call.caller_id,
+                       media_node=call.node, clock_offset=ev.clock_offset, answered=call.a_answered,
+                       variables=ev.variables)
+    return _apply_flow(call, step, out, t)
+
+
+def _flow_event(call: Call, ev: object, out: Out) -> Call:
+    """Hand a media event or the flow timer to the interpreter (call is IN_FLOW with a flow)."""
+    call, t = _t(call, ev.at)  # type: ignore[attr-defined]
+    run = call.flow
+    assert run is not None and run.graph is not None
+    if run.answered != call.a_answered:
+        run = replace(run, answered=call.a_answered)  # answered by a command meanwhile
+    return _apply_flow(call, flows.handle(run.graph, run, ev), out, t)
+
+
+def _apply_flow(call: Call, step: FlowStep, out: Out, t: float) -> Call:
+    """Perform what the flow asked: media, its timer, and its outcome as ordinary routing."""
+    timers = call.timers
+    for effect in step.effects:
+        if isinstance(effect, StartTimer):
+            timers = start_timer(timers, out, effect.key, effect.deadline)
+        elif isinstance(effect, CancelTimer):
+            timers = cancel_timer(timers, out, effect.key)
+        else:
+            out.add(effect)
+    call = replace(call, timers=timers, flow=step.run, a_answered=call.a_answered or step.run.answered)
+    outcome = step.outcome
+    if outcome is None:
+        return call
+    out.cti("CALL_FLOW_ENDED", call.tenant, t, call_id=call.call_id, flow_id=call.flow_id,
+            node=step.run.node, outcome=type(outcome).__name__)
+    call = replace(call, flow=None)
+    if isinstance(outcome, ToQueue):
+        return _route_to_queue(call, RouteToQueue(call_id=call.call_id, at=t, queue_id=outcome.queue,
+                                                  priority=outcome.priority, skills=outcome.skills), out)
+    if isinstance(outcome, ToTarget):
+        return _route_to_extension(call, RouteToExtension(call_id=call.call_id, at=t, target=outcome.target,
+                                                          timeout_s=outcome.timeout_s), out)
+    assert isinstance(outcome, ToHangup)
+    if step.run.answered_at is not None and call.answered_at is None:
+        call = replace(call, answered_at=step.run.answered_at)
+    disposition: Disposition = "answered" if call.answered_at is not None else "failed"
+    return _end(call, out, t, disposition, outcome.cause, hang_up_a=True)
 
 
 on([S.QUEUED, S.RINGING, S.ACTIVE, S.HELD, S.TRANSFERRING, S.PARKED, S.IN_FLOW], EnterFlow)(ignore)
@@ -605,6 +678,8 @@ def _timer(call: Call, ev: TimerFired, out: Out) -> Call:
             return _consult_gone(call, out, t, hang_up=True)
         call = _drop_leg(call, leg, out, HangupCause.ORIGINATOR_CANCEL, t, hangup=True, reason="no_answer")
         return _after_ring_failure(call, out, t, HangupCause.NO_ANSWER)
+    if ev.key == flows.FLOW_TIMER and call.state is S.IN_FLOW and call.flow is not None:
+        return _flow_event(call, ev, out)
     return call
 
 
