@@ -173,6 +173,7 @@ class ChannelTable:
 
 
 Clock = Callable[[], float]
+#: ("event:<MediaEvent type>" | "command:<MediaCommand type>", call id, host clock)
 Trace = Callable[[str, str, float], None]
 
 
@@ -238,7 +239,7 @@ class MediaNode:
         if not self._track(ev, m):
             return
         if self.trace is not None:
-            self.trace("event", m.call_id, now)
+            self.trace("event:" + type(m).__name__, m.call_id, now)
         await self.deliver(m)
 
     def _track(self, ev: EslEvent, m: Any) -> bool:
@@ -310,7 +311,7 @@ class MediaNode:
             return False
         self.commands += 1
         if self.trace is not None:
-            self.trace("command", cmd.call_id, self.clock())
+            self.trace("command:" + type(cmd).__name__, cmd.call_id, self.clock())
         return True
 
     # ------------------------------------------------------------------ health

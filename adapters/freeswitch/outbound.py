@@ -81,7 +81,7 @@ class OutboundSession:
                 if created.leg == "a" and node.bind is not None:
                     node.bind(created.call_id, node.name)
                 if node.trace is not None:
-                    node.trace("event", created.call_id, now)
+                    node.trace("event:ChannelCreated", created.call_id, now)
                 await node.deliver(created)
                 if ev.get("Answer-State") == "answered":
                     node.table.by_uuid[uid].answered = True
