@@ -69,23 +69,30 @@ async def open_stack(*, secret: str | bytes, nats: bool = True, nats_url: str | 
         publisher = CtiPublisher(bridge, hub, **(publisher_options or {}))
         media = media if media is not None else InMemoryMedia()
         ports = Ports(media, publisher, InMemoryCdrs(), InMemoryReplies())
-        nursery = await stack.enter_async_context(trio.open_nursery())
-        await nursery.start(publisher.run)
-        node = await stack.enter_async_context(open_node(ports=ports, **(node_options or {})))
-        api = Api(node, Authenticator(secret), store=store, hub=hub, bridge=bridge,
-                  limiter=RateLimiter(rate, burst), audit=AuditLog())
-        result = Stack(node=node, api=api, publisher=publisher, hub=hub, media=media, bridge=bridge,
-                       nats_url=url)
-        if http:
-            result.http_url = await nursery.start(serve_http, api, host, 0)
-        if ws:
-            result.ws = WsServer(api, **(ws_options or {}))
-            port = await nursery.start(result.ws.serve, host, 0)
-            result.ws_url = f"ws://{host}:{port}"
-        if micro and bridge is not None:
-            from adapters.nats.micro import start_micro_services, stop_micro_services
+        async with trio.open_nursery() as nursery:
+            await nursery.start(publisher.run)
+            async with open_node(ports=ports, **(node_options or {})) as node:
+                api = Api(node, Authenticator(secret), store=store, hub=hub, bridge=bridge,
+                          limiter=RateLimiter(rate, burst), audit=AuditLog())
+                result = Stack(node=node, api=api, publisher=publisher, hub=hub, media=media,
+                               bridge=bridge, nats_url=url)
+                if http:
+                    result.http_url = await nursery.start(serve_http, api, host, 0)
+                if ws:
+                    result.ws = WsServer(api, **(ws_options or {}))
+                    port = await nursery.start(result.ws.serve, host, 0)
+                    result.ws_url = f"ws://{host}:{port}"
+                if micro and bridge is not None:
+                    from adapters.nats.micro import start_micro_services
 
-            result.services = await start_micro_services(bridge, api)
-            stack.push_async_callback(stop_micro_services, bridge, result.services)
-        stack.callback(nursery.cancel_scope.cancel)
-        yield result
+                    result.services = await start_micro_services(bridge, api)
+                try:
+                    yield result
+                finally:
+                    if result.services and bridge is not None:
+                        from adapters.nats.micro import stop_micro_services
+
+                        with trio.CancelScope(shield=True), trio.move_on_after(2):
+                            await stop_micro_services(bridge, result.services)
+            # reached only when the block ended normally: stop the servers and the pump
+            nursery.cancel_scope.cancel()

@@ -68,6 +68,9 @@ class Api:
         self.ask_timeout_s = ask_timeout_s
         self.watch_capacity = watch_capacity
         self._originators: OrderedDict[str, str] = OrderedDict()
+        #: (kind, id) of agents/queues deleted by Admin: the node cannot remove actors yet, so the
+        #: API hides them until they are created again
+        self.retired: set[tuple[str, str]] = set()
         self.calls = 0
         self.errors: dict[str, int] = {}
 
@@ -170,10 +173,15 @@ class Api:
     def provision(self, tenant: str, kind: str, record: Any) -> None:
         """Admin created a queue or an agent: host its actor on this node (ids are node-global)."""
         rt = self.node.runtime
+        self.retired.discard((kind, record.id))
         if kind == "queue" and not rt.exists("queue", record.id):
             self.provision_queue(tenant, record)
         elif kind == "agent" and not rt.exists("agent", record.id):
             self.node.add_agent(record.id, tenant)
+
+    def retire(self, kind: str, record_id: str) -> None:
+        if kind in ("agent", "queue"):
+            self.retired.add((kind, record_id))
 
     def provision_queue(self, tenant: str, record: Any) -> None:
         self.node.add_queue(QueueConfig(

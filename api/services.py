@@ -95,7 +95,7 @@ def _agent(ctx: Context, agent_id: str) -> Any:
         if record is not None and not rt.exists("agent", agent_id):
             ctx.node.add_agent(agent_id, ctx.principal.tenant)
             state = rt.state_of("agent", agent_id)
-    if state is None or state.tenant != ctx.principal.tenant:
+    if state is None or state.tenant != ctx.principal.tenant or ("agent", agent_id) in ctx.api.retired:
         raise ApiError("NOT_FOUND", f"agent {agent_id} not found")
     return state
 
@@ -108,7 +108,7 @@ def _queue(ctx: Context, queue_id: str) -> Any:
         if record is not None and not rt.exists("queue", queue_id):
             ctx.api.provision_queue(ctx.principal.tenant, record)
             state = rt.state_of("queue", queue_id)
-    if state is None or state.config.tenant != ctx.principal.tenant:
+    if state is None or state.config.tenant != ctx.principal.tenant or ("queue", queue_id) in ctx.api.retired:
         raise ApiError("NOT_FOUND", f"queue {queue_id} not found")
     return state
 
@@ -243,7 +243,9 @@ async def get_agent(ctx: Context, req: t.AgentRequest) -> t.AgentInfo:
 
 async def list_agents(ctx: Context, req: t.ListAgentsRequest) -> t.AgentList:
     p = ctx.principal
+    retired = ctx.api.retired
     agents = [a for a in ctx.node.runtime.states("agent") if a.tenant == p.tenant
+              and ("agent", a.agent_id) not in retired
               and (p.sees_tenant or a.agent_id == p.agent_id)
               and (not req.state or a.state.name == req.state.upper())]
     return t.AgentList(agents=[_agent_info(a) for a in sorted(agents, key=lambda a: a.agent_id)])
@@ -267,7 +269,8 @@ async def get_queue(ctx: Context, req: t.QueueRequest) -> t.QueueInfo:
 
 async def list_queues(ctx: Context, req: t.ListQueuesRequest) -> t.QueueList:
     tenant = ctx.principal.tenant
-    queues = [q for q in ctx.node.runtime.states("queue") if q.config.tenant == tenant]
+    queues = [q for q in ctx.node.runtime.states("queue")
+              if q.config.tenant == tenant and ("queue", q.queue_id) not in ctx.api.retired]
     return t.QueueList(queues=[_queue_info(q) for q in sorted(queues, key=lambda q: q.queue_id)])
 
 
@@ -347,6 +350,7 @@ def _admin_methods() -> list[Method]:
 
             async def delete(ctx: Context, req: t.GetRecordRequest) -> t.Deleted:
                 await ctx.api.store.delete(ctx.principal.tenant, kind, req.id)
+                ctx.api.retire(kind, req.id)
                 return t.Deleted(id=req.id)
 
             async def list_(ctx: Context, req: t.ListRecordsRequest) -> Any:

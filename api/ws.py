@@ -91,6 +91,8 @@ class WsServer:
         self.connections += 1
         try:
             await _Connection(self, ws, principal).run()
+        except Exception:  # one connection's bug must never take the server (and its peers) down
+            log.exception("websocket connection failed")
         finally:
             self.connections -= 1
 
@@ -115,7 +117,7 @@ class _Connection:
                 nursery.start_soon(self._heartbeat)
                 await self._reader()
                 nursery.cancel_scope.cancel()
-        except ConnectionClosed:
+        except* ConnectionClosed:
             pass
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
