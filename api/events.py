@@ -118,6 +118,14 @@ class CallInFlow(CtiBase, tag="CALL_IN_FLOW", frozen=True, kw_only=True):
     flow_id: str = ""
 
 
+class CallFlowEnded(CtiBase, tag="CALL_FLOW_ENDED", frozen=True, kw_only=True):
+    flow_id: str = ""
+    #: the flow node that ended the run
+    node: str = ""
+    #: what the flow decided (the outcome's type name)
+    outcome: str = ""
+
+
 class CallOverflowed(CtiBase, tag="CALL_OVERFLOWED", frozen=True, kw_only=True):
     target: str = ""
     reason: str = ""
@@ -197,7 +205,8 @@ class CtiUnknown(CtiBase, tag="UNKNOWN", frozen=True, kw_only=True):
 CtiWireEvent = (
     CallCreated | CallRinging | CallAnswered | CallHeld | CallRetrieved | CallTransferred
     | CallConsultStarted | CallConsultAnswered | CallConsultEnded | CallParked | CallPickedUp
-    | CallConferenced | CallRecordingStarted | CallRecordingStopped | CallInFlow | CallOverflowed
+    | CallConferenced | CallRecordingStarted | CallRecordingStopped | CallInFlow | CallFlowEnded
+    | CallOverflowed
     | CallEnded | QueueEntered | QueueLeft | AgentStateChanged | AgentDeviceChanged
     | AgentOfferMissed | AgentLateAnswer | ActorError | CtiUnknown
 )
