@@ -93,11 +93,14 @@ class _CollectCdrs:
         self.items: deque[Cdr] = deque()
         self.count = 0
         self.keep = True
+        self.listeners: list[Callable[[Cdr], None]] = []
 
     def write(self, cdr: Cdr) -> None:
         self.count += 1
         if self.keep:
             self.items.append(cdr)
+        for listener in self.listeners:
+            listener(cdr)
 
 
 _out_encoder = msgspec.msgpack.Encoder()
@@ -119,6 +122,8 @@ class ShardHostCore:
         self.started_at = time.time()
         self.recovery: dict[str, Any] = {}
         self._written: dict[tuple[str, str], Any] = {}
+        self._snapshot_lock: trio.Lock | None = None
+        self.snapshots_written = 0
         self._thread = threading.Thread(target=self._thread_main, name=f"trio-{shard}", daemon=True)
         self._thread.start()
         if not self._ready.wait(60) or self._error is not None:
@@ -262,6 +267,14 @@ class ShardHostCore:
             await self.snapshot_once()
 
     async def snapshot_once(self) -> int:
+        """Write every agent and queue whose state changed since it was last written. One pass at a
+        time (a forced pass waits for the loop's), and an image counts as written once stored."""
+        if self._snapshot_lock is None:
+            self._snapshot_lock = trio.Lock()
+        async with self._snapshot_lock:
+            return await self._snapshot_pass()
+
+    async def _snapshot_pass(self) -> int:
         rt = self.node.runtime
         dirty = [cell for kind in ("agent", "queue") for cell in rt.cells(kind)
                  if self._written.get((kind, cell.id)) is not cell.state]
@@ -271,10 +284,13 @@ class ShardHostCore:
 
         deadlines = rt.timer_deadlines()
         items = {}
+        taken = []
         for cell in dirty:
             items[entity_key(cell.kind, cell.id)] = encode_image(rt.image(cell, deadlines))
-            self._written[(cell.kind, cell.id)] = cell.state
+            taken.append(((cell.kind, cell.id), cell.state))
         await trio.to_thread.run_sync(self.config.store.put_many, items)
+        self._written.update(taken)
+        self.snapshots_written += len(items)
         return len(items)
 
     # ---------------------------------------------------------------- calls into trio
@@ -375,6 +391,7 @@ class ShardHostCore:
                     "adopted": node.adopted, "hop_dropped": node.hop_dropped,
                     "media_dropped": node.media_dropped, "calls_created": node.calls_created,
                     "cdrs": self.cdrs.count, "media": self.media.count, "timers": s.timers,
+                    "snapshots_written": self.snapshots_written,
                     "outbox": self.outbox.statistics(), "recovery": self.recovery,
                     "switch": getattr(getattr(self, "switch", None), "statistics", dict)()}
         return self._call(stats)

@@ -1,0 +1,198 @@
+"""Cluster benchmark: scaling of shard hosts, cross-shard message rate, shard recovery time.
+
+Prints figures and, on its last line, one JSON object:
+  scale_2_vs_1           completed calls/s with two shard hosts over one (same per-host load and
+                         entities per host; ~half of the reservation protocol crosses shards with two)
+  cross_shard_msgs_per_s routing messages/s from one host to another, batched (outbox -> Ray call)
+  shard_recovery_s       SIGKILL of a host process -> Ray restarted it and it rebuilt its agents,
+                         queues and calls (ready() answers again)
+Keep Ray lean: one local Ray, no dashboard, small object store; other suites share the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import ray  # noqa: E402
+
+from engine.cluster.cluster import Cluster  # noqa: E402
+from engine.cluster.fakeswitch import FakeSwitch, FileChannelSource  # noqa: E402
+from engine.cluster.host import HostConfig  # noqa: E402
+from engine.cluster.loadgen import local_switch  # noqa: E402
+from engine.cluster.snapshots import FileSnapshotStore  # noqa: E402
+from engine.fsm.queue import QueueConfig  # noqa: E402
+from engine.messages import AgentLogin, AgentStatus  # noqa: E402
+
+MB = 1024 * 1024
+
+
+def ensure_ray(cpus: int) -> None:
+    if not ray.is_initialized():
+        ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=100 * MB, log_to_driver=False,
+                 namespace="bench-cluster")
+
+
+def throughput(shards: int, *, agents_per_shard: int, queues_per_shard: int, concurrency: int,
+               warmup_s: float, measure_s: float, max_delay_s: float) -> dict:
+    n_queues = queues_per_shard * shards
+    queues = [QueueConfig(queue_id=f"bq{i}") for i in range(n_queues)]
+    routes = {f"9{i}": q.queue_id for i, q in enumerate(queues)}
+    config = HostConfig(namespace=f"bench{shards}", prefix=f"bench{shards}-", routes=routes, snapshot_interval_s=0,
+                        collect_outputs=False, max_delay_s=max_delay_s, local_switch=local_switch(tuple(routes), concurrency))
+    cl = Cluster(shards=shards, config=config, host_cpus=1.0).start()
+    try:
+        agents = [f"ba{i}" for i in range(agents_per_shard * shards)]
+        cl.add_entities(queues, [(a, "default") for a in agents])
+        # each agent serves one queue (as in most contact centres): an agent's status then goes to
+        # one queue, and queues do not compete for every agent
+        cl.send([AgentLogin(agent_id=a, at=time.time(), extension=f"x{a}", queues=(queues[i % n_queues].queue_id,),
+                            ready=True) for i, a in enumerate(agents)], wait=True)
+        time.sleep(0.5)
+        ray.get([h.call.remote(lambda host: host.switch.start()) for h in cl.hosts.values()])
+        time.sleep(warmup_s)
+
+        def snap():
+            st = cl.statistics()
+            return (time.perf_counter(), sum(s["switch"]["completed"] for s in st.values()),
+                    sum(s["outbox"]["messages"] for s in st.values()),
+                    sum(s["outbox"]["batches"] for s in st.values()))
+
+        t0, c0, m0, b0 = snap()
+        time.sleep(measure_s)
+        t1, c1, m1, b1 = snap()
+        ray.get([h.call.remote(lambda host: host.switch.stop()) for h in cl.hosts.values()])
+        dt = t1 - t0
+        return {"shards": shards, "calls_per_s": (c1 - c0) / dt, "cross_msgs_per_s": (m1 - m0) / dt,
+                "mean_batch": (m1 - m0) / max(1, b1 - b0)}
+    finally:
+        for h in cl.hosts.values():
+            ray.kill(h)
+
+
+def cross_shard_rate(n: int) -> dict:
+    """Host s0 floods a queue on s1 with n AgentStatus messages through its outbox."""
+    config = HostConfig(namespace="benchx", prefix="benchx-", snapshot_interval_s=0, collect_outputs=False)
+    cl = Cluster(shards=["s0", "s1"], config=config, host_cpus=1.0).start()
+    try:
+        qid = next(f"xq{i}" for i in range(1000) if cl.directory.place("queue", f"xq{i}") == "s1")
+        cl.add_entities([QueueConfig(queue_id=qid)], [])
+        before = cl.statistics()["s1"]["accepted"]
+
+        def flood(host, qid=qid, n=n):
+            import trio
+
+            rt = host.node.runtime
+            t = trio.current_time()
+            from engine.messages import Send
+            for i in range(n):
+                rt._perform(None, [Send(to="queue", to_id=qid, message=AgentStatus(
+                    queue_id=qid, agent_id=f"a{i % 500}", at=t, logged_in=True, available=False))])
+            return rt.forwarded
+
+        t0 = time.perf_counter()
+        ray.get(cl.hosts["s0"].call.remote(flood))
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            st = cl.statistics()["s1"]
+            if st["accepted"] - before >= n:
+                break
+            time.sleep(0.005)
+        dt = time.perf_counter() - t0
+        out = cl.statistics()["s0"]["outbox"]
+        return {"messages": n, "seconds": dt, "msgs_per_s": n / dt, "mean_batch": out["mean_batch"]}
+    finally:
+        for h in cl.hosts.values():
+            ray.kill(h)
+
+
+def recovery(agents_n: int, calls_n: int) -> dict:
+    tmp = tempfile.mkdtemp(prefix="bench-cluster-")
+    channel_file = os.path.join(tmp, "channels")
+    queues = [QueueConfig(queue_id=f"rq{i}") for i in range(10)]
+    config = HostConfig(namespace="benchr", prefix="benchr-", store=FileSnapshotStore(os.path.join(tmp, "snap")),
+                        channel_sources=(FileChannelSource(channel_file),), routes={"500": "rq0"},
+                        snapshot_interval_s=0.1)
+    cl = Cluster(shards=["s0", "s1"], config=config, host_cpus=1.0).start()
+    try:
+        agents = [f"ra{i}" for i in range(agents_n)]
+        cl.add_entities(queues, [(a, "default") for a in agents])
+        cl.send([AgentLogin(agent_id=a, at=time.time(), extension=f"x{a}", queues=("rq0",), ready=False)
+                 for a in agents], wait=True)
+        sw = FakeSwitch(channel_file=channel_file)
+        for _ in range(calls_n):  # callers waiting in a queue nobody serves (agents not ready)
+            sw.new_call("500")
+        cl.send(sw.tick(), wait=True)
+        sw.write_channels()
+        victim = "s0"
+        ray.get(cl.hosts[victim].snapshot_now.remote())  # the snapshot loop would, within 0.1 s
+        counts = cl.statistics()[victim]["actors"]
+        pid = ray.get(cl.hosts[victim].ready.remote())["pid"]
+        t0 = time.perf_counter()
+        os.kill(pid, signal.SIGKILL)
+        while True:
+            try:
+                info = ray.get(cl.hosts[victim].ready.remote(), timeout=60)
+                if info["restarted"]:
+                    break
+            except ray.exceptions.RayActorError:
+                time.sleep(0.05)
+        dt = time.perf_counter() - t0
+        after = cl.statistics()[victim]["actors"]
+        return {"seconds": dt, "inside_host_s": info["recovery"]["recovery_s"], "before": counts, "after": after,
+                "recovery": info["recovery"]}
+    finally:
+        for h in cl.hosts.values():
+            ray.kill(h)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--measure-s", type=float, default=5.0)
+    ap.add_argument("--warmup-s", type=float, default=2.0)
+    ap.add_argument("--agents-per-shard", type=int, default=200)
+    ap.add_argument("--queues-per-shard", type=int, default=5)
+    ap.add_argument("--concurrency", type=int, default=300, help="calls in flight per shard host")
+    ap.add_argument("--max-delay-ms", type=float, default=2.0, help="outbox flush delay")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: scale,cross,recovery")
+    ap.add_argument("--cross-msgs", type=int, default=200_000)
+    ap.add_argument("--recovery-agents", type=int, default=2000)
+    ap.add_argument("--recovery-calls", type=int, default=1000)
+    args = ap.parse_args()
+    ensure_ray(os.cpu_count() or 2)
+    kw = dict(agents_per_shard=args.agents_per_shard, queues_per_shard=args.queues_per_shard,
+              concurrency=args.concurrency, warmup_s=args.warmup_s, measure_s=args.measure_s,
+              max_delay_s=args.max_delay_ms / 1000)
+    one = throughput(1, **kw)
+    print(f"1 shard host : {one['calls_per_s']:9.0f} calls/s", flush=True)
+    two = throughput(2, **kw)
+    print(f"2 shard hosts: {two['calls_per_s']:9.0f} calls/s  cross-shard {two['cross_msgs_per_s']:.0f} msg/s "
+          f"(mean batch {two['mean_batch']:.0f})", flush=True)
+    cross = cross_shard_rate(args.cross_msgs)
+    print(f"cross-shard flood: {cross['msgs_per_s']:.0f} msg/s (mean batch {cross['mean_batch']})", flush=True)
+    rec = recovery(args.recovery_agents, args.recovery_calls)
+    print(f"recovery: {rec['seconds']:.2f} s (inside host {rec['inside_host_s']} s) actors before {rec['before']} "
+          f"after {rec['after']}", flush=True)
+    result = {
+        "scale_2_vs_1": round(two["calls_per_s"] / one["calls_per_s"], 3),
+        "calls_per_s_1": round(one["calls_per_s"]),
+        "calls_per_s_2": round(two["calls_per_s"]),
+        "cross_shard_msgs_per_s": round(cross["msgs_per_s"]),
+        "cross_shard_msgs_per_s_in_traffic": round(two["cross_msgs_per_s"]),
+        "shard_recovery_s": round(rec["seconds"], 3),
+        "shard_recovery_inside_host_s": rec["inside_host_s"],
+        "load_avg_1m": os.getloadavg()[0],
+    }
+    ray.shutdown()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

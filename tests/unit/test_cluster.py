@@ -1,0 +1,301 @@
+"""engine/cluster without Ray: placement, directory, wire, outbox batching, recovery, and two
+shards wired to each other in one trio run (cross-shard reservation, hand-over with parking)."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+import trio
+import trio.testing
+
+from engine.cluster.outbox import Outbox
+from engine.cluster.placement import Directory, rendezvous, rendezvous_top
+from engine.cluster.recovery import LiveChannel, rebuild_calls, reconcile_agent, requeue_message
+from engine.cluster.shard import ShardNode
+from engine.cluster.snapshots import FileSnapshotStore, MemorySnapshotStore, entity_key, parse_key
+from engine.cluster.wire import (
+    Adopt,
+    Envelope,
+    Image,
+    decode_batch,
+    decode_image,
+    encode_batch,
+    encode_image,
+    state_of,
+)
+from engine.fsm.agent import AgentState, new_agent
+from engine.fsm.call import CallState
+from engine.fsm.queue import QueueConfig
+from engine.messages import (
+    AgentLogin,
+    AgentStatus,
+    ChannelCreated,
+    MediaBridge,
+    MediaHangup,
+    QueueCall,
+    ReserveAgent,
+    RouteToQueue,
+    SendMedia,
+)
+
+SHARDS = ("s0", "s1", "s2")
+
+
+# ---------------------------------------------------------------- placement
+
+
+def test_rendezvous_is_stable_and_spreads():
+    keys = [f"call/{i}" for i in range(3000)]
+    owners = [rendezvous(k, SHARDS) for k in keys]
+    assert owners == [rendezvous(k, tuple(reversed(SHARDS))) for k in keys]  # order-independent
+    counts = {s: owners.count(s) for s in SHARDS}
+    assert all(800 < n < 1200 for n in counts.values()), counts
+
+
+def test_adding_a_shard_moves_only_keys_to_it_and_removing_moves_only_its_keys():
+    keys = [f"call/{i}" for i in range(3000)]
+    before = {k: rendezvous(k, SHARDS) for k in keys}
+    grown = {k: rendezvous(k, (*SHARDS, "s3")) for k in keys}
+    moved = [k for k in keys if before[k] != grown[k]]
+    assert all(grown[k] == "s3" for k in moved)
+    assert 600 < len(moved) < 900  # about a quarter
+    shrunk = {k: rendezvous(k, ("s0", "s2")) for k in keys}
+    assert all(shrunk[k] == before[k] for k in keys if before[k] != "s1")
+
+
+def test_rendezvous_needs_a_shard():
+    with pytest.raises(ValueError):
+        rendezvous("x", ())
+
+
+def test_tenant_spread_keeps_a_small_tenant_together():
+    d = Directory(shards=SHARDS, tenant_spread={"small": 1, "big": 0})
+    small = {d.place("agent", f"a{i}", "small") for i in range(50)}
+    big = {d.place("agent", f"a{i}", "big") for i in range(50)}
+    assert len(small) == 1 and small == {rendezvous_top("tenant/small", SHARDS, 1)[0]}
+    assert big == set(SHARDS)
+
+
+def test_directory_records_entities_and_rebalances_only_what_moves():
+    d = Directory(shards=("s0", "s1"))
+    placed = {f"agent/a{i}": d.place("agent", f"a{i}") for i in range(200)}
+    d = d.with_entities(placed)
+    assert d.epoch == 1 and all(d.owner("agent", k[6:]) == s for k, s in placed.items())
+    pinned = d.with_entities({"agent/a0": "s9"})
+    assert pinned.owner("agent", "a0") == "s9"  # the record wins over hashing
+    grown, moves = d.with_shards(["s0", "s1", "s2"]).rebalanced({})
+    assert moves and all(to == "s2" for _, to in moves.values())
+    assert all(grown.owner("agent", k[6:]) == (moves[k][1] if k in moves else s) for k, s in placed.items())
+    assert grown.epoch == 3
+
+
+# ---------------------------------------------------------------- wire and snapshots
+
+
+def test_batch_and_image_round_trip():
+    agent = msgspec.structs.replace(new_agent("a1"), state=AgentState.RESERVED, timers=frozenset({"offer"}))
+    image = Image(kind="agent", actor_id="a1", state=agent, timers=(("offer", 12.5),), taken_at=3.0)
+    msg = ReserveAgent(agent_id="a1", at=1.0, offer_id="o1", queue_id="q", call_id="c")
+    batch = decode_batch(encode_batch("s0", [Envelope("agent", "a1", msg), Adopt(image, (msg,))], 7))
+    assert batch.source == "s0" and batch.seq == 7
+    assert batch.items[0] == Envelope("agent", "a1", msg)
+    assert state_of(batch.items[1].image) == agent and batch.items[1].mail == (msg,)
+    assert state_of(decode_image(encode_image(image))) == agent
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "file"])
+def test_snapshot_stores(tmp_path, store_kind):
+    store = MemorySnapshotStore() if store_kind == "memory" else FileSnapshotStore(tmp_path)
+    key = entity_key("agent", "a/b c")
+    assert parse_key(key) == ("agent", "a/b c")
+    store.put_many({key: b"1", entity_key("queue", "q"): b"2"})
+    store.put_many({key: b"3"})
+    assert store.load("agent.") == {key: b"3"}
+    store.delete_many([key])
+    assert set(store.load()) == {entity_key("queue", "q")}
+
+
+# ---------------------------------------------------------------- outbox
+
+
+async def _test_outbox_batches_by_count_and_by_delay():
+    sent: list[tuple[str, int, float]] = []
+
+    def send(dest, payload):
+        sent.append((dest, len(decode_batch(payload).items), trio.current_time()))
+
+    box = Outbox("s0", send, max_batch=100, max_delay_s=0.001)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(box.pump)
+        t0 = trio.current_time()
+        for i in range(250):
+            box.put("s1", Envelope("queue", "q", AgentStatus(queue_id="q", agent_id=f"a{i}", at=0.0,
+                                                             logged_in=True, available=True)))
+        box.put("s2", Envelope("queue", "q", AgentStatus(queue_id="q", agent_id="x", at=0.0,
+                                                         logged_in=True, available=True)))
+        assert [(d, n) for d, n, _ in sent] == [("s1", 100), ("s1", 100)]  # full batches leave at once
+        await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert sorted((d, n) for d, n, _ in sent[2:]) == [("s1", 50), ("s2", 1)]
+    assert all(t - t0 <= 0.0011 for _, _, t in sent[2:])  # the rest within max_delay
+    assert box.messages == 251 and box.batches == 4
+
+
+# ---------------------------------------------------------------- recovery (pure)
+
+
+def _route(event):
+    return RouteToQueue(call_id=event.call_id, at=event.at, queue_id="q1")
+
+
+def test_rebuild_calls_from_channels():
+    chans = [
+        LiveChannel(call_id="waiting", answered=True),
+        LiveChannel(call_id="ringing", answered=True),
+        LiveChannel(call_id="ringing", leg="ringing-2", destination="x-a1", agent_id="a1"),
+        LiveChannel(call_id="talking", answered=True, bridged_to="talking-1"),
+        LiveChannel(call_id="talking", leg="talking-1", answered=True, bridged_to="a", agent_id="a2", queue_id="q1"),
+        LiveChannel(call_id="bridge-me", answered=True),
+        LiveChannel(call_id="bridge-me", leg="bridge-me-3", answered=True, agent_id="a3"),
+        LiveChannel(call_id="orphan", leg="orphan-1", answered=True),
+        LiveChannel(call_id="not-mine", answered=True),
+    ]
+    calls, orphans = rebuild_calls(chans, lambda cid: cid != "not-mine", _route, now=100.0)
+    by_id = {c.call_id: (c, effects) for c, effects in calls}
+    assert set(by_id) == {"waiting", "ringing", "talking", "bridge-me"}
+    waiting, effects = by_id["waiting"]
+    assert waiting.state is CallState.QUEUED and waiting.in_queue
+    assert any(getattr(e, "message", None).__class__ is QueueCall for e in effects)
+    ringing, effects = by_id["ringing"]
+    assert ringing.state is CallState.QUEUED and ringing.leg_seq == 2  # new legs get fresh ids
+    assert SendMedia(command=MediaHangup(call_id="ringing", leg="ringing-2", cause="LOSE_RACE")) in effects
+    talking, effects = by_id["talking"]
+    assert talking.state is CallState.ACTIVE and talking.agent_id == "a2" and talking.connected == "talking-1"
+    assert effects == []
+    _, effects = by_id["bridge-me"]
+    assert effects == [SendMedia(command=MediaBridge(call_id="bridge-me", leg="a", other_leg="bridge-me-3"))]
+    assert orphans == [SendMedia(command=MediaHangup(call_id="orphan", leg="orphan-1"))]
+    assert requeue_message(waiting, 5.0).message.queue_id == "q1"
+    assert requeue_message(talking, 5.0) is None
+
+
+def test_reconcile_agent_against_the_switch():
+    reserved = msgspec.structs.replace(new_agent("a1"), state=AgentState.RESERVED, offer_id="o",
+                                       timers=frozenset({"offer"}))
+    on_call = reconcile_agent(reserved, "c1", {"c1"}, 10.0)
+    assert on_call.state is AgentState.ON_CALL and on_call.call_id == "c1" and "offer" not in on_call.timers
+    assert reconcile_agent(on_call, "c1", {"c1"}, 11.0) is on_call
+    freed = reconcile_agent(on_call, None, set(), 12.0)
+    assert freed.state is AgentState.AVAILABLE and freed.call_id == ""
+    assert reconcile_agent(reserved, None, set(), 12.0) is reserved  # its offer timer frees it
+
+
+# ---------------------------------------------------------------- two shards, one trio run
+
+
+class Wire:
+    """Connects ShardNodes in-process: a batch is decoded and accepted on the next tick."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, ShardNode] = {}
+        self.batches = 0
+
+    def send(self, dest: str, payload: bytes) -> None:
+        self.batches += 1
+        node = self.nodes[dest]
+        batch = decode_batch(payload)
+
+        def apply():
+            for item in batch.items:
+                if isinstance(item, Envelope):
+                    node.accept(item.kind, item.actor_id, item.message, item.hops)
+                else:
+                    node.adopt(item.image, item.mail)
+        trio.lowlevel.current_trio_token().run_sync_soon(apply)
+
+
+async def _two_shards(nursery, wire, directory):
+    for name in ("s0", "s1"):
+        box = Outbox(name, wire.send)
+        node = ShardNode(name=name, directory=directory, outbox=box)
+        await nursery.start(node.run)
+        await nursery.start(box.pump)
+        wire.nodes[name] = node
+    return wire.nodes["s0"], wire.nodes["s1"]
+
+
+async def _test_queue_reserves_an_agent_on_another_shard_and_duplicates_are_rejected():
+    d = Directory(shards=("s0", "s1"), entities={"queue/q1": "s0", "queue/q2": "s1",
+                                                 "agent/a1": "s1"})
+    wire = Wire()
+    async with trio.open_nursery() as nursery:
+        s0, s1 = await _two_shards(nursery, wire, d)
+        s0.add_queue(QueueConfig(queue_id="q1"))
+        s1.add_queue(QueueConfig(queue_id="q2"))
+        s1.add_agent("a1")
+        s1.accept_routed(AgentLogin(agent_id="a1", at=0.0, extension="x1", queues=("q1", "q2"), ready=True))
+        await trio.sleep(0.01)
+        assert s0.runtime.state_of("queue", "q1").members["a1"].available  # status crossed shards
+        # two queues on two shards offer the same agent at the same moment
+        s0.accept_routed(QueueCall(queue_id="q1", call_id="c1", at=1.0))
+        s1.accept_routed(QueueCall(queue_id="q2", call_id="c2", at=1.0))
+        await trio.sleep(0.01)
+        agent = s1.runtime.state_of("agent", "a1")
+        assert agent.state is AgentState.RESERVED
+        offers = [o for q, n in (("q1", s0), ("q2", s1)) for o in n.runtime.state_of("queue", q).offers.values()]
+        assert len(offers) == 1 and offers[0].offer_id == agent.offer_id  # exactly one holds it
+        assert wire.batches > 0 and s0.runtime.forwarded > 0
+        nursery.cancel_scope.cancel()
+
+
+async def _test_hand_over_moves_state_timers_and_parks_messages():
+    d = Directory(shards=("s0", "s1"), entities={"agent/a1": "s0", "queue/q1": "s1"})
+    wire = Wire()
+    async with trio.open_nursery() as nursery:
+        s0, s1 = await _two_shards(nursery, wire, d)
+        s0.add_agent("a1")
+        s1.add_queue(QueueConfig(queue_id="q1"))
+        s0.accept_routed(AgentLogin(agent_id="a1", at=trio.current_time(), extension="x1", queues=("q1",),
+                                    ready=True))
+        s1.accept_routed(QueueCall(queue_id="q1", call_id="c9", at=trio.current_time()))
+        await trio.sleep(0.01)
+        assert s0.runtime.state_of("agent", "a1").state is AgentState.RESERVED  # offer timer armed
+        moved = d.with_entities({"agent/a1": "s1"})
+        # s1 learns first and gets a message for a1 before a1 arrives: it must park it, not drop it
+        s1.begin_handoff(moved)
+        s1.accept_routed(AgentLogin(agent_id="a1", at=trio.current_time(), extension="x1"))
+        out = s0.begin_handoff(moved)
+        assert list(out) == ["s1"] and not s0.runtime.exists("agent", "a1")
+        await trio.sleep(0.01)
+        assert s1.runtime.exists("agent", "a1")
+        assert s1.end_handoff() == 1 and s0.end_handoff() == 0
+        await trio.sleep(0.01)
+        # (c9 is only a name here: the queue's ConnectAgent to it is dead-lettered, nothing for a1 is)
+        lost = [d for n in (s0, s1) for d in n.runtime.dead_letters if d.kind == "agent"]
+        assert lost == []
+        # the offer safety timer came along: nobody answers for c9 (it is only a name here), so on s1
+        # the offer expires at its original deadline (and the queue, still holding c9, offers again)
+        first = s1.runtime.state_of("agent", "a1").offer_id
+        await trio.sleep(31)
+        agent = s1.runtime.state_of("agent", "a1")
+        assert agent.missed_offers >= 1 and agent.offer_id != first
+        nursery.cancel_scope.cancel()
+
+
+def test_channel_created_builds_the_call_on_its_owner_only():
+    d = Directory(shards=("s0", "s1"))
+    owner = d.owner("call", "c1")
+    assert owner == rendezvous("call/c1", ("s0", "s1"))
+    assert ChannelCreated(call_id="c1", at=0.0).call_id == "c1"
+
+
+def test_outbox_batches_by_count_and_by_delay():
+    trio.run(_test_outbox_batches_by_count_and_by_delay, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_queue_reserves_an_agent_on_another_shard_and_duplicates_are_rejected():
+    trio.run(_test_queue_reserves_an_agent_on_another_shard_and_duplicates_are_rejected, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_hand_over_moves_state_timers_and_parks_messages():
+    trio.run(_test_hand_over_moves_state_timers_and_parks_messages, clock=trio.testing.MockClock(autojump_threshold=0))
