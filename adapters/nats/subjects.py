@@ -11,6 +11,7 @@ whitespace in an id can never widen or shift a subject.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 
@@ -24,6 +25,7 @@ TRACE_HEADER = "traceparent"
 _BAD = re.compile(r"[.*>\s\x00-\x1f]")
 
 
+@functools.lru_cache(maxsize=65536)
 def token(value: str) -> str:
     """A safe subject token ("-" when empty)."""
     if not value:
@@ -50,6 +52,11 @@ def msg_id(tenant: str, seq: int) -> str:
 
 def traceparent(tenant: str, call_id: str, seq: int) -> str:
     """W3C trace context: every event of one call shares a trace id; the span id is per event."""
-    trace = hashlib.blake2b(f"{tenant}/{call_id or '-'}".encode(), digest_size=16).hexdigest()
+    trace = _trace_id(tenant, call_id)
     span = f"{(seq or 1) & 0xFFFFFFFFFFFFFFFF:016x}"
     return f"00-{trace}-{span}-01"
+
+
+@functools.lru_cache(maxsize=65536)
+def _trace_id(tenant: str, call_id: str) -> str:
+    return hashlib.blake2b(f"{tenant}/{call_id or '-'}".encode(), digest_size=16).hexdigest()

@@ -105,3 +105,21 @@ def test_method_table_covers_every_command_and_names_roles():
         assert "tenant" not in method.request.__struct_fields__ or method.service == "Admin"
         with pytest.raises(msgspec.ValidationError):
             method.decoder.decode(b'{"unexpected_field": 1}')
+
+
+def test_schema_out_writes_json_schema_and_asyncapi(tmp_path):
+    import json
+
+    import jsonschema
+
+    from api.schema import write_schema
+
+    paths = write_schema(tmp_path)
+    assert sorted(p.name for p in paths) == ["api.schema.json", "asyncapi.yaml", "messages.schema.json"]
+    doc = json.loads((tmp_path / "asyncapi.yaml").read_text())
+    assert doc["asyncapi"] == "3.0.0"
+    assert doc["channels"]["cti_call"]["address"] == "cti.{tenant}.call.{id}.{event}"
+    assert doc["channels"]["CallControl_Hold"]["address"] == "api.{tenant}.CallControl.Hold"
+    api = json.loads((tmp_path / "api.schema.json").read_text())
+    event = json.loads(encode_event(to_wire(CtiEvent(name="CALL_HELD", tenant="t", at=1.0, call_id="c"), 3)))
+    jsonschema.validate(event, {**api["$defs"]["CallHeld"], "$defs": api["$defs"]})

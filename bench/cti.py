@@ -1,0 +1,117 @@
+"""CTI benchmark: NATS publish throughput and engine -> WebSocket latency.
+
+- nats_events_per_s: CtiEvents handed to the publisher (a CtiPort), sequenced, encoded and published
+  into JetStream (embedded nats-server) in batches; timed until the last batch is flushed.
+  Goal >= 100k/s per node.
+- ws_p99_ms: 100 WebSocket clients (one tenant each, each watching its tenant) while the engine
+  publishes 10k events/s in total; latency from CtiPort.publish to the client's receipt.
+  Goal <= 50 ms. Clients run in the same process, so they share the CPU with the engine.
+
+The last line printed is a JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import trio
+
+sys.path.insert(0, ".")
+
+from adapters.nats.bridge import NatsSettings, open_bridge  # noqa: E402
+from adapters.nats.publisher import CtiPublisher  # noqa: E402
+from adapters.nats.server import open_embedded_nats  # noqa: E402
+from engine.messages import CtiEvent  # noqa: E402
+
+
+async def nats_throughput(n: int) -> float:
+    async with open_embedded_nats() as server, open_bridge(NatsSettings(url=server.url)) as bridge:
+        publisher = CtiPublisher(bridge, None, batch=1024)
+        events = [CtiEvent(name="AGENT_STATE_CHANGED", tenant=f"t{i % 10}", at=float(i), agent_id=f"a{i % 500}",
+                           data={"state": "AVAILABLE", "previous": "NOT_READY", "reason": None})
+                  for i in range(n)]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(publisher.run)
+            publisher.publish(events[0])
+            await publisher.wait_idle()  # warm up: tenants' seqs looked up
+            t0 = time.perf_counter()
+            for i in range(1, n, 5000):
+                for e in events[i:i + 5000]:
+                    publisher.publish(e)
+                await trio.lowlevel.checkpoint()
+            await publisher.wait_idle()
+            elapsed = time.perf_counter() - t0
+            nursery.cancel_scope.cancel()
+        assert publisher.overflowed == 0
+        return (n - 1) / elapsed
+
+
+async def ws_latency(clients: int, rate: float, seconds: float) -> dict[str, float]:
+    from trio_websocket import open_websocket_url
+
+    from api.app import open_stack
+    from api.auth import issue_token
+
+    secret = "bench-secret-0123456789-0123456789"
+    latencies: list[float] = []
+    async with open_stack(secret=secret, rate=0, micro=False,
+                          ws_options={"out_queue": 10_000}) as stack:
+        ready = trio.Semaphore(0)
+
+        async def client(i: int, task_status=trio.TASK_STATUS_IGNORED) -> None:
+            tok = issue_token(secret, tenant=f"t{i}", sub=f"s{i}", roles=["supervisor"])
+            async with open_websocket_url(stack.ws_url + "/", extra_headers=[("Authorization", f"Bearer {tok}")]) as ws:
+                await ws.send_message(json.dumps({"id": 1, "method": "Events/Watch", "params": {}}))
+                await ws.get_message()
+                task_status.started()
+                while True:
+                    frame = json.loads(await ws.get_message())
+                    if "event" in frame:
+                        latencies.append(trio.current_time() - frame["event"]["at"])
+
+        async with trio.open_nursery() as nursery:
+            for i in range(clients):
+                await nursery.start(client, i)
+            del ready
+            interval = 0.01
+            per_tick = max(1, int(rate * interval))
+            start = trio.current_time()
+            ticks = int(seconds / interval)
+            for k in range(ticks):
+                now = trio.current_time()
+                for j in range(per_tick):
+                    n = k * per_tick + j
+                    stack.publisher.publish(CtiEvent(name="CALL_HELD", tenant=f"t{n % clients}", at=now,
+                                                     call_id=f"c{n}"))
+                await trio.sleep_until(start + (k + 1) * interval)
+            await trio.sleep(0.5)
+            nursery.cancel_scope.cancel()
+    latencies.sort()
+    if not latencies:
+        return {"ws_p50_ms": -1, "ws_p99_ms": -1, "ws_received": 0}
+    return {"ws_p50_ms": round(latencies[len(latencies) // 2] * 1000, 2),
+            "ws_p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2),
+            "ws_received": len(latencies), "ws_expected": int(rate * seconds)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--rate", type=float, default=10_000)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    rate = trio.run(nats_throughput, args.events)
+    print(f"nats: {rate:,.0f} events/s published into JetStream (goal >= 100k/s)")
+    ws = trio.run(ws_latency, args.clients, args.rate, args.seconds)
+    print(f"ws: p50 {ws['ws_p50_ms']} ms, p99 {ws['ws_p99_ms']} ms over {ws['ws_received']} events "
+          f"({args.clients} clients, {args.rate:,.0f} events/s; goal p99 <= 50 ms)")
+    print(json.dumps({"nats_events_per_s": round(rate), **ws,
+                      "nats_goal_met": rate >= 100_000, "ws_goal_met": 0 <= ws["ws_p99_ms"] <= 50}))
+
+
+if __name__ == "__main__":
+    main()
