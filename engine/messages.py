@@ -327,6 +327,18 @@ class AgentEndWrapUp(AgentCommandBase, tag="agent_end_wrap_up", frozen=True, kw_
     pass
 
 
+class AgentJoinQueue(AgentCommandBase, tag="agent_join_queue", frozen=True, kw_only=True):
+    """Make the agent a member of ``queue_id`` (takes effect at once, whatever the agent's state)."""
+
+    queue_id: str
+
+
+class AgentLeaveQueue(AgentCommandBase, tag="agent_leave_queue", frozen=True, kw_only=True):
+    """Remove the agent from ``queue_id``; an offer already accepted from it still completes."""
+
+    queue_id: str
+
+
 class DeviceState(AgentCommandBase, tag="device_state", frozen=True, kw_only=True):
     """The agent's phone registered or went away (FreeSWITCH sofia::register / unregister / expire).
 
@@ -337,7 +349,10 @@ class DeviceState(AgentCommandBase, tag="device_state", frozen=True, kw_only=Tru
     contact: str = ""
 
 
-AgentCommand = AgentLogin | AgentLogout | AgentReady | AgentNotReady | AgentEndWrapUp | DeviceState
+AgentCommand = (
+    AgentLogin | AgentLogout | AgentReady | AgentNotReady | AgentEndWrapUp | AgentJoinQueue | AgentLeaveQueue
+    | DeviceState
+)
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ from engine.messages import (
     AgentCallEnded,
     AgentCommand,
     AgentEndWrapUp,
+    AgentJoinQueue,
+    AgentLeaveQueue,
     AgentLogin,
     AgentLogout,
     AgentNotReady,
@@ -124,11 +126,14 @@ def _t(agent: Agent, at: float) -> tuple[Agent, float]:
 
 def _status(agent: Agent, out: Out, t: float) -> None:
     for queue_id in agent.queues:
-        out.send("queue", queue_id, AgentStatus(
-            queue_id=queue_id, agent_id=agent.agent_id, at=t,
-            logged_in=agent.state is not S.LOGGED_OUT, available=agent.offerable,
-            extension=agent.extension, skills=agent.skills, idle_since=agent.idle_since,
-            talk_time=agent.talk_time, calls_handled=agent.calls_handled))
+        _status_to(agent, out, t, queue_id, logged_in=agent.state is not S.LOGGED_OUT)
+
+
+def _status_to(agent: Agent, out: Out, t: float, queue_id: str, *, logged_in: bool) -> None:
+    out.send("queue", queue_id, AgentStatus(
+        queue_id=queue_id, agent_id=agent.agent_id, at=t, logged_in=logged_in,
+        available=logged_in and agent.offerable, extension=agent.extension, skills=agent.skills,
+        idle_since=agent.idle_since, talk_time=agent.talk_time, calls_handled=agent.calls_handled))
 
 
 def _go(agent: Agent, new: AgentState, out: Out, t: float, reason: str = "") -> Agent:
@@ -180,7 +185,9 @@ def _login(agent: Agent, cmd: AgentLogin, out: Out) -> Agent:
     if not cmd.extension:
         out.reply(cmd.request_id, "INVALID_ARGUMENT", "login needs an extension")
         return agent
-    agent = replace(agent, extension=cmd.extension, queues=tuple(cmd.queues), skills=dict(cmd.skills),
+    # no queues in the login: keep the memberships configured before (AgentJoinQueue while logged out)
+    agent = replace(agent, extension=cmd.extension, queues=tuple(cmd.queues) or agent.queues,
+                    skills=dict(cmd.skills),
                     tenant=cmd.tenant, missed_offers=0, idle_since=t)
     out.reply(cmd.request_id)
     return _go(agent, S.AVAILABLE if cmd.ready else S.NOT_READY, out, t, "" if cmd.ready else "login")
@@ -249,6 +256,33 @@ on([S.AVAILABLE, S.RESERVED, S.ON_CALL, S.NOT_READY], AgentEndWrapUp)(_refuse)
 
 
 # ---- the reservation protocol ----------------------------------------------------------------
+
+
+@on(list(S), AgentJoinQueue)
+def _join(agent: Agent, cmd: AgentJoinQueue, out: Out) -> Agent:
+    if not cmd.queue_id:
+        out.reply(cmd.request_id, "INVALID_ARGUMENT", "queue_id is required")
+        return agent
+    out.reply(cmd.request_id)
+    if cmd.queue_id in agent.queues:
+        return agent
+    agent, t = _t(agent, cmd.at)
+    agent = replace(agent, queues=agent.queues + (cmd.queue_id,))
+    if agent.state is not S.LOGGED_OUT:
+        _status_to(agent, out, t, cmd.queue_id, logged_in=True)
+    return agent
+
+
+@on(list(S), AgentLeaveQueue)
+def _leave(agent: Agent, cmd: AgentLeaveQueue, out: Out) -> Agent:
+    if cmd.queue_id not in agent.queues:
+        out.reply(cmd.request_id, "NOT_FOUND", f"agent {agent.agent_id} is not in queue {cmd.queue_id}")
+        return agent
+    out.reply(cmd.request_id)
+    agent, t = _t(agent, cmd.at)
+    if agent.state is not S.LOGGED_OUT:
+        _status_to(agent, out, t, cmd.queue_id, logged_in=False)  # the queue forgets the member
+    return replace(agent, queues=tuple(q for q in agent.queues if q != cmd.queue_id))
 
 
 @on([S.AVAILABLE], ReserveAgent)

@@ -47,3 +47,21 @@ def machine_markdown(title: str, machine: Machine, states: type[enum.Enum], even
 
 def all_markdown() -> str:
     return "\n\n".join(machine_markdown(*m) for m in MACHINES) + "\n"
+
+
+def update_readme(path: str = "README.md") -> bool:
+    """Rewrite the README's generated section; True when it changed."""
+    begin, end = "<!-- fsm-tables:begin -->", "<!-- fsm-tables:end -->"
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    new = f"{head}{begin}\n{all_markdown()}{end}{tail}"
+    if new != text:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(new)
+    return new != text
+
+
+if __name__ == "__main__":
+    print("README.md updated" if update_readme() else "README.md already up to date")

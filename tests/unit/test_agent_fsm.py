@@ -189,3 +189,29 @@ def test_an_answer_arriving_after_the_safety_timer_still_puts_the_agent_on_the_c
     # and an unrelated answer is ignored
     assert A.step(expired, OfferAnswered(at=31.5, offer_id="x", call_id="c9", agent_id="a1", queue_id="q1")) == (
         expired, [])
+
+
+def test_join_and_leave_queues_at_run_time():
+    from engine.messages import AgentJoinQueue, AgentLeaveQueue
+
+    agent, effects = drive(agent_in(S.AVAILABLE), AgentJoinQueue(agent_id="a1", at=5.0, queue_id="q9", request_id="r"))
+    assert agent.queues == ("q1", "q9")
+    [st] = statuses(effects)
+    assert (st.queue_id, st.logged_in, st.available) == ("q9", True, True)
+    again, effects = drive(agent, AgentJoinQueue(agent_id="a1", at=6.0, queue_id="q9", request_id="r"))
+    assert again == agent and effects[0].ok
+    agent, effects = drive(agent, AgentLeaveQueue(agent_id="a1", at=7.0, queue_id="q1", request_id="r"))
+    assert agent.queues == ("q9",)
+    [st] = statuses(effects)
+    assert (st.queue_id, st.logged_in) == ("q1", False)
+    _, effects = drive(agent, AgentLeaveQueue(agent_id="a1", at=8.0, queue_id="q1", request_id="r"))
+    assert effects[0].code == "NOT_FOUND"
+
+
+def test_memberships_set_while_logged_out_survive_a_login_without_queues():
+    from engine.messages import AgentJoinQueue
+
+    agent, effects = drive(A.new_agent("a1"), AgentJoinQueue(agent_id="a1", at=0.0, queue_id="sales"))
+    assert statuses(effects) == []
+    agent, effects = drive(agent, AgentLogin(agent_id="a1", at=1.0, extension="1001", ready=True))
+    assert agent.queues == ("sales",) and statuses(effects)[0].queue_id == "sales"

@@ -18,4 +18,4 @@ def test_fsm_tables_in_readme_match_the_machines():
     text = README.read_text()
     begin, end = "<!-- fsm-tables:begin -->", "<!-- fsm-tables:end -->"
     section = text.split(begin, 1)[1].split(end, 1)[0]
-    assert section.strip() == all_markdown().strip(), "README out of date: run `callengine fsm` and paste it"
+    assert section.strip() == all_markdown().strip(), "README out of date: run `python -m engine.fsm.describe`"
