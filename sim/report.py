@@ -71,6 +71,8 @@ class _QueueStats:
         self.entered: dict[str, tuple[float, bool]] = {}
         self.handle_sum = 0.0
         self.handle_n = 0
+        #: per interval (of the call's creation): [handle time sum, answered calls]
+        self.iv_handle = [[0.0, 0] for _ in range(n_intervals)]
         self.len_now = 0
         self.len_since = 0.0
         self.len_area = 0.0
@@ -180,11 +182,16 @@ class Collector:
     def cdr(self, cdr: Cdr) -> None:
         self.cdrs += 1
         self.dispositions[cdr.disposition] = self.dispositions.get(cdr.disposition, 0) + 1
-        if cdr.queue_id and cdr.agent_id and cdr.answered_at is not None and self.start <= cdr.created_at < self.end:
+        if cdr.queue_id and cdr.agent_id and cdr.answered_at is not None and 0.0 <= cdr.created_at < self.end:
             qs = self.queues.get(cdr.queue_id)
             if qs is not None:
-                qs.handle_sum += cdr.talk_s + cdr.hold_s + qs.cfg.wrap_up_s
-                qs.handle_n += 1
+                handle = cdr.talk_s + cdr.hold_s + qs.cfg.wrap_up_s
+                iv = qs.iv_handle[int(cdr.created_at // self.sc.interval_s)]
+                iv[0] += handle
+                iv[1] += 1
+                if cdr.created_at >= self.start:
+                    qs.handle_sum += handle
+                    qs.handle_n += 1
 
     def finish(self, sim: Simulator) -> None:
         self.sim_end = sim.now
@@ -217,7 +224,18 @@ def _percentile(sorted_values: list[float], p: float) -> float | None:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
 
 
-def _figures(c: _Counts, handle: float | None = None) -> dict[str, Any]:
+def _merge(into: _Counts, c: _Counts) -> None:
+    """Add ``c`` to ``into`` (max queue length: the largest single queue's)."""
+    for name in ("offered", "answered", "abandoned", "short_abandoned", "overflowed", "waited", "within"):
+        setattr(into, name, getattr(into, name) + getattr(c, name))
+    into.wait_sum += c.wait_sum
+    into.wait_all_sum += c.wait_all_sum
+    into.max_len = max(into.max_len, c.max_len)
+    if into.waits is not None and c.waits is not None:
+        into.waits.extend(c.waits)
+
+
+def _figures(c: _Counts, handle: float | None = None, *, with_aht: bool = False) -> dict[str, Any]:
     base = c.offered - c.short_abandoned
     out: dict[str, Any] = {
         "offered": c.offered,
@@ -235,7 +253,7 @@ def _figures(c: _Counts, handle: float | None = None) -> dict[str, Any]:
         waits = sorted(c.waits)
         for p in PERCENTILES:
             out[f"wait_p{p}_s"] = _r(_percentile(waits, p))
-    if handle is not None:
+    if handle is not None or with_aht:
         out["aht_s"] = _r(handle)
     out["max_queue_length"] = c.max_len
     return out
@@ -288,25 +306,24 @@ def build_report(stats: Collector, seed: int) -> dict[str, Any]:
     queues: dict[str, Any] = {}
     total = _Counts(True)
     handle_sum, handle_n = 0.0, 0
+    total_iv = [_Counts(False) for _ in range(stats.n_intervals)]
+    total_iv_handle = [[0.0, 0] for _ in range(stats.n_intervals)]
     for qid, qs in stats.queues.items():
         handle = _div(qs.handle_sum, qs.handle_n)
-        fig = _figures(qs.total, handle)
+        fig = _figures(qs.total, handle, with_aht=True)
         fig["mean_queue_length"] = _r(qs.len_area / window)
         intervals = []
         for i, iv in enumerate(qs.intervals):
-            f = _figures(iv)
+            h_sum, h_n = qs.iv_handle[i]
+            f = _figures(iv, _div(h_sum, h_n), with_aht=True)
             f = {"start_s": i * sc.interval_s, "warmup": i * sc.interval_s < stats.start, **f}
             intervals.append(f)
+            _merge(total_iv[i], iv)
+            total_iv_handle[i][0] += h_sum
+            total_iv_handle[i][1] += h_n
         queues[qid] = {"figures": fig, "theory": textbook(sc, qid), "intervals": intervals,
                        "queue_length_plot": {"bucket_s": _r(qs.bucket_w), "max": qs.buckets}}
-        t = qs.total
-        for name in ("offered", "answered", "abandoned", "short_abandoned", "overflowed", "waited", "within"):
-            setattr(total, name, getattr(total, name) + getattr(t, name))
-        total.wait_sum += t.wait_sum
-        total.wait_all_sum += t.wait_all_sum
-        total.max_len = max(total.max_len, t.max_len)
-        assert total.waits is not None and t.waits is not None
-        total.waits.extend(t.waits)
+        _merge(total, qs.total)
         handle_sum += qs.handle_sum
         handle_n += qs.handle_n
     agents: dict[str, Any] = {}
@@ -316,7 +333,7 @@ def build_report(stats: Collector, seed: int) -> dict[str, Any]:
         agents[agent_id] = {"occupancy": _r(_div(busy, staffed)), "calls_handled": stats.agent_calls[agent_id],
                             "staffed_s": _r(staffed), "not_ready_s": _r(times[AgentState.NOT_READY])}
     occ = [a["occupancy"] for a in agents.values() if a["occupancy"] is not None]
-    total_fig = _figures(total, _div(handle_sum, handle_n))
+    total_fig = _figures(total, _div(handle_sum, handle_n), with_aht=True)
     total_fig["mean_occupancy"] = _r(sum(occ) / len(occ)) if occ else None
     return {
         "scenario": sc.name,
@@ -331,6 +348,8 @@ def build_report(stats: Collector, seed: int) -> dict[str, Any]:
         "faults": stats.faults,
         "dead_letters": stats.dead_letters,
         "total": total_fig,
+        "total_intervals": [{"start_s": i * sc.interval_s, "warmup": i * sc.interval_s < stats.start,
+                             **_figures(c, _div(*total_iv_handle[i]), with_aht=True)} for i, c in enumerate(total_iv)],
         "queues": queues,
         "agents": agents,
     }
@@ -413,6 +432,15 @@ def _fmt(v: Any) -> str:
     return "—" if v is None else str(v)
 
 
+def _interval_table(intervals: list[dict[str, Any]]) -> str:
+    rows = "".join(f"<tr><td>{iv['start_s']:.0f}{' (warm-up)' if iv['warmup'] else ''}</td><td>{iv['offered']}</td>"
+                   f"<td>{iv['answered']}</td><td>{iv['abandoned']}</td><td>{_fmt(iv['asa_s'])}</td>"
+                   f"<td>{_fmt(iv['sl'])}</td><td>{_fmt(iv['p_wait'])}</td><td>{_fmt(iv.get('aht_s'))}</td>"
+                   f"<td>{iv['max_queue_length']}</td></tr>" for iv in intervals)
+    return ("<details><summary>per interval</summary><table><tr><th>start s</th><th>offered</th><th>answered</th>"
+            f"<th>abandoned</th><th>ASA</th><th>SL</th><th>P(wait)</th><th>AHT</th><th>max len</th></tr>{rows}</table></details>")
+
+
 def to_html(report: dict[str, Any], waits: dict[str, list[float]] | None = None) -> str:
     """One self-contained page: figures, and per queue the wait-time curve against Erlang, the
     queue length over time and the service level per interval (inline SVG, no scripts)."""
@@ -424,7 +452,7 @@ def to_html(report: dict[str, Any], waits: dict[str, list[float]] | None = None)
            f"<p>duration {report['duration_s']} s, warm-up {report['warmup_s']} s, interval {report['interval_s']} s; "
            f"calls created {report['calls']['created']}, events {report['events']}, dead letters {report['dead_letters']}, "
            f"faults {len(report['faults'])}.</p>",
-           "<h2>Total</h2>", _table(report["total"], None)]
+           "<h2>Total</h2>", _table(report["total"], None), _interval_table(report["total_intervals"])]
     for qid, q in report["queues"].items():
         fig, theory = q["figures"], q["theory"]
         out.append(f"<h2>Queue {html.escape(qid)}</h2>")
@@ -454,12 +482,7 @@ def to_html(report: dict[str, Any], waits: dict[str, list[float]] | None = None)
         sl = [iv["sl"] for iv in q["intervals"]]
         plots.append(_svg_bars(sl, theory.get("sl") if theory else None, "service level per interval"))
         out.append("<div class='plots'>" + "".join(plots) + "</div>")
-        rows = "".join(f"<tr><td>{iv['start_s']:.0f}{' (warm-up)' if iv['warmup'] else ''}</td><td>{iv['offered']}</td>"
-                       f"<td>{iv['answered']}</td><td>{iv['abandoned']}</td><td>{_fmt(iv['asa_s'])}</td>"
-                       f"<td>{_fmt(iv['sl'])}</td><td>{_fmt(iv['p_wait'])}</td><td>{iv['max_queue_length']}</td></tr>"
-                       for iv in q["intervals"])
-        out.append("<details><summary>per interval</summary><table><tr><th>start s</th><th>offered</th><th>answered</th>"
-                   f"<th>abandoned</th><th>ASA</th><th>SL</th><th>P(wait)</th><th>max len</th></tr>{rows}</table></details>")
+        out.append(_interval_table(q["intervals"]))
     occ = "".join(f"<tr><td>{html.escape(a)}</td><td>{_fmt(v['occupancy'])}</td><td>{v['calls_handled']}</td></tr>"
                   for a, v in report["agents"].items())
     out.append(f"<h2>Agents</h2><details><summary>occupancy per agent</summary><table><tr><th>agent</th>"

@@ -284,6 +284,9 @@ def test_report_figures_on_a_hand_computed_day():
     assert q["aht_s"] == pytest.approx(30.0)
     iv = r["queues"]["q"]["intervals"]
     assert [i["offered"] for i in iv] == [4, 0]
+    assert iv[0]["aht_s"] == pytest.approx(30.0) and iv[1]["aht_s"] is None
+    assert [i["offered"] for i in r["total_intervals"]] == [4, 0]
+    assert r["total_intervals"][0]["sl"] == pytest.approx(2 / 3)
     occ = r["agents"]["solo"]
     assert occ["occupancy"] == pytest.approx(60 / 200, abs=0.01)  # on calls 10..70 of 0..200
 
