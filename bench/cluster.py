@@ -170,23 +170,31 @@ def main() -> None:
     kw = dict(agents_per_shard=args.agents_per_shard, queues_per_shard=args.queues_per_shard,
               concurrency=args.concurrency, warmup_s=args.warmup_s, measure_s=args.measure_s,
               max_delay_s=args.max_delay_ms / 1000)
-    one = throughput(1, **kw)
-    print(f"1 shard host : {one['calls_per_s']:9.0f} calls/s", flush=True)
-    two = throughput(2, **kw)
+    skip = set(filter(None, args.skip.split(",")))
+    if "scale" in skip:
+        one = two = {"calls_per_s": float("nan"), "cross_msgs_per_s": float("nan"), "mean_batch": 0}
+    else:
+        one = throughput(1, **kw)
+        print(f"1 shard host : {one['calls_per_s']:9.0f} calls/s", flush=True)
+        two = throughput(2, **kw)
     print(f"2 shard hosts: {two['calls_per_s']:9.0f} calls/s  cross-shard {two['cross_msgs_per_s']:.0f} msg/s "
           f"(mean batch {two['mean_batch']:.0f})", flush=True)
-    cross = cross_shard_rate(args.cross_msgs)
+    cross = {"msgs_per_s": float("nan"), "mean_batch": 0} if "cross" in skip else cross_shard_rate(args.cross_msgs)
     print(f"cross-shard flood: {cross['msgs_per_s']:.0f} msg/s (mean batch {cross['mean_batch']})", flush=True)
-    rec = recovery(args.recovery_agents, args.recovery_calls)
+    rec = ({"seconds": float("nan"), "inside_host_s": None, "before": {}, "after": {}} if "recovery" in skip
+           else recovery(args.recovery_agents, args.recovery_calls))
     print(f"recovery: {rec['seconds']:.2f} s (inside host {rec['inside_host_s']} s) actors before {rec['before']} "
           f"after {rec['after']}", flush=True)
+    def r(x, nd=0):
+        return None if x != x else round(x, nd) if nd else round(x)
+
     result = {
-        "scale_2_vs_1": round(two["calls_per_s"] / one["calls_per_s"], 3),
-        "calls_per_s_1": round(one["calls_per_s"]),
-        "calls_per_s_2": round(two["calls_per_s"]),
-        "cross_shard_msgs_per_s": round(cross["msgs_per_s"]),
-        "cross_shard_msgs_per_s_in_traffic": round(two["cross_msgs_per_s"]),
-        "shard_recovery_s": round(rec["seconds"], 3),
+        "scale_2_vs_1": r(two["calls_per_s"] / one["calls_per_s"], 3),
+        "calls_per_s_1": r(one["calls_per_s"]),
+        "calls_per_s_2": r(two["calls_per_s"]),
+        "cross_shard_msgs_per_s": r(cross["msgs_per_s"]),
+        "cross_shard_msgs_per_s_in_traffic": r(two["cross_msgs_per_s"]),
+        "shard_recovery_s": r(rec["seconds"], 3),
         "shard_recovery_inside_host_s": rec["inside_host_s"],
         "load_avg_1m": os.getloadavg()[0],
     }
