@@ -312,17 +312,57 @@ _TWO_SEPS = re.compile(r": [^\n]*: ")
 
 
 def _decode_all(raw: dict[str, str]) -> dict[str, str]:
-    """URL-decode every value with ONE unquote call: values are joined with NUL, which cannot
-    occur in a FreeSWITCH value (C strings); if the split count is off, decode one by one."""
-    vals = list(raw.values())
-    joined = "\x00".join(vals)
-    if "%" not in joined:
-        return dict(raw)
-    if "\x00" not in joined.replace("\x00", "", len(vals) - 1) and "%00" not in joined:
-        dec = unquote(joined, errors="replace").split("\x00")
-        if len(dec) == len(vals):
-            return dict(zip(raw.keys(), dec, strict=True))
-    return {k: (unquote(v, errors="replace") if "%" in v else v) for k, v in raw.items()}
+    """URL-decode every value (and the rare name containing '%'), one ``unquote`` per value that
+    needs it. The slow path: :func:`_split_decode` does the common case in C."""
+    out = {}
+    for k, v in raw.items():
+        if "%" in k:
+            k = unquote(k, errors="replace")
+        if k not in out:
+            out[k] = unquote(v, errors="replace") if "%" in v else v
+    return out
+
+
+_JSON_HEADERS = msgspec.json.Decoder(dict[str, str])
+_HIGH_ESCAPE = re.compile(rb"%[89A-Fa-f]")
+
+
+def _split_decode(head: bytes, decode: bool = True) -> dict[str, str] | None:
+    """Split AND URL-decode a plain inner header block in one pass of C code, or None.
+
+    FreeSWITCH URL-encodes every value (no raw '"', '\\', ':', ' ', CR/LF or control bytes), so
+    ``Name: value\n...`` becomes a JSON object by three ``bytes.replace`` calls: ': ' -> '":"',
+    newline -> '","', and '%' -> '\\u00' (so that %XX turns into the code point U+00XX, which
+    msgspec's decoder then produces). Escapes of bytes >= 0x80 are the UTF-8 bytes of one
+    character: values holding them are re-read as latin-1 -> UTF-8 (exactly what ``unquote``
+    does). Whenever the block is not of that strict shape (a quote or backslash anywhere, a line
+    without exactly one ': ', duplicated or empty names, a '%' not followed by two hex digits,
+    control bytes, invalid UTF-8, raw non-ASCII together with high escapes), the JSON is invalid
+    or the checks below fail and the caller takes the line-by-line slow path, which decides
+    validity and error messages. Names are decoded too (FreeSWITCH never encodes names, and the
+    slow path does the same), so both paths agree on every input. ``decode=False`` skips the
+    '%' step: values stay as on the wire (``raw_headers``).
+    """
+    if b'"' in head or b"\\" in head:
+        return None
+    js = head.replace(b": ", b'":"').replace(b"\n", b'","')
+    if decode:
+        js = js.replace(b"%", b"\\u00")
+    try:
+        d = _JSON_HEADERS.decode(b'{"' + js + b'"}')
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    if len(d) != head.count(b"\n") + 1 or "" in d:
+        return None  # duplicated names (first must win), or an empty name (an error)
+    if decode and _HIGH_ESCAPE.search(head) is not None:
+        if not head.isascii():
+            return None
+        for k, v in d.items():
+            if not v.isascii():
+                d[k] = v.encode("latin-1").decode("utf-8", "replace")
+        if not all(k.isascii() for k in d):
+            return None
+    return d
 
 
 class _PlainEvent(EslEvent):
@@ -334,9 +374,10 @@ class _PlainEvent(EslEvent):
     are first read (``EslParser(eager_events=True)`` moves that check into ``next_frame``).
     """
 
-    __slots__ = ("_head", "_what")
+    __slots__ = ("_head", "_name", "_what")
 
     def __init__(self, head: bytes, body: str | bytes, what: str) -> None:
+        self._name = None
         self._raw = None
         self._decoded = None
         self._head = head
@@ -348,15 +389,34 @@ class _PlainEvent(EslEvent):
     def raw_headers(self) -> dict:
         raw = self._raw
         if raw is None:
-            raw = self._raw = _split_header_text(self._head.decode("utf-8", "replace"), self._what)
+            head = self._head
+            if b"\r" not in head:
+                head = head.strip(b"\n")
+                raw = _split_decode(head, decode=False) if head else {}
+            if raw is None:
+                raw = _split_header_text(head.decode("utf-8", "replace"), self._what)
+            self._raw = raw
         return raw
 
     @property
     def headers(self) -> dict:
         d = self._decoded
         if d is None:
-            d = self._decoded = _decode_all(self.raw_headers)
+            head = self._head
+            if b"\r" not in head:
+                head = head.strip(b"\n")
+                d = _split_decode(head) if head else {}
+            if d is None:
+                d = _decode_all(self.raw_headers)
+            self._decoded = d
         return d
+
+    @property
+    def name(self) -> str | None:
+        v = self._name
+        if v is None:
+            v = self._name = self.get("Event-Name")
+        return v if isinstance(v, str) else None
 
     def get(self, name: str, default: object = None) -> object:
         if self._decoded is not None:

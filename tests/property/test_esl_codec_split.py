@@ -214,3 +214,49 @@ def test_mutated_captures_only_raise_remote_protocol_error(idx: int, data, eager
                                                    for d in (-3, -1, 1, 2)]))
                 stream[hit.start(1):hit.end(1)] = new
     _only_protocol_errors(bytes(stream), data.draw(st.integers(0, 700)), eager)
+
+
+# --------------------------------------------------------------------- one-pass split == slow split
+
+_block_piece = st.sampled_from([
+    b"Event-Name", b"Unique-ID", b": ", b"\n", b"value", b"%20", b"%3A", b"%C3%A9", b"%E2%82",
+    b"%", b"%Z", b"%0a", b"%00", b'"', b"\\", b"\t", b"\xc3\xa9", b"\xff", b"a%41b", b":", b" ",
+    b"%41-Name", b"", b"Event-Name: X\n", b"\\u0041"])
+
+
+def _slow_decoded(head: bytes) -> dict | Exception:
+    try:
+        return c._decode_all(c._split_header_text(head.decode("utf-8", "replace"), "t"))
+    except RemoteProtocolError as exc:
+        return exc
+
+
+@settings(max_examples=600, deadline=None)
+@given(head=st.one_of(st.lists(_block_piece, max_size=30).map(b"".join),
+                      st.binary(max_size=80)))
+def test_one_pass_split_agrees_with_line_by_line_split(head: bytes) -> None:
+    """``_split_decode`` (JSON trick) must give exactly what the slow path gives, or step aside
+    (None); it must never accept a block the slow path rejects."""
+    head = head.replace(b"\r", b"").strip(b"\n")
+    if not head:
+        return
+    slow = _slow_decoded(head)
+    fast = c._split_decode(head)
+    if fast is not None:
+        assert not isinstance(slow, Exception), (head, fast)
+        assert fast == slow
+    raw = c._split_decode(head, decode=False)
+    if raw is not None:
+        assert raw == c._split_header_text(head.decode("utf-8", "replace"), "t")
+
+
+def test_one_pass_split_is_taken_for_freeswitch_events() -> None:
+    """The fast path must actually serve real FreeSWITCH events (else the bench figure lies)."""
+    frames = [f for s in STREAMS for f in _prefix_frames(s)
+              if isinstance(f.event, c._PlainEvent)]
+    assert frames
+    heads = [f.event._head.strip(b"\n") for f in frames if b"\r" not in f.event._head]
+    fast = [h for h in heads if c._split_decode(h) is not None]
+    assert len(fast) >= 0.9 * len(heads)
+    for h in fast[:200]:
+        assert c._split_decode(h) == _slow_decoded(h)
