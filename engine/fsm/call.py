@@ -287,8 +287,11 @@ def _drop_leg(call: Call, leg: Leg, out: Out, cause: str, t: float, *, hangup: b
 def _ring(call: Call, out: Out, t: float, destination: str, timeout_s: float, role: str, **ids: str) -> Call:
     call, leg_id = _new_leg_id(call)
     leg = Leg(id=leg_id, destination=destination, role=role, **ids)  # type: ignore[arg-type]
+    # the leg carries who and why it rings as channel variables, so after a restart the switch's own
+    # channel list tells which agent is on which leg (recovery rebuilds from it)
+    variables = {"callengine_role": role, **{f"callengine_{k}": v for k, v in sorted(ids.items()) if v}}
     _media(out, MediaOriginate(call_id=call.call_id, leg=leg_id, node=call.node, destination=destination,
-                               timeout_s=timeout_s, caller_id=call.caller_id))
+                               timeout_s=timeout_s, caller_id=call.caller_id, variables=variables))
     timers = start_timer(call.timers, out, f"ring:{leg_id}", t + timeout_s)
     return replace(call, legs=call.legs + (leg,), timers=timers)
 

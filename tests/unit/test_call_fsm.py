@@ -359,3 +359,11 @@ def test_connect_agent_outside_waiting_never_rings(state):
     assert after == before and media(effects) == []
     reasons = {s.message.reason for s in sends(effects, kind=OfferFailed)}
     assert reasons == ({"answered_elsewhere"} if state in (S.ACTIVE, S.HELD, S.TRANSFERRING) else {"caller_gone"})
+
+
+def test_agent_legs_carry_who_and_why_as_channel_variables():
+    _, effects = C.step(call_in(S.QUEUED), ConnectAgent(call_id="c1", at=2.0, queue_id="q1", offer_id="q1-o4",
+                                                        agent_id="a7", extension="1007"))
+    [orig] = media(effects, MediaOriginate)
+    assert orig.variables == {"callengine_role": "agent", "callengine_agent_id": "a7", "callengine_queue_id": "q1",
+                              "callengine_offer_id": "q1-o4"}
