@@ -14,14 +14,15 @@ from collections.abc import Sequence
 from engine import __version__
 
 #: modules that register sub-commands, in the order --help lists them
-SUBCOMMAND_MODULES: tuple[str, ...] = ("engine.cli", "sim.cli", "sim.freeswitch.cli")
+SUBCOMMAND_MODULES: tuple[str, ...] = ("engine.cli", "sim.cli", "sim.freeswitch.cli", "engine.cluster.cli")
 
 EPILOG = """\
 examples:
   callengine walkthrough                 one call, every transition printed
   callengine sim examples/textbook/mmn.yaml --seed 1
   callengine fs-emulator --port 8021     FreeSWITCH stand-in on 127.0.0.1
-  callengine schema > messages.schema.json
+  callengine schema --out schema/        JSON Schema + AsyncAPI 3 of the CTI contract
+  callengine cluster --shards 2          shards on a local Ray
 """
 
 
@@ -33,6 +34,10 @@ def _walkthrough(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
+    if args.out:
+        from api.schema import schema_out
+
+        return schema_out(args)
     import msgspec
 
     from engine.messages import json_schema
@@ -54,7 +59,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                               description="A caller rings the sales queue; an agent answers, holds and retrieves; "
                                           "the caller hangs up. Prints every transition and effect, then the CDR.")
     p.set_defaults(func=_walkthrough)
-    p = subparsers.add_parser("schema", help="print the JSON Schema of every message, effect, CTI event and CDR")
+    p = subparsers.add_parser("schema", help="JSON Schema of every message, effect, CTI event and CDR "
+                                             "(--out DIR: also the API schema and the AsyncAPI 3 document)")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="write messages.schema.json, api.schema.json and asyncapi.yaml into DIR instead of printing")
     p.set_defaults(func=_schema)
     p = subparsers.add_parser("fsm", help="print the state machines' transition tables (Markdown)")
     p.set_defaults(func=_fsm)
