@@ -185,7 +185,8 @@ class MediaNode:
                  settings: OriginateSettings | None = None,
                  clock: Clock = trio.current_time,
                  bind: Callable[[str, str], None] | None = None,
-                 trace: Trace | None = None) -> None:
+                 trace: Trace | None = None,
+                 pending_originate_factor: float = 2.0) -> None:
         self.name = name
         self.sink = sink
         self.registry = registry if registry is not None else DeviceRegistry()
@@ -197,6 +198,11 @@ class MediaNode:
         self.mapper = EventMapper(name)
         #: Job-UUID -> the leg an originate in flight will create
         self.jobs: dict[str, ChannelId] = {}
+        #: Job-UUID -> when we stop waiting for its BACKGROUND_JOB (sent + factor x timeout):
+        #: a result lost with a connection would otherwise keep the call "in flight" forever
+        self.job_deadlines: dict[str, float] = {}
+        self.pending_originate_factor = pending_originate_factor
+        self.jobs_expired = 0
         self.link: EslLink | None = None
         #: call id -> outbound socket session controlling its caller's channel
         self.sessions: dict[str, Any] = {}
@@ -227,7 +233,9 @@ class MediaNode:
         now = self.clock()
         m = self.mapper(ev, now, self.table.by_uuid)
         if ev.name == "BACKGROUND_JOB":
-            job = self.jobs.pop(ev.get("Job-UUID"), None)  # type: ignore[arg-type]
+            job_uuid = ev.get("Job-UUID")
+            job = self.jobs.pop(job_uuid, None)  # type: ignore[arg-type]
+            self.job_deadlines.pop(job_uuid, None)  # type: ignore[arg-type]
             if job is None and m is not None:
                 return  # not an originate of this node's (or already reported)
         if m is None:
@@ -303,6 +311,8 @@ class MediaNode:
             return False
         if job is not None:
             self.jobs[job] = ChannelId(cmd.call_id, cmd.leg)
+            timeout = max(1.0, float(cmd.timeout_s))  # type: ignore[attr-defined]
+            self.job_deadlines[job] = self.clock() + self.pending_originate_factor * timeout
         try:
             for data in datas:
                 conn.command_nowait(data)
@@ -313,6 +323,45 @@ class MediaNode:
         if self.trace is not None:
             self.trace("command:" + type(cmd).__name__, cmd.call_id, self.clock())
         return True
+
+    def expire_jobs(self, now: float) -> list[ChannelId]:
+        """Forget originates whose BACKGROUND_JOB is overdue; returns their legs."""
+        deadlines = self.job_deadlines
+        if not deadlines:
+            return []
+        gone = [job for job, t in deadlines.items() if t <= now]
+        out = []
+        for job in gone:
+            del deadlines[job]
+            leg = self.jobs.pop(job, None)
+            if leg is not None:
+                out.append(leg)
+        self.jobs_expired += len(out)
+        return out
+
+    def overdue_originates(self, now: float,
+                           live_calls: Callable[[str], Iterable[str]] | None,
+                           cause: str) -> list[ChannelHangup]:
+        """Hangups for originates given up on (see :meth:`expire_jobs`): the leg, when no
+        channel of it exists, and the call (leg ``a``) when the engine still believes it live
+        here with no channel and nothing else in flight: as reconcile does for vanished calls."""
+        expired = self.expire_jobs(now)
+        if not expired:
+            return []
+        table = self.table
+        out = [ChannelHangup(call_id=c, leg=leg, at=now, node=self.name, cause=cause)
+               for c, leg in expired if not table.has_leg(c, leg)]
+        if live_calls is not None:
+            pending = {cid for cid, _ in self.jobs.values()}
+            have = table.calls()
+            mine = {c for c, _ in expired}
+            for call_id in list(live_calls(self.name)):
+                if call_id in mine and call_id not in have and call_id not in pending:
+                    mine.discard(call_id)
+                    if not any(m.call_id == call_id and m.leg == "a" for m in out):
+                        out.append(ChannelHangup(call_id=call_id, leg="a", at=now,
+                                                 node=self.name, cause=cause))
+        return out
 
     # ------------------------------------------------------------------ health
     @property
@@ -341,7 +390,7 @@ class MediaNode:
                 "ignored": dict(self.mapper.ignored), "commands": self.commands,
                 "commands_dropped": self.commands_dropped, "command_errors": self.command_errors,
                 "heartbeats": self.heartbeats, "channels": len(self.table),
-                "jobs_in_flight": len(self.jobs)}
+                "jobs_in_flight": len(self.jobs), "jobs_expired": self.jobs_expired}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,6 +410,7 @@ class EslLink:
                  live_calls: Callable[[str], Iterable[str]] | None = None,
                  vanished_cause: str = HangupCause.LOSE_RACE,
                  max_frame_bytes: int | None = None,
+                 job_sweep_s: float = 1.0,
                  rng: random.Random | None = None) -> None:
         self.config = config
         self.node = node
@@ -374,6 +424,7 @@ class EslLink:
         self.live_calls = live_calls
         self.vanished_cause = vanished_cause
         self.max_frame_bytes = max_frame_bytes
+        self.job_sweep_s = job_sweep_s
         self.rng = rng or random.Random()
         self.conn: EslConnection | None = None
         self.up = False
@@ -533,6 +584,7 @@ class EslLink:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(guarded, conn.serve)
                 nursery.start_soon(guarded, self._watchdog)
+                nursery.start_soon(guarded, self._sweep_jobs)
                 nursery.start_soon(guarded, start)
         finally:
             await conn.aclose()
@@ -548,6 +600,18 @@ class EslLink:
                 raise HeartbeatLost(f"no HEARTBEAT from node {self.name!r} for {age:.2f} s "
                                     f"({self.missed_heartbeats} missed)")
             await trio.sleep(max(0.001, limit - age + 1e-3))
+
+    async def _sweep_jobs(self) -> None:
+        """Give up on overdue originates while connected, so a call whose originate result was
+        lost (with a previous connection) is ended even when no further reconnect comes."""
+        node = self.node
+        while True:
+            await trio.sleep(self.job_sweep_s)
+            if not self.up:
+                continue  # reconcile runs first after a connect
+            for m in node.overdue_originates(node.clock(), self.live_calls, self.vanished_cause):
+                self.reconciled_hangups += 1
+                await node.deliver(m)
 
     # ------------------------------------------------------------------ reconcile
     async def _reconcile(self, conn: EslConnection) -> None:
@@ -603,12 +667,16 @@ class EslLink:
                 if _answered(row):
                     info.answered = True
                     out.append(ChannelAnswered(call_id=call_id, leg=leg, at=now, node=node.name))
-        # 3. calls the engine believes live here, with no channel and no originate in flight
+        # 3. calls the engine believes live here, with no channel and no originate in flight;
+        #    an originate older than its age limit counts as gone (its result may have been
+        #    lost with the old connection, and would otherwise shield the call forever)
+        out += node.overdue_originates(now, self.live_calls, self.vanished_cause)
         if self.live_calls is not None:
             pending = {cid for cid, _ in node.jobs.values()}
             have = table.calls()
+            said = {m.call_id for m in out if type(m) is ChannelHangup and m.leg == "a"}
             for call_id in list(self.live_calls(node.name)):
-                if call_id not in have and call_id not in pending:
+                if call_id not in have and call_id not in pending and call_id not in said:
                     out.append(ChannelHangup(call_id=call_id, leg="a", at=now, node=node.name,
                                              cause=self.vanished_cause))
         self.reconciled_hangups += sum(1 for m in out if type(m) is ChannelHangup)

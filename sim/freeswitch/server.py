@@ -110,8 +110,11 @@ class FreeSwitchEmulator:
                  heartbeat: float | None = 20.0, answer_delay: float = 0.02,
                  ring_delay: float = 0.005, playback_seconds: float = 1.0,
                  hostname: str = "emulator", originate_timeout: float = 60.0,
-                 calls_per_second: float = 0.0) -> None:
+                 calls_per_second: float = 0.0, honour_origination_uuid: bool = True) -> None:
         self.host = host
+        #: False emulates a switch that ignores origination_uuid (the adapter then learns the
+        #: leg's UUID from its CHANNEL_CREATE); real FreeSWITCH honours it
+        self.honour_origination_uuid = honour_origination_uuid
         self.requested_port = port
         self.password = password
         self.heartbeat = heartbeat
@@ -255,6 +258,13 @@ class FreeSwitchEmulator:
 
     def _fire(self, name: str, ch: Channel | None = None, extra: dict[str, str] | None = None,
               subclass: str | None = None, body: str | None = None) -> None:
+        # Rendering ~90 headers is most of the emulator's CPU: skip events no connection can
+        # want (by name/subclass; myevents and filters still decide per event below). The
+        # Event-Sequence counter advances anyway, as FreeSWITCH numbers every event it fires.
+        conns = self.connections
+        if not any(conn.may_want(name, subclass) for conn in conns):
+            self._seq += 1
+            return
         headers = self._render(name, ch, extra, subclass)
         ev = _Event(name, subclass, headers, body)
         times = 2 if self._duplicate > 0 else 1
@@ -296,8 +306,9 @@ class FreeSwitchEmulator:
         self.endpoints[destination] = Endpoint(answer_after, outcome, cause)
 
     def _new_channel(self, name: str, direction: str, caller: str, caller_name: str,
-                     destination: str, context: str = "public") -> Channel:
-        ch = Channel(uuid=new_uuid(), name=name, direction=direction, caller_number=caller,
+                     destination: str, context: str = "public",
+                     uuid: str | None = None) -> Channel:
+        ch = Channel(uuid=uuid or new_uuid(), name=name, direction=direction, caller_number=caller,
                      caller_name=caller_name, destination=destination,
                      created_us=self._now_us(), context=context)
         ch.variables.update({"direction": direction, "uuid": ch.uuid, "call_uuid": ch.uuid,
@@ -592,7 +603,14 @@ class FreeSwitchEmulator:
             return None, "CHAN_NOT_IMPLEMENTED"
         ep = self.endpoints.get(dest, Endpoint())
         name = f"{tech}/{rest}" if tech != "loopback" else f"loopback/{dest}-a"
-        ch = self._new_channel(name, "outbound", caller, caller_name, dest, context="default")
+        # switch_ivr_originate: {origination_uuid=...} becomes the new channel's UUID; one that
+        # is already in use fails the originate (switch_core_session_set_uuid refuses it; the
+        # cause the emulator reports for that is its own choice)
+        want_uuid = vars_.get("origination_uuid") if self.honour_origination_uuid else None
+        if want_uuid and want_uuid in self.channels:
+            return None, "DESTINATION_OUT_OF_ORDER"
+        ch = self._new_channel(name, "outbound", caller, caller_name, dest, context="default",
+                               uuid=want_uuid or None)
         ch.variables.update(vars_)
         ch.variables["originate_endpoint"] = tech
         if originator is not None:
@@ -1066,6 +1084,19 @@ class EslConnection:
 
     def abort(self) -> None:
         self._cancel.cancel()
+
+    def may_want(self, name: str, subclass: str | None) -> bool:
+        """Cheap pre-check of :meth:`wants` from the event name only (never a false no)."""
+        if not self.connected:
+            return False
+        events = self.events
+        if not events:
+            return self.myevents is not None
+        if "ALL" in events:
+            return True
+        if name not in events:
+            return False
+        return name != "CUSTOM" or subclass in self.subclasses
 
     def wants(self, ev: _Event) -> bool:
         if not self.connected:
