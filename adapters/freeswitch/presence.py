@@ -21,13 +21,14 @@ flag true to the switch.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import msgspec
 
 from adapters.freeswitch.mapping import DeviceEvent
 from engine.messages import DeviceState
 
-__all__ = ["DeviceRegistry", "Registration", "parse_show_registrations"]
+__all__ = ["DeviceRegistry", "PresenceBridge", "Registration", "parse_show_registrations"]
 
 
 class Registration(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,6 +115,63 @@ class DeviceRegistry:
             return []
         return [DeviceState(agent_id=agent, at=at, registered=now,
                             contact=self.contact(extension))]
+
+
+class PresenceBridge:
+    """Keeps logged-in agents' ``phone_registered`` true to the switch, from the moment of login.
+
+    The agent machine assumes "registered" until told otherwise, and the registry only speaks up on
+    a *change*. So at login the bridge tells the agent the current answer at once
+    (:meth:`on_login`: the ``DeviceState`` goes to the node BEFORE the ``AgentLogin``, so a queue
+    can never offer a call to the agent in between), and it maps the extension to the agent in the
+    registry so that every later register / unregister / expire of that extension reaches it
+    (``MediaNode`` delivers what the registry returns). ``node`` is anything with
+    ``deliver_nowait`` (and ``ask`` for :meth:`login`): ``engine.actors.Node``.
+
+    Usage (API layer, on AgentLogin)::
+
+        bridge = PresenceBridge(links.registry, node)
+        reply = await bridge.login(AgentLogin(agent_id=..., extension=..., at=now, ...))
+    """
+
+    def __init__(self, registry: DeviceRegistry, node: Any = None) -> None:
+        self.registry = registry
+        self.node = node
+        self._agents: dict[str, str] = {}       # extension -> agent id
+        self._extensions: dict[str, str] = {}   # agent id -> extension
+        self._fallback = registry.agent_for
+        registry.agent_for = self.agent_for
+
+    def agent_for(self, extension: str) -> str | None:
+        return self._agents.get(extension) or self._fallback(extension)
+
+    def watch(self, agent_id: str, extension: str) -> None:
+        old = self._extensions.pop(agent_id, None)
+        if old is not None and self._agents.get(old) == agent_id:
+            del self._agents[old]
+        self._agents[extension] = agent_id
+        self._extensions[agent_id] = extension
+
+    def unwatch(self, agent_id: str) -> None:
+        ext = self._extensions.pop(agent_id, None)
+        if ext is not None and self._agents.get(ext) == agent_id:
+            del self._agents[ext]
+
+    def on_login(self, agent_id: str, extension: str, now: float) -> DeviceState:
+        """Watch the extension and deliver (and return) the agent's DeviceState right now."""
+        self.watch(agent_id, extension)
+        state = self.registry.device_state(agent_id, extension, now)
+        if self.node is not None:
+            self.node.deliver_nowait(state)
+        return state
+
+    def on_logout(self, agent_id: str) -> None:
+        self.unwatch(agent_id)
+
+    async def login(self, cmd: Any) -> Any:
+        """``on_login`` then ``node.ask(cmd)`` for an ``AgentLogin`` (returns the reply)."""
+        self.on_login(cmd.agent_id, cmd.extension, cmd.at)
+        return await self.node.ask(cmd)
 
 
 def parse_show_registrations(text: str, node: str = "") -> list[Registration]:

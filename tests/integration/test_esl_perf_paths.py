@@ -185,3 +185,89 @@ def test_reconcile_itself_ends_the_call_once_the_originate_is_overdue() -> None:
                        "live_calls": lambda name: list(live), "job_sweep_s": 60.0,
                        "heartbeat_s": 1.0},
         emu_kw={"heartbeat": 0.3})
+
+
+# ------------------------------------------------------------------------------ device state on login
+
+def test_registry_device_state_on_login_and_bridge_mapping() -> None:
+    from adapters.freeswitch.mapping import DeviceEvent
+    from adapters.freeswitch.presence import DeviceRegistry, PresenceBridge
+
+    delivered: list = []
+
+    class FakeNode:
+        def deliver_nowait(self, m) -> None:
+            delivered.append(m)
+
+    reg = DeviceRegistry({"2000": "old-agent"}.get)
+    bridge = PresenceBridge(reg, FakeNode())
+    st = bridge.on_login("alice", "1000", 1.0)
+    assert (st.agent_id, st.registered, st.at) == ("alice", False, 1.0) and delivered == [st]
+    out = reg.apply(DeviceEvent(extension="1000", registered=True, at=2.0, contact="sip:x",
+                                registration_id="c1"))
+    assert [(m.agent_id, m.registered) for m in out] == [("alice", True)]
+    assert reg.device_state("alice", "1000", 3.0).registered
+    assert bridge.agent_for("2000") == "old-agent"  # the registry's own lookup still answers
+    bridge.on_logout("alice")
+    assert reg.apply(DeviceEvent(extension="1000", registered=False, at=4.0,
+                                 registration_id="c1")) == []
+
+
+def test_unregistered_agent_is_never_rung_until_its_phone_registers() -> None:
+    """Engine end to end: the agent logs in through the PresenceBridge with its phone NOT
+    registered on the emulator; a call waits in the queue and no originate is sent. The phone
+    registers: the next call is offered to the agent and bridged to its extension."""
+    from adapters.freeswitch.nodes import MediaLinks, engine_live_calls
+    from adapters.freeswitch.presence import DeviceRegistry, PresenceBridge
+    from engine.actors import Ports, TaskSpec, open_node, route_by_destination
+    from engine.actors.ports import InMemoryCdrs, InMemoryCti, InMemoryReplies
+    from engine.fsm.queue import QueueConfig
+    from engine.messages import AgentLogin
+
+    async def main():
+        emu = FreeSwitchEmulator(heartbeat=0.5, answer_delay=0.01)
+        async with trio.open_nursery() as n:
+            await n.start(emu.run)
+            registry = DeviceRegistry()
+            links = MediaLinks([EslNodeConfig(name="fs1", port=emu.port)], registry=registry,
+                               heartbeat_s=0.5)
+            originates: list = []
+            orig_send = links.send
+
+            def send(cmd) -> None:
+                if isinstance(cmd, MediaOriginate):
+                    originates.append(cmd)
+                orig_send(cmd)
+
+            links.send = send  # type: ignore[method-assign]
+            ports = Ports(links, InMemoryCti(), InMemoryCdrs(), InMemoryReplies())
+            async with open_node(ports=ports, queues=[QueueConfig(queue_id="sales")],
+                                 agents=["alice"], router=route_by_destination({"5000": "sales"}),
+                                 media_links=[TaskSpec("esl", links.run)]) as node:
+                links.attach(node, engine_live_calls(node, links))
+                with trio.fail_after(5):
+                    await links.wait_all_up()
+                bridge = PresenceBridge(registry, node)
+                reply = await bridge.login(AgentLogin(agent_id="alice", at=trio.current_time(),
+                                                      extension="1000", queues=("sales",),
+                                                      ready=True))
+                assert reply.ok
+                await until(lambda: not node.runtime.state_of("agent", "alice").phone_registered)
+                first = await emu.place_inbound_call("2001", "5000")
+                await until(lambda: first.answer_state == "answered")  # the engine took it
+                await trio.sleep(0.5)
+                assert originates == [] and first.peer is None  # never rung
+                await emu.hangup(first.uuid)
+                emu.register_phone("1000")
+                await until(lambda: node.runtime.state_of("agent", "alice").phone_registered)
+                second = await emu.place_inbound_call("2002", "5000")
+                await until(lambda: second.peer is not None, timeout=5)
+                assert emu.channels[second.peer].destination == "1000"
+                assert [o.call_id for o in originates] == [second.uuid]
+            n.cancel_scope.cancel()
+
+    async def bounded():
+        with trio.fail_after(30):
+            await main()
+
+    trio.run(bounded)
