@@ -227,9 +227,33 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(CtiWireEvent)
 
 
+#: (class, data keys) -> True when every key is a declared field whose wire name is its attribute
+_DIRECT: dict[tuple[type, tuple[str, ...]], bool] = {}
+
+
+def _direct(cls: type, keys: tuple[str, ...]) -> bool:
+    known = _EXTRA[cls]
+    ok = cls is not CtiUnknown and all(known.get(k) == k for k in keys)
+    if len(_DIRECT) < 4096:
+        _DIRECT[(cls, keys)] = ok
+    return ok
+
+
 def to_wire(event: CtiEvent, seq: int | None = None) -> CtiBase:
     """The typed wire event for a machine's generic ``CtiEvent`` (``seq`` overrides the event's)."""
     cls = EVENT_TYPES.get(event.name, CtiUnknown)
+    data = event.data
+    keys = tuple(data)
+    direct = _DIRECT.get((cls, keys))
+    if direct is None:
+        direct = _direct(cls, keys)
+    if direct:  # the common case: every data key is a declared field (no renames, no leftovers)
+        try:
+            return cls(tenant=event.tenant, seq=event.seq if seq is None else seq, at=event.at,
+                       call_id=event.call_id, agent_id=event.agent_id, queue_id=event.queue_id,
+                       version=WIRE_VERSION, **data)
+        except TypeError:  # pragma: no cover - a wrong value type: the general path below decides
+            pass
     known = _EXTRA[cls]
     kwargs: dict[str, Any] = {}
     rest: dict[str, Scalar] = {}

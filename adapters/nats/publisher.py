@@ -9,6 +9,16 @@ Rules
    converts it to the typed wire event, publishes the batch to JetStream in ONE bridge crossing
    with ``Nats-Msg-Id = <tenant>:<seq>`` (a re-sent batch is deduplicated by the server) and
    ``traceparent``, then offers it to the local ``EventHub`` (WebSocket / Watch).
+   The batch is written as one buffer of HPUB frames built here (``subjects.cti_frame``); its
+   last message is a JetStream publish whose ack is the batch's barrier. Acks: one per batch, not
+   per message. A batch is re-sent (same Msg-Ids, so deduplicated) when the send fails or when
+   the ack shows the stream's sequence moved by less than the batch's size (a message was not
+   stored); with other writers on the stream the gap can only be larger, so a loss among
+   interleaved writes is not detected (the stream-state check is best effort there).
+   Pipelining: up to ``window`` batches are in flight (sent, ack awaited by the acker task, in
+   order); a batch reaches the hub only after its ack, so Watch's replay can always find what a
+   live watcher has seen. A re-sent batch can land after a later one in the stream (only when a
+   batch failed and the next did not); readers order by ``Cti-Seq``.
 3. Without a bridge (no NATS) the pump still sequences and fans out: the API works in memory.
 4. seq is assigned in the pump rather than in ``publish`` so that the first event of a tenant can
    wait (once) for the stream's last seq of that tenant; ordering is the buffer's order either way.
@@ -19,6 +29,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
@@ -27,6 +38,7 @@ from adapters.nats.subjects import (
     MSG_ID_HEADER,
     SEQ_HEADER,
     TRACE_HEADER,
+    cti_frame,
     event_subject,
     traceparent,
 )
@@ -41,11 +53,14 @@ class CtiPublisher:
     """``CtiPort`` for the engine's runtime; run ``run`` as a supervised task."""
 
     def __init__(self, bridge: NatsBridge | None = None, hub: EventHub | None = None, *,
-                 batch: int = 512, high_water: int = 200_000,
+                 batch: int = 512, high_water: int = 200_000, window: int = 4,
                  listeners: tuple[Callable[[list[tuple[CtiBase, str]]], None], ...] = ()) -> None:
         self.bridge = bridge
         self.hub = hub
         self.batch = batch
+        #: batches sent and not yet acknowledged, at most
+        self.window = max(1, window)
+        self._in_flight = 0
         self.high_water = high_water
         self.listeners = listeners
         self._buffer: deque[CtiEvent] = deque()
@@ -54,6 +69,16 @@ class CtiPublisher:
         self.overflowed = 0
         self.pumped = 0
         self.errors = 0
+        #: events too large for the server's max_payload (delivered locally, not published)
+        self.oversized = 0
+        #: batches the stream stored fewer messages of than sent (re-sent)
+        self.lost_batches = 0
+        #: events whose batch JetStream acknowledged
+        self.acked = 0
+        #: the stream sequence of the last acknowledged batch
+        self.stream_seq = 0
+        limit = int(getattr(getattr(bridge, "nc", None), "max_payload", 0) or 1 << 20)
+        self.max_payload = max(limit - 1024, 1024)
         self._idle = trio.Event()
         self._idle.set()
 
@@ -77,25 +102,75 @@ class CtiPublisher:
         return self._seq.get(tenant, 0)
 
     async def wait_idle(self) -> None:
-        """Wait until everything published so far has been pumped (tests, shutdown)."""
+        """Wait until everything published so far has been acknowledged and fanned out."""
         await self._idle.wait()
 
     # ---------------------------------------------------------------- the pump
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
+        """The pump (sequence, encode, send) and the acker (wait for each batch's ack in order,
+        then fan it out locally), joined by a bounded channel of ``window`` batches in flight."""
+        send, receive = trio.open_memory_channel[_Batch](self.window - 1 if self.bridge is not None else 0)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._acker, receive)
+            task_status.started()
+            await self._pumper(send)
+
+    async def _pumper(self, send: trio.MemorySendChannel[_Batch]) -> None:
         buffer = self._buffer
         while True:
             if not buffer:
-                self._idle.set()
+                self._check_idle()
                 await self._lot.park()
                 continue
             chunk = [buffer.popleft() for _ in range(min(self.batch, len(buffer)))]
-            await self._pump(chunk)
-            if not buffer:
-                self._idle.set()
+            self._in_flight += 1
+            await send.send(await self._encode_and_send(chunk))
 
-    async def _pump(self, chunk: list[CtiEvent]) -> None:
+    def _check_idle(self) -> None:
+        if not self._buffer and not self._in_flight:
+            self._idle.set()
+
+    async def _acker(self, receive: trio.MemoryReceiveChannel[_Batch]) -> None:
+        async for batch in receive:
+            if batch.future is not None or batch.frames is not None:
+                await self._confirm(batch)
+            if self.hub is not None:
+                self.hub.publish_batch(batch.delivered)
+            for listener in self.listeners:
+                listener(batch.delivered)
+            self.pumped += len(batch.delivered)
+            self._in_flight -= 1
+            self._check_idle()
+
+    async def _confirm(self, batch: _Batch) -> None:
+        """Wait for a batch's ack; re-send it (dedupe makes that safe) when the send failed or when
+        the stream's sequence moved by less than the batch holds (messages the stream did not
+        store). Gives up (``errors``) after three attempts: the events are still fanned out."""
+        bridge = self.bridge
+        assert bridge is not None and batch.frames is not None and batch.last is not None
+        future = batch.future
+        for attempt in range(3):
+            try:
+                if future is None:
+                    ack = await bridge.publish_frames(batch.frames, batch.count, batch.last)
+                else:
+                    ack = await bridge.wait_ack(future)
+                    future = None
+            except Exception:
+                self.errors += 1
+                future = None
+                await trio.sleep(0.05 * (attempt + 1))
+                continue
+            previous, self.stream_seq = self.stream_seq, ack.stream_seq
+            if attempt == 0 and previous and not ack.duplicate and ack.stream_seq - previous < batch.count + 1:
+                # other writers can only make the gap larger, so a smaller one is a loss
+                self.lost_batches += 1
+                continue
+            self.acked += batch.count + 1
+            return
+
+    async def _encode_and_send(self, chunk: list[CtiEvent]) -> _Batch:
         seqs = self._seq
         unknown = {e.tenant for e in chunk if e.tenant not in seqs}
         if unknown:
@@ -107,31 +182,46 @@ class CtiPublisher:
             for tenant in unknown:
                 seqs.setdefault(tenant, 0)
         delivered: list[tuple[CtiBase, str]] = []
-        outgoing: list[tuple[str, bytes, dict[str, str]]] = []
         bridge = self.bridge
+        #: (subject, payload, tenant, call_id, seq) of what goes to NATS
+        outgoing: list[tuple[str, bytes, str, str, int]] = []
+        limit = self.max_payload
+        local = self.hub is not None or bool(self.listeners)
         for event in chunk:
             tenant = event.tenant
             seq = seqs[tenant] + 1
             seqs[tenant] = seq
             wire = to_wire(event, seq)
             payload = encode_event(wire)
-            delivered.append((wire, payload.decode()))
+            delivered.append((wire, payload.decode() if local else ""))
             if bridge is not None:
-                headers = {MSG_ID_HEADER: f"{tenant}:{seq}", SEQ_HEADER: str(seq),
-                           TRACE_HEADER: traceparent(tenant, event.call_id, seq)}
+                if len(payload) > limit:  # the server would close the connection: never send it
+                    self.oversized += 1
+                    continue
                 subject = event_subject(tenant, event_kind(wire), event_id(wire), event_name(wire))
-                outgoing.append((subject, payload, headers))
-        if bridge is not None:
-            for attempt in range(3):
-                try:
-                    await bridge.publish_batch(outgoing)
-                    break
-                except Exception:
-                    # re-sending is safe: Nats-Msg-Id dedupes what already reached the stream
-                    self.errors += 1
-                    await trio.sleep(0.05 * (attempt + 1))
-        if self.hub is not None:
-            self.hub.publish_batch(delivered)
-        for listener in self.listeners:
-            listener(delivered)
-        self.pumped += len(chunk)
+                outgoing.append((subject, payload, tenant, event.call_id, seq))
+        batch = _Batch(delivered)
+        if bridge is not None and outgoing:
+            batch.frames = b"".join([cti_frame(*o) for o in outgoing[:-1]])
+            batch.count = len(outgoing) - 1
+            subject, payload, tenant, call_id, seq = outgoing[-1]
+            batch.last = (subject, payload, {MSG_ID_HEADER: f"{tenant}:{seq}", SEQ_HEADER: str(seq),
+                                             TRACE_HEADER: traceparent(tenant, call_id, seq)})
+            try:
+                batch.future = await bridge.send_frames(batch.frames, batch.count, batch.last)
+            except Exception:
+                self.errors += 1  # the acker re-sends it
+        return batch
+
+
+class _Batch:
+    """One batch between the pump and the acker."""
+
+    __slots__ = ("delivered", "frames", "count", "last", "future")
+
+    def __init__(self, delivered: list[tuple[CtiBase, str]]) -> None:
+        self.delivered = delivered
+        self.frames: bytes | None = None
+        self.count = 0
+        self.last: tuple[str, bytes, dict[str, str]] | None = None
+        self.future: Any = None
