@@ -25,7 +25,8 @@ The machine has two states: IDLE (nobody waiting) and WAITING (at least one call
 from __future__ import annotations
 
 import enum
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import msgspec
 
@@ -198,22 +199,28 @@ def _next_relax(config: QueueConfig, waiter: Waiter, now: float) -> float | None
     return None
 
 
-def _order(q: Queue, candidates: list[Member], required: dict[str, int], now: float) -> list[Member]:
-    strategy = q.config.strategy
+def _rank_key(strategy: str, required: dict[str, int], rr_cursor: str) -> Callable[[Member], tuple[Any, ...]]:
+    """The sort key that puts the best candidate first for ``strategy`` (ties: by agent id)."""
     if strategy == "skills-based":
-        def score(m: Member) -> int:
-            return sum(m.skills.get(s, 0) for s in required)
-        return sorted(candidates, key=lambda m: (-score(m), m.idle_since, m.agent_id))
+        return lambda m: (-sum(m.skills.get(s, 0) for s in required), m.idle_since, m.agent_id)
     if strategy == "least-talk-time":
-        return sorted(candidates, key=lambda m: (m.talk_time, m.idle_since, m.agent_id))
+        return lambda m: (m.talk_time, m.idle_since, m.agent_id)
     if strategy == "fewest-calls":
-        return sorted(candidates, key=lambda m: (m.calls_handled, m.idle_since, m.agent_id))
+        return lambda m: (m.calls_handled, m.idle_since, m.agent_id)
     if strategy == "round-robin":
-        ids = sorted(candidates, key=lambda m: m.agent_id)
-        after = [m for m in ids if m.agent_id > q.rr_cursor]
-        return after + [m for m in ids if m.agent_id <= q.rr_cursor]
+        # the next id after the last one offered, wrapping around
+        return lambda m: (m.agent_id <= rr_cursor, m.agent_id)
     # longest-idle and ring-all: who has waited longest for a call first
-    return sorted(candidates, key=lambda m: (m.idle_since, m.agent_id))
+    return lambda m: (m.idle_since, m.agent_id)
+
+
+def _order(q: Queue, candidates: list[Member], required: dict[str, int], rr_cursor: str) -> list[Member]:
+    """Candidates best first: all of them for ring-all, else just the best (a linear ``min``,
+    not a sort: this runs on every dispatch over every free agent)."""
+    key = _rank_key(q.config.strategy, required, rr_cursor)
+    if q.config.strategy == "ring-all":
+        return sorted(candidates, key=key)
+    return [min(candidates, key=key)]
 
 
 def _settle(q: Queue) -> Queue:
@@ -239,11 +246,10 @@ def _dispatch(q: Queue, out: Out, t: float) -> Queue:
         if waiter.call_id in pending_calls or waiter.overdue:
             continue
         required = required_skills(cfg, waiter, t)
-        candidates = [m for m in free if _qualifies(m, required)]
+        candidates = [m for m in free if _qualifies(m, required)] if required else free
         if not candidates:
             continue
-        ordered = _order(replace(q, rr_cursor=rr), candidates, required, t)
-        chosen = ordered if cfg.strategy == "ring-all" else ordered[:1]
+        chosen = _order(q, candidates, required, rr)
         for member in chosen:
             offer_seq += 1
             offer_id = f"{cfg.queue_id}-o{offer_seq}"
