@@ -242,6 +242,7 @@ class CdrWriter:
             if self._backlog:
                 inflight.clear()
                 await self._commit_from_file()
+                await trio.lowlevel.checkpoint()  # never spin without yielding, whatever happened
                 continue
             if not inflight:
                 await self._wake_committer.park()
@@ -315,6 +316,7 @@ class CdrWriter:
         if not cdrs:
             return True
         if self.pg is None:
+            self._failed(Unavailable("no database configured"))
             return False
         months = {_month(c.created_at) for c in cdrs} - self._months
         try:
