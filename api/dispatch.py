@@ -245,7 +245,8 @@ class Api:
                     first = items[0][0].seq
                     if last and first > last + 1:
                         # published to the hub before we subscribed but not yet in JetStream when we
-                        # replayed: fetch the gap again (bounded)
+                        # replayed: wait until the publisher's acks cover it, then fetch it (bounded)
+                        await self.hub.wait_durable(principal.tenant, first - 1)
                         async for batch in self._replay(principal.tenant, last + 1, 0.0, accept,
                                                         until=first - 1):
                             if batch:

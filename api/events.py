@@ -155,6 +155,13 @@ class QueueLeft(CtiBase, tag="QUEUE_LEFT", frozen=True, kw_only=True):
     kind: ClassVar[str] = "queue"
 
 
+class QueueOfferLost(CtiBase, tag="QUEUE_OFFER_LOST", frozen=True, kw_only=True):
+    """A reservation the queue asked an agent for got no answer: released, the call is retried."""
+
+    offer_id: str = ""
+    kind: ClassVar[str] = "queue"
+
+
 # ---- agents ----------------------------------------------------------------------------------
 
 
@@ -183,6 +190,13 @@ class AgentLateAnswer(CtiBase, tag="AGENT_LATE_ANSWER", frozen=True, kw_only=Tru
     kind: ClassVar[str] = "agent"
 
 
+class AgentCallLost(CtiBase, tag="AGENT_CALL_LOST", frozen=True, kw_only=True):
+    """The agent's call stopped answering (probe timeout): the agent leaves it."""
+
+    reason: str = ""
+    kind: ClassVar[str] = "agent"
+
+
 # ---- engine ----------------------------------------------------------------------------------
 
 
@@ -208,7 +222,7 @@ CtiWireEvent = (
     | CallConferenced | CallRecordingStarted | CallRecordingStopped | CallInFlow | CallFlowEnded
     | CallOverflowed
     | CallEnded | QueueEntered | QueueLeft | AgentStateChanged | AgentDeviceChanged
-    | AgentOfferMissed | AgentLateAnswer | ActorError | CtiUnknown
+    | AgentOfferMissed | AgentLateAnswer | AgentCallLost | QueueOfferLost | ActorError | CtiUnknown
 )
 
 #: name -> Struct class

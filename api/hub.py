@@ -9,6 +9,8 @@ Rules
 3. Subscriptions are per tenant: an event is offered only to its own tenant's subscriptions,
    so isolation does not depend on every filter being right.
 4. Each event is encoded once; every subscriber gets the same bytes/str.
+5. Live delivery may run ahead of storage: ``durable`` is what the publisher's acks confirmed,
+   and a replay of recent seqs waits for it (``wait_durable``) before reading JetStream.
 """
 
 from __future__ import annotations
@@ -105,6 +107,25 @@ class EventHub:
         self._by_tenant: dict[str, list[Subscription]] = {}
         self.published = 0
         self.last_seq: dict[str, int] = {}
+        #: per tenant, the highest seq known to be stored in JetStream (acknowledged)
+        self.durable: dict[str, int] = {}
+        self._durable_lot = trio.lowlevel.ParkingLot()
+
+    def mark_durable(self, items: Iterable[Delivered]) -> None:
+        """The publisher's ack: these events are in JetStream (plain, non-blocking)."""
+        durable = self.durable
+        for event, _ in items:
+            if event.seq > durable.get(event.tenant, 0):
+                durable[event.tenant] = event.seq
+        self._durable_lot.unpark_all()
+
+    async def wait_durable(self, tenant: str, seq: int, timeout_s: float = 5.0) -> bool:
+        """Wait (bounded) until the tenant's events up to ``seq`` are stored; False on timeout."""
+        with trio.move_on_after(timeout_s):
+            while self.durable.get(tenant, 0) < seq:
+                await self._durable_lot.park()
+            return True
+        return False
 
     def subscribe(self, tenant: str, accept: Callable[[CtiBase], bool] | None = None,
                   capacity: int | None = None) -> Subscription:

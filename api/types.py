@@ -215,6 +215,9 @@ class WatchRequest(Req, frozen=True, kw_only=True):
     max_events: Annotated[int, Meta(ge=0, le=1_000_000)] = 0
     #: stop after this many seconds (0 = no limit); HTTP streams default to 60
     timeout_s: Annotated[float, Meta(ge=0, le=86_400)] = 0.0
+    #: WebSocket: deliver events batched, ``{"events": [...]}`` with one or more events per message
+    #: (in seq order), instead of one ``{"event": ...}`` message each; other transports ignore it
+    batch: bool = False
 
 
 class WatchEvent(Resp, frozen=True, kw_only=True):

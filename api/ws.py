@@ -8,6 +8,8 @@ Frames (JSON text; binary frames are parsed the same way)::
     <- {"id": 2, "result": {"watching": true}}
     <- {"event": {"type": "CALL_HELD", "tenant": "acme", "seq": 42, ...}}
     -> {"id": 3, "method": "Events/Unwatch"}
+    -> {"id": 4, "method": "Events/Watch", "params": {"batch": true}}       (opt-in batching)
+    <- {"events": [{"type": "CALL_HELD", "seq": 43, ...}, {"type": "CALL_RETRIEVED", "seq": 44, ...}]}
 
 Rules
 1. Authentication at the handshake (``Authorization: Bearer``, or ``?token=`` for browsers) or with
@@ -16,7 +18,11 @@ Rules
 2. Robustness: malformed JSON gets an error frame (the connection stays); messages larger than
    ``max_message_size`` close the connection (1009, trio-websocket); the server pings every
    ``ping_interval_s`` and drops a peer that does not answer within ``ping_timeout_s``.
-3. A bounded outgoing queue per client: when it is full the client is slow; it gets one
+3. Each event is encoded once (by the publisher) and every watcher gets the same JSON text; a
+   connection only wraps it. A watcher that asked for ``batch`` gets every event queued while the
+   previous message was being written in ONE message (``{"events": [...]}``, seq order, at most
+   ``max_batch``): under load the messages grow instead of the latency; idle, each goes at once.
+4. A bounded outgoing queue per client (counted in events): when it is full the client is slow; it gets one
    RESOURCE_EXHAUSTED error frame naming the seq to resume from and is closed (1013). The engine
    and the other clients never wait for it. On reconnect, Watch with ``from_seq`` replays the
    missed events from JetStream and continues live.
@@ -25,6 +31,7 @@ Rules
 from __future__ import annotations
 
 import logging
+from collections import deque
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -58,13 +65,15 @@ class _Token(msgspec.Struct, kw_only=True):
 class WsServer:
     def __init__(self, api: Api, *, max_message_size: int = 64 * 1024, out_queue: int = 1000,
                  ping_interval_s: float = 20.0, ping_timeout_s: float = 10.0,
-                 max_in_flight: int = 16) -> None:
+                 max_in_flight: int = 16, max_batch: int = 512) -> None:
         self.api = api
         self.max_message_size = max_message_size
         self.out_queue = out_queue
         self.ping_interval_s = ping_interval_s
         self.ping_timeout_s = ping_timeout_s
         self.max_in_flight = max_in_flight
+        #: most events in one batched message
+        self.max_batch = max(1, max_batch)
         self.connections = 0
         self.dropped_slow = 0
         self.dropped_unresponsive = 0
@@ -103,7 +112,14 @@ class _Connection:
         self.api = server.api
         self.ws = ws
         self.principal = principal
-        self.out_send, self.out_recv = trio.open_memory_channel[str](server.out_queue)
+        #: outgoing: complete frames (str) and runs of (seq, event JSON)
+        self.out: deque[str | list[tuple[int, str]]] = deque()
+        #: first seq of the event message being written (None when none)
+        self.sending_from: int | None = None
+        #: frames + events queued (the slow-consumer bound counts events, batched or not)
+        self.queued = 0
+        self.batching = False
+        self._wake = trio.lowlevel.ParkingLot()
         self.watch_scope: trio.CancelScope | None = None
         self.last_seq = 0
         self.in_flight = trio.Semaphore(server.max_in_flight)
@@ -129,10 +145,34 @@ class _Connection:
         """Queue a frame; a full queue means a slow client: tell it and drop it."""
         if self.closing:
             return
-        try:
-            self.out_send.send_nowait(frame)
-        except trio.WouldBlock:
+        if self.queued >= self.server.out_queue:
             self.nursery.start_soon(self._drop_slow)
+            return
+        self.out.append(frame)
+        self.queued += 1
+        self._wake.unpark()
+
+    def push_events(self, events: list[tuple[int, str]]) -> bool:
+        """Queue (seq, event JSON)s (each encoded once, shared by every watcher); False when the
+        client was found slow (queue full) and is being dropped."""
+        if self.closing:
+            return False
+        if self.queued + len(events) > self.server.out_queue:
+            self.nursery.start_soon(self._drop_slow)
+            return False
+        self.out.append(events)
+        self.queued += len(events)
+        self._wake.unpark()
+        return True
+
+    def resume_seq(self) -> int:
+        """The seq a dropped client resumes from: the first event it may not have received."""
+        if self.sending_from is not None:
+            return self.sending_from
+        for item in self.out:
+            if not isinstance(item, str) and item:
+                return item[0][0]
+        return self.last_seq + 1
 
     async def _drop_slow(self) -> None:
         if self.closing:
@@ -142,7 +182,7 @@ class _Connection:
         self.nursery.cancel_scope.cancel()
         frame = _encoder.encode({"id": None, "error": {
             "code": "RESOURCE_EXHAUSTED",
-            "message": f"slow consumer dropped: reconnect and Watch with from_seq={self.last_seq + 1}"}}).decode()
+            "message": f"slow consumer dropped: reconnect and Watch with from_seq={self.resume_seq()}"}}).decode()
         with trio.CancelScope(shield=True), trio.move_on_after(1):
             try:
                 await self.ws.send_message(frame)
@@ -151,8 +191,32 @@ class _Connection:
                 pass
 
     async def _writer(self) -> None:
-        async for frame in self.out_recv:
-            await self.ws.send_message(frame)
+        """Send what is queued: control frames one by one; for a batching watcher, all the events
+        queued back to back as one ``{"events": [...]}`` message (at most ``max_batch``)."""
+        out = self.out
+        limit = self.server.max_batch
+        while True:
+            while not out:
+                await self._wake.park()
+            item = out.popleft()
+            if isinstance(item, str):
+                self.queued -= 1
+                await self.ws.send_message(item)
+                continue
+            if not self.batching:
+                for seq, event_json in item:
+                    self.sending_from = seq
+                    await self.ws.send_message('{"event":' + event_json + "}")
+                    self.queued -= 1
+                self.sending_from = None
+                continue
+            events = list(item)
+            while out and not isinstance(out[0], str) and len(events) + len(out[0]) <= limit:
+                events.extend(out.popleft())
+            self.sending_from = events[0][0]
+            await self.ws.send_message('{"events":[' + ",".join([j for _, j in events]) + "]}")
+            self.sending_from = None
+            self.queued -= len(events)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -237,6 +301,7 @@ class _Connection:
         if self.watch_scope is not None:
             self.watch_scope.cancel()
         scope = self.watch_scope = trio.CancelScope()
+        self.batching = req.batch
         self.reply(frame.id, {"watching": True})
         self.nursery.start_soon(self._pump_events, frame.id, req, scope)
 
@@ -248,13 +313,12 @@ class _Connection:
                 scope.deadline = trio.current_time() + req.timeout_s
             try:
                 async for batch in self.api.watch(self.principal, req):
-                    for seq, event_json in batch:
-                        self.push('{"event":' + event_json + "}")
-                        self.last_seq = seq
-                        sent += 1
-                        if req.max_events and sent >= req.max_events:
-                            return
-                    if self.closing:
+                    if req.max_events and sent + len(batch) >= req.max_events:
+                        batch = batch[:req.max_events - sent]
+                    if batch and self.push_events(batch):
+                        self.last_seq = batch[-1][0]
+                        sent += len(batch)
+                    if self.closing or (req.max_events and sent >= req.max_events):
                         return
             except ApiError as error:
                 self.reply(frame_id, error=error)

@@ -143,6 +143,28 @@ class NatsBridge:
         store (``CtiPublisher``) and re-sends the batch (safe: ``Nats-Msg-Id`` dedupes)."""
         return await self.aio(self._send, frames, count, last)
 
+    async def send_many(self, batches: Sequence[tuple[bytes, int, Outgoing]]) -> list[Any]:
+        """``send_frames`` for several batches in one crossing (in order); their ack futures."""
+
+        async def send() -> list[Any]:
+            return [await self._send(frames, count, last) for frames, count, last in batches]
+
+        return await self.aio(send)
+
+    async def wait_acks(self, futures: Sequence[Any]) -> list[Published | BaseException]:
+        """The acks (or errors) of several ``send_frames`` batches, in one crossing."""
+
+        async def wait() -> list[Published | BaseException]:
+            out: list[Published | BaseException] = []
+            for future in futures:
+                try:
+                    out.append(await self._ack(future))
+                except Exception as error:
+                    out.append(error)
+            return out
+
+        return await self.aio(wait)
+
     async def wait_ack(self, future: Any) -> Published:
         """The ack of a ``send_frames`` batch (raises on error or after ``ack_timeout_s``)."""
         return await self.aio(self._ack, future)

@@ -16,8 +16,10 @@ Rules
    stored); with other writers on the stream the gap can only be larger, so a loss among
    interleaved writes is not detected (the stream-state check is best effort there).
    Pipelining: up to ``window`` batches are in flight (sent, ack awaited by the acker task, in
-   order); a batch reaches the hub only after its ack, so Watch's replay can always find what a
-   live watcher has seen. A re-sent batch can land after a later one in the stream (only when a
+   order). A batch reaches the hub (live watchers) as soon as it is encoded; the acker then marks
+   it durable in the hub (``EventHub.mark_durable``), and Watch waits for that before it reads a
+   gap back from JetStream, so a replay can always find what a live watcher has seen.
+   ``listeners`` (sinks) get a batch after its ack. A re-sent batch can land after a later one in the stream (only when a
    batch failed and the next did not); readers order by ``Cti-Seq``.
 3. Without a bridge (no NATS) the pump still sequences and fans out: the API works in memory.
 4. seq is assigned in the pump rather than in ``publish`` so that the first event of a tenant can
@@ -53,7 +55,7 @@ class CtiPublisher:
     """``CtiPort`` for the engine's runtime; run ``run`` as a supervised task."""
 
     def __init__(self, bridge: NatsBridge | None = None, hub: EventHub | None = None, *,
-                 batch: int = 512, high_water: int = 200_000, window: int = 4,
+                 batch: int = 512, high_water: int = 200_000, window: int = 16,
                  listeners: tuple[Callable[[list[tuple[CtiBase, str]]], None], ...] = ()) -> None:
         self.bridge = bridge
         self.hub = hub
@@ -108,13 +110,17 @@ class CtiPublisher:
     # ---------------------------------------------------------------- the pump
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The pump (sequence, encode, send) and the acker (wait for each batch's ack in order,
-        then fan it out locally), joined by a bounded channel of ``window`` batches in flight."""
-        send, receive = trio.open_memory_channel[_Batch](self.window - 1 if self.bridge is not None else 0)
+        """Three tasks joined by bounded channels (``window`` batches in flight at most):
+        the pump (sequence, encode, fan out to live watchers), the sender (write the batch to NATS:
+        one crossing) and the acker (wait for each batch's ack in order, mark it durable)."""
+        room = self.window - 1 if self.bridge is not None else 0
+        to_sender, sender_in = trio.open_memory_channel[_Batch](room)
+        to_acker, acker_in = trio.open_memory_channel[_Batch](room)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._acker, receive)
+            nursery.start_soon(self._acker, acker_in)
+            nursery.start_soon(self._sender, sender_in, to_acker)
             task_status.started()
-            await self._pumper(send)
+            await self._pumper(to_sender)
 
     async def _pumper(self, send: trio.MemorySendChannel[_Batch]) -> None:
         buffer = self._buffer
@@ -125,41 +131,83 @@ class CtiPublisher:
                 continue
             chunk = [buffer.popleft() for _ in range(min(self.batch, len(buffer)))]
             self._in_flight += 1
-            await send.send(await self._encode_and_send(chunk))
+            batch = await self._encode(chunk)
+            if self.hub is not None:
+                # live watchers get the batch now, not after NATS (a crossing and an ack can take
+                # tens of ms on a busy host); replays wait for ``hub.durable`` (the acks)
+                self.hub.publish_batch(batch.delivered)
+            await send.send(batch)
+
+    async def _sender(self, receive: trio.MemoryReceiveChannel[_Batch],
+                      send: trio.MemorySendChannel[_Batch]) -> None:
+        """Write batches to NATS: every batch waiting goes in ONE crossing (a crossing costs a few
+        asyncio loop turns, each a trio scheduling round: milliseconds on a busy node)."""
+        bridge = self.bridge
+        async for first in receive:
+            batches = [first]
+            while True:
+                try:
+                    batches.append(receive.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            wired = [b for b in batches if b.last is not None]
+            if bridge is not None and wired:
+                try:
+                    futures = await bridge.send_many([(b.frames or b"", b.count, b.last) for b in wired])
+                    for b, future in zip(wired, futures, strict=True):
+                        b.future = future
+                except Exception:
+                    self.errors += 1  # the acker re-sends what has no future
+            for b in batches:
+                await send.send(b)
 
     def _check_idle(self) -> None:
         if not self._buffer and not self._in_flight:
             self._idle.set()
 
     async def _acker(self, receive: trio.MemoryReceiveChannel[_Batch]) -> None:
-        async for batch in receive:
-            if batch.future is not None or batch.frames is not None:
-                await self._confirm(batch)
-            if self.hub is not None:
-                self.hub.publish_batch(batch.delivered)
-            for listener in self.listeners:
-                listener(batch.delivered)
-            self.pumped += len(batch.delivered)
-            self._in_flight -= 1
+        """Confirm batches in order; the acks of every batch waiting are collected in ONE crossing."""
+        bridge = self.bridge
+        async for first in receive:
+            batches = [first]
+            while True:
+                try:
+                    batches.append(receive.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            pending = [b for b in batches if b.future is not None]
+            if bridge is not None and pending:
+                results = await bridge.wait_acks([b.future for b in pending])
+                for b, result in zip(pending, results, strict=True):
+                    b.future = None
+                    b.ack = result
+            for batch in batches:
+                if batch.last is not None:
+                    await self._confirm(batch)
+                if self.hub is not None:
+                    self.hub.mark_durable(batch.delivered)
+                for listener in self.listeners:
+                    listener(batch.delivered)
+                self.pumped += len(batch.delivered)
+                self._in_flight -= 1
             self._check_idle()
 
     async def _confirm(self, batch: _Batch) -> None:
-        """Wait for a batch's ack; re-send it (dedupe makes that safe) when the send failed or when
+        """Check a batch's ack; re-send it (dedupe makes that safe) when the send failed or when
         the stream's sequence moved by less than the batch holds (messages the stream did not
         store). Gives up (``errors``) after three attempts: the events are still fanned out."""
         bridge = self.bridge
         assert bridge is not None and batch.frames is not None and batch.last is not None
-        future = batch.future
         for attempt in range(3):
-            try:
-                if future is None:
+            ack = batch.ack
+            batch.ack = None
+            if ack is None:
+                try:
                     ack = await bridge.publish_frames(batch.frames, batch.count, batch.last)
-                else:
-                    ack = await bridge.wait_ack(future)
-                    future = None
-            except Exception:
+                except Exception as error:
+                    ack = error
+            if isinstance(ack, BaseException):
                 self.errors += 1
-                future = None
                 await trio.sleep(0.05 * (attempt + 1))
                 continue
             previous, self.stream_seq = self.stream_seq, ack.stream_seq
@@ -170,7 +218,7 @@ class CtiPublisher:
             self.acked += batch.count + 1
             return
 
-    async def _encode_and_send(self, chunk: list[CtiEvent]) -> _Batch:
+    async def _encode(self, chunk: list[CtiEvent]) -> _Batch:
         seqs = self._seq
         unknown = {e.tenant for e in chunk if e.tenant not in seqs}
         if unknown:
@@ -207,17 +255,13 @@ class CtiPublisher:
             subject, payload, tenant, call_id, seq = outgoing[-1]
             batch.last = (subject, payload, {MSG_ID_HEADER: f"{tenant}:{seq}", SEQ_HEADER: str(seq),
                                              TRACE_HEADER: traceparent(tenant, call_id, seq)})
-            try:
-                batch.future = await bridge.send_frames(batch.frames, batch.count, batch.last)
-            except Exception:
-                self.errors += 1  # the acker re-sends it
         return batch
 
 
 class _Batch:
     """One batch between the pump and the acker."""
 
-    __slots__ = ("delivered", "frames", "count", "last", "future")
+    __slots__ = ("delivered", "frames", "count", "last", "future", "ack")
 
     def __init__(self, delivered: list[tuple[CtiBase, str]]) -> None:
         self.delivered = delivered
@@ -225,3 +269,5 @@ class _Batch:
         self.count = 0
         self.last: tuple[str, bytes, dict[str, str]] | None = None
         self.future: Any = None
+        #: the ack (``Published``) or the error of the first send
+        self.ack: Any = None
