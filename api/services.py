@@ -295,29 +295,19 @@ def _membership(join: bool) -> Handler:
         agent = _agent(ctx, agent_id)
         _queue(ctx, req.queue_id)
         tenant = ctx.principal.tenant
+        # the agent machine changes memberships at once, whatever its state (AgentJoinQueue /
+        # AgentLeaveQueue); while logged out they are kept for the next login
+        if join or req.queue_id in agent.queues:
+            command = m.AgentJoinQueue if join else m.AgentLeaveQueue
+            await _ask(ctx, command(agent_id=agent_id, at=_now(ctx), request_id=uuid.uuid4().hex,
+                                    queue_id=req.queue_id))
+        state = ctx.node.runtime.state_of("agent", agent_id)
+        queues = list(state.queues) if state is not None else []
         record = ctx.api.store_get_nowait(tenant, "agent", agent_id)
-        base = list(agent.queues) if agent.state.name != "LOGGED_OUT" else list(record.queues if record else [])
-        queues = [q for q in base if q != req.queue_id] + ([req.queue_id] if join else [])
         if record is not None:
             await ctx.api.store.update(tenant, "agent", msgspec.structs.replace(record, queues=queues))
-        if agent.state.name == "LOGGED_OUT":
-            return t.MembershipResponse(queue_id=req.queue_id, agent_id=agent_id, queues=queues,
-                                        effect="at_next_login")
-        if agent.state.name not in ("AVAILABLE", "NOT_READY"):
-            raise ApiError("FAILED_PRECONDITION",
-                           f"agent {agent_id} is {agent.state.name}: change queues when idle")
-        # The agent machine has no "change queues" message yet: re-login with the new set,
-        # keeping the agent's readiness (see docs/api.md; a JoinQueue message would be cleaner).
-        ready = agent.state.name == "AVAILABLE"
-        reason = agent.reason
-        await _ask(ctx, m.AgentLogout(agent_id=agent_id, at=_now(ctx), request_id=uuid.uuid4().hex))
-        await _ask(ctx, m.AgentLogin(agent_id=agent_id, at=_now(ctx), request_id=uuid.uuid4().hex,
-                                     extension=agent.extension, queues=tuple(queues),
-                                     skills=dict(agent.skills), tenant=tenant, ready=ready))
-        if not ready and reason and reason != "login":
-            await _ask(ctx, m.AgentNotReady(agent_id=agent_id, at=_now(ctx), request_id=uuid.uuid4().hex,
-                                            reason=reason))
-        return t.MembershipResponse(queue_id=req.queue_id, agent_id=agent_id, queues=queues, effect="applied")
+        effect = "at_next_login" if agent.state.name == "LOGGED_OUT" else "applied"
+        return t.MembershipResponse(queue_id=req.queue_id, agent_id=agent_id, queues=queues, effect=effect)
 
     return handler
 
