@@ -521,6 +521,23 @@ class AgentCallEnded(Msg, tag="agent_call_ended", frozen=True, kw_only=True):
     queue_id: str = ""
 
 
+class ProbeCall(Msg, tag="probe_call", frozen=True, kw_only=True):
+    """Agent -> call: am I still connected to you? (a liveness check while ON_CALL)."""
+
+    call_id: str
+    at: float
+    agent_id: str
+
+
+class ProbeReply(Msg, tag="probe_reply", frozen=True, kw_only=True):
+    """Call -> agent: the answer to ``ProbeCall``."""
+
+    agent_id: str
+    at: float
+    call_id: str
+    connected: bool
+
+
 class TimerFired(Msg, tag="timer_fired", frozen=True, kw_only=True):
     """Host -> the actor that started the timer."""
 
@@ -544,6 +561,8 @@ RoutingMessage = (
     | OfferAnswered
     | OfferFailed
     | AgentCallEnded
+    | ProbeCall
+    | ProbeReply
     | TimerFired
 )
 

@@ -43,6 +43,8 @@ from engine.messages import (
     Message,
     OfferAnswered,
     OfferFailed,
+    ProbeCall,
+    ProbeReply,
     ReleaseReservation,
     ReservationAccepted,
     ReservationRejected,
@@ -90,6 +92,11 @@ class Agent(msgspec.Struct, frozen=True, kw_only=True):
     max_missed_offers: int = 3
     pending_logout: bool = False
     pending_not_ready: str = ""
+    #: while ON_CALL, how often the agent asks its call whether it is still connected, and how long it
+    #: waits for the answer: a lost AgentCallEnded (its message dead-lettered by a crash, or its
+    #: call actor gone) cannot leave an agent on a call forever
+    probe_interval_s: float = 300.0
+    probe_timeout_s: float = 30.0
     #: the last offer whose safety timer ran out (its call may still report an answer, see below)
     expired_offer: str = ""
     #: the agent's phone is registered (unknown counts as registered until told otherwise)
@@ -111,7 +118,7 @@ on = MACHINE.on
 
 AGENT_EVENTS: tuple[type, ...] = (
     *AgentCommand.__args__,
-    ReserveAgent, ReleaseReservation, OfferAnswered, OfferFailed, AgentCallEnded, TimerFired,
+    ReserveAgent, ReleaseReservation, OfferAnswered, OfferFailed, AgentCallEnded, ProbeReply, TimerFired,
 )
 
 
@@ -351,6 +358,7 @@ def _offer_answered(agent: Agent, msg: OfferAnswered, out: Out) -> Agent:
         return agent
     agent, t = _t(agent, msg.at)
     timers = cancel_timer(agent.timers, out, "offer")
+    timers = start_timer(timers, out, "probe", t + agent.probe_interval_s)
     return _go(replace(agent, timers=timers, call_id=msg.call_id, missed_offers=0), S.ON_CALL, out, t)
 
 
@@ -359,8 +367,15 @@ def _call_ended(agent: Agent, msg: AgentCallEnded, out: Out) -> Agent:
     if msg.call_id != agent.call_id:
         return agent
     agent, t = _t(agent, msg.at)
+    return _leave_call(agent, out, t)
+
+
+def _leave_call(agent: Agent, out: Out, t: float) -> Agent:
+    """The conversation is over: account it, stop probing, then wrap up (or go on)."""
     talk = agent.talk_time + max(0.0, t - agent.state_since)
-    agent = replace(agent, talk_time=talk, state_since=t, calls_handled=agent.calls_handled + 1, call_id="")
+    timers = cancel_timers(agent.timers, out, ("probe", "probe_timeout"))
+    agent = replace(agent, talk_time=talk, state_since=t, calls_handled=agent.calls_handled + 1, call_id="",
+                    timers=timers)
     if agent.pending_logout or agent.wrap_up_s <= 0:
         return _after_work(agent, out, t)
     timers = start_timer(agent.timers, out, "wrap", t + agent.wrap_up_s)
@@ -382,7 +397,28 @@ def _timer(agent: Agent, msg: TimerFired, out: Out) -> Agent:
         agent = replace(agent, missed_offers=agent.missed_offers + 1, call_id="", idle_since=t,
                         expired_offer=agent.offer_id)
         return _after_work(agent, out, t)
+    if msg.key == "probe" and agent.state is S.ON_CALL:
+        out.send("call", agent.call_id, ProbeCall(call_id=agent.call_id, at=t, agent_id=agent.agent_id))
+        return replace(agent, timers=start_timer(agent.timers, out, "probe_timeout", t + agent.probe_timeout_s))
+    if msg.key == "probe_timeout" and agent.state is S.ON_CALL:
+        return _call_lost(agent, out, t, "no answer from the call")
     return agent
+
+
+def _call_lost(agent: Agent, out: Out, t: float, why: str) -> Agent:
+    out.cti("AGENT_CALL_LOST", agent.tenant, t, agent_id=agent.agent_id, call_id=agent.call_id, reason=why)
+    return _leave_call(agent, out, t)
+
+
+@on([S.ON_CALL], ProbeReply)
+def _probe_reply(agent: Agent, msg: ProbeReply, out: Out) -> Agent:
+    if msg.call_id != agent.call_id or "probe_timeout" not in agent.timers:
+        return agent  # not the probe in flight
+    agent, t = _t(agent, msg.at)
+    timers = cancel_timer(agent.timers, out, "probe_timeout")
+    if not msg.connected:
+        return _call_lost(replace(agent, timers=timers), out, t, "the call no longer has this agent")
+    return replace(agent, timers=start_timer(timers, out, "probe", t + agent.probe_interval_s))
 
 
 @on([S.AVAILABLE, S.NOT_READY], OfferAnswered)
@@ -396,7 +432,9 @@ def _late_answer(agent: Agent, msg: OfferAnswered, out: Out) -> Agent:
     if not msg.offer_id or msg.offer_id != agent.expired_offer:
         return agent
     agent, t = _t(agent, msg.at)
-    agent = replace(agent, expired_offer="", call_id=msg.call_id, missed_offers=max(0, agent.missed_offers - 1))
+    timers = start_timer(agent.timers, out, "probe", t + agent.probe_interval_s)
+    agent = replace(agent, expired_offer="", call_id=msg.call_id, missed_offers=max(0, agent.missed_offers - 1),
+                    timers=timers)
     out.cti("AGENT_LATE_ANSWER", agent.tenant, t, agent_id=agent.agent_id, call_id=msg.call_id,
             queue_id=msg.queue_id)
     return _go(agent, S.ON_CALL, out, t)
@@ -407,6 +445,7 @@ on([S.LOGGED_OUT, S.AVAILABLE, S.ON_CALL, S.WRAP_UP, S.NOT_READY], ReleaseReserv
 on([S.LOGGED_OUT, S.ON_CALL, S.WRAP_UP], OfferAnswered)(ignore)
 on([S.LOGGED_OUT, S.AVAILABLE, S.RESERVED, S.WRAP_UP, S.NOT_READY], AgentCallEnded)(ignore)
 on([S.LOGGED_OUT], TimerFired)(ignore)
+on([S.LOGGED_OUT, S.AVAILABLE, S.RESERVED, S.WRAP_UP, S.NOT_READY], ProbeReply)(ignore)
 
 
 def step(agent: Agent, event: Message) -> tuple[Agent, list[Effect]]:

@@ -104,6 +104,8 @@ from engine.messages import (
     Pickup,
     PlaybackFinished,
     PlaybackStarted,
+    ProbeCall,
+    ProbeReply,
     QueueCall,
     QueueOverflow,
     RecordingStarted,
@@ -384,7 +386,7 @@ S = CallState
 CALL_EVENTS: tuple[type, ...] = (
     *MediaEvent.__args__,
     *CallCommand.__args__,
-    EnterFlow, RouteToQueue, RouteToExtension, QueueOverflow, ConnectAgent, TimerFired,
+    EnterFlow, RouteToQueue, RouteToExtension, QueueOverflow, ConnectAgent, ProbeCall, TimerFired,
 )
 
 # informational media events: the engine drove them or they change nothing here
@@ -660,6 +662,15 @@ def _connect_agent(call: Call, ev: ConnectAgent, out: Out) -> Call:
     leg = Leg(id="", destination=ev.extension, role="agent", agent_id=ev.agent_id, queue_id=ev.queue_id,
               offer_id=ev.offer_id)
     _offer_failed(out, call, leg, reason, t)
+    return call
+
+
+@on(list(CallState), ProbeCall)
+def _probe(call: Call, msg: ProbeCall, out: Out) -> Call:
+    """An agent asks whether it is still connected to this call (it never is once ENDED)."""
+    connected = call.state is not S.ENDED and bool(call.connected) and call.agent_id == msg.agent_id
+    out.send("agent", msg.agent_id, ProbeReply(agent_id=msg.agent_id, at=max(call.now, msg.at),
+                                               call_id=call.call_id, connected=connected))
     return call
 
 

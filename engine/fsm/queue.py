@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from engine.fsm.base import Machine, Out, cancel_timers, start_timer
+from engine.fsm.base import Machine, Out, cancel_timer, cancel_timers, start_timer
 from engine.messages import (
     AgentStatus,
     CallerLeft,
@@ -238,7 +238,7 @@ def _dispatch(q: Queue, out: Out, t: float) -> Queue:
         return _settle(q)
     pending_calls = {o.call_id for o in q.offers.values()}
     offers = dict(q.offers)
-    offer_seq, rr = q.offer_seq, q.rr_cursor
+    offer_seq, rr, timers = q.offer_seq, q.rr_cursor, q.timers
     cfg = q.config
     for waiter in sorted(q.waiting, key=lambda w: (-w.priority, w.seq)):
         if not free:
@@ -254,14 +254,16 @@ def _dispatch(q: Queue, out: Out, t: float) -> Queue:
             offer_seq += 1
             offer_id = f"{cfg.queue_id}-o{offer_seq}"
             offers[offer_id] = Offer(offer_id=offer_id, call_id=waiter.call_id, agent_id=member.agent_id)
+            timeout = cfg.ring_timeout_s + cfg.offer_grace_s
             out.send("agent", member.agent_id, ReserveAgent(
                 agent_id=member.agent_id, at=t, offer_id=offer_id, queue_id=cfg.queue_id,
-                call_id=waiter.call_id, timeout_s=cfg.ring_timeout_s + cfg.offer_grace_s,
-                wrap_up_s=cfg.wrap_up_s))
+                call_id=waiter.call_id, timeout_s=timeout, wrap_up_s=cfg.wrap_up_s))
+            # until the agent answers the reservation, only this queue can notice that it never will
+            timers = start_timer(timers, out, f"offer:{offer_id}", t + timeout)
             rr = member.agent_id
         chosen_ids = {m.agent_id for m in chosen}
         free = [m for m in free if m.agent_id not in chosen_ids]
-    return _settle(replace(q, offers=offers, offer_seq=offer_seq, rr_cursor=rr))
+    return _settle(replace(q, offers=offers, offer_seq=offer_seq, rr_cursor=rr, timers=timers))
 
 
 def _t(q: Queue, at: float) -> tuple[Queue, float]:
@@ -272,6 +274,7 @@ def _t(q: Queue, at: float) -> tuple[Queue, float]:
 def _leave(q: Queue, waiter: Waiter, out: Out, t: float, outcome: str) -> Queue:
     """The caller leaves the queue: cancel its timers, void its offers, count it once."""
     keys = [f"maxwait:{waiter.call_id}", f"relax:{waiter.call_id}"]
+    keys += [f"offer:{o.offer_id}" for o in q.offers_for(waiter.call_id)]
     timers = cancel_timers(q.timers, out, keys)
     offers = dict(q.offers)
     for offer in q.offers_for(waiter.call_id):
@@ -359,6 +362,8 @@ def _accepted(q: Queue, msg: ReservationAccepted, out: Out) -> Queue:
         return q
     offers = dict(q.offers)
     offers[msg.offer_id] = replace(offer, phase="ringing")
+    # from here the agent's own safety timer covers the offer (it rejects it as "expired")
+    q = replace(q, timers=cancel_timer(q.timers, out, f"offer:{msg.offer_id}"))
     member = q.members.get(msg.agent_id)
     extension = msg.extension or (member.extension if member else "")
     out.send("call", offer.call_id, ConnectAgent(call_id=offer.call_id, at=t, queue_id=q.queue_id,
@@ -375,6 +380,7 @@ def _rejected(q: Queue, msg: ReservationRejected, out: Out) -> Queue:
         return q
     offers = dict(q.offers)
     del offers[msg.offer_id]
+    q = replace(q, timers=cancel_timer(q.timers, out, f"offer:{msg.offer_id}"))
     members = dict(q.members)
     # the agent said no: its view here is stale until its next AgentStatus (which, sent later by the
     # same agent, arrives after this rejection)
@@ -399,7 +405,8 @@ def _answered(q: Queue, msg: OfferAnswered, out: Out) -> Queue:
     q, t = _t(q, msg.at)
     offers = dict(q.offers)
     offers.pop(msg.offer_id, None)
-    return _leave(replace(q, offers=offers), waiter, out, t, "answered")
+    timers = cancel_timer(q.timers, out, f"offer:{msg.offer_id}")
+    return _leave(replace(q, offers=offers, timers=timers), waiter, out, t, "answered")
 
 
 @on(list(S), OfferFailed)
@@ -409,7 +416,8 @@ def _failed(q: Queue, msg: OfferFailed, out: Out) -> Queue:
     q, t = _t(q, msg.at)
     offers = dict(q.offers)
     del offers[msg.offer_id]
-    return _retry_or_overflow(replace(q, offers=offers), msg.call_id, out, t)
+    timers = cancel_timer(q.timers, out, f"offer:{msg.offer_id}")
+    return _retry_or_overflow(replace(q, offers=offers, timers=timers), msg.call_id, out, t)
 
 
 @on(list(S), TimerFired)
@@ -418,7 +426,10 @@ def _timer(q: Queue, msg: TimerFired, out: Out) -> Queue:
         return q  # stale
     q, t = _t(q, msg.at)
     q = replace(q, timers=q.timers - {msg.key})
-    kind, _, call_id = msg.key.partition(":")
+    kind, _, ident = msg.key.partition(":")
+    if kind == "offer":
+        return _reservation_lost(q, ident, out, t)
+    call_id = ident
     waiter = q.waiter(call_id)
     if waiter is None:
         return q
@@ -434,6 +445,24 @@ def _timer(q: Queue, msg: TimerFired, out: Out) -> Queue:
             q = replace(q, timers=start_timer(q.timers, out, msg.key, due))
         return q
     return q
+
+
+def _reservation_lost(q: Queue, offer_id: str, out: Out, t: float) -> Queue:
+    """The agent never answered our ReserveAgent (lost, or its actor crashed on it).
+
+    Void the offer so the caller can be offered again; tell the agent in case it is reserved after
+    all. Its availability is left as its last status said: marking it busy here could leave a free
+    agent invisible to this queue forever, and a wrong guess only costs one rejected reservation.
+    """
+    offer = q.offers.get(offer_id)
+    if offer is None or offer.phase != "reserving":
+        return q
+    offers = dict(q.offers)
+    del offers[offer_id]
+    out.send("agent", offer.agent_id, ReleaseReservation(agent_id=offer.agent_id, at=t, offer_id=offer_id))
+    out.cti("QUEUE_OFFER_LOST", q.config.tenant, t, queue_id=q.queue_id, call_id=offer.call_id,
+            agent_id=offer.agent_id, offer_id=offer_id)
+    return _retry_or_overflow(replace(q, offers=offers), offer.call_id, out, t)
 
 
 def step(queue: Queue, event: Message) -> tuple[Queue, list[Effect]]:

@@ -172,10 +172,14 @@ class QueueMachine(RuleBasedStateMachine):
         assert self.q.state is (Q.QueueState.WAITING if waiting else Q.QueueState.IDLE)
 
     @invariant()
-    def timers_belong_to_waiting_callers(self):
+    def timers_belong_to_waiting_callers_and_pending_reservations(self):
         assert set(self.q.timers) == self.timers
         waiting = {w.call_id for w in self.q.waiting}
-        assert all(key.split(":", 1)[1] in waiting for key in self.timers)
+        reserving = {o.offer_id for o in self.q.offers.values() if o.phase == "reserving"}
+        for key in self.timers:
+            kind, ident = key.split(":", 1)
+            assert ident in (reserving if kind == "offer" else waiting), key
+        assert {f"offer:{o}" for o in reserving} <= self.timers, "a reservation nobody would time out"
 
 
 TestQueueMachine = QueueMachine.TestCase

@@ -215,3 +215,36 @@ def test_memberships_set_while_logged_out_survive_a_login_without_queues():
     assert statuses(effects) == []
     agent, effects = drive(agent, AgentLogin(agent_id="a1", at=1.0, extension="1001", ready=True))
     assert agent.queues == ("sales",) and statuses(effects)[0].queue_id == "sales"
+
+
+def test_probe_keeps_a_live_call_and_ends_a_lost_one():
+    from engine.messages import ProbeCall, ProbeReply
+
+    agent = agent_in(S.ON_CALL)
+    assert "probe" in agent.timers
+    probing, effects = drive(agent, TimerFired(key="probe", at=302.0))
+    [probe] = [e.message for e in effects if isinstance(e, Send)]
+    assert isinstance(probe, ProbeCall) and probe.call_id == "c1"
+    assert probing.timers == {"probe_timeout"}
+    alive, _ = drive(probing, ProbeReply(agent_id="a1", at=302.5, call_id="c1", connected=True))
+    assert alive.state is S.ON_CALL and alive.timers == {"probe"}
+    gone, effects = drive(probing, ProbeReply(agent_id="a1", at=302.5, call_id="c1", connected=False))
+    assert gone.state is S.WRAP_UP and gone.calls_handled == 1 and "probe" not in gone.timers
+    assert any(isinstance(e, PublishCti) and e.event.name == "AGENT_CALL_LOST" for e in effects)
+    silent, _ = drive(probing, TimerFired(key="probe_timeout", at=332.0))
+    assert silent.state is S.WRAP_UP
+    # a reply nobody asked for changes nothing
+    assert A.step(agent, ProbeReply(agent_id="a1", at=5.0, call_id="c1", connected=False)) == (agent, [])
+
+
+def test_call_answers_probes_truthfully():
+    from engine.fsm import call as C
+    from engine.messages import ProbeCall, ProbeReply
+    from tests.support.builders import call_in
+
+    for state, agent_id, expected in ((C.CallState.ACTIVE, "a1", True), (C.CallState.ACTIVE, "a2", False),
+                                      (C.CallState.HELD, "a1", True), (C.CallState.ENDED, "a1", False)):
+        call = call_in(state)
+        same, effects = C.step(call, ProbeCall(call_id="c1", at=9.0, agent_id=agent_id))
+        [reply] = [e.message for e in effects]
+        assert same == call and isinstance(reply, ProbeReply) and reply.connected is expected, (state, agent_id)

@@ -206,3 +206,19 @@ def test_service_level_counts_only_answers_within_the_threshold():
 def test_long_abandon_is_not_short():
     q, _ = drive(queue(short_abandon_s=5), caller("c1", at=0.0), CallerLeft(queue_id="q1", call_id="c1", at=5.0))
     assert q.stats.abandoned == 1 and q.stats.short_abandoned == 0
+
+
+def test_a_reservation_the_agent_never_answers_times_out_and_the_caller_is_offered_again():
+    q, effects = drive(queue(ring_timeout_s=20, offer_grace_s=10), status("a", idle=1), status("b", idle=2),
+                       caller("c1", at=0.0))
+    [r] = reserves(effects)
+    assert any(type(e).__name__ == "StartTimer" and e.key == f"offer:{r.offer_id}" and e.deadline == 30.0
+               for e in effects)
+    q, effects = drive(q, TimerFired(key=f"offer:{r.offer_id}", at=30.0))
+    assert sent(effects, ReleaseReservation)[0].agent_id == "a"
+    again = reserves(effects)
+    assert len(again) == 1 and again[0].call_id == "c1" and again[0].offer_id != r.offer_id
+    # an accepted reservation is the agent's to time out: the queue's timer is cancelled
+    q, effects = drive(q, ReservationAccepted(queue_id="q1", agent_id=again[0].agent_id, at=31.0,
+                                              offer_id=again[0].offer_id))
+    assert f"offer:{again[0].offer_id}" not in q.timers
