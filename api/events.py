@@ -162,6 +162,13 @@ class QueueOfferLost(CtiBase, tag="QUEUE_OFFER_LOST", frozen=True, kw_only=True)
     kind: ClassVar[str] = "queue"
 
 
+class QueueConfigChanged(CtiBase, tag="QUEUE_CONFIG_CHANGED", frozen=True, kw_only=True):
+    """A running queue took new parameters (UpdateQueueConfig)."""
+
+    strategy: str = ""
+    kind: ClassVar[str] = "queue"
+
+
 # ---- agents ----------------------------------------------------------------------------------
 
 
@@ -222,7 +229,7 @@ CtiWireEvent = (
     | CallConferenced | CallRecordingStarted | CallRecordingStopped | CallInFlow | CallFlowEnded
     | CallOverflowed
     | CallEnded | QueueEntered | QueueLeft | AgentStateChanged | AgentDeviceChanged
-    | AgentOfferMissed | AgentLateAnswer | AgentCallLost | QueueOfferLost | ActorError | CtiUnknown
+    | AgentOfferMissed | AgentLateAnswer | AgentCallLost | QueueOfferLost | QueueConfigChanged | ActorError | CtiUnknown
 )
 
 #: name -> Struct class

@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from engine import __version__
 
 #: modules that register sub-commands, in the order --help lists them
-SUBCOMMAND_MODULES: tuple[str, ...] = ("engine.cli", "sim.cli", "sim.freeswitch.cli", "engine.cluster.cli")
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "engine.cli", "sim.cli", "sim.freeswitch.cli", "adapters.postgres.cli", "engine.cluster.cli",
+)
 
 EPILOG = """\
 examples:
@@ -23,6 +25,7 @@ examples:
   callengine fs-emulator --port 8021     FreeSWITCH stand-in on 127.0.0.1
   callengine schema --out schema/        JSON Schema + AsyncAPI 3 of the CTI contract
   callengine cluster --shards 2          shards on a local Ray
+  callengine report queues --interval 15m --csv
 """
 
 

@@ -417,6 +417,19 @@ class CallerLeft(Msg, tag="caller_left", frozen=True, kw_only=True):
     at: float
 
 
+class UpdateQueueConfig(Msg, tag="update_queue_config", frozen=True, kw_only=True):
+    """Config -> queue: new parameters (strategy, timeouts, limits, skills relax steps, ...).
+
+    ``config`` is an ``engine.fsm.queue.QueueConfig`` as builtins (msgspec.to_builtins), so this
+    module does not depend on the machines; the queue validates it when it applies it.
+    """
+
+    queue_id: str
+    at: float
+    config: dict[str, Any]
+    request_id: str = ""
+
+
 class QueueOverflow(Msg, tag="queue_overflow", frozen=True, kw_only=True):
     """Queue -> call: max wait or max length reached; leave for ``target`` ("" = hang up)."""
 
@@ -552,6 +565,7 @@ RoutingMessage = (
     | QueueCall
     | CallerLeft
     | QueueOverflow
+    | UpdateQueueConfig
     | AgentStatus
     | ReserveAgent
     | ReservationAccepted

@@ -46,6 +46,7 @@ from engine.messages import (
     ReservationRejected,
     ReserveAgent,
     TimerFired,
+    UpdateQueueConfig,
 )
 
 __all__ = [
@@ -165,7 +166,7 @@ on = MACHINE.on
 
 QUEUE_EVENTS: tuple[type, ...] = (
     QueueCall, CallerLeft, AgentStatus, ReservationAccepted, ReservationRejected, OfferAnswered,
-    OfferFailed, TimerFired,
+    OfferFailed, UpdateQueueConfig, TimerFired,
 )
 
 
@@ -445,6 +446,28 @@ def _timer(q: Queue, msg: TimerFired, out: Out) -> Queue:
             q = replace(q, timers=start_timer(q.timers, out, msg.key, due))
         return q
     return q
+
+
+@on(list(S), UpdateQueueConfig)
+def _update_config(q: Queue, msg: UpdateQueueConfig, out: Out) -> Queue:
+    """Apply new parameters to a running queue; waiting callers keep their place.
+
+    Timers already running keep their deadlines (a caller's max wait is what it was promised at
+    entry); new callers get the new limits. The id cannot change.
+    """
+    try:
+        config = msgspec.convert(msg.config, type=QueueConfig)
+    except msgspec.ValidationError as err:
+        out.reply(msg.request_id, "INVALID_ARGUMENT", f"queue {q.queue_id}: {err}")
+        return q
+    if config.queue_id != q.queue_id:
+        out.reply(msg.request_id, "INVALID_ARGUMENT",
+                  f"queue {q.queue_id}: config is for queue {config.queue_id!r}")
+        return q
+    q, t = _t(q, msg.at)
+    out.reply(msg.request_id)
+    out.cti("QUEUE_CONFIG_CHANGED", config.tenant, t, queue_id=q.queue_id, strategy=config.strategy)
+    return replace(q, config=config)  # step() re-dispatches under the new strategy
 
 
 def _reservation_lost(q: Queue, offer_id: str, out: Out, t: float) -> Queue:

@@ -222,3 +222,21 @@ def test_a_reservation_the_agent_never_answers_times_out_and_the_caller_is_offer
     q, effects = drive(q, ReservationAccepted(queue_id="q1", agent_id=again[0].agent_id, at=31.0,
                                               offer_id=again[0].offer_id))
     assert f"offer:{again[0].offer_id}" not in q.timers
+
+
+def test_config_update_applies_to_a_running_queue_and_rejects_bad_input():
+    import msgspec
+
+    from engine.messages import Reply, UpdateQueueConfig
+
+    q, _ = drive(queue(strategy="longest-idle"), status("a", idle=1, calls=9), status("b", idle=5, calls=0))
+    new = msgspec.to_builtins(Q.QueueConfig(queue_id="q1", strategy="fewest-calls", wrap_up_s=30))
+    q, effects = drive(q, UpdateQueueConfig(queue_id="q1", at=5.0, config=new, request_id="r"))
+    assert q.config.strategy == "fewest-calls" and q.config.wrap_up_s == 30
+    assert [e for e in effects if isinstance(e, Reply)][0].ok
+    # the new strategy decides the next dispatch (longest-idle would have picked "a")
+    q, effects = drive(q, caller("c1", at=6.0))
+    assert [r.agent_id for r in reserves(effects)] == ["b"] and reserves(effects)[0].wrap_up_s == 30
+    for bad in ({"queue_id": "q1", "strategy": "telepathy"}, {"queue_id": "other"}, {"strategy": "ring-all"}):
+        same, effects = Q.step(q, UpdateQueueConfig(queue_id="q1", at=6.0, config=bad, request_id="r"))
+        assert same == q and effects[0].code == "INVALID_ARGUMENT"
