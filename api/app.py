@@ -44,6 +44,8 @@ class Stack:
     ws_url: str = ""
     ws: WsServer | None = None
     services: list[Any] = field(default_factory=list)
+    #: NATS Events.Watch relays (adapters.nats.micro.WatchRelays), when micro services run
+    relays: Any = None
 
 
 @asynccontextmanager
@@ -53,7 +55,8 @@ async def open_stack(*, secret: str | bytes, nats: bool = True, nats_url: str | 
                      rate: float = 200.0, burst: float = 400.0, store: Any | None = None,
                      media: Any | None = None, ws_options: dict[str, Any] | None = None,
                      node_options: dict[str, Any] | None = None,
-                     publisher_options: dict[str, Any] | None = None) -> AsyncIterator[Stack]:
+                     publisher_options: dict[str, Any] | None = None,
+                     watch_options: dict[str, Any] | None = None) -> AsyncIterator[Stack]:
     async with AsyncExitStack() as stack:
         bridge: NatsBridge | None = None
         url = ""
@@ -83,9 +86,10 @@ async def open_stack(*, secret: str | bytes, nats: bool = True, nats_url: str | 
                     port = await nursery.start(result.ws.serve, host, 0)
                     result.ws_url = f"ws://{host}:{port}"
                 if micro and bridge is not None:
-                    from adapters.nats.micro import start_micro_services
+                    from adapters.nats.micro import WatchRelays, start_micro_services
 
-                    result.services = await start_micro_services(bridge, api)
+                    result.relays = WatchRelays(nursery, bridge, **(watch_options or {}))
+                    result.services = await start_micro_services(bridge, api, relays=result.relays)
                 try:
                     yield result
                 finally:

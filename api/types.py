@@ -218,6 +218,17 @@ class WatchRequest(Req, frozen=True, kw_only=True):
     #: WebSocket: deliver events batched, ``{"events": [...]}`` with one or more events per message
     #: (in seq order), instead of one ``{"event": ...}`` message each; other transports ignore it
     batch: bool = False
+    #: NATS only: the subject the events are published to, an inbox the client subscribed to
+    #: BEFORE asking (``_INBOX.<token>...``, no wildcards); other transports ignore it
+    deliver_subject: Annotated[str, Meta(max_length=200, pattern=r"^(_INBOX(\.[A-Za-z0-9_\-]+)+)?$")] = ""
+
+
+class WatchStarted(Resp, frozen=True, kw_only=True):
+    """NATS Events.Watch reply: events follow on ``deliver_subject`` (see docs/api.md)."""
+
+    watch_id: str
+    deliver_subject: str
+    watching: bool = True
 
 
 class WatchEvent(Resp, frozen=True, kw_only=True):

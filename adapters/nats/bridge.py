@@ -194,6 +194,35 @@ class NatsBridge:
             raise
         return Published(stream_seq=int(ack.seq), duplicate=bool(ack.duplicate))
 
+    # ---------------------------------------------------------------- core publish (Watch relays)
+
+    async def publish_core(self, messages: Sequence[Outgoing]) -> None:
+        """Publish plain (non-JetStream) messages in one crossing, in order (nats-py buffers them)."""
+        if not messages:
+            return
+
+        async def send() -> None:
+            for subject, payload, headers in messages:
+                await self.nc.publish(subject, payload, headers=dict(headers) if headers else None)
+
+        await self.aio(send)
+
+    async def has_interest(self, subject: str, headers: dict[str, str] | None = None,
+                           timeout_s: float = 0.5) -> bool:
+        """Does anyone subscribe to ``subject``? A request to it: "no responders" (503) means no;
+        a reply or a timeout (a subscriber that does not answer) means yes (one crossing)."""
+
+        async def probe() -> bool:
+            try:
+                await self.nc.request(subject, b"", timeout=timeout_s, headers=headers)
+            except nats.errors.NoRespondersError:
+                return False
+            except nats.errors.TimeoutError:
+                return True
+            return True
+
+        return await self.aio(probe)
+
     # ---------------------------------------------------------------- lookups
 
     async def last_seqs(self, tenants: Sequence[str]) -> dict[str, int]:

@@ -11,29 +11,134 @@ Rules
 3. Success: the JSON response. Failure: a micro error reply (headers ``Nats-Service-Error`` =
    message, ``Nats-Service-Error-Code`` = gRPC status name) whose body is ``{"code","message"}``.
 4. Each request crosses asyncio -> trio once (``trio_as_aio``): commands are rare next to events,
-   whose hot path is the publisher's batched pump. Events.Watch is not a NATS method: NATS clients
-   subscribe to ``cti.<tenant>.>`` or read the ``CTI`` JetStream stream directly.
+   whose hot path is the publisher's batched pump.
+5. Events.Watch (``api.<tenant>.Events.Watch``, needs a nursery): the client subscribes to an inbox
+   first, then asks with ``{"deliver_subject": "<inbox>", "from_seq": N, "types": [...], ...}``.
+   The reply is ``WatchStarted``; a relay task then runs the SAME ``Api.watch`` as WebSocket and
+   Connect (replay from JetStream by per-tenant seq or time, then live; the same filter, RBAC and
+   tenant isolation) and publishes one message per event to the inbox (body: the event JSON;
+   headers ``Cti-Seq``, ``Cti-Watch``). It ends with a control message (header ``Cti-Control:
+   end``, body ``{}`` or ``{"error": {"code", "message"}}``) after ``max_events``, ``timeout_s``
+   (default ``WATCH_DEFAULT_TIMEOUT_S``), a slow-consumer drop (RESOURCE_EXHAUSTED with the
+   ``from_seq`` to resume from) or when nobody listens on the inbox any more: every
+   ``probe_s`` the relay sends a ``Cti-Control: ping`` request there, and "no responders" stops
+   it. Clients ignore messages that carry ``Cti-Control`` except ``end``.
 """
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+import trio
 import trio_asyncio
 from nats.micro import add_service
 from nats.micro.request import Request
 
 from adapters.nats.bridge import NatsBridge
+from adapters.nats.subjects import SEQ_HEADER
 from adapters.nats.subjects import token as subject_token
+from api import types as t
+from api.auth import Principal
 from api.dispatch import Api
 from api.errors import ApiError
 from api.services import SERVICES
 
-__all__ = ["start_micro_services", "QUEUE_GROUP"]
+__all__ = ["start_micro_services", "stop_micro_services", "QUEUE_GROUP", "WatchRelays",
+           "CONTROL_HEADER", "WATCH_HEADER", "WATCH_DEFAULT_TIMEOUT_S"]
 
 QUEUE_GROUP = "callengine"
+CONTROL_HEADER = "Cti-Control"
+WATCH_HEADER = "Cti-Watch"
+#: a NATS watch that names no ``timeout_s`` ends after this long (the client asks again)
+WATCH_DEFAULT_TIMEOUT_S = 3600.0
 _encoder = msgspec.json.Encoder()
+
+
+@dataclass
+class WatchRelays:
+    """The running Events.Watch relays of this node (bounded in number, overall and per tenant)."""
+
+    nursery: trio.Nursery
+    bridge: NatsBridge
+    max_total: int = 1000
+    max_per_tenant: int = 200
+    #: how often a relay checks that someone still listens on its inbox
+    probe_s: float = 10.0
+    by_tenant: dict[str, int] = field(default_factory=dict)
+    started: int = 0
+    ended: int = 0
+
+    @property
+    def running(self) -> int:
+        return sum(self.by_tenant.values())
+
+    def start(self, api: Api, principal: Principal, req: t.WatchRequest) -> t.WatchStarted:
+        if not req.deliver_subject:
+            raise ApiError("INVALID_ARGUMENT", "deliver_subject is required on NATS: subscribe to an "
+                                               "inbox (_INBOX....) first, then ask")
+        tenant = principal.tenant
+        if self.running >= self.max_total or self.by_tenant.get(tenant, 0) >= self.max_per_tenant:
+            raise ApiError("RESOURCE_EXHAUSTED", "too many Events.Watch streams; retry later")
+        watch_id = uuid.uuid4().hex
+        self.by_tenant[tenant] = self.by_tenant.get(tenant, 0) + 1
+        self.started += 1
+        self.nursery.start_soon(self._run, api, principal, req, watch_id)
+        return t.WatchStarted(watch_id=watch_id, deliver_subject=req.deliver_subject)
+
+    async def _run(self, api: Api, principal: Principal, req: t.WatchRequest, watch_id: str) -> None:
+        subject = req.deliver_subject
+        bridge = self.bridge
+        end: dict[str, Any] = {}
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._probe, subject, watch_id, nursery.cancel_scope)
+                with trio.move_on_after(req.timeout_s or WATCH_DEFAULT_TIMEOUT_S):
+                    end = await self._pump(api, principal, req, watch_id)
+                nursery.cancel_scope.cancel()
+        except Exception as error:  # noqa: BLE001 - the bus failed: the client's stream just ends
+            end = {"error": {"code": "UNAVAILABLE", "message": type(error).__name__}}
+        finally:
+            self.by_tenant[principal.tenant] -= 1
+            if not self.by_tenant[principal.tenant]:
+                del self.by_tenant[principal.tenant]
+            self.ended += 1
+            with trio.move_on_after(2, shield=True):
+                try:
+                    await bridge.publish_core([(subject, _encoder.encode(end),
+                                                {CONTROL_HEADER: "end", WATCH_HEADER: watch_id})])
+                except Exception:  # noqa: BLE001
+                    pass
+
+    async def _pump(self, api: Api, principal: Principal, req: t.WatchRequest, watch_id: str) -> dict[str, Any]:
+        subject = req.deliver_subject
+        left = req.max_events or -1
+        stream = api.watch(principal, req)
+        try:
+            async for batch in stream:
+                if left >= 0:
+                    batch = batch[:left]
+                    left -= len(batch)
+                await self.bridge.publish_core([
+                    (subject, json.encode(), {SEQ_HEADER: str(seq), WATCH_HEADER: watch_id})
+                    for seq, json in batch])
+                if left == 0:
+                    break
+        except ApiError as error:
+            return {"error": error.to_dict()}
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+        return {}
+
+    async def _probe(self, subject: str, watch_id: str, scope: trio.CancelScope) -> None:
+        headers = {CONTROL_HEADER: "ping", WATCH_HEADER: watch_id}
+        while True:
+            await trio.sleep(self.probe_s)
+            if not await self.bridge.has_interest(subject, headers):
+                scope.cancel()
+                return
 
 
 async def _dispatch(api: Api, tenant: str, method: str, token: str | None, data: bytes) -> tuple[str, bytes, str]:
@@ -49,19 +154,48 @@ async def _dispatch(api: Api, tenant: str, method: str, token: str | None, data:
         return error.code, _encoder.encode(error.to_dict()), error.message
 
 
-async def start_micro_services(bridge: NatsBridge, api: Api, version: str = "1.0.0") -> list[Any]:
-    """Register every unary method as a micro endpoint; returns the services (stop them on exit)."""
+async def _start_watch(api: Api, relays: WatchRelays, tenant: str, token: str | None,
+                       data: bytes) -> tuple[str, bytes, str]:
+    method = "callengine.v1.Events/Watch"
+    try:
+        principal = api.authenticate(token, method, "nats")
+        if subject_token(principal.tenant) != tenant:
+            error = ApiError("PERMISSION_DENIED", "the subject's tenant is not the token's")
+            api._deny(principal, method, "nats", error)
+            raise error
+        req = api.authorize_watch(principal, data, "nats")
+        return "OK", _encoder.encode(relays.start(api, principal, req)), ""
+    except ApiError as error:
+        return error.code, _encoder.encode(error.to_dict()), error.message
+
+
+async def start_micro_services(bridge: NatsBridge, api: Api, version: str = "1.0.0",
+                               relays: WatchRelays | None = None) -> list[Any]:
+    """Register every unary method as a micro endpoint, and Events.Watch when ``relays`` is given;
+    returns the services (stop them on exit)."""
     dispatch = trio_asyncio.trio_as_aio(_dispatch)
+    start_watch = trio_asyncio.trio_as_aio(_start_watch)
+
+    def credentials(request: Request) -> tuple[str, str | None]:
+        parts = request.subject.split(".")
+        tenant = parts[1] if len(parts) == 4 else ""
+        auth = (request.headers or {}).get("Authorization", "")
+        scheme, _, tok = auth.partition(" ")
+        return tenant, (tok.strip() if scheme.lower() == "bearer" else None)
+
+    async def watch(request: Request) -> None:
+        tenant, token = credentials(request)
+        code, body, message = await start_watch(api, relays, tenant, token, request.data)
+        if code == "OK":
+            await request.respond(body)
+        else:
+            await request.respond_error(code, message, data=body)
 
     def endpoint(service: str, name: str) -> Any:
         full = f"{service}/{name}"
 
         async def handle(request: Request) -> None:
-            parts = request.subject.split(".")
-            tenant = parts[1] if len(parts) == 4 else ""
-            auth = (request.headers or {}).get("Authorization", "")
-            scheme, _, tok = auth.partition(" ")
-            token = tok.strip() if scheme.lower() == "bearer" else None
+            tenant, token = credentials(request)
             code, body, message = await dispatch(api, tenant, full, token, request.data)
             if code == "OK":
                 await request.respond(body)
@@ -74,10 +208,15 @@ async def start_micro_services(bridge: NatsBridge, api: Api, version: str = "1.0
         services = []
         for service, methods in SERVICES.items():
             unary = [m for m in methods if not m.streaming]
-            if not unary:
+            streaming = [m for m in methods if m.streaming and m.full_name.endswith("Events/Watch")]
+            if not unary and not (streaming and relays is not None):
                 continue
             svc = await add_service(bridge.nc, name=f"callengine-{service}", version=version,
                                     description=f"callengine {service} API", queue_group=QUEUE_GROUP)
+            if streaming and relays is not None:
+                await svc.add_endpoint(name="Watch", subject=f"api.*.{service}.Watch", handler=watch,
+                                       metadata={"request": "WatchRequest", "response": "WatchStarted",
+                                                 "roles": ",".join(sorted(streaming[0].roles))})
             for m in unary:
                 await svc.add_endpoint(name=m.name, subject=f"api.*.{service}.{m.name}",
                                        handler=endpoint(service, m.name),

@@ -208,7 +208,10 @@ def test_micro_services_are_discoverable_with_stats():
 
             infos, stats = await stack.bridge.aio(discover)
             names = {i["name"] for i in infos}
-            assert names == {"callengine-CallControl", "callengine-Agents", "callengine-Queues", "callengine-Admin"}
+            assert names == {"callengine-CallControl", "callengine-Agents", "callengine-Queues", "callengine-Admin",
+                             "callengine-Events"}
+            events = next(i for i in infos if i["name"] == "callengine-Events")
+            assert {e["subject"] for e in events["endpoints"]} == {"api.*.Events.Watch"}
             queues = next(i for i in infos if i["name"] == "callengine-Queues")
             assert {e["subject"] for e in queues["endpoints"]} >= {"api.*.Queues.List", "api.*.Queues.Stats"}
             listed = next(e for e in stats["endpoints"] if e["name"] == "List")
