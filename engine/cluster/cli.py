@@ -22,25 +22,47 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--shards", type=int, default=None, help="shard hosts (default: one per core)")
     p.add_argument("--agents", type=int, default=20)
     p.add_argument("--calls", type=int, default=100, help="demo calls through a fake switch (0: none)")
-    p.add_argument("--snapshots", default=None, help="snapshot directory (default: a temp dir)")
+    p.add_argument("--nats-url", default=None,
+                   help="snapshot store: a JetStream KV bucket on this NATS (default: an embedded nats-server)")
+    p.add_argument("--snapshots", default=None,
+                   help="snapshot directory: use the file store instead of NATS KV (offline, tests)")
     p.add_argument("--timeout", type=float, default=60.0)
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.cluster.clock import now
-    from engine.cluster.cluster import Cluster
-    from engine.cluster.fakeswitch import FakeSwitch, FileChannelSource
+    from engine.cluster.fakeswitch import FileChannelSource
     from engine.cluster.host import HostConfig
+    from engine.cluster.natsio import EmbeddedNatsThread, NatsKvSnapshotStore
     from engine.cluster.snapshots import FileSnapshotStore
-    from engine.fsm.queue import QueueConfig
-    from engine.messages import AgentLogin
 
     tmp = args.snapshots or tempfile.mkdtemp(prefix="callengine-cluster-")
     channel_file = f"{tmp}/channels"
-    config = HostConfig(store=FileSnapshotStore(f"{tmp}/snapshots"),
-                        channel_sources=(FileChannelSource(channel_file),), routes={"100": "demo"})
+    embedded = None
+    if args.snapshots:
+        store: Any = FileSnapshotStore(f"{tmp}/snapshots")
+    else:
+        url = args.nats_url
+        if url is None:  # the local default (ARCHITECTURE.md §6): an embedded nats-server
+            embedded = EmbeddedNatsThread()
+            url = embedded.url
+        store = NatsKvSnapshotStore(url)
+    config = HostConfig(store=store, channel_sources=(FileChannelSource(channel_file),), routes={"100": "demo"})
+    try:
+        return _demo(args, config, channel_file)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def _demo(args: argparse.Namespace, config: Any, channel_file: str) -> int:
+    from engine.cluster.clock import now
+    from engine.cluster.cluster import Cluster
+    from engine.cluster.fakeswitch import FakeSwitch
+    from engine.fsm.queue import QueueConfig
+    from engine.messages import AgentLogin
+
     agents = [f"agent{i}" for i in range(args.agents)]
     with Cluster(shards=args.shards, ray_address=args.ray_address, config=config) as cl:
         cl.add_entities([QueueConfig(queue_id="demo")], [(a, "default") for a in agents])
@@ -60,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         stats = cl.statistics()
         print(json.dumps({"shards": sorted(cl.hosts), "calls": len(calls), "ended": len(sw.ended & calls),
                           "answered": len(sw.bridged & calls), "violations": len(sw.violations),
+                          "snapshot_store": type(config.store).__name__,
                           "seconds": round(time.monotonic() - t0, 2),
                           "per_shard": {s: {"calls": st["calls_created"], "actors": st["actors"],
                                             "cross_shard_out": st["outbox"]["messages"]}

@@ -18,6 +18,7 @@ Rules
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -57,6 +58,10 @@ class Cluster:
         self.tenants: dict[str, str] = {}
         self._started_ray = False
         self._actor_cls: Any = None
+        #: the ingress numbers its batches per shard like an outbox (wire.LinkMarks drops retried copies)
+        self.ingress_name = f"ingress-{os.getpid()}-{id(self):x}"
+        self._incarnation = time.time_ns()
+        self._seq: dict[str, int] = {}
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -147,7 +152,11 @@ class Cluster:
         for message in messages:
             kind, actor_id = route(message)
             groups.setdefault(owner(kind, actor_id), []).append(Envelope(kind, actor_id, message))
-        refs = [self.hosts[s].deliver_batch.remote(encode_batch("ingress", items)) for s, items in groups.items()]
+        refs = []
+        for shard, items in groups.items():
+            seq = self._seq[shard] = self._seq.get(shard, 0) + 1
+            refs.append(self.hosts[shard].deliver_batch.remote(
+                encode_batch(self.ingress_name, items, seq, self._incarnation)))
         if wait and refs:
             ray.get(refs, timeout=60)
         return refs

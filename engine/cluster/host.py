@@ -14,6 +14,11 @@ Rules
    here resend their status, callers waiting in queues that live here rejoin them.
 3. Cross-shard sends go through the ``Outbox`` to ``peer.deliver_batch.remote(bytes)``: one Ray
    call per batch, fire-and-forget, ordered per link by Ray.
+4. A batch is applied once. Ray retries a call to a restarted host (``max_task_retries=-1``), so
+   the same batch can arrive twice; ``LinkMarks`` (per link: sender incarnation, sequence number)
+   drops the copy. The marks are written with every snapshot pass, in the same ``put_many`` as the
+   images they match, and restored on start: a retried batch that the restored images already
+   contain is dropped, one they do not contain is applied.
 """
 
 from __future__ import annotations
@@ -41,8 +46,8 @@ from engine.cluster.recovery import (
     requeue_message,
 )
 from engine.cluster.shard import ShardNode
-from engine.cluster.snapshots import DIRECTORY_KEY, SnapshotStore, parse_key
-from engine.cluster.wire import Adopt, Envelope, decode_batch, decode_image, encode_image, state_of
+from engine.cluster.snapshots import DIRECTORY_KEY, SnapshotStore, entity_key, parse_key
+from engine.cluster.wire import LinkMarks, decode_batch, decode_image, encode_image, state_of
 from engine.fsm.agent import Agent, AgentState
 from engine.fsm.queue import QueueConfig
 from engine.messages import Cdr, MediaCommand, Send
@@ -67,6 +72,14 @@ class HostConfig(msgspec.Struct, kw_only=True):
     collect_outputs: bool = True
     #: a ``loadgen.LocalSwitch`` factory (benchmarks): plays FreeSWITCH inside the shard
     local_switch: Any = None
+    #: shard-to-shard carrier: "ray" (chosen, docs/cluster.md) or "nats" (a subject per shard on
+    #: ``nats_url``; measured in bench/cluster.py, at most once, no retry to a restarted host)
+    transport: str = "ray"
+    nats_url: str = ""
+
+
+#: snapshot key kind of a host's link marks (``links.<hex shard>``)
+LINKS_KIND = "links"
 
 
 def actor_name(config: HostConfig, shard: str) -> str:
@@ -124,11 +137,20 @@ class ShardHostCore:
         self._written: dict[tuple[str, str], Any] = {}
         self._snapshot_lock: trio.Lock | None = None
         self.snapshots_written = 0
+        self.links = LinkMarks()
+        self._links_written = b""
+        self._link: Any = None
         self._thread = threading.Thread(target=self._thread_main, name=f"trio-{shard}", daemon=True)
         self._thread.start()
         if not self._ready.wait(60) or self._error is not None:
             raise RuntimeError(f"shard {shard} failed to start: {self._error!r}")
         self.restarted = False
+        if config.transport == "nats" and send is None:
+            from engine.cluster.natsio import NatsLink
+
+            link = NatsLink(config.nats_url, prefix=f"{config.namespace}.shard")
+            link.start(shard, self.deliver_batch)
+            self._link = link
         if send is None:
             self._announce_restart()
 
@@ -164,6 +186,9 @@ class ShardHostCore:
     def _transport(self, dest: str, payload: bytes) -> None:
         if self._send_override is not None:
             self._send_override(dest, payload)
+            return
+        if self._link is not None:
+            self._link.send(dest, payload)
             return
         handle = self._peers.get(dest)
         if handle is None:
@@ -224,6 +249,11 @@ class ShardHostCore:
                 if key == DIRECTORY_KEY:
                     continue
                 kind, actor_id = parse_key(key)
+                if kind == LINKS_KIND:
+                    if actor_id == self.shard:
+                        self.links.restore(value)
+                        self._links_written = value
+                    continue
                 if node.directory.owner(kind, actor_id) != self.shard:
                     continue
                 image = decode_image(value)
@@ -257,7 +287,7 @@ class ShardHostCore:
                 cell.state = fixed
                 repaired += 1
                 rt._perform(cell, agent_status(fixed, now))
-        self.recovery = {"images": adopted, "calls": len(calls), "orphan_legs": len(orphans),
+        self.recovery = {"images": adopted, "link_marks": sum(len(p) for p in self.links.marks.values()), "calls": len(calls), "orphan_legs": len(orphans),
                          "agents_repaired": repaired, "channels": len(channels),
                          "recovery_s": round(time.perf_counter() - t0, 4)}
 
@@ -278,20 +308,22 @@ class ShardHostCore:
         rt = self.node.runtime
         dirty = [cell for kind in ("agent", "queue") for cell in rt.cells(kind)
                  if self._written.get((kind, cell.id)) is not cell.state]
-        if not dirty:
+        marks = self.links.export()
+        if not dirty and marks == self._links_written:
             return 0
-        from engine.cluster.snapshots import entity_key
-
         deadlines = rt.timer_deadlines()
         items = {}
         taken = []
         for cell in dirty:
             items[entity_key(cell.kind, cell.id)] = encode_image(rt.image(cell, deadlines))
             taken.append(((cell.kind, cell.id), cell.state))
+        # the marks of this same instant: the images contain exactly the batches they cover (Rule 4)
+        items[entity_key(LINKS_KIND, self.shard)] = marks
         await trio.to_thread.run_sync(self.config.store.put_many, items)
         self._written.update(taken)
-        self.snapshots_written += len(items)
-        return len(items)
+        self._links_written = marks
+        self.snapshots_written += len(taken)
+        return len(taken)
 
     # ---------------------------------------------------------------- calls into trio
 
@@ -312,14 +344,9 @@ class ShardHostCore:
 
     def _ingest(self, payload: bytes) -> int:
         batch = decode_batch(payload)
-        node = self.node
-        for item in batch.items:
-            if type(item) is Envelope:
-                node.accept(item.kind, item.actor_id, item.message, item.hops)
-            else:
-                assert isinstance(item, Adopt)
-                node.adopt(item.image, item.mail)
-        return len(batch.items)
+        if not self.links.fresh(batch.source, batch.incarnation, batch.seq):
+            return 0  # a copy of a batch already applied (Rule 4)
+        return self.node.apply(batch.items)
 
     def set_directory(self, payload: bytes) -> bool:
         return self._call(self.node.set_directory, directory_decoder.decode(payload))
@@ -387,7 +414,8 @@ class ShardHostCore:
             s = rt.statistics()
             return {"shard": self.shard, "pid": os.getpid(), "epoch": node.directory.epoch,
                     "actors": s.actors, "processed": s.processed, "dead_letters": s.dead_letters,
-                    "forwarded": rt.forwarded, "bounced": rt.bounced, "accepted": node.accepted,
+                    "forwarded": rt.forwarded, "bounced": rt.bounced,
+                    "replies_forwarded": rt.replies_forwarded, "duplicates_dropped": self.links.duplicates, "accepted": node.accepted,
                     "adopted": node.adopted, "hop_dropped": node.hop_dropped,
                     "media_dropped": node.media_dropped, "calls_created": node.calls_created,
                     "cdrs": self.cdrs.count, "media": self.media.count, "timers": s.timers,

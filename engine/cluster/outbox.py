@@ -11,10 +11,13 @@ Rules
    that keeps per-link order (Ray actor calls from one caller to one actor are ordered; a NATS
    subject per link is ordered). This is what makes hand-overs safe (see wire.Adopt).
 4. ``send(dest, payload)`` is the transport and must not block (Ray's ``.remote()`` returns at once).
+5. Batches are numbered per destination (1, 2, 3, ...) under the outbox's ``incarnation`` (its birth
+   in ns), so a receiver can drop a batch Ray delivered twice (wire.LinkMarks).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +37,8 @@ class Outbox:
         self.max_delay_s = max_delay_s
         self._buffers: dict[str, list[Any]] = {}
         self._lot = trio.lowlevel.ParkingLot()
-        self._seq = 0
+        self._seq: dict[str, int] = {}
+        self.incarnation = time.time_ns()
         self.batches = 0
         self.messages = 0
         self.send_errors = 0
@@ -61,8 +65,8 @@ class Outbox:
         items = self._buffers.pop(dest, None)
         if not items:
             return
-        self._seq += 1
-        payload = encode_batch(self.source, items, self._seq)
+        seq = self._seq[dest] = self._seq.get(dest, 0) + 1
+        payload = encode_batch(self.source, items, seq, self.incarnation)
         self.batches += 1
         self.messages += len(items)
         try:

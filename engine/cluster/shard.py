@@ -12,6 +12,9 @@ Rules
 3. Hand-over: ``export`` takes an actor out (state, timers, queued mail) in one synchronous step,
    so the actor is never alive in two places; ``adopt`` puts it in, timers re-armed at their
    absolute deadlines (the cluster clock, see clock.py). Snapshots are the same images.
+4. Replies find the asker: ``ask`` gives the command a request id that names this shard
+   (``<shard>|<id>``); the shard that performs the ``Reply`` sends it back over the link when the
+   asker is another shard (``ReplyTo``), else answers locally as the runtime always did.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+import msgspec
 import trio
 
 from engine.actors.node import Node, route
@@ -26,7 +30,17 @@ from engine.actors.ports import Ports
 from engine.actors.runtime import Cell, Runtime
 from engine.cluster.outbox import Outbox
 from engine.cluster.placement import Directory
-from engine.cluster.wire import MAX_HOPS, Adopt, Envelope, Image, state_of
+from engine.cluster.wire import (
+    MAX_HOPS,
+    Adopt,
+    Envelope,
+    Image,
+    ReplyTo,
+    origin_of,
+    state_of,
+    with_origin,
+)
+from engine.messages import Reply
 
 __all__ = ["ShardNode", "ShardRuntime"]
 
@@ -38,6 +52,7 @@ class ShardRuntime(Runtime):
         self.outbox = outbox
         self.forwarded = 0
         self.bounced = 0
+        self.replies_forwarded = 0
         #: during a hand-over: messages for ids this shard now owns but has not received yet
         self.parking: list[tuple[str, str, Any, int]] | None = None
 
@@ -56,6 +71,19 @@ class ShardRuntime(Runtime):
             self.parking.append((kind, actor_id, message, 0))
             return
         self._undeliverable(kind, actor_id, message)
+
+    def _reply(self, reply: Reply) -> None:
+        if reply.request_id not in self._asks:
+            origin = origin_of(reply.request_id)
+            if origin and origin != self.name and origin in self.directory.shards:
+                self.replies_forwarded += 1
+                self.outbox.put(origin, ReplyTo(reply))
+                return
+        super()._reply(reply)
+
+    def reply_here(self, reply: Reply) -> None:
+        """A reply that came back over a link: answer the local asker (or the replies port)."""
+        super()._reply(reply)
 
     # ---------------------------------------------------------------- images
 
@@ -107,6 +135,7 @@ class ShardNode(Node):
         self.adopted = 0
         self.accepted = 0
         self.hop_dropped = 0
+        self._ask_seq = 0
 
     @property
     def directory(self) -> Directory:
@@ -172,6 +201,36 @@ class ShardNode(Node):
         for kind, actor_id, message, hops in parked:
             self.accept(kind, actor_id, message, hops)
         return len(parked)
+
+    def apply(self, items: list[Any]) -> int:
+        """Apply the items of one batch from another shard or an ingress, in order."""
+        rt = self.runtime
+        for item in items:
+            tp = type(item)
+            if tp is Envelope:
+                self.accept(item.kind, item.actor_id, item.message, item.hops)
+            elif tp is ReplyTo:
+                rt.reply_here(item.reply)
+            else:
+                assert tp is Adopt, tp
+                self.adopt(item.image, item.mail)
+        return len(items)
+
+    async def deliver(self, message: Any) -> None:
+        """Route a message to its actor here or on its owner's shard (used by ``ask``)."""
+        self.accept_routed(message)
+        await trio.lowlevel.checkpoint()
+
+    async def ask(self, command: Any, timeout: float = 5.0) -> Reply:
+        """Ask a command of an actor on any shard; the reply comes back here (Rule 4). The caller's
+        request id is kept in the returned ``Reply``."""
+        original = command.request_id
+        self._ask_seq += 1
+        rid = with_origin(self.name, original or f"ask-{self._ask_seq}")
+        kind, actor_id = route(command)
+        reply = await self.runtime.ask(kind, actor_id, msgspec.structs.replace(command, request_id=rid),
+                                       timeout=timeout, send=self.deliver)
+        return msgspec.structs.replace(reply, request_id=original or rid)
 
     def accept_routed(self, message: Any) -> None:
         kind, actor_id = route(message)

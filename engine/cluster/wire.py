@@ -6,7 +6,12 @@ Rules
 2. Envelopes are routing messages and external events addressed to (kind, id), plus ``Adopt``:
    an actor handed over with its state and timers. An ``Adopt`` travels on the same ordered link as
    the messages the old owner forwards after it, so the new owner always has the actor first.
-3. ``hops`` bounds forwarding: a message that bounced more than ``MAX_HOPS`` times between hosts
+3. ``ReplyTo`` carries a command's ``Reply`` back to the shard that asked (``origin_of``: request
+   ids made by ``ShardNode.ask`` are ``<shard>|<id>``).
+4. Every batch of a link carries ``(source, incarnation, seq)``: ``seq`` counts 1, 2, 3, ... per
+   destination, ``incarnation`` is the sending outbox's birth (ns), new after a restart. The
+   receiver applies a batch once (``LinkMarks``); a retried copy is dropped. ``seq == 0``: unsequenced.
+5. ``hops`` bounds forwarding: a message that bounced more than ``MAX_HOPS`` times between hosts
    with disagreeing directories is dead-lettered instead of looping.
 """
 
@@ -19,10 +24,11 @@ import msgspec
 from engine.fsm.agent import Agent
 from engine.fsm.call import Call
 from engine.fsm.queue import Queue
-from engine.messages import Message
+from engine.messages import Message, Reply
 
-__all__ = ["MAX_HOPS", "Adopt", "Batch", "Envelope", "Image", "decode_batch", "decode_image",
-           "encode_batch", "encode_image", "state_of"]
+__all__ = ["MAX_HOPS", "ORIGIN_SEP", "Adopt", "Batch", "Envelope", "Image", "LinkMarks", "ReplyTo",
+           "decode_batch", "decode_image", "encode_batch", "encode_image", "origin_of", "state_of",
+           "with_origin"]
 
 MAX_HOPS = 4
 
@@ -57,10 +63,70 @@ class Adopt(_Tagged, frozen=True, array_like=True, tag="a"):
     mail: tuple[Message, ...] = ()
 
 
+class ReplyTo(_Tagged, frozen=True, array_like=True, tag="r"):
+    """A command's answer, on its way back to the asking shard."""
+
+    reply: Reply
+
+
 class Batch(msgspec.Struct, frozen=True, array_like=True):
     source: str
-    items: list[Envelope | Adopt]
+    items: list[Envelope | Adopt | ReplyTo]
     seq: int = 0
+    incarnation: int = 0
+
+
+ORIGIN_SEP = "|"
+
+
+def with_origin(shard: str, request_id: str) -> str:
+    return f"{shard}{ORIGIN_SEP}{request_id}"
+
+
+def origin_of(request_id: str) -> str:
+    """The shard that asked (``""`` for a request id without an origin, e.g. from the API bus)."""
+    shard, sep, _ = request_id.partition(ORIGIN_SEP)
+    return shard if sep else ""
+
+
+class LinkMarks:
+    """What a receiver has applied, per link: ``(source, incarnation) -> highest seq``.
+
+    ``fresh`` says whether a batch is new (and records it). Only the newest few incarnations of a
+    source are kept (a restarted sender starts a new one; the old one can only send stragglers).
+    ``export``/``restore`` put the marks into a snapshot pass, so a restarted receiver drops the
+    retried batches its restored images already contain.
+    """
+
+    KEEP = 4
+
+    def __init__(self) -> None:
+        self.marks: dict[str, dict[int, int]] = {}
+        self.duplicates = 0
+
+    def fresh(self, source: str, incarnation: int, seq: int) -> bool:
+        if seq <= 0:
+            return True
+        per = self.marks.get(source)
+        if per is None:
+            per = self.marks[source] = {}
+        last = per.get(incarnation, 0)
+        if seq <= last:
+            self.duplicates += 1
+            return False
+        per[incarnation] = seq
+        if len(per) > self.KEEP:
+            del per[min(per)]
+        return True
+
+    def export(self) -> bytes:
+        return _encoder.encode(self.marks)
+
+    def restore(self, data: bytes) -> None:
+        for source, per in msgspec.msgpack.decode(data, type=dict[str, dict[int, int]]).items():
+            mine = self.marks.setdefault(source, {})
+            for inc, seq in per.items():
+                mine[inc] = max(mine.get(inc, 0), seq)
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -68,8 +134,8 @@ _batch_decoder = msgspec.msgpack.Decoder(Batch)
 _image_decoder = msgspec.msgpack.Decoder(Image)
 
 
-def encode_batch(source: str, items: list[Any], seq: int = 0) -> bytes:
-    return _encoder.encode(Batch(source=source, items=items, seq=seq))
+def encode_batch(source: str, items: list[Any], seq: int = 0, incarnation: int = 0) -> bytes:
+    return _encoder.encode(Batch(source=source, items=items, seq=seq, incarnation=incarnation))
 
 
 def decode_batch(data: bytes) -> Batch:

@@ -19,6 +19,7 @@ from engine.cluster.clock import now  # noqa: E402
 from engine.cluster.cluster import Cluster  # noqa: E402
 from engine.cluster.fakeswitch import FakeSwitch, FileChannelSource  # noqa: E402
 from engine.cluster.host import HostConfig  # noqa: E402
+from engine.cluster.natsio import EmbeddedNatsThread, NatsKvSnapshotStore  # noqa: E402
 from engine.cluster.snapshots import FileSnapshotStore  # noqa: E402
 from engine.fsm.agent import AgentState  # noqa: E402
 from engine.fsm.queue import QueueConfig  # noqa: E402
@@ -41,14 +42,21 @@ def ray_cluster():
     cluster.shutdown()
 
 
+@pytest.fixture(scope="module")
+def nats_url():
+    with EmbeddedNatsThread() as server:
+        yield server.url
+
+
 @pytest.fixture
 def make(ray_cluster, tmp_path):
     made: list[Cluster] = []
 
-    def factory(shards: int, *, queues, agents, routes, snapshot_interval_s: float = 0.05, talk_s: float = 0.2):
+    def factory(shards: int, *, queues, agents, routes, snapshot_interval_s: float = 0.05, talk_s: float = 0.2,
+                store=None):
         ns = f"t{uuid.uuid4().hex[:8]}"
         channel_file = str(tmp_path / "channels")
-        config = HostConfig(namespace=ns, store=FileSnapshotStore(tmp_path / "snap"),
+        config = HostConfig(namespace=ns, store=store or FileSnapshotStore(tmp_path / "snap"),
                             channel_sources=(FileChannelSource(channel_file),), routes=routes,
                             snapshot_interval_s=snapshot_interval_s)
         cl = Cluster(shards=shards, config=config, host_cpus=0.5, ray_address=ray_cluster.address).start()
@@ -217,3 +225,50 @@ def test_add_and_remove_shards_at_run_time(make):
     stats = cl.statistics()
     assert all(st["dead_letters"] == 0 for st in stats.values()), {s: st["dead_letters"] for s, st in stats.items()}
     assert settled(cl, sw, agents)
+
+
+def test_killed_host_rebuilds_agents_and_queues_from_nats_kv(make, nats_url):
+    """The snapshot store is a JetStream KV bucket: a host killed with ``ray.kill`` comes back with
+    the same agents and the same queue (its waiting callers in their places, not re-announced)."""
+    agents = [f"n{i}" for i in range(6)]
+    store = NatsKvSnapshotStore(nats_url, bucket=f"snap-{uuid.uuid4().hex[:8]}")
+    cl, sw = make(2, queues=[QueueConfig(queue_id="nq")], agents=agents, routes={"400": "nq"},
+                  snapshot_interval_s=0.05, store=store)
+    victim = cl.directory.owner("queue", "nq")
+    cl.send([AgentLogin(agent_id=a, at=now(), extension=f"x-{a}", queues=("nq",), ready=False) for a in agents],
+            wait=True)
+    calls = [sw.new_call("400") for _ in range(5)]  # nobody is ready: they wait in the queue
+    assert run_until(cl, sw, lambda: len(_queue(cl, "nq").waiting) == 5, 15)
+    mine = sorted(a for a in agents if cl.directory.owner("agent", a) == victim)
+    before = {a.agent_id: a for a in cl.states("agent") if a.agent_id in mine}
+    queue_before = _queue(cl, "nq")
+    assert ray.get(cl.hosts[victim].snapshot_now.remote(), timeout=30) >= 0
+    keys = store.load()
+    assert sum(k.startswith(("agent.", "queue.")) for k in keys) == len(agents) + 1  # all in NATS KV
+    cl.kill(victim)
+    ready = _wait_restarted(cl, victim, 60)
+    assert ready["recovery"]["images"] == len(mine) + 1, ready
+    after = {a.agent_id: a for a in cl.states("agent") if a.agent_id in mine}
+    assert after == before
+    queue_after = _queue(cl, "nq")
+    assert [(w.call_id, w.seq, w.enqueued_at) for w in queue_after.waiting] == [
+        (w.call_id, w.seq, w.enqueued_at) for w in queue_before.waiting]
+    assert {w.call_id for w in queue_after.waiting} == set(calls)
+    assert set(queue_after.members) == set(agents)
+
+
+def _queue(cl: Cluster, queue_id: str):
+    return next(q for q in cl.states("queue") if q.queue_id == queue_id)
+
+
+def _wait_restarted(cl: Cluster, shard: str, timeout: float) -> dict:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            info = cl.wait_ready(shard, timeout=max(1.0, end - time.monotonic()))
+            if info["restarted"]:
+                return info
+        except ray.exceptions.RayActorError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{shard} did not come back in {timeout}s")

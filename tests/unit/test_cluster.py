@@ -8,6 +8,7 @@ import pytest
 import trio
 import trio.testing
 
+from engine.cluster.host import HostConfig, ShardHostCore
 from engine.cluster.outbox import Outbox
 from engine.cluster.placement import Directory, rendezvous, rendezvous_top
 from engine.cluster.recovery import LiveChannel, rebuild_calls, reconcile_agent, requeue_message
@@ -17,6 +18,8 @@ from engine.cluster.wire import (
     Adopt,
     Envelope,
     Image,
+    LinkMarks,
+    ReplyTo,
     decode_batch,
     decode_image,
     encode_batch,
@@ -30,9 +33,11 @@ from engine.messages import (
     AgentLogin,
     AgentStatus,
     ChannelCreated,
+    Hangup,
     MediaBridge,
     MediaHangup,
     QueueCall,
+    Reply,
     ReserveAgent,
     RouteToQueue,
     SendMedia,
@@ -103,9 +108,26 @@ def test_batch_and_image_round_trip():
     assert state_of(decode_image(encode_image(image))) == agent
 
 
-@pytest.mark.parametrize("store_kind", ["memory", "file"])
-def test_snapshot_stores(tmp_path, store_kind):
-    store = MemorySnapshotStore() if store_kind == "memory" else FileSnapshotStore(tmp_path)
+@pytest.fixture(scope="module")
+def nats_url():
+    from engine.cluster.natsio import EmbeddedNatsThread
+
+    with EmbeddedNatsThread() as server:
+        yield server.url
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "file", "nats"])
+def test_snapshot_stores(tmp_path, store_kind, request):
+    if store_kind == "nats":
+        import pickle
+
+        from engine.cluster.natsio import NatsKvSnapshotStore
+
+        url = request.getfixturevalue("nats_url")
+        store = pickle.loads(pickle.dumps(NatsKvSnapshotStore(url, bucket=f"t-{tmp_path.name[-20:]}")))
+        assert store.load() == {}
+    else:
+        store = MemorySnapshotStore() if store_kind == "memory" else FileSnapshotStore(tmp_path)
     key = entity_key("agent", "a/b c")
     assert parse_key(key) == ("agent", "a/b c")
     store.put_many({key: b"1", entity_key("queue", "q"): b"2"})
@@ -113,6 +135,9 @@ def test_snapshot_stores(tmp_path, store_kind):
     assert store.load("agent.") == {key: b"3"}
     store.delete_many([key])
     assert set(store.load()) == {entity_key("queue", "q")}
+    store.put_many({"cluster.directory": b"d", entity_key("agent", "x"): b"4"})
+    assert store.load("cluster.directory") == {"cluster.directory": b"d"}
+    assert store.load("agent.") == {entity_key("agent", "x"): b"4"}
 
 
 # ---------------------------------------------------------------- outbox
@@ -204,14 +229,7 @@ class Wire:
         self.batches += 1
         node = self.nodes[dest]
         batch = decode_batch(payload)
-
-        def apply():
-            for item in batch.items:
-                if isinstance(item, Envelope):
-                    node.accept(item.kind, item.actor_id, item.message, item.hops)
-                else:
-                    node.adopt(item.image, item.mail)
-        trio.lowlevel.current_trio_token().run_sync_soon(apply)
+        trio.lowlevel.current_trio_token().run_sync_soon(node.apply, batch.items)
 
 
 async def _two_shards(nursery, wire, directory):
@@ -299,3 +317,123 @@ def test_queue_reserves_an_agent_on_another_shard_and_duplicates_are_rejected():
 
 def test_hand_over_moves_state_timers_and_parks_messages():
     trio.run(_test_hand_over_moves_state_timers_and_parks_messages, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+# ---------------------------------------------------------------- replies across shards
+
+
+def _owned_by(directory, shard, prefix="c"):
+    return next(f"{prefix}{i}" for i in range(1000) if directory.owner("call", f"{prefix}{i}") == shard)
+
+
+async def _test_reply_to_a_command_asked_across_shards_comes_back_to_the_asker():
+    d = Directory(shards=("s0", "s1"))
+    wire = Wire()
+    async with trio.open_nursery() as nursery:
+        s0, s1 = await _two_shards(nursery, wire, d)
+        call_id = _owned_by(d, "s1")
+        s1.accept_routed(ChannelCreated(call_id=call_id, at=trio.current_time()))
+        await trio.sleep(0.01)
+        with trio.fail_after(2):
+            reply = await s0.ask(Hangup(call_id=call_id, at=trio.current_time(), request_id="api-7"))
+        assert reply.request_id == "api-7" and reply.ok, reply
+        assert s1.runtime.replies_forwarded == 1
+        assert s1.ports.replies.items == [] and s0.ports.replies.items == []
+        # a reply nobody waits for goes to the asking shard's replies port (the bus there answers it)
+        other = _owned_by(d, "s1", "d")
+        s1.accept_routed(ChannelCreated(call_id=other, at=trio.current_time()))
+        s0.accept_routed(Hangup(call_id=other, at=trio.current_time(), request_id="s0|bus-1"))
+        await trio.sleep(0.01)
+        assert [r.request_id for r in s0.ports.replies.items] == ["s0|bus-1"]
+        assert s1.ports.replies.items == []
+        # no origin: answered where the call lives, as before
+        s1.runtime._reply(Reply(request_id="plain"))
+        assert [r.request_id for r in s1.ports.replies.items] == ["plain"]
+        nursery.cancel_scope.cancel()
+
+
+def test_reply_to_a_command_asked_across_shards_comes_back_to_the_asker():
+    trio.run(_test_reply_to_a_command_asked_across_shards_comes_back_to_the_asker,
+             clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_reply_item_round_trips():
+    batch = decode_batch(encode_batch("s1", [ReplyTo(Reply(request_id="s0|x", code="NOT_FOUND", ok=False))]))
+    assert batch.items == [ReplyTo(Reply(request_id="s0|x", code="NOT_FOUND", ok=False))]
+
+
+# ---------------------------------------------------------------- duplicate batches
+
+
+def test_link_marks_drop_a_batch_seen_before():
+    marks = LinkMarks()
+    assert marks.fresh("s0", 100, 1) and marks.fresh("s0", 100, 2)
+    assert not marks.fresh("s0", 100, 2) and not marks.fresh("s0", 100, 1)
+    assert marks.fresh("s0", 200, 1)  # the sender restarted: a new incarnation counts from 1
+    assert marks.fresh("s1", 100, 1)  # links are independent
+    assert marks.fresh("ingress", 0, 0) and marks.fresh("ingress", 0, 0)  # unsequenced: always applied
+    restored = LinkMarks()
+    restored.restore(marks.export())
+    assert not restored.fresh("s0", 100, 2) and restored.fresh("s0", 100, 3)
+    assert marks.duplicates == 2
+
+
+def test_outbox_numbers_batches_per_destination():
+    sent: list[tuple[str, int, int]] = []
+
+    def send(dest, payload):
+        b = decode_batch(payload)
+        sent.append((dest, b.seq, b.incarnation))
+
+    box = Outbox("s0", send, max_batch=1)
+    env = Envelope("queue", "q", AgentStatus(queue_id="q", agent_id="a", at=0.0, logged_in=True, available=True))
+    for dest in ("s1", "s2", "s1", "s1", "s2"):
+        box.put(dest, env)
+    assert [(d, n) for d, n, _ in sent] == [("s1", 1), ("s2", 1), ("s1", 2), ("s1", 3), ("s2", 2)]
+    assert {inc for *_, inc in sent} == {box.incarnation} and box.incarnation > 0
+
+
+def test_a_batch_delivered_twice_is_applied_once_also_after_a_restart():
+    """Ray retries a call to a restarted host, so a batch can arrive twice; the host applies it once,
+    and a host rebuilt from a snapshot drops the copies its images already contain."""
+    store = MemorySnapshotStore()
+    d = Directory(shards=("s0", "s1"), entities={"queue/q1": "s1"})
+    config = HostConfig(directory=d, store=store, snapshot_interval_s=0)
+    sent: list[tuple[str, bytes]] = []
+    host = ShardHostCore("s1", config, send=lambda dest, payload: sent.append((dest, payload)))
+    try:
+        host.add_entities([QueueConfig(queue_id="q1")], [])
+
+        def batch(seq, agent):
+            return encode_batch("s0", [Envelope("queue", "q1", AgentStatus(
+                queue_id="q1", agent_id=agent, at=1.0, logged_in=True, available=False))], seq, 42)
+
+        first, second = batch(1, "a1"), batch(2, "a2")
+        assert host.deliver_batch(first) == 1
+        assert host.deliver_batch(first) == 0  # the retried copy
+        assert host.deliver_batch(second) == 1
+        assert host.statistics()["duplicates_dropped"] == 1
+        assert _members_soon(host, 2) == ["a1", "a2"]
+        host.snapshot_now()
+    finally:
+        host.stop()
+    rebuilt = ShardHostCore("s1", config, send=lambda dest, payload: None)
+    try:
+        assert rebuilt.recovery["images"] == 1 and rebuilt.recovery["link_marks"] == 1
+        assert rebuilt.deliver_batch(second) == 0  # in the restored image already
+        assert rebuilt.deliver_batch(batch(3, "a3")) == 1
+        assert _members_soon(rebuilt, 3) == ["a1", "a2", "a3"]
+    finally:
+        rebuilt.stop()
+
+
+def _members_soon(host, n, timeout=5.0):
+    """The queue's members once ``n`` are in (the host's worker applies a batch asynchronously)."""
+    import time
+
+    end = time.monotonic() + timeout
+    while True:
+        members = host.call(lambda h: sorted(h.node.runtime.state_of("queue", "q1").members))
+        if len(members) >= n or time.monotonic() > end:
+            return members
+        time.sleep(0.01)
