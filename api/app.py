@@ -56,7 +56,10 @@ async def open_stack(*, secret: str | bytes, nats: bool = True, nats_url: str | 
                      media: Any | None = None, ws_options: dict[str, Any] | None = None,
                      node_options: dict[str, Any] | None = None,
                      publisher_options: dict[str, Any] | None = None,
+                     ports_wrap: Any | None = None,
                      watch_options: dict[str, Any] | None = None) -> AsyncIterator[Stack]:
+    """``ports_wrap(ports) -> ports`` lets the caller put its own CDR store / CTI tee / tracing
+    around the ports before the node starts (``engine/run.py``)."""
     async with AsyncExitStack() as stack:
         bridge: NatsBridge | None = None
         url = ""
@@ -72,6 +75,8 @@ async def open_stack(*, secret: str | bytes, nats: bool = True, nats_url: str | 
         publisher = CtiPublisher(bridge, hub, **(publisher_options or {}))
         media = media if media is not None else InMemoryMedia()
         ports = Ports(media, publisher, InMemoryCdrs(), InMemoryReplies())
+        if ports_wrap is not None:
+            ports = ports_wrap(ports)
         async with trio.open_nursery() as nursery:
             await nursery.start(publisher.run)
             async with open_node(ports=ports, **(node_options or {})) as node:

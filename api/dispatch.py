@@ -32,6 +32,7 @@ from api.hub import EventFilter, EventHub
 from api.services import Method, method_named
 from api.store import InMemoryAdminStore
 from engine.actors import ActorCrashed, AskTimeout, MailboxFull, Node
+from engine.actors.node import ActorBusy, ActorMissing
 from engine.fsm.queue import QueueConfig
 
 __all__ = ["Api", "Context", "DENIALS"]
@@ -68,11 +69,11 @@ class Api:
         self.ask_timeout_s = ask_timeout_s
         self.watch_capacity = watch_capacity
         self._originators: OrderedDict[str, str] = OrderedDict()
-        #: (kind, id) of agents/queues deleted by Admin: the node cannot remove actors yet, so the
-        #: API hides them until they are created again
-        self.retired: set[tuple[str, str]] = set()
         self.calls = 0
         self.errors: dict[str, int] = {}
+        #: called as ``on_login(agent_id, extension, at)`` just before an ``AgentLogin`` is sent
+        #: (``PresenceBridge.on_login``: the agent learns its phone's state before any offer)
+        self.on_login: Any = None
 
     # ---------------------------------------------------------------- unary
 
@@ -137,9 +138,11 @@ class Api:
 
     # ---------------------------------------------------------------- engine access
 
-    async def ask(self, command: Any) -> Any:
+    async def ask(self, command: Any, tenant: str | None = None) -> Any:
+        if self.on_login is not None and type(command).__name__ == "AgentLogin":
+            self.on_login(command.agent_id, command.extension, command.at)
         try:
-            return await self.node.ask(command, timeout=self.ask_timeout_s)
+            return await self.node.ask(command, timeout=self.ask_timeout_s, tenant=tenant)
         except AskTimeout:
             raise ApiError("UNAVAILABLE", "the engine did not answer in time") from None
         except ActorCrashed:
@@ -160,7 +163,7 @@ class Api:
         return any(leg.agent_id == agent_id for leg in call.legs)
 
     def agent_extension(self, tenant: str, agent_id: str) -> str:
-        state = self.node.runtime.state_of("agent", agent_id)
+        state = self.node.state_of("agent", agent_id, tenant)
         if state is not None and state.tenant == tenant and state.extension:
             return str(state.extension)
         record = self.store_get_nowait(tenant, "agent", agent_id)
@@ -170,18 +173,28 @@ class Api:
         getter = getattr(self.store, "get_nowait", None)
         return getter(tenant, kind, record_id) if getter is not None else None
 
+    def hosts(self, tenant: str, kind: str, record_id: str) -> bool:
+        """Does this node run the tenant's agent/queue ``record_id``? (ids are per tenant)"""
+        return self.node.runtime.exists(kind, self.node.key(kind, record_id, tenant))
+
     def provision(self, tenant: str, kind: str, record: Any) -> None:
-        """Admin created a queue or an agent: host its actor on this node (ids are node-global)."""
-        rt = self.node.runtime
-        self.retired.discard((kind, record.id))
-        if kind == "queue" and not rt.exists("queue", record.id):
+        """Admin created a queue or an agent: host its actor on this node."""
+        if kind == "queue" and not self.hosts(tenant, "queue", record.id):
             self.provision_queue(tenant, record)
-        elif kind == "agent" and not rt.exists("agent", record.id):
+        elif kind == "agent" and not self.hosts(tenant, "agent", record.id):
             self.node.add_agent(record.id, tenant)
 
-    def retire(self, kind: str, record_id: str) -> None:
-        if kind in ("agent", "queue"):
-            self.retired.add((kind, record_id))
+    def retire(self, tenant: str, kind: str, record_id: str) -> None:
+        """Admin is deleting an agent or a queue: remove its actor first (refused with
+        FAILED_PRECONDITION while an agent is RESERVED/ON_CALL or a queue has callers waiting)."""
+        if kind not in ("agent", "queue") or not self.hosts(tenant, kind, record_id):
+            return
+        try:
+            self.node.remove_actor(kind, record_id, tenant)
+        except ActorBusy as error:
+            raise ApiError(error.code, f"{kind} {record_id} is busy: {error.why}; retry when it is idle") from None
+        except ActorMissing:
+            pass
 
     def provision_queue(self, tenant: str, record: Any) -> None:
         self.node.add_queue(QueueConfig(
