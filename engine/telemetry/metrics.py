@@ -65,7 +65,7 @@ class EngineMetrics:
         c("callengine.actor.restarts", [self._rt("restarts")], unit="{restart}")
         c("callengine.actor.crashes", [self._rt("crashes")], unit="{crash}")
         c("callengine.actor.dead_letters", [self._rt("dead_letters")], unit="{message}")
-        g("callengine.esl.link.up", [self._links_up], unit="1", description="1 when the node's ESL link is healthy")
+        g("callengine.esl.link.up", [self._links_up], unit="1", description="1 when the ESL link to the node is up")
         c("callengine.esl.reconnects", [self._reconnects], unit="{reconnect}")
         g("callengine.cdr.spool.bytes", [self._spool], unit="By", description="CDR spool file size")
         g("callengine.cdr.pending", [self._cdr_pending], unit="{cdr}", description="CDRs not yet committed")
@@ -101,13 +101,13 @@ class EngineMetrics:
             return []
 
     def _active(self, _o: CallbackOptions) -> list[Observation]:
-        return self._guard(lambda: [Observation(len(self.node.runtime.ids("call")))] if self.node else [])
+        return self._guard(lambda: [Observation(len(self.node.runtime.ids("call")))] if self.node is not None else [])
 
     def _setups(self, _o: CallbackOptions) -> list[Observation]:
-        return self._guard(lambda: [Observation(self.node.calls_created)] if self.node else [])
+        return self._guard(lambda: [Observation(self.node.calls_created)] if self.node is not None else [])
 
     def _queues(self) -> list[Any]:
-        return list(self.node.runtime.states("queue")) if self.node else []
+        return list(self.node.runtime.states("queue")) if self.node is not None else []
 
     def _queue_length(self, _o: CallbackOptions) -> list[Observation]:
         return self._guard(lambda: [Observation(len(q.waiting), {"queue": q.queue_id}) for q in self._queues()])
@@ -135,27 +135,29 @@ class EngineMetrics:
             from engine.fsm.agent import AgentState
 
             return [Observation(counts.get(s.name, 0), {"state": s.name}) for s in AgentState]
-        return self._guard(gen) if self.node else []
+        return self._guard(gen) if self.node is not None else []
 
     def _rt(self, field: str) -> Any:
         def cb(_o: CallbackOptions) -> list[Observation]:
             return self._guard(lambda: [Observation(getattr(self.node.runtime.statistics(), field))]
-                               if self.node else [])
+                               if self.node is not None else [])
         return cb
 
     def _links_up(self, _o: CallbackOptions) -> list[Observation]:
-        return self._guard(lambda: [Observation(int(n.healthy()), {"node": name})
-                                    for name, n in self.links.nodes.items()] if self.links else [])
+        # ``link.up`` (connected and subscribed), not ``healthy()``: callbacks run in the exporter's
+        # thread, where trio's clock (heartbeat age) cannot be read
+        return self._guard(lambda: [Observation(int(bool(link.up)), {"node": name})
+                                    for name, link in self.links.links.items()] if self.links is not None else [])
 
     def _reconnects(self, _o: CallbackOptions) -> list[Observation]:
         return self._guard(lambda: [Observation(link.reconnects, {"node": name})
-                                    for name, link in self.links.links.items()] if self.links else [])
+                                    for name, link in self.links.links.items()] if self.links is not None else [])
 
     def _spool(self, _o: CallbackOptions) -> list[Observation]:
-        return self._guard(lambda: [Observation(self.cdr_writer.spool.size)] if self.cdr_writer else [])
+        return self._guard(lambda: [Observation(self.cdr_writer.spool.size)] if self.cdr_writer is not None else [])
 
     def _cdr_pending(self, _o: CallbackOptions) -> list[Observation]:
-        return self._guard(lambda: [Observation(len(self.cdr_writer))] if self.cdr_writer else [])
+        return self._guard(lambda: [Observation(len(self.cdr_writer))] if self.cdr_writer is not None else [])
 
     def _cti_pending(self, _o: CallbackOptions) -> list[Observation]:
         return self._guard(lambda: [Observation(len(self.publisher))] if self.publisher is not None else [])
