@@ -243,7 +243,10 @@ class Simulator:
         self.now = max(self.now, end)
         # callers still waiting when the drain ends (nobody can serve them: no qualified agent,
         # infinite patience) give up; a call stuck in any other state is a bug, left for the checks
-        for call_id in [c.call_id for c in self.calls.values() if c.state in _GIVE_UP_STATES]:
+        # (a queued caller may be RINGING at that instant: an agent who never answers in time is
+        # offered again and again; that caller is still waiting too)
+        for call_id in [c.call_id for c in self.calls.values()
+                        if c.state in _GIVE_UP_STATES or (c.state is CallState.RINGING and c.in_queue)]:
             self._caller_hangs_up(self.now, call_id, HangupCause.ORIGINATOR_CANCEL)
             self._drain()
             self.stats.gave_up_at_end += 1

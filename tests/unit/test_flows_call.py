@@ -80,7 +80,8 @@ def test_menu_choice_becomes_route_to_extension():
     call, _ = C.step(call, PlaybackFinished(call_id="c1", at=5.0, file="menu.wav"))
     call, effects = C.step(call, DtmfReceived(call_id="c1", at=6.0, digit="2"))
     assert call.state is S.RINGING
-    assert MediaOriginate(call_id="c1", leg="c1-1", destination="1000", timeout_s=12.0, caller_id="+4411") in medias(effects)
+    assert MediaOriginate(call_id="c1", leg="c1-1", destination="1000", timeout_s=12.0, caller_id="+4411",
+                          variables={"callengine_role": "extension"}) in medias(effects)
 
 
 def test_menu_timeout_without_fallback_hangs_up_answered():
