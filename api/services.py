@@ -88,33 +88,34 @@ def _agent_id(ctx: Context, requested: str) -> str:
 
 
 def _agent(ctx: Context, agent_id: str) -> Any:
-    rt = ctx.node.runtime
-    state = rt.state_of("agent", agent_id)
+    tenant = ctx.principal.tenant
+    state = ctx.node.state_of("agent", agent_id, tenant)
     if state is None:
-        record = ctx.api.store_get_nowait(ctx.principal.tenant, "agent", agent_id)
-        if record is not None and not rt.exists("agent", agent_id):
-            ctx.node.add_agent(agent_id, ctx.principal.tenant)
-            state = rt.state_of("agent", agent_id)
-    if state is None or state.tenant != ctx.principal.tenant or ("agent", agent_id) in ctx.api.retired:
+        record = ctx.api.store_get_nowait(tenant, "agent", agent_id)
+        if record is not None and not ctx.api.hosts(tenant, "agent", agent_id):
+            ctx.node.add_agent(agent_id, tenant)
+            state = ctx.node.state_of("agent", agent_id, tenant)
+    if state is None or state.tenant != tenant:
         raise ApiError("NOT_FOUND", f"agent {agent_id} not found")
     return state
 
 
 def _queue(ctx: Context, queue_id: str) -> Any:
-    rt = ctx.node.runtime
-    state = rt.state_of("queue", queue_id)
+    tenant = ctx.principal.tenant
+    state = ctx.node.state_of("queue", queue_id, tenant)
     if state is None:
-        record = ctx.api.store_get_nowait(ctx.principal.tenant, "queue", queue_id)
-        if record is not None and not rt.exists("queue", queue_id):
-            ctx.api.provision_queue(ctx.principal.tenant, record)
-            state = rt.state_of("queue", queue_id)
-    if state is None or state.config.tenant != ctx.principal.tenant or ("queue", queue_id) in ctx.api.retired:
+        record = ctx.api.store_get_nowait(tenant, "queue", queue_id)
+        if record is not None and not ctx.api.hosts(tenant, "queue", queue_id):
+            ctx.api.provision_queue(tenant, record)
+            state = ctx.node.state_of("queue", queue_id, tenant)
+    if state is None or state.config.tenant != tenant:
         raise ApiError("NOT_FOUND", f"queue {queue_id} not found")
     return state
 
 
 async def _ask(ctx: Context, command: Any) -> m.Reply:
-    reply = await ctx.api.ask(command)
+    # agents and queues are addressed in the caller's tenant (calls are unique by UUID)
+    reply = await ctx.api.ask(command, ctx.principal.tenant)
     if not reply.ok:
         raise ApiError(reply.code, reply.message or f"{type(command).__name__} refused")
     return reply
@@ -243,9 +244,7 @@ async def get_agent(ctx: Context, req: t.AgentRequest) -> t.AgentInfo:
 
 async def list_agents(ctx: Context, req: t.ListAgentsRequest) -> t.AgentList:
     p = ctx.principal
-    retired = ctx.api.retired
     agents = [a for a in ctx.node.runtime.states("agent") if a.tenant == p.tenant
-              and ("agent", a.agent_id) not in retired
               and (p.sees_tenant or a.agent_id == p.agent_id)
               and (not req.state or a.state.name == req.state.upper())]
     return t.AgentList(agents=[_agent_info(a) for a in sorted(agents, key=lambda a: a.agent_id)])
@@ -270,7 +269,7 @@ async def get_queue(ctx: Context, req: t.QueueRequest) -> t.QueueInfo:
 async def list_queues(ctx: Context, req: t.ListQueuesRequest) -> t.QueueList:
     tenant = ctx.principal.tenant
     queues = [q for q in ctx.node.runtime.states("queue")
-              if q.config.tenant == tenant and ("queue", q.queue_id) not in ctx.api.retired]
+              if q.config.tenant == tenant]
     return t.QueueList(queues=[_queue_info(q) for q in sorted(queues, key=lambda q: q.queue_id)])
 
 
@@ -301,7 +300,7 @@ def _membership(join: bool) -> Handler:
             command = m.AgentJoinQueue if join else m.AgentLeaveQueue
             await _ask(ctx, command(agent_id=agent_id, at=_now(ctx), request_id=uuid.uuid4().hex,
                                     queue_id=req.queue_id))
-        state = ctx.node.runtime.state_of("agent", agent_id)
+        state = ctx.node.state_of("agent", agent_id, tenant)
         queues = list(state.queues) if state is not None else []
         record = ctx.api.store_get_nowait(tenant, "agent", agent_id)
         if record is not None:
@@ -339,8 +338,10 @@ def _admin_methods() -> list[Method]:
                 return await ctx.api.store.update(ctx.principal.tenant, kind, rec)
 
             async def delete(ctx: Context, req: t.GetRecordRequest) -> t.Deleted:
-                await ctx.api.store.delete(ctx.principal.tenant, kind, req.id)
-                ctx.api.retire(kind, req.id)
+                tenant = ctx.principal.tenant
+                await ctx.api.store.get(tenant, kind, req.id)  # NOT_FOUND before touching the actor
+                ctx.api.retire(tenant, kind, req.id)  # FAILED_PRECONDITION while busy
+                await ctx.api.store.delete(tenant, kind, req.id)
                 return t.Deleted(id=req.id)
 
             async def list_(ctx: Context, req: t.ListRecordsRequest) -> Any:

@@ -18,6 +18,15 @@ Rules
    tombstone path (dropped quietly or answered, never errors).
 4. ``router`` decides where a new inbound call goes (``RouteToQueue``, ``EnterFlow``, ...); it is
    the seam where flows plug in. Without one, calls wait in ROUTING for a routing message.
+5. Tenants: agents and queues are registered per tenant (the runtime's ``tenant_scoped`` kinds:
+   key ``"<tenant>/<id>"``, the plain id for the ``default`` tenant), so two tenants can both have
+   agent ``1001`` and queue ``sales``. Machines keep plain ids; actors reach each other within
+   their own tenant. From outside, ``deliver``/``ask`` take ``tenant=``; without it a plain id is
+   resolved when it names exactly one actor (the default tenant's first), else it is unknown.
+   Call ids are UUIDs: never scoped.
+6. ``remove_actor(kind, id, tenant)`` really removes an agent or a queue. It refuses with
+   ``ActorBusy`` (``code`` FAILED_PRECONDITION) while an agent is RESERVED or ON_CALL or a queue
+   has callers waiting; a logged-in agent is logged out first (its queues learn it), then removed.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from engine.fsm import queue as queue_fsm
 from engine.messages import (
     AgentCallEnded,
     AgentCommandBase,
+    AgentLogout,
     AgentStatus,
     CallCommandBase,
     CallerLeft,
@@ -57,15 +67,40 @@ from engine.messages import (
     RouteToExtension,
     RouteToQueue,
     RoutingMessage,
+    UpdateQueueConfig,
 )
 
-__all__ = ["Node", "NodeStatistics", "open_node", "route", "route_by_destination"]
+__all__ = ["ActorBusy", "ActorMissing", "Node", "NodeStatistics", "open_node", "route",
+           "route_by_destination", "TENANT_SCOPED"]
+
+#: the kinds a node registers per tenant (calls are unique by UUID)
+TENANT_SCOPED = ("agent", "queue")
+
+
+class ActorBusy(Exception):
+    """``remove_actor`` refused: the actor has work in progress (gRPC FAILED_PRECONDITION)."""
+
+    code = "FAILED_PRECONDITION"
+
+    def __init__(self, kind: str, actor_id: str, why: str) -> None:
+        self.kind, self.actor_id, self.why = kind, actor_id, why
+        super().__init__(f"{kind} {actor_id} cannot be removed: {why}")
+
+
+class ActorMissing(LookupError):
+    """``remove_actor``: no such actor (gRPC NOT_FOUND)."""
+
+    code = "NOT_FOUND"
+
+    def __init__(self, kind: str, actor_id: str) -> None:
+        self.kind, self.actor_id = kind, actor_id
+        super().__init__(f"no {kind} {actor_id}")
 
 Router = Callable[[ChannelCreated], RoutingMessage | None]
 
 _CALL_ROUTED = (EnterFlow, RouteToQueue, RouteToExtension, QueueOverflow, ConnectAgent)
 _AGENT_ROUTED = (ReserveAgent, ReleaseReservation, AgentCallEnded)
-_QUEUE_ROUTED = (QueueCall, CallerLeft, AgentStatus, ReservationAccepted, ReservationRejected)
+_QUEUE_ROUTED = (QueueCall, CallerLeft, AgentStatus, ReservationAccepted, ReservationRejected, UpdateQueueConfig)
 
 
 def route(message: Any) -> tuple[str, str]:
@@ -115,10 +150,14 @@ class Node:
         max_crashes: int = 3,
         crash_window_s: float = 5.0,
         call_mailbox: int = 256,
+        runtime_factory: Callable[..., Runtime] | None = None,
         **runtime_options: Any,
     ) -> None:
+        """``runtime_factory(ports=..., name=..., tenant_scoped=..., **runtime_options)`` builds
+        the runtime (default ``Runtime``), e.g. a cluster shard's subclass."""
         self.name = name
-        self.runtime = Runtime(ports=ports, name=name, **runtime_options)
+        runtime_options.setdefault("tenant_scoped", TENANT_SCOPED)
+        self.runtime = (runtime_factory or Runtime)(ports=ports, name=name, **runtime_options)
         self.ports = self.runtime.ports
         self.router = router
         self._initial_queues = tuple(queues)
@@ -133,6 +172,8 @@ class Node:
         self._queues: Supervisor | None = None
         self._agents: Supervisor | None = None
         self._calls: Supervisor | None = None
+        #: (kind, plain id) -> keys of other tenants' actors with that id (Rule 5)
+        self._plain: dict[tuple[str, str], set[str]] = {}
 
     def supervisor_spec(self) -> SupervisorSpec:
         n, t = self._intensity
@@ -173,35 +214,103 @@ class Node:
 
     def add_queue(self, config: queue_fsm.QueueConfig) -> ActorRef:
         assert self._queues is not None, "the node is not running"
-        return self._queues.start_child(config.queue_id, queue_fsm.new_queue(config))
+        key = self._new_key("queue", config.tenant, config.queue_id)
+        return self._queues.start_child(key, queue_fsm.new_queue(config))
 
     def add_agent(self, agent_id: str, tenant: str = "default") -> ActorRef:
         assert self._agents is not None, "the node is not running"
-        return self._agents.start_child(agent_id, agent_fsm.new_agent(agent_id, tenant))
+        key = self._new_key("agent", tenant, agent_id)
+        return self._agents.start_child(key, agent_fsm.new_agent(agent_id, tenant))
 
-    def ref(self, kind: str, actor_id: str) -> ActorRef:
-        return self.runtime.ref(kind, actor_id)
+    def _new_key(self, kind: str, tenant: str, actor_id: str) -> str:
+        if "/" in tenant or (tenant == "default" and "/" in actor_id and kind in self.runtime.tenant_scoped):
+            # "t/x" of the default tenant would be tenant t's "x"
+            raise ValueError(f"{kind} {actor_id!r} of tenant {tenant!r}: '/' is reserved")
+        key = self.runtime.key(kind, tenant, actor_id)
+        if key != actor_id:
+            self._plain.setdefault((kind, actor_id), set()).add(key)
+        return key
+
+    def key(self, kind: str, actor_id: str, tenant: str | None = None) -> str:
+        """The runtime key of an actor (Rule 5): ``tenant`` when given, else the plain id when it
+        names one actor only (the default tenant's, or the one tenant that has it)."""
+        rt = self.runtime
+        if kind not in rt.tenant_scoped:
+            return actor_id
+        if tenant is not None:
+            return rt.key(kind, tenant, actor_id)
+        if rt.exists(kind, actor_id):
+            return actor_id
+        keys = self._plain.get((kind, actor_id))
+        if keys and len(keys) == 1:
+            return next(iter(keys))
+        return actor_id
+
+    def ref(self, kind: str, actor_id: str, tenant: str | None = None) -> ActorRef:
+        return self.runtime.ref(kind, self.key(kind, actor_id, tenant))
+
+    def state_of(self, kind: str, actor_id: str, tenant: str | None = None) -> Any:
+        return self.runtime.state_of(kind, self.key(kind, actor_id, tenant))
+
+    def remove_actor(self, kind: str, actor_id: str, tenant: str | None = None) -> None:
+        """Remove an agent or a queue (Rule 6): ``ActorMissing`` / ``ActorBusy`` when it cannot."""
+        rt = self.runtime
+        key = self.key(kind, actor_id, tenant)
+        state = rt.state_of(kind, key)
+        if state is None:
+            raise ActorMissing(kind, actor_id)
+        if kind == "agent":
+            name = state.state.name
+            if name in ("RESERVED", "ON_CALL"):
+                raise ActorBusy(kind, actor_id, f"the agent is {name}")
+            if name != "LOGGED_OUT":
+                # log it out first so that its queues forget it (its effects, no reply)
+                cell = rt._cell(kind, key)
+                assert cell is not None
+                new, effects = cell.spec.behaviour.step(state, AgentLogout(
+                    agent_id=state.agent_id, at=rt._now()))
+                cell.state = new
+                rt._perform(cell, effects)
+        elif kind == "queue":
+            if state.waiting:
+                raise ActorBusy(kind, actor_id, f"{len(state.waiting)} callers are waiting")
+        elif kind == "call":
+            raise ActorBusy(kind, actor_id, "calls end by hanging up")
+        rt.remove(kind, key, "removed")
+        keys = self._plain.get((kind, actor_id))
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._plain[(kind, actor_id)]
 
     # ---------------------------------------------------------------- routing
 
-    def deliver_nowait(self, message: Any) -> None:
-        """Route a message; raises ``MailboxFull`` when its actor's mailbox is full."""
+    def deliver_nowait(self, message: Any, tenant: str | None = None) -> None:
+        """Route a message (to ``tenant``'s agent/queue, Rule 5); raises ``MailboxFull`` when its
+        actor's mailbox is full."""
         kind, actor_id = route(message)
+        actor_id = self.key(kind, actor_id, tenant)
         if not self._handled_here(kind, actor_id, message):
             self.runtime.tell_nowait(kind, actor_id, message)
 
-    async def deliver(self, message: Any) -> None:
+    async def deliver(self, message: Any, tenant: str | None = None) -> None:
         """Route a message, waiting while its actor's mailbox is full."""
         kind, actor_id = route(message)
+        actor_id = self.key(kind, actor_id, tenant)
         if not self._handled_here(kind, actor_id, message):
             await self.runtime.tell(kind, actor_id, message)
         else:
             await trio.lowlevel.checkpoint()
 
-    async def ask(self, command: CallCommandBase | AgentCommandBase, timeout: float = 5.0) -> Reply:
+    async def ask(self, command: Any, timeout: float = 5.0, tenant: str | None = None) -> Reply:
         """Deliver a command and wait for its ``Reply`` (creating the call for ``Originate``)."""
         kind, actor_id = route(command)
-        return await self.runtime.ask(kind, actor_id, command, timeout=timeout, send=self.deliver)
+
+        async def send(message: Any) -> None:
+            await self.deliver(message, tenant)
+
+        return await self.runtime.ask(kind, self.key(kind, actor_id, tenant), command, timeout=timeout,
+                                      send=send)
 
     def _handled_here(self, kind: str, actor_id: str, message: Any) -> bool:
         """Creation and quiet drops; False when the runtime should deliver the message."""

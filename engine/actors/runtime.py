@@ -23,6 +23,14 @@ Rules
    anything else is dead-lettered.
 7. Time: timers use the trio clock (``StartTimer.deadline`` is a trio time); crash windows and
    generated events use ``clock`` (default ``trio.current_time``).
+8. Tenants (``tenant_scoped`` kinds, e.g. agents and queues on a ``Node``): such an actor is
+   registered under ``key(kind, tenant, id)`` = ``"<tenant>/<id>"`` (the plain id for the
+   ``default`` tenant), so two tenants can both have agent ``1001``. Machines keep plain ids in
+   their states and messages; a ``Send`` to a scoped kind is addressed in the SENDER's tenant
+   (a tombstone's effects in the tenant of the actor that stopped). Unscoped runtimes (the
+   default) are unchanged.
+9. ``remote(kind, key, message) -> bool``, when given, is asked in ``_deliver`` before the rules
+   for absent actors: True means another shard took the message.
 """
 
 from __future__ import annotations
@@ -235,6 +243,8 @@ class Runtime:
         dead_letters_kept: int = 1_000,
         clock: Callable[[], float] | None = None,
         observer: Observer | None = None,
+        remote: Callable[[str, str, Any], bool] | None = None,
+        tenant_scoped: Iterable[str] = (),
     ) -> None:
         self.ports: Ports = ports if ports is not None else Ports.in_memory()
         self.name = name
@@ -243,6 +253,11 @@ class Runtime:
         self.batch = batch
         self.clock: Callable[[], float] = clock or trio.current_time
         self.observer = observer
+        self.remote = remote
+        #: kinds whose actors are registered per tenant (Rule 8)
+        self.tenant_scoped = frozenset(tenant_scoped)
+        #: tenant of recently stopped actors of a non-default tenant (their tombstones' sends)
+        self._recent_tenant: dict[tuple[str, str], str] = {}
         self._registry: dict[str, dict[str, Cell]] = {}
         self._kinds: dict[str, Behaviour] = {}
         self._default_specs: dict[str, ActorSpec] = {}
@@ -346,6 +361,12 @@ class Runtime:
 
     # ---------------------------------------------------------------- registry
 
+    def key(self, kind: str, tenant: str | None, actor_id: str) -> str:
+        """The registry key of ``actor_id`` of ``tenant`` (Rule 8)."""
+        if tenant and tenant != "default" and kind in self.tenant_scoped:
+            return f"{tenant}/{actor_id}"
+        return actor_id
+
     def exists(self, kind: str, actor_id: str) -> bool:
         table = self._registry.get(kind)
         return table is not None and actor_id in table
@@ -432,8 +453,14 @@ class Runtime:
             if cell.id not in members:
                 order.append(cell.id)
                 members.add(cell.id)
+                if self.tenant_scoped:
+                    tenant = self._tenant_of(cell)
+                    if tenant != "default":
+                        self._recent_tenant[(cell.kind, cell.id)] = tenant
                 if len(order) > self._recent_cap:
-                    members.discard(order.popleft())
+                    gone = order.popleft()
+                    members.discard(gone)
+                    self._recent_tenant.pop((cell.kind, gone), None)
         mail = cell.mail
         cell.mail = None
         if mail:
@@ -490,6 +517,9 @@ class Runtime:
         table = self._registry.get(kind)
         cell = None if table is None else table.get(actor_id)
         if cell is None:
+            remote = self.remote
+            if remote is not None and remote(kind, actor_id, message):
+                return
             self._undeliverable(kind, actor_id, message)
             return
         self._enqueue(cell, message)
@@ -559,7 +589,7 @@ class Runtime:
             return
         self.late_handled += 1
         if effects:
-            self._perform(None, effects)
+            self._perform(None, effects, tenant=self._recent_tenant.get((kind, actor_id)))
 
     def _dead_letter(self, kind: str, actor_id: str, message: Any, reason: str) -> None:
         self.dead_lettered += 1
@@ -615,9 +645,18 @@ class Runtime:
         if effects:
             self._perform(cell, effects)
 
-    def _perform(self, cell: Cell | None, effects: Sequence[Effect]) -> None:
+    def _tenant_of(self, cell: Cell) -> str:
+        try:
+            return str(cell.spec.behaviour.tenant_of(cell.state))
+        except Exception:
+            return "default"
+
+    def _perform(self, cell: Cell | None, effects: Sequence[Effect], *, tenant: str | None = None) -> None:
+        """Perform effects in order (``Stop`` last). ``tenant`` addresses the ``Send``s of an
+        effect list without a cell (a tombstone's); with a cell, the cell's tenant (Rule 8)."""
         ports = self.ports
         stop: Stop | None = None
+        scoped = self.tenant_scoped
         for effect in effects:
             kind = type(effect)
             try:
@@ -626,7 +665,12 @@ class Runtime:
                 elif kind is PublishCti:
                     ports.cti.publish(effect.event)  # type: ignore[union-attr]
                 elif kind is Send:
-                    self._deliver(effect.to, effect.to_id, effect.message)  # type: ignore[union-attr]
+                    to_id = effect.to_id  # type: ignore[union-attr]
+                    if scoped and effect.to in scoped:  # type: ignore[union-attr]
+                        if tenant is None and cell is not None:
+                            tenant = self._tenant_of(cell)
+                        to_id = self.key(effect.to, tenant, to_id)  # type: ignore[union-attr]
+                    self._deliver(effect.to, to_id, effect.message)  # type: ignore[union-attr]
                 elif kind is StartTimer:
                     if cell is not None and cell.alive and self._timers.start(
                             cell, effect.key, effect.deadline):  # type: ignore[union-attr]
@@ -656,6 +700,18 @@ class Runtime:
             waiter.event.set()
         else:
             self.ports.replies.reply(reply)
+
+    def remove(self, kind: str, actor_id: str, reason: str = "removed") -> bool:
+        """Forget an actor now (its pending mail goes to the late path, its timers are dropped,
+        its supervisor forgets it). False when there is no such actor."""
+        cell = self._cell(kind, actor_id)
+        if cell is None:
+            return False
+        sup = cell.sup
+        self._remove(cell, reason)
+        if sup is not None:
+            sup.child_removed(cell)
+        return True
 
     def _finish(self, cell: Cell, reason: str) -> None:
         """The machine returned ``Stop``: forget the actor unless its supervisor restarts it."""

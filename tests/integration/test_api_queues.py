@@ -38,7 +38,7 @@ def test_join_and_leave_apply_at_once_in_any_state_without_relogging():
             assert (await http_call(stack, "Agents/SetNotReady", {"agent_id": "a2", "reason": "lunch"}, ADMIN))[0] == 200
             status, body = await http_call(stack, "Queues/Join", {"queue_id": "support", "agent_id": "a2"}, ADMIN)
             assert status == 200 and body["effect"] == "applied" and body["queues"] == ["sales", "support"], body
-            a2 = node.runtime.state_of("agent", "a2")
+            a2 = node.state_of("agent", "a2", "t1")
             assert (a2.state.name, a2.reason) == ("NOT_READY", "lunch")
             assert await _members(stack, "support") == {"a2"}
             # on a call: the old workaround refused (FAILED_PRECONDITION); now it applies
@@ -46,7 +46,7 @@ def test_join_and_leave_apply_at_once_in_any_state_without_relogging():
             busy = node.runtime.state_of("call", "c1").agent_id
             status, body = await http_call(stack, "Queues/Join", {"queue_id": "support", "agent_id": busy}, ADMIN)
             assert status == 200 and body["effect"] == "applied", body
-            assert node.runtime.state_of("agent", busy).state.name == "ON_CALL"
+            assert node.state_of("agent", busy, "t1").state.name == "ON_CALL"
             assert node.runtime.state_of("call", "c1").agent_id == busy  # the call is untouched
             status, body = await http_call(stack, "Queues/Leave", {"queue_id": "sales", "agent_id": busy}, ADMIN)
             assert status == 200 and "sales" not in body["queues"]

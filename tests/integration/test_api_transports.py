@@ -116,7 +116,7 @@ async def exercise(stack, call: Call, tenant: str) -> set[str]:
     assert [q["queue_id"] for q in (await ok("Queues/List", {}, sup))["queues"]] == [queue]
     joined = await ok("Queues/Join", {"queue_id": queue, "agent_id": a2}, sup)
     assert (joined["effect"], joined["queues"]) == ("applied", [queue])
-    await wait_for(lambda: stack.node.runtime.state_of("queue", queue).members.keys() == {a1, a2})
+    await wait_for(lambda: stack.node.state_of("queue", queue, tenant).members.keys() == {a1, a2})
     await ok("Queues/Leave", {"queue_id": queue, "agent_id": a2}, sup)
     await ok("Agents/Logout", {"agent_id": a2}, sup)
     stats = await ok("Queues/Stats", {"queue_id": queue}, sup)
