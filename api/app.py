@@ -57,7 +57,8 @@ async def open_stack(*, secret: str | bytes, nats: bool = True, nats_url: str | 
                      node_options: dict[str, Any] | None = None,
                      publisher_options: dict[str, Any] | None = None,
                      ports_wrap: Any | None = None,
-                     watch_options: dict[str, Any] | None = None) -> AsyncIterator[Stack]:
+                     watch_options: dict[str, Any] | None = None,
+                     presence: Any | None = None) -> AsyncIterator[Stack]:
     """``ports_wrap(ports) -> ports`` lets the caller put its own CDR store / CTI tee / tracing
     around the ports before the node starts (``engine/run.py``)."""
     async with AsyncExitStack() as stack:
@@ -81,7 +82,7 @@ async def open_stack(*, secret: str | bytes, nats: bool = True, nats_url: str | 
             await nursery.start(publisher.run)
             async with open_node(ports=ports, **(node_options or {})) as node:
                 api = Api(node, Authenticator(secret), store=store, hub=hub, bridge=bridge,
-                          limiter=RateLimiter(rate, burst), audit=AuditLog())
+                          limiter=RateLimiter(rate, burst), audit=AuditLog(), presence=presence)
                 result = Stack(node=node, api=api, publisher=publisher, hub=hub, media=media,
                                bridge=bridge, nats_url=url)
                 if http:

@@ -58,7 +58,8 @@ class Api:
     def __init__(self, node: Node, authenticator: Authenticator, *, store: Any | None = None,
                  hub: EventHub | None = None, bridge: Any | None = None,
                  limiter: RateLimiter | None = None, audit: AuditLog | None = None,
-                 ask_timeout_s: float = 5.0, watch_capacity: int = 10_000) -> None:
+                 ask_timeout_s: float = 5.0, watch_capacity: int = 10_000,
+                 presence: Any | None = None) -> None:
         self.node = node
         self.auth = authenticator
         self.store = store if store is not None else InMemoryAdminStore()
@@ -74,6 +75,10 @@ class Api:
         #: called as ``on_login(agent_id, extension, at)`` just before an ``AgentLogin`` is sent
         #: (``PresenceBridge.on_login``: the agent learns its phone's state before any offer)
         self.on_login: Any = None
+        #: optional ``adapters.freeswitch.presence.PresenceBridge``: Agents.Login tells the agent
+        #: whether its phone is registered BEFORE the AgentLogin (so no offer can reach an agent
+        #: whose phone is not registered), Agents.Logout stops watching its extension
+        self.presence = presence
 
     # ---------------------------------------------------------------- unary
 

@@ -219,6 +219,13 @@ async def login(ctx: Context, req: t.LoginRequest) -> t.AgentResponse:
     for queue_id in queues:
         _queue(ctx, queue_id)
     skills = dict(req.skills) or (dict(record.skills) if record else {})
+    presence = ctx.api.presence
+    if presence is not None:
+        # the phone's state first, in the caller's tenant: the agent machine assumes
+        # "registered" until told, so an AgentLogin before this could let an offer through
+        presence.watch(agent_id, extension)
+        ctx.node.deliver_nowait(presence.registry.device_state(agent_id, extension, _now(ctx)),
+                                ctx.principal.tenant)
     reply = await _ask(ctx, m.AgentLogin(agent_id=agent_id, at=_now(ctx), request_id=uuid.uuid4().hex,
                                          extension=extension, queues=tuple(queues), skills=skills,
                                          tenant=ctx.principal.tenant, ready=req.ready))
@@ -232,6 +239,8 @@ def _agent_command(cls: type, **fixed: Any) -> Handler:
         extra = {"reason": req.reason} if isinstance(req, t.NotReadyRequest) else {}
         reply = await _ask(ctx, cls(agent_id=agent_id, at=_now(ctx), request_id=uuid.uuid4().hex,
                                     **extra, **fixed))
+        if cls is m.AgentLogout and ctx.api.presence is not None:
+            ctx.api.presence.on_logout(agent_id)
         return t.AgentResponse(agent_id=agent_id, message=reply.message)
 
     return handler
