@@ -90,19 +90,24 @@ def origin_of(request_id: str) -> str:
 
 
 class LinkMarks:
-    """What a receiver has applied, per link: ``(source, incarnation) -> highest seq``.
+    """What a receiver has applied, per link ``(source, incarnation)``: every seq up to ``low``, plus
+    the seqs above it that arrived early (a sliding window; Ray does not always keep a link's
+    batches in order, measured in bench/cluster.py, so a high-water mark alone would drop batches).
 
-    ``fresh`` says whether a batch is new (and records it). Only the newest few incarnations of a
-    source are kept (a restarted sender starts a new one; the old one can only send stragglers).
-    ``export``/``restore`` put the marks into a snapshot pass, so a restarted receiver drops the
-    retried batches its restored images already contain.
+    ``fresh`` says whether a batch is new (and records it). A gap that stays open for ``WINDOW``
+    later batches (a batch lost with a dead sender) is given up. Only the newest ``KEEP``
+    incarnations of a source are kept. ``export``/``restore`` put the marks into a snapshot pass,
+    so a restarted receiver drops the retried batches its restored images already contain.
     """
 
     KEEP = 4
+    WINDOW = 4096
 
     def __init__(self) -> None:
-        self.marks: dict[str, dict[int, int]] = {}
+        #: source -> incarnation -> [low, seqs applied above low]
+        self.marks: dict[str, dict[int, tuple[int, set[int]]]] = {}
         self.duplicates = 0
+        self.reordered = 0
 
     def fresh(self, source: str, incarnation: int, seq: int) -> bool:
         if seq <= 0:
@@ -110,23 +115,41 @@ class LinkMarks:
         per = self.marks.get(source)
         if per is None:
             per = self.marks[source] = {}
-        last = per.get(incarnation, 0)
-        if seq <= last:
+        low, above = per.get(incarnation) or (0, set())
+        if seq <= low or seq in above:
             self.duplicates += 1
             return False
-        per[incarnation] = seq
+        if seq == low + 1:
+            low = seq
+            while low + 1 in above:
+                low += 1
+                above.discard(low)
+        else:
+            self.reordered += 1
+            above.add(seq)
+            if len(above) > self.WINDOW:  # give the oldest gap up
+                low = min(above)
+                above.discard(low)
+                while low + 1 in above:
+                    low += 1
+                    above.discard(low)
+        per[incarnation] = (low, above)
         if len(per) > self.KEEP:
             del per[min(per)]
         return True
 
     def export(self) -> bytes:
-        return _encoder.encode(self.marks)
+        return _encoder.encode({src: {inc: (low, sorted(above)) for inc, (low, above) in per.items()}
+                                for src, per in self.marks.items()})
 
     def restore(self, data: bytes) -> None:
-        for source, per in msgspec.msgpack.decode(data, type=dict[str, dict[int, int]]).items():
+        saved = msgspec.msgpack.decode(data, type=dict[str, dict[int, tuple[int, list[int]]]])
+        for source, per in saved.items():
             mine = self.marks.setdefault(source, {})
-            for inc, seq in per.items():
-                mine[inc] = max(mine.get(inc, 0), seq)
+            for inc, (low, above) in per.items():
+                old_low, old_above = mine.get(inc) or (0, set())
+                new_low = max(low, old_low)
+                mine[inc] = (new_low, {s for s in (set(above) | old_above) if s > new_low})
 
 
 _encoder = msgspec.msgpack.Encoder()
