@@ -934,9 +934,10 @@ class NodeConfig:
     - queues and agents are started on the node when they appear (``node.add_queue/add_agent``);
     - DIDs, extensions, flows, time conditions... are read from ``snapshot`` by whoever routes
       (``router()`` maps a dialled DID to its queue or flow), so a change applies to the next call;
-    - a changed queue's parameters cannot be pushed into a running queue actor yet (the queue
-      machine has no "reconfigure" message): the change is kept in ``snapshot`` and counted in
-      ``queue_updates_pending`` (see docs/postgres.md).
+    - a changed queue's parameters reach its running actor as ``UpdateQueueConfig`` (in the
+      queue's tenant; counted in ``queue_updates_sent``). Only when that cannot be delivered (a
+      node without ``deliver_nowait``, a full mailbox) is it counted in ``queue_updates_pending``
+      (the row is still in ``snapshot``).
     """
 
     def __init__(self, snapshot: ConfigSnapshot, node: Any = None) -> None:
@@ -944,9 +945,13 @@ class NodeConfig:
         self.node = node
         self.applied = 0
         self.queue_updates_pending = 0
+        self.queue_updates_sent = 0
         self.needs_resync = False
-        self._started_queues: set[str] = set()
-        self._started_agents: set[str] = set()
+        #: (tenant, id): ids are per tenant on a node
+        self._started_queues: set[tuple[str, str]] = set()
+        self._started_agents: set[tuple[str, str]] = set()
+        #: the QueueDef each started queue actor runs with (to push changes found by a resync)
+        self._queue_rows: dict[tuple[str, str], QueueDef] = {}
         self._did_index: dict[str, Did] = {}
         self._did_index_version: Any = None
 
@@ -959,14 +964,41 @@ class NodeConfig:
             self._add_agent(a)
 
     def _add_queue(self, q: QueueDef) -> None:
-        if self.node is not None and q.queue_id not in self._started_queues:
+        if self.node is None:
+            return
+        key = (q.tenant, q.queue_id)
+        if key not in self._started_queues:
             self.node.add_queue(q.to_config())
-            self._started_queues.add(q.queue_id)
+            self._started_queues.add(key)
+            self._queue_rows[key] = q
+        elif self._queue_rows.get(key) != q:
+            self._update_queue(q)
+
+    def _update_queue(self, q: QueueDef) -> None:
+        """Push new parameters into the running queue actor (it re-dispatches under them)."""
+        from engine.messages import UpdateQueueConfig
+
+        self._queue_rows[(q.tenant, q.queue_id)] = q
+        deliver = getattr(self.node, "deliver_nowait", None)
+        if deliver is None:
+            self.queue_updates_pending += 1
+            return
+        clock = getattr(getattr(self.node, "runtime", None), "clock", None)
+        try:
+            at = float(clock()) if clock is not None else 0.0
+            deliver(UpdateQueueConfig(queue_id=q.queue_id, at=at, config=msgspec.to_builtins(q.to_config())),
+                    q.tenant)
+        except Exception as exc:  # noqa: BLE001 - a full mailbox or a stopped node: keep it pending
+            log.warning("queue %s: new configuration not delivered (%r)", row_name(QueueDef, q.tenant, q.key()), exc)
+            self.queue_updates_pending += 1
+            return
+        self.queue_updates_sent += 1
 
     def _add_agent(self, a: AgentDef) -> None:
-        if self.node is not None and a.enabled and a.agent_id not in self._started_agents:
+        key = (a.tenant, a.agent_id)
+        if self.node is not None and a.enabled and key not in self._started_agents:
             self.node.add_agent(a.agent_id, a.tenant)
-            self._started_agents.add(a.agent_id)
+            self._started_agents.add(key)
 
     def apply(self, change: ConfigChange) -> None:
         """A ``ConfigStore`` listener."""
@@ -982,12 +1014,9 @@ class NodeConfig:
         if change.row is None:
             bucket.pop(key, None)
             return
-        previous = bucket.get(key)
         bucket[key] = change.row
         if kind is QueueDef:
-            if previous is not None and previous != change.row and change.row.queue_id in self._started_queues:
-                self.queue_updates_pending += 1
-            self._add_queue(change.row)
+            self._add_queue(change.row)  # starts it, or pushes its new parameters
         elif kind is AgentDef:
             self._add_agent(change.row)
 

@@ -116,3 +116,47 @@ def test_node_config_starts_new_queues_and_routes_dids():
 
     assert node.queues == ["q1", "q2"] and live.queue_updates_pending == 1
     assert live.router()(ChannelCreated(call_id="c", at=0, destination="555", tenant="t")).queue_id == "q2"
+
+
+def test_a_queue_change_in_the_store_reaches_the_running_queue():
+    """NodeConfig pushes UpdateQueueConfig: the live queue's config changes and the next caller is
+    dispatched under the new strategy (ring-all rings both agents, longest-idle one)."""
+    import trio.testing
+
+    from engine.actors import open_node
+    from engine.messages import AgentLogin, ChannelCreated, MediaOriginate
+
+    async def main():
+        s = InMemoryConfigStore()
+        await s.create(Tenant(tenant="t"))
+        await s.create(QueueDef(tenant="t", queue_id="q1", strategy="ring-all"))
+        live = NodeConfig(await s.snapshot())
+        s.subscribe(live.apply)
+        async with open_node(router=lambda ev: None) as node:
+            live.start(node)
+            for agent, ext in (("a1", "201"), ("a2", "202")):
+                node.add_agent(agent, "t")
+                reply = await node.ask(AgentLogin(agent_id=agent, at=trio.current_time(), extension=ext,
+                                                  queues=("q1",), tenant="t", ready=True), tenant="t")
+                assert reply.ok
+
+            async def rung(call_id: str) -> int:
+                from engine.messages import RouteToQueue
+
+                node.deliver_nowait(ChannelCreated(call_id=call_id, at=trio.current_time(), destination="1",
+                                                   tenant="t"))
+                node.runtime._deliver("call", call_id, RouteToQueue(call_id=call_id, at=trio.current_time(),
+                                                                   queue_id="q1"))
+                await trio.sleep(1)
+                return len([c for c in node.ports.media.items
+                            if isinstance(c, MediaOriginate) and c.call_id == call_id])
+
+            await s.update(QueueDef(tenant="t", queue_id="q1", strategy="longest-idle", ring_timeout_s=7))
+            await trio.sleep(0.1)
+            config = node.state_of("queue", "q1", "t").config
+            assert (config.strategy, config.ring_timeout_s) == ("longest-idle", 7)
+            assert live.queue_updates_sent == 1 and live.queue_updates_pending == 0
+            assert await rung("c1") == 1
+            return live
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
