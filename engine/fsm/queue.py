@@ -137,6 +137,9 @@ class Queue(msgspec.Struct, frozen=True, kw_only=True):
     now: float = 0.0
     waiting: tuple[Waiter, ...] = ()
     members: dict[str, Member] = {}
+    #: ids of the members whose last status says available (an index over ``members``, kept in
+    #: step by every handler that changes availability: dispatch scans this, not every member)
+    available: frozenset[str] = frozenset()
     offers: dict[str, Offer] = {}
     seq: int = 0
     offer_seq: int = 0
@@ -233,11 +236,16 @@ def _dispatch(q: Queue, out: Out, t: float) -> Queue:
     """Offer waiting callers to free, qualified agents, best first. Deterministic."""
     if not q.waiting:
         return _settle(q)
-    busy = {o.agent_id for o in q.offers.values()}
-    free = [m for m in q.members.values() if m.available and m.agent_id not in busy]
-    if not free:
+    if not q.available:
         return _settle(q)
     pending_calls = {o.call_id for o in q.offers.values()}
+    if len(pending_calls) >= len(q.waiting):
+        return _settle(q)  # every waiting caller already has an offer out
+    busy = {o.agent_id for o in q.offers.values()}
+    members = q.members
+    free = [members[a] for a in sorted(q.available) if a not in busy]
+    if not free:
+        return _settle(q)
     offers = dict(q.offers)
     offer_seq, rr, timers = q.offer_seq, q.rr_cursor, q.timers
     cfg = q.config
@@ -344,13 +352,19 @@ def _caller_left(q: Queue, msg: CallerLeft, out: Out) -> Queue:
 def _agent_status(q: Queue, msg: AgentStatus, out: Out) -> Queue:
     q, t = _t(q, msg.at)
     members = dict(q.members)
+    available = q.available
+    if msg.logged_in and msg.available:
+        if msg.agent_id not in available:
+            available = available | {msg.agent_id}
+    elif msg.agent_id in available:
+        available = available - {msg.agent_id}
     if not msg.logged_in:
         members.pop(msg.agent_id, None)
     else:
         members[msg.agent_id] = Member(agent_id=msg.agent_id, extension=msg.extension, available=msg.available,
                                        skills=dict(msg.skills), idle_since=msg.idle_since,
                                        talk_time=msg.talk_time, calls_handled=msg.calls_handled)
-    return replace(q, members=members)
+    return replace(q, members=members, available=available)
 
 
 @on(list(S), ReservationAccepted)
@@ -387,7 +401,7 @@ def _rejected(q: Queue, msg: ReservationRejected, out: Out) -> Queue:
     # same agent, arrives after this rejection)
     if msg.agent_id in members:
         members[msg.agent_id] = replace(members[msg.agent_id], available=False)
-    q = replace(q, offers=offers, members=members)
+    q = replace(q, offers=offers, members=members, available=q.available - {msg.agent_id})
     return _retry_or_overflow(q, offer.call_id, out, t)
 
 

@@ -172,6 +172,11 @@ class QueueMachine(RuleBasedStateMachine):
         assert self.q.state is (Q.QueueState.WAITING if waiting else Q.QueueState.IDLE)
 
     @invariant()
+    def availability_index_matches_members(self):
+        expected = {a for a, m in self.q.members.items() if m.available}
+        assert set(self.q.available) == expected, "the availability index drifted from the members"
+
+    @invariant()
     def timers_belong_to_waiting_callers_and_pending_reservations(self):
         assert set(self.q.timers) == self.timers
         waiting = {w.call_id for w in self.q.waiting}
@@ -184,3 +189,4 @@ class QueueMachine(RuleBasedStateMachine):
 
 TestQueueMachine = QueueMachine.TestCase
 TestQueueMachine.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
+
