@@ -22,6 +22,7 @@ from typing import Any
 
 import jwt
 import msgspec
+from jwt.types import Options
 
 from api.errors import ApiError
 
@@ -87,7 +88,7 @@ class Authenticator:
         if cached is not None and cached[1] > time.time():
             self._cache.move_to_end(token)
             return cached[0]
-        options = {"require": ["exp", "sub", "tenant"]}
+        options: Options = {"require": ["exp", "sub", "tenant"]}
         try:
             claims = jwt.decode(token, self._key, algorithms=self._algorithms, issuer=self._issuer,
                                 audience=self._audience, leeway=self._leeway, options=options)

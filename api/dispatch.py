@@ -282,7 +282,10 @@ class Api:
 
     async def _replay(self, tenant: str, from_seq: int, since: float, accept: EventFilter,
                       until: int = 0) -> AsyncIterator[list[tuple[int, str, bool]]]:
-        async for msgs in self.bridge.replay(tenant, from_seq=from_seq, since=since):
+        bridge = self.bridge
+        if bridge is None:  # watch() checks first; kept for direct callers
+            raise ApiError("FAILED_PRECONDITION", "replay needs JetStream (no NATS configured)")
+        async for msgs in bridge.replay(tenant, from_seq=from_seq, since=since):
             out = []
             for msg in msgs:
                 if until and msg.seq > until:

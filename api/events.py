@@ -15,7 +15,7 @@ Rules
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_args
 
 import msgspec
 
@@ -234,7 +234,7 @@ CtiWireEvent = (
 
 #: name -> Struct class
 EVENT_TYPES: dict[str, type[CtiBase]] = {
-    t.__struct_config__.tag: t for t in CtiWireEvent.__args__  # type: ignore[attr-defined]
+    t.__struct_config__.tag: t for t in get_args(CtiWireEvent)
 }
 
 _BASE_FIELDS = frozenset(CtiBase.__struct_fields__)
@@ -269,10 +269,11 @@ def to_wire(event: CtiEvent, seq: int | None = None) -> CtiBase:
     if direct is None:
         direct = _direct(cls, keys)
     if direct:  # the common case: every data key is a declared field (no renames, no leftovers)
+        fields: dict[str, Any] = data  # declared fields of cls, not its ``data`` dict
         try:
             return cls(tenant=event.tenant, seq=event.seq if seq is None else seq, at=event.at,
                        call_id=event.call_id, agent_id=event.agent_id, queue_id=event.queue_id,
-                       version=WIRE_VERSION, **data)
+                       version=WIRE_VERSION, **fields)
         except TypeError:  # pragma: no cover - a wrong value type: the general path below decides
             pass
     known = _EXTRA[cls]

@@ -212,7 +212,9 @@ class _Connection:
                 continue
             events = list(item)
             while out and not isinstance(out[0], str) and len(events) + len(out[0]) <= limit:
-                events.extend(out.popleft())
+                more = out.popleft()
+                assert not isinstance(more, str)
+                events.extend(more)
             self.sending_from = events[0][0]
             await self.ws.send_message('{"events":[' + ",".join([j for _, j in events]) + "]}")
             self.sending_from = None

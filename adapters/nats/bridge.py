@@ -299,7 +299,9 @@ class NatsBridge:
             import datetime as _dt
 
             start_time = _dt.datetime.fromtimestamp(since, _dt.UTC).isoformat().replace("+00:00", "Z")
-            config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start_time,
+            # nats-py's hint says datetime, but it sends the field as is: the server wants RFC 3339
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
+                                    opt_start_time=start_time,  # type: ignore[arg-type]
                                     ack_policy=AckPolicy.NONE, inactive_threshold=30.0, mem_storage=True)
         else:
             config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE,

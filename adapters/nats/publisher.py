@@ -153,7 +153,8 @@ class CtiPublisher:
             wired = [b for b in batches if b.last is not None]
             if bridge is not None and wired:
                 try:
-                    futures = await bridge.send_many([(b.frames or b"", b.count, b.last) for b in wired])
+                    futures = await bridge.send_many([(b.frames or b"", b.count, b.last) for b in wired
+                                                      if b.last is not None])
                     for b, future in zip(wired, futures, strict=True):
                         b.future = future
                 except Exception:

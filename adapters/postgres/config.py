@@ -45,6 +45,7 @@ Rules
 
 from __future__ import annotations
 
+import builtins
 import logging
 import re
 import zoneinfo
@@ -465,7 +466,7 @@ class ConfigStore(Protocol):
     async def update(self, obj: E, *, actor: str = "") -> E: ...
     async def put(self, obj: E, *, actor: str = "") -> E: ...
     async def delete(self, kind: type[Entity], tenant: str, *key: str, actor: str = "") -> None: ...
-    async def flow_versions(self, tenant: str, flow_id: str) -> list[Flow]: ...
+    async def flow_versions(self, tenant: str, flow_id: str) -> builtins.list[Flow]: ...
     async def snapshot(self) -> ConfigSnapshot: ...
     def subscribe(self, listener: Listener) -> None: ...
 
@@ -543,8 +544,8 @@ class InMemoryConfigStore:
         self._references(obj, row)
         if isinstance(obj, Flow):
             history = self._flow_history.setdefault((obj.tenant, obj.flow_id), [])
-            obj = msgspec.structs.replace(obj, version=(history[-1].version if history else 0) + 1)  # type: ignore[assignment]
-            history.append(obj)  # type: ignore[arg-type]
+            obj = msgspec.structs.replace(obj, version=(history[-1].version if history else 0) + 1)
+            history.append(obj)
         self._rows[kind][key] = obj
         self._notify(kind, "UPDATE" if exists else "INSERT", obj.tenant, obj.key(), obj, actor)
         return obj
@@ -577,7 +578,7 @@ class InMemoryConfigStore:
                             self._notify(child, "DELETE", tenant, ckey[1:], None, actor)
         self._notify(kind, "DELETE", tenant, tuple(key), None, actor)
 
-    async def flow_versions(self, tenant: str, flow_id: str) -> list[Flow]:
+    async def flow_versions(self, tenant: str, flow_id: str) -> builtins.list[Flow]:
         self._up()
         await trio.lowlevel.checkpoint()
         return list(self._flow_history.get((tenant, flow_id), []))
@@ -745,7 +746,7 @@ class PgConfigStore:
         if result == "missing":
             raise NotFound(row)
         if kind is Flow:
-            obj = msgspec.structs.replace(obj, version=result)  # type: ignore[assignment]
+            obj = msgspec.structs.replace(obj, version=result)
         return obj
 
     async def create(self, obj: E, *, actor: str = "") -> E:
@@ -770,7 +771,7 @@ class PgConfigStore:
         if status.endswith(" 0"):
             raise NotFound(row)
 
-    async def flow_versions(self, tenant: str, flow_id: str) -> list[Flow]:
+    async def flow_versions(self, tenant: str, flow_id: str) -> builtins.list[Flow]:
         async def go(conn: Any) -> Any:
             return await conn.fetch("SELECT tenant, flow_id, document, version FROM flows"
                                     " WHERE tenant = $1 AND flow_id = $2 ORDER BY version", tenant, flow_id)

@@ -196,7 +196,7 @@ def test_changes_reach_a_running_node_through_listen_notify():
         store.subscribe(live.apply)
         async with open_node(router=live.router()) as node, open_config_watcher(store) as watcher:
             live.start(node)
-            assert node.runtime.exists("queue", "sales") and node.runtime.exists("agent", "a1")
+            assert node.state_of("queue", "sales", "acme") is not None and node.state_of("agent", "a1", "acme") is not None
             await store.create(QueueDef(tenant="acme", queue_id="support"))
             await store.create(AgentDef(tenant="acme", agent_id="a2"))
             await store.put(Did(tenant="acme", number="+3210000", destination="queue:support"))
@@ -205,7 +205,7 @@ def test_changes_reach_a_running_node_through_listen_notify():
                 while live.snapshot.get(Extension, "acme", "1001") is not None or watcher.received < 4:
                     await trio.sleep(0.01)
             route = live.router()(ChannelCreated(call_id="x", at=0, destination="+3210000", tenant="acme"))
-            return (node.runtime.exists("queue", "support"), node.runtime.exists("agent", "a2"), route)
+            return (node.state_of("queue", "support", "acme") is not None, node.state_of("agent", "a2", "acme") is not None, route)
 
     has_queue, has_agent, route = run_pg(body)
     assert has_queue and has_agent
