@@ -4,6 +4,8 @@ Prints figures and, on its last line, one JSON object:
   scale_2_vs_1           completed calls/s with two shard hosts over one (same per-host load and
                          entities per host; ~half of the reservation protocol crosses shards with two)
   cross_shard_msgs_per_s routing messages/s from one host to another, batched (outbox -> Ray call)
+  cross_shard_nats_msgs_per_s  the same flood, same batch size, carried over NATS (embedded
+                         nats-server, a subject per shard) instead of Ray calls
   shard_recovery_s       SIGKILL of a host process -> Ray restarted it and it rebuilt its agents,
                          queues and calls (ready() answers again)
 Keep Ray lean: one local Ray, no dashboard, small object store; other suites share the cores.
@@ -21,12 +23,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import msgspec  # noqa: E402
 import ray  # noqa: E402
 
 from engine.cluster.cluster import Cluster  # noqa: E402
 from engine.cluster.fakeswitch import FakeSwitch, FileChannelSource  # noqa: E402
 from engine.cluster.host import HostConfig  # noqa: E402
 from engine.cluster.loadgen import local_switch  # noqa: E402
+from engine.cluster.placement import Directory  # noqa: E402
 from engine.cluster.snapshots import FileSnapshotStore  # noqa: E402
 from engine.fsm.queue import QueueConfig  # noqa: E402
 from engine.messages import AgentLogin, AgentStatus  # noqa: E402
@@ -41,16 +45,25 @@ def ensure_ray(cpus: int) -> None:
 
 
 def throughput(shards: int, *, agents_per_shard: int, queues_per_shard: int, concurrency: int,
-               warmup_s: float, measure_s: float, max_delay_s: float) -> dict:
+               warmup_s: float, measure_s: float, max_delay_s: float, transport: str = "ray", nats_url: str = "",
+               max_batch: int = 1024, tenants: bool = False) -> dict:
     n_queues = queues_per_shard * shards
     queues = [QueueConfig(queue_id=f"bq{i}") for i in range(n_queues)]
     routes = {f"9{i}": q.queue_id for i, q in enumerate(queues)}
-    config = HostConfig(namespace=f"bench{shards}", prefix=f"bench{shards}-", routes=routes, snapshot_interval_s=0,
-                        collect_outputs=False, max_delay_s=max_delay_s, local_switch=local_switch(tuple(routes), concurrency))
+    ns = f"bench{shards}{transport}{int(tenants)}"
+    config = HostConfig(namespace=ns, prefix=f"{ns}-", routes=routes, snapshot_interval_s=0,
+                        collect_outputs=False, max_delay_s=max_delay_s, local_switch=local_switch(tuple(routes), concurrency),
+                        transport=transport, nats_url=nats_url, max_batch=max_batch)
+    if tenants:
+        # one tenant per shard's worth of queues and agents, spread 1: a queue and its agents
+        # live together, so the reservation protocol stays on one shard
+        config.directory = Directory(tenant_spread={f"t{i}": 1 for i in range(n_queues)})
     cl = Cluster(shards=shards, config=config, host_cpus=1.0).start()
     try:
         agents = [f"ba{i}" for i in range(agents_per_shard * shards)]
-        cl.add_entities(queues, [(a, "default") for a in agents])
+        if tenants:
+            queues = [msgspec.structs.replace(q, tenant=f"t{i}") for i, q in enumerate(queues)]
+        cl.add_entities(queues, [(a, f"t{i % n_queues}" if tenants else "default") for i, a in enumerate(agents)])
         # each agent serves one queue (as in most contact centres): an agent's status then goes to
         # one queue, and queues do not compete for every agent
         cl.send([AgentLogin(agent_id=a, at=time.time(), extension=f"x{a}", queues=(queues[i % n_queues].queue_id,),
@@ -71,15 +84,18 @@ def throughput(shards: int, *, agents_per_shard: int, queues_per_shard: int, con
         ray.get([h.call.remote(lambda host: host.switch.stop()) for h in cl.hosts.values()])
         dt = t1 - t0
         return {"shards": shards, "calls_per_s": (c1 - c0) / dt, "cross_msgs_per_s": (m1 - m0) / dt,
-                "mean_batch": (m1 - m0) / max(1, b1 - b0)}
+                "mean_batch": (m1 - m0) / max(1, b1 - b0), "cross_per_call": (m1 - m0) / max(1, c1 - c0)}
     finally:
         for h in cl.hosts.values():
             ray.kill(h)
 
 
-def cross_shard_rate(n: int) -> dict:
-    """Host s0 floods a queue on s1 with n AgentStatus messages through its outbox."""
-    config = HostConfig(namespace="benchx", prefix="benchx-", snapshot_interval_s=0, collect_outputs=False)
+def cross_shard_rate(n: int, *, transport: str = "ray", nats_url: str = "", max_batch: int = 1024) -> dict:
+    """Host s0 floods a queue on s1 with n AgentStatus messages through its outbox, carried by
+    batched Ray calls or by NATS (a subject per shard): the same encode, batch size, decode, step."""
+    ns = f"benchx{transport}{max_batch}"
+    config = HostConfig(namespace=ns, prefix=f"{ns}-", snapshot_interval_s=0, collect_outputs=False,
+                        transport=transport, nats_url=nats_url, max_batch=max_batch)
     cl = Cluster(shards=["s0", "s1"], config=config, host_cpus=1.0).start()
     try:
         qid = next(f"xq{i}" for i in range(1000) if cl.directory.place("queue", f"xq{i}") == "s1")
@@ -106,8 +122,13 @@ def cross_shard_rate(n: int) -> dict:
                 break
             time.sleep(0.005)
         dt = time.perf_counter() - t0
-        out = cl.statistics()["s0"]["outbox"]
-        return {"messages": n, "seconds": dt, "msgs_per_s": n / dt, "mean_batch": out["mean_batch"]}
+        stats = cl.statistics()
+        out = stats["s0"]["outbox"]
+        got = stats["s1"]["accepted"] - before
+        return {"transport": transport, "messages": n, "delivered": got, "seconds": dt, "msgs_per_s": got / dt,
+                "mean_batch": out["mean_batch"], "duplicates_dropped": stats["s1"]["duplicates_dropped"],
+                "reordered": stats["s1"]["reordered"],
+                "send_errors": out["send_errors"], "last_error": out["last_error"][:200]}
     finally:
         for h in cl.hosts.values():
             ray.kill(h)
@@ -163,6 +184,7 @@ def main() -> None:
     ap.add_argument("--max-delay-ms", type=float, default=2.0, help="outbox flush delay")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: scale,cross,recovery")
     ap.add_argument("--cross-msgs", type=int, default=200_000)
+    ap.add_argument("--cross-batches", default="64,1024", help="outbox batch sizes for the Ray/NATS comparison")
     ap.add_argument("--recovery-agents", type=int, default=2000)
     ap.add_argument("--recovery-calls", type=int, default=1000)
     args = ap.parse_args()
@@ -179,8 +201,25 @@ def main() -> None:
         two = throughput(2, **kw)
     print(f"2 shard hosts: {two['calls_per_s']:9.0f} calls/s  cross-shard {two['cross_msgs_per_s']:.0f} msg/s "
           f"(mean batch {two['mean_batch']:.0f})", flush=True)
-    cross = {"msgs_per_s": float("nan"), "mean_batch": 0} if "cross" in skip else cross_shard_rate(args.cross_msgs)
-    print(f"cross-shard flood: {cross['msgs_per_s']:.0f} msg/s (mean batch {cross['mean_batch']})", flush=True)
+    nan = {"msgs_per_s": float("nan"), "mean_batch": 0}
+    cross, cross_nats = nan, nan
+    table: list[dict] = []
+    if "cross" not in skip:
+        from engine.cluster.natsio import EmbeddedNatsThread
+
+        with EmbeddedNatsThread() as server:
+            for max_batch in [int(b) for b in args.cross_batches.split(",") if b]:
+                for transport in ("ray", "nats"):
+                    res = cross_shard_rate(args.cross_msgs, transport=transport, nats_url=server.url,
+                                           max_batch=max_batch)
+                    res["max_batch"] = max_batch
+                    table.append(res)
+                    print(f"cross-shard flood over {transport:4} (batch <= {max_batch:4}): {res['msgs_per_s']:8.0f} "
+                          f"msg/s, mean batch {res['mean_batch']}, delivered {res['delivered']}/{res['messages']}",
+                          flush=True)
+        biggest = max(r["max_batch"] for r in table)
+        cross = next(r for r in table if r["transport"] == "ray" and r["max_batch"] == biggest)
+        cross_nats = next(r for r in table if r["transport"] == "nats" and r["max_batch"] == biggest)
     rec = ({"seconds": float("nan"), "inside_host_s": None, "before": {}, "after": {}} if "recovery" in skip
            else recovery(args.recovery_agents, args.recovery_calls))
     print(f"recovery: {rec['seconds']:.2f} s (inside host {rec['inside_host_s']} s) actors before {rec['before']} "
@@ -193,6 +232,8 @@ def main() -> None:
         "calls_per_s_1": r(one["calls_per_s"]),
         "calls_per_s_2": r(two["calls_per_s"]),
         "cross_shard_msgs_per_s": r(cross["msgs_per_s"]),
+        "cross_shard_nats_msgs_per_s": r(cross_nats["msgs_per_s"]),
+        "cross_shard_by_batch": {f"{t['transport']}@{t['max_batch']}": r(t["msgs_per_s"]) for t in table},
         "cross_shard_msgs_per_s_in_traffic": r(two["cross_msgs_per_s"]),
         "shard_recovery_s": r(rec["seconds"], 3),
         "shard_recovery_inside_host_s": rec["inside_host_s"],
