@@ -11,7 +11,8 @@ Rules
    so events of one call arrive in the order the link saw them.
 4. Membership changes are hand-overs (``_rebalance``): every host installs the new directory and
    parks messages for ids it now owns but has not received, the old owners export those actors
-   (state, timers, queued mail) to the new owners over the ordered shard links, the driver waits
+   (state, timers, queued mail) to the new owners over the shard links (a later message that overtakes
+   its Adopt is parked), the driver waits
    until every adoption arrived, then the parked messages are delivered. Live calls move with their
    timers like idle entities; nothing is dropped, a call just pauses for the hand-over (~ms).
 """
