@@ -30,7 +30,10 @@ class NatsLoop:
     _instance: NatsLoop | None = None
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        # a plain selector loop, not asyncio.new_event_loop(): trio-asyncio (used by the NATS and
+        # PostgreSQL adapters in the same process) installs a global loop policy whose loops are
+        # bound to the thread that created them and cannot run in this thread
+        self.loop: asyncio.AbstractEventLoop = asyncio.SelectorEventLoop()
         self._conns: dict[str, Any] = {}
         self._conn_lock: asyncio.Lock | None = None
         self.last_error = ""
