@@ -368,6 +368,7 @@ async def _inject_faults(engine: Any, emu: Any, t0: float, seconds: float, resul
 
     pgdir = state_dir() / "pg"
     emb = EmbeddedPostgres(pgdir)
+    await trio.to_thread.run_sync(emb.start)  # attach to the running server (so start() restarts it)
     print_fn("FAULT: stopping PostgreSQL for 10 s")
     await trio.to_thread.run_sync(emb.stop)
     await trio.sleep(10)

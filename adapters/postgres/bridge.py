@@ -107,6 +107,11 @@ class Postgres:
             return
 
 
+def _log_orphaned_error(loop: Any, context: dict[str, Any]) -> None:
+    log.warning("postgres: asyncio error outside any request (ignored): %s %r",
+                context.get("message", ""), context.get("exception"))
+
+
 @asynccontextmanager
 async def open_postgres(dsn: str, *, max_size: int = 4, command_timeout: float = 60.0,
                         setup: Callable[[Any], Awaitable[None]] | None = None) -> AsyncIterator[Postgres]:
@@ -114,6 +119,10 @@ async def open_postgres(dsn: str, *, max_size: int = 4, command_timeout: float =
     loop = trio_asyncio.current_loop.get()
     if loop is None:
         async with trio_asyncio.open_loop() as loop:
+            # trio-asyncio's default handler re-raises any orphaned asyncio error into the loop's
+            # nursery, so a "Future exception was never retrieved" from a connection that died
+            # with the server (outage) would tear the whole store down: log it instead
+            loop.set_exception_handler(_log_orphaned_error)
             async with _pool(dsn, loop, max_size, command_timeout, setup) as pg:
                 yield pg
     else:
