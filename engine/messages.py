@@ -453,6 +453,10 @@ class AgentStatus(Msg, tag="agent_status", frozen=True, kw_only=True):
     idle_since: float = 0.0
     talk_time: float = 0.0
     calls_handled: int = 0
+    #: the agent's status counter: a queue ignores a status older than one it already has, so
+    #: reordering between the agent and a queue (e.g. across shards) cannot roll its view back;
+    #: 0 = unknown (always applied)
+    seq: int = 0
 
 
 class ReserveAgent(Msg, tag="reserve_agent", frozen=True, kw_only=True):
@@ -482,6 +486,8 @@ class ReservationRejected(Msg, tag="reservation_rejected", frozen=True, kw_only=
     at: float
     offer_id: str
     reason: str = "not_available"
+    #: the agent's status counter when it said no (see AgentStatus.seq)
+    status_seq: int = 0
 
 
 class ReleaseReservation(Msg, tag="release_reservation", frozen=True, kw_only=True):

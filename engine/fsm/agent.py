@@ -99,6 +99,8 @@ class Agent(msgspec.Struct, frozen=True, kw_only=True):
     probe_timeout_s: float = 30.0
     #: the last offer whose safety timer ran out (its call may still report an answer, see below)
     expired_offer: str = ""
+    #: counts the AgentStatus messages sent (carried as AgentStatus.seq)
+    status_seq: int = 0
     #: the agent's phone is registered (unknown counts as registered until told otherwise)
     phone_registered: bool = True
     timers: frozenset[str] = frozenset()
@@ -131,16 +133,22 @@ def _t(agent: Agent, at: float) -> tuple[Agent, float]:
     return replace(agent, now=t), t
 
 
-def _status(agent: Agent, out: Out, t: float) -> None:
+def _status(agent: Agent, out: Out, t: float) -> Agent:
+    """Tell every queue of the agent its status; returns the agent with its counter advanced."""
+    if not agent.queues:
+        return agent
+    agent = replace(agent, status_seq=agent.status_seq + 1)
     for queue_id in agent.queues:
         _status_to(agent, out, t, queue_id, logged_in=agent.state is not S.LOGGED_OUT)
+    return agent
 
 
 def _status_to(agent: Agent, out: Out, t: float, queue_id: str, *, logged_in: bool) -> None:
     out.send("queue", queue_id, AgentStatus(
         queue_id=queue_id, agent_id=agent.agent_id, at=t, logged_in=logged_in,
         available=logged_in and agent.offerable, extension=agent.extension, skills=agent.skills,
-        idle_since=agent.idle_since, talk_time=agent.talk_time, calls_handled=agent.calls_handled))
+        idle_since=agent.idle_since, talk_time=agent.talk_time, calls_handled=agent.calls_handled,
+        seq=agent.status_seq))
 
 
 def _go(agent: Agent, new: AgentState, out: Out, t: float, reason: str = "") -> Agent:
@@ -154,8 +162,7 @@ def _go(agent: Agent, new: AgentState, out: Out, t: float, reason: str = "") -> 
         agent = replace(agent, offer_id="", offer_queue="")
     out.cti("AGENT_STATE_CHANGED", agent.tenant, t, agent_id=agent.agent_id, state=new.name,
             previous=old.name, reason=agent.reason or None)
-    _status(agent, out, t)
-    return agent
+    return _status(agent, out, t)
 
 
 def _after_work(agent: Agent, out: Out, t: float) -> Agent:
@@ -274,7 +281,7 @@ def _join(agent: Agent, cmd: AgentJoinQueue, out: Out) -> Agent:
     if cmd.queue_id in agent.queues:
         return agent
     agent, t = _t(agent, cmd.at)
-    agent = replace(agent, queues=agent.queues + (cmd.queue_id,))
+    agent = replace(agent, queues=agent.queues + (cmd.queue_id,), status_seq=agent.status_seq + 1)
     if agent.state is not S.LOGGED_OUT:
         _status_to(agent, out, t, cmd.queue_id, logged_in=True)
     return agent
@@ -287,6 +294,7 @@ def _leave(agent: Agent, cmd: AgentLeaveQueue, out: Out) -> Agent:
         return agent
     out.reply(cmd.request_id)
     agent, t = _t(agent, cmd.at)
+    agent = replace(agent, status_seq=agent.status_seq + 1)
     if agent.state is not S.LOGGED_OUT:
         _status_to(agent, out, t, cmd.queue_id, logged_in=False)  # the queue forgets the member
     return replace(agent, queues=tuple(q for q in agent.queues if q != cmd.queue_id))
@@ -310,7 +318,8 @@ def _reject(agent: Agent, msg: ReserveAgent, out: Out) -> Agent:
     agent, t = _t(agent, msg.at)
     reason = agent.state.value if agent.state is not S.AVAILABLE else "phone_unregistered"
     out.send("queue", msg.queue_id, ReservationRejected(queue_id=msg.queue_id, agent_id=agent.agent_id, at=t,
-                                                        offer_id=msg.offer_id, reason=reason))
+                                                        offer_id=msg.offer_id, reason=reason,
+                                                        status_seq=agent.status_seq))
     return agent
 
 
@@ -324,7 +333,7 @@ def _device(agent: Agent, msg: DeviceState, out: Out) -> Agent:
     if agent.state is not S.LOGGED_OUT:
         out.cti("AGENT_DEVICE_CHANGED", agent.tenant, t, agent_id=agent.agent_id, registered=msg.registered,
                 contact=msg.contact or None)
-        _status(agent, out, t)  # queues see the agent appear or disappear as offerable
+        agent = _status(agent, out, t)  # queues see the agent appear or disappear as offerable
     return agent
 
 
@@ -393,7 +402,8 @@ def _timer(agent: Agent, msg: TimerFired, out: Out) -> Agent:
     if msg.key == "offer" and agent.state is S.RESERVED:
         # nobody resolved the offer in time: count it as missed and free the agent
         out.send("queue", agent.offer_queue, ReservationRejected(
-            queue_id=agent.offer_queue, agent_id=agent.agent_id, at=t, offer_id=agent.offer_id, reason="expired"))
+            queue_id=agent.offer_queue, agent_id=agent.agent_id, at=t, offer_id=agent.offer_id, reason="expired",
+            status_seq=agent.status_seq))
         agent = replace(agent, missed_offers=agent.missed_offers + 1, call_id="", idle_since=t,
                         expired_offer=agent.offer_id)
         return _after_work(agent, out, t)

@@ -111,6 +111,8 @@ class Member(msgspec.Struct, frozen=True, kw_only=True):
     idle_since: float = 0.0
     talk_time: float = 0.0
     calls_handled: int = 0
+    #: AgentStatus.seq of the status this view comes from (0: unknown)
+    seq: int = 0
 
 
 class Offer(msgspec.Struct, frozen=True, kw_only=True):
@@ -351,6 +353,9 @@ def _caller_left(q: Queue, msg: CallerLeft, out: Out) -> Queue:
 @on(list(S), AgentStatus)
 def _agent_status(q: Queue, msg: AgentStatus, out: Out) -> Queue:
     q, t = _t(q, msg.at)
+    known = q.members.get(msg.agent_id)
+    if known is not None and msg.seq and msg.seq < known.seq:
+        return q  # an older status overtaken by a newer one: keep the newer view
     members = dict(q.members)
     available = q.available
     if msg.logged_in and msg.available:
@@ -363,7 +368,7 @@ def _agent_status(q: Queue, msg: AgentStatus, out: Out) -> Queue:
     else:
         members[msg.agent_id] = Member(agent_id=msg.agent_id, extension=msg.extension, available=msg.available,
                                        skills=dict(msg.skills), idle_since=msg.idle_since,
-                                       talk_time=msg.talk_time, calls_handled=msg.calls_handled)
+                                       talk_time=msg.talk_time, calls_handled=msg.calls_handled, seq=msg.seq)
     return replace(q, members=members, available=available)
 
 
@@ -397,11 +402,14 @@ def _rejected(q: Queue, msg: ReservationRejected, out: Out) -> Queue:
     del offers[msg.offer_id]
     q = replace(q, timers=cancel_timer(q.timers, out, f"offer:{msg.offer_id}"))
     members = dict(q.members)
-    # the agent said no: its view here is stale until its next AgentStatus (which, sent later by the
-    # same agent, arrives after this rejection)
-    if msg.agent_id in members:
-        members[msg.agent_id] = replace(members[msg.agent_id], available=False)
-    q = replace(q, offers=offers, members=members, available=q.available - {msg.agent_id})
+    # the agent said no: our view of it is stale until its next AgentStatus. Unless that status is
+    # already here (links may reorder, e.g. across shards): a status newer than the rejection wins.
+    member = members.get(msg.agent_id)
+    if member is not None and not (msg.status_seq and member.seq > msg.status_seq):
+        members[msg.agent_id] = replace(member, available=False)
+        q = replace(q, offers=offers, members=members, available=q.available - {msg.agent_id})
+    else:
+        q = replace(q, offers=offers, members=members)
     return _retry_or_overflow(q, offer.call_id, out, t)
 
 

@@ -240,3 +240,19 @@ def test_config_update_applies_to_a_running_queue_and_rejects_bad_input():
     for bad in ({"queue_id": "q1", "strategy": "telepathy"}, {"queue_id": "other"}, {"strategy": "ring-all"}):
         same, effects = Q.step(q, UpdateQueueConfig(queue_id="q1", at=6.0, config=bad, request_id="r"))
         assert same == q and effects[0].code == "INVALID_ARGUMENT"
+
+
+def test_reordered_status_and_rejection_cannot_roll_the_view_back():
+    q, effects = drive(queue(), AgentStatus(queue_id="q1", agent_id="a", at=0.0, logged_in=True, available=True,
+                                            seq=1), caller("c1", at=1.0))
+    [r] = reserves(effects)
+    # the agent rejected (at its status 1), then became available again (status 2); status 2 overtook
+    # the rejection on the way here
+    q, _ = drive(q, AgentStatus(queue_id="q1", agent_id="a", at=2.0, logged_in=True, available=True, seq=2))
+    q, effects = drive(q, ReservationRejected(queue_id="q1", agent_id="a", at=1.5, offer_id=r.offer_id,
+                                              status_seq=1))
+    assert q.members["a"].available and "a" in q.available
+    assert [x.agent_id for x in reserves(effects)] == ["a"]  # offered again, not forgotten
+    # and an old status arriving late is ignored
+    q2, _ = drive(q, AgentStatus(queue_id="q1", agent_id="a", at=0.5, logged_in=True, available=False, seq=1))
+    assert q2.members["a"].seq == 2 and q2.members["a"].available
