@@ -243,9 +243,9 @@ def _check_node(node_id: str, node: Node, file: str, path: str) -> None:
     elif isinstance(node, RouteNode):
         if node.by not in ("did", "caller_id") and not (node.by.startswith("var:") and len(node.by) > 4):
             raise FlowError(file, f"{path}.by", f"'did', 'caller_id' or 'var:<name>', got {node.by!r}")
-        for i, rule in enumerate(node.rules):
+        for i, route_rule in enumerate(node.rules):
             try:
-                re.compile(rule.match)
+                re.compile(route_rule.match)
             except re.error as exc:
                 raise FlowError(file, f"{path}.rules[{i}].match", f"a regular expression ({exc})") from None
 

@@ -37,20 +37,20 @@ class _Node(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", forbid_
     label: str = ""
 
 
-class AnswerNode(_Node, tag="answer", kw_only=True):
+class AnswerNode(_Node, tag="answer", frozen=True, kw_only=True):
     """Answer the caller's channel (a no-op when it is already answered)."""
 
     next: str
 
 
-class PlayNode(_Node, tag="play", kw_only=True):
+class PlayNode(_Node, tag="play", frozen=True, kw_only=True):
     """Play ``prompt`` to the caller and continue when it has finished."""
 
     prompt: str
     next: str
 
 
-class MenuNode(_Node, tag="menu", kw_only=True):
+class MenuNode(_Node, tag="menu", frozen=True, kw_only=True):
     """Play ``prompt`` and collect up to ``max_digits`` DTMF digits.
 
     Input ends with the terminator, with ``max_digits`` digits, or after ``timeout_s`` without a new
@@ -78,7 +78,7 @@ class TimeRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     end: str = "17:00"
 
 
-class TimeConditionNode(_Node, tag="time_condition", kw_only=True):
+class TimeConditionNode(_Node, tag="time_condition", frozen=True, kw_only=True):
     """Business hours: ``open`` when local time (``timezone``) falls in a rule and is no holiday."""
 
     timezone: str = "UTC"
@@ -96,7 +96,7 @@ class RouteRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     next: str
 
 
-class RouteNode(_Node, tag="route", kw_only=True):
+class RouteNode(_Node, tag="route", frozen=True, kw_only=True):
     """Choose the first rule whose pattern matches the DID, the caller id or a flow variable."""
 
     #: "did", "caller_id" or "var:<name>"
@@ -105,7 +105,7 @@ class RouteNode(_Node, tag="route", kw_only=True):
     default: str
 
 
-class QueueNode(_Node, tag="queue", kw_only=True):
+class QueueNode(_Node, tag="queue", frozen=True, kw_only=True):
     """Terminal: put the caller in ``queue`` (the call machine's RouteToQueue)."""
 
     queue: str
@@ -114,14 +114,14 @@ class QueueNode(_Node, tag="queue", kw_only=True):
     skills: dict[str, int] = {}
 
 
-class TransferNode(_Node, tag="transfer", kw_only=True):
+class TransferNode(_Node, tag="transfer", frozen=True, kw_only=True):
     """Terminal: ring an extension or an external number (the call machine's RouteToExtension)."""
 
     target: str
     timeout_s: float = 30.0
 
 
-class VoicemailNode(_Node, tag="voicemail", kw_only=True):
+class VoicemailNode(_Node, tag="voicemail", frozen=True, kw_only=True):
     """Terminal: leave a message in ``box`` (greeting, then record up to ``max_length_s``)."""
 
     box: str
@@ -129,7 +129,7 @@ class VoicemailNode(_Node, tag="voicemail", kw_only=True):
     max_length_s: float = 120.0
 
 
-class SetNode(_Node, tag="set", kw_only=True):
+class SetNode(_Node, tag="set", frozen=True, kw_only=True):
     """Set the flow variable ``name`` to ``value`` (visible to ``route`` nodes as ``var:<name>``)."""
 
     name: str
@@ -137,7 +137,7 @@ class SetNode(_Node, tag="set", kw_only=True):
     next: str
 
 
-class HangupNode(_Node, tag="hangup", kw_only=True):
+class HangupNode(_Node, tag="hangup", frozen=True, kw_only=True):
     """Terminal: hang the caller up."""
 
     cause: str = "NORMAL_CLEARING"

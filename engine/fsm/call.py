@@ -561,9 +561,10 @@ def _flow_event(call: Call, ev: object, out: Out) -> Call:
     call, t = _t(call, ev.at)  # type: ignore[attr-defined]
     run = call.flow
     assert run is not None and run.graph is not None
+    graph = run.graph
     if run.answered != call.a_answered:
         run = replace(run, answered=call.a_answered)  # answered by a command meanwhile
-    return _apply_flow(call, flows.handle(run.graph, run, ev), out, t)
+    return _apply_flow(call, flows.handle(graph, run, ev), out, t)
 
 
 def _apply_flow(call: Call, step: FlowStep, out: Out, t: float) -> Call:
