@@ -185,3 +185,47 @@ def test_call_trace_and_metrics_exported_over_otlp_http(monkeypatch: pytest.Monk
                      "callengine.mailbox.depth", "callengine.queue.service_level"):
         assert expected in metric_names, (expected, metric_names)
     assert "/v1/traces" in rx.paths and "/v1/metrics" in rx.paths
+
+
+def test_prometheus_endpoint_serves_the_metrics_the_grafana_dashboard_uses() -> None:
+    import json
+    import pathlib
+    import re
+
+    telemetry = Telemetry(prometheus_port=0)
+
+    async def main() -> str:
+        async with open_node(ports=telemetry.wrap_ports(Ports.in_memory()),
+                             queues=[QueueConfig(queue_id="q1")], agents=["a1"]) as node:
+            from types import SimpleNamespace
+
+            class Pending(list):
+                spool = SimpleNamespace(size=123)
+
+            telemetry.bind(node=node, links=SimpleNamespace(links={"fs1": SimpleNamespace(up=True, reconnects=2)}),
+                           cdr_writer=Pending(), publisher=Pending())
+            async with trio.open_nursery() as n:
+                url = await n.start(telemetry.serve_prometheus)
+                host, port = url.split("//")[1].split("/")[0].split(":")
+                stream = await trio.open_tcp_stream(host, int(port))
+                await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                data = b""
+                with trio.fail_after(5):
+                    while chunk := await stream.receive_some(65536):
+                        data += chunk
+                n.cancel_scope.cancel()
+        return data.decode()
+
+    text = trio.run(main)
+    telemetry.shutdown()
+    assert text.startswith("HTTP/1.1 200")
+    exposed = set(re.findall(r"^([a-z_]+?)(?:_bucket)?(?:\{| )", text.split("\r\n\r\n", 1)[1], re.M))
+    dash = json.loads((pathlib.Path(__file__).parents[2] / "deploy/grafana/callengine.json").read_text())
+    used = {m for p in dash["panels"] for t in p["targets"] for m in re.findall(r"callengine_[a-z_]+", t["expr"])}
+    # recorded instruments (wait histogram, calls ended) and the SL (needs an offered call) only
+    # appear once there is data
+    missing = {m for m in used if m not in exposed and not m.startswith("callengine_queue_wait")
+               and m not in ("callengine_calls_ended_total", "callengine_queue_service_level")}
+    assert not missing, (missing, sorted(exposed))
+    assert 'callengine_agents{state="LOGGED_OUT"} 1' in text
+    assert 'callengine_esl_link_up{node="fs1"} 1' in text and "callengine_cdr_spool_bytes 123" in text
