@@ -3,10 +3,13 @@
 Rules
 1. ``AdminStore`` is the interface: create / get / update / delete / list per kind, keyed by
    (tenant, id), raising ``api.errors.ApiError`` with NOT_FOUND / ALREADY_EXISTS /
-   INVALID_ARGUMENT / UNAVAILABLE. The PostgreSQL ``ConfigStore`` (adapters/postgres/config.py,
-   another issue) can satisfy it through a thin adapter that maps its typed errors to these codes.
-2. ``InMemoryAdminStore`` is the implementation until then. It is synchronous and never blocks;
-   the methods are ``async`` so that a database-backed store fits the same interface.
+   INVALID_ARGUMENT / UNAVAILABLE. ``api.admin_pg.ConfigAdminStore`` implements it on any
+   ``ConfigStore`` (PostgreSQL: writes reach running nodes through LISTEN/NOTIFY); pass it as
+   ``open_stack(store=...)`` / ``Api(store=...)``. An optional ``get_nowait(tenant, kind, id)``
+   (synchronous, ``None`` when unknown) lets the Api find an agent's or queue's record without
+   awaiting.
+2. ``InMemoryAdminStore`` is the default. It is synchronous and never blocks; the methods are
+   ``async`` so that a database-backed store fits the same interface.
 3. Records are frozen msgspec Structs; every field but the id has a default (schema evolution).
 """
 

@@ -347,8 +347,8 @@ _PARENTS: dict[type[Entity], list[tuple[type[Entity], tuple[str, ...]]]] = {
     AgentSkill: [(AgentDef, ("agent_id",)), (Skill, ("skill",))],
     QueueMember: [(QueueDef, ("queue_id",)), (AgentDef, ("agent_id",))],
 }
-#: keys that must be unique across tenants: kind -> field
-_GLOBAL_UNIQUE: dict[type[Entity], str] = {Did: "number", QueueDef: "queue_id", AgentDef: "agent_id"}
+# No key is unique across tenants: queue, agent and DID ids are per tenant, like the node's actors
+# (migrations/0003_tenant_keys.sql dropped the global indexes of 0001).
 
 
 # ---- validation ----------------------------------------------------------------------------------
@@ -522,12 +522,6 @@ class InMemoryConfigStore:
             key = (obj.tenant, *(getattr(obj, f) for f in fields))
             if key not in self._rows[parent]:
                 raise FailedPrecondition(row, f"{row_name(parent, obj.tenant, key[1:])} does not exist")
-        field = _GLOBAL_UNIQUE.get(type(obj))
-        if field:
-            value = getattr(obj, field)
-            for (tenant, *_), other in self._rows[type(obj)].items():
-                if getattr(other, field) == value and tenant != obj.tenant:
-                    raise AlreadyExists(row, f"{field} {value!r} belongs to tenant {tenant!r}")
 
     async def _write(self, obj: E, mode: str, actor: str) -> E:
         self._up()
@@ -969,11 +963,26 @@ class NodeConfig:
             return
         key = (q.tenant, q.queue_id)
         if key not in self._started_queues:
-            self.node.add_queue(q.to_config())
             self._started_queues.add(key)
-            self._queue_rows[key] = q
+            if self._start(self.node.add_queue, q.to_config()):
+                self._queue_rows[key] = q
+            else:
+                # already running (the Admin API started it, or it outlived its deleted row):
+                # it may run with other parameters, so push these
+                self._update_queue(q)
         elif self._queue_rows.get(key) != q:
             self._update_queue(q)
+
+    @staticmethod
+    def _start(add: Callable[..., Any], *args: Any) -> bool:
+        """Start an actor; False when the node already runs it."""
+        from engine.actors.errors import ActorExists
+
+        try:
+            add(*args)
+        except ActorExists:
+            return False
+        return True
 
     def _update_queue(self, q: QueueDef) -> None:
         """Push new parameters into the running queue actor (it re-dispatches under them)."""
@@ -998,8 +1007,8 @@ class NodeConfig:
     def _add_agent(self, a: AgentDef) -> None:
         key = (a.tenant, a.agent_id)
         if self.node is not None and a.enabled and key not in self._started_agents:
-            self.node.add_agent(a.agent_id, a.tenant)
             self._started_agents.add(key)
+            self._start(self.node.add_agent, a.agent_id, a.tenant)
 
     def apply(self, change: ConfigChange) -> None:
         """A ``ConfigStore`` listener."""
@@ -1014,6 +1023,13 @@ class NodeConfig:
         self.applied += 1
         if change.row is None:
             bucket.pop(key, None)
+            # the actor keeps running (removing it is the Admin API's job, refused while busy);
+            # a re-created row starts it again or pushes its parameters (_start tolerates both)
+            if kind is QueueDef:
+                self._started_queues.discard(key)
+                self._queue_rows.pop(key, None)
+            elif kind is AgentDef:
+                self._started_agents.discard(key)
             return
         bucket[key] = change.row
         if kind is QueueDef:
@@ -1029,9 +1045,20 @@ class NodeConfig:
             self.start(self.node)
 
     def _dids(self) -> dict[str, Did]:
+        """number -> DID, and (tenant + "/" + number) -> DID. A number held by two tenants has
+        no plain entry (it is ambiguous without the call's tenant)."""
         version = id(self.snapshot), self.applied
         if self._did_index_version != version:
-            self._did_index = {d.number: d for d in self.snapshot.of(Did)}
+            index: dict[str, Did] = {}
+            ambiguous: set[str] = set()
+            for d in self.snapshot.of(Did):
+                index[f"{d.tenant}/{d.number}"] = d
+                if d.number in index or d.number in ambiguous:
+                    index.pop(d.number, None)
+                    ambiguous.add(d.number)
+                else:
+                    index[d.number] = d
+            self._did_index = index
             self._did_index_version = version
         return self._did_index
 
@@ -1040,8 +1067,9 @@ class NodeConfig:
         from engine.messages import EnterFlow, RouteToQueue
 
         def route(event: Any) -> Any:
-            # DIDs are unique across tenants (dids_number), so the number alone finds the row
-            did = self._dids().get(event.destination)
+            # DIDs are per tenant: the call's tenant first, else the number when one tenant has it
+            dids = self._dids()
+            did = dids.get(f"{getattr(event, 'tenant', '')}/{event.destination}") or dids.get(event.destination)
             if did is not None:
                 kind, _, target = did.destination.partition(":")
                 if kind == "queue":
