@@ -1,6 +1,7 @@
 """End to end: the demo (emulator -> ESL -> node -> API/WebSocket agent desktops, embedded NATS and
 PostgreSQL) for a short bounded run; every call the emulator created has exactly one CDR in
-PostgreSQL and its CTI events on NATS (JetStream), and no agent is stuck. Then the same with faults."""
+PostgreSQL and its CTI events on NATS (JetStream), and no agent is stuck. Then the same with faults
+(ESL drop, PostgreSQL stopped 10 s; NATS restart and shard kill are not implemented yet)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def test_demo_every_call_has_one_cdr_and_nats_events_and_no_agent_stuck() -> Non
 
 
 @pytest.mark.slow
-def test_demo_survives_esl_drop_nats_restart_and_postgres_outage() -> None:
+def test_demo_survives_esl_drop_and_postgres_outage() -> None:
     r = _run(seconds=25.0, rate=2.0, agents=8, seed=11, faults=True)
     assert any(f.startswith("esl drop") for f in r.faults), r.faults
     assert any(f.startswith("postgres stopped 10 s") for f in r.faults), r.faults
