@@ -1025,11 +1025,11 @@ class NodeConfig:
             bucket.pop(key, None)
             # the actor keeps running (removing it is the Admin API's job, refused while busy);
             # a re-created row starts it again or pushes its parameters (_start tolerates both)
-            if kind is QueueDef:
-                self._started_queues.discard(key)
-                self._queue_rows.pop(key, None)
-            elif kind is AgentDef:
-                self._started_agents.discard(key)
+            if kind is QueueDef or kind is AgentDef:
+                pair = (change.tenant, change.key[0])
+                started = self._started_queues if kind is QueueDef else self._started_agents
+                started.discard(pair)
+                self._queue_rows.pop(pair, None)
             return
         bucket[key] = change.row
         if kind is QueueDef:
