@@ -46,6 +46,9 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.CrashShutdownError,          # 57P02
     asyncpg.exceptions.TooManyConnectionsError,     # 53300
     asyncpg.exceptions.InterfaceError,              # connection closed under us
+    # "cannot switch to state N; another operation is in progress": a connection left mid-operation
+    # by a server that died under it (seen in the e2e fault test); run() terminates it
+    asyncpg.exceptions._base.InternalClientError,
 )
 
 
@@ -67,7 +70,11 @@ class Postgres:
 
         async def on_conn() -> T:
             async with self.pool.acquire(timeout=timeout) as conn:
-                return await fn(conn, *args)
+                try:
+                    return await fn(conn, *args)
+                except asyncpg.exceptions._base.InternalClientError:
+                    conn.terminate()  # its protocol state is broken: the pool opens a new one
+                    raise
 
         self.crossings += 1
         try:
