@@ -7,10 +7,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast bench lint walkthrough clean help
+.PHONY: install demo sim-demo test test-fast bench lint walkthrough clean help
 
 help:
 	@echo "make demo     run the main job (installs into .venv first if needed)"
+	@echo "make sim-demo a call walk-through, then the contact centre in the simulator"
 	@echo "make test     run every test (installs first if needed)"
 	@echo "make bench    run the benchmark scripts in bench/ (figures: last line of each is JSON)"
 	@echo "make lint     ruff on the tree, mypy on engine/"
@@ -24,7 +25,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The main job: the engine end to end (FreeSWITCH emulator over real ESL, embedded NATS and
+# PostgreSQL, the API with simulated agent desktops over WebSocket) for a bounded time.
 demo: $(STAMP)
+	$(VENV)/bin/callengine demo --seconds 75
+
+# The contact-centre scenario through the deterministic simulator, with an HTML report.
+sim-demo: $(STAMP)
 	$(VENV)/bin/callengine walkthrough
 	@echo
 	$(VENV)/bin/callengine sim examples/contact_centre/scenario.yaml --seed 1 --report reports/contact_centre

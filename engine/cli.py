@@ -15,11 +15,14 @@ from engine import __version__
 
 #: modules that register sub-commands, in the order --help lists them
 SUBCOMMAND_MODULES: tuple[str, ...] = (
-    "engine.cli", "sim.cli", "sim.freeswitch.cli", "adapters.postgres.cli", "engine.cluster.cli",
+    "engine.demo", "engine.run", "engine.cli", "sim.cli", "sim.freeswitch.cli", "adapters.postgres.cli",
+    "engine.cluster.cli",
 )
 
 EPILOG = """\
 examples:
+  callengine demo --seconds 75           the whole engine against the FreeSWITCH emulator
+  callengine run                         a node: embedded NATS + PostgreSQL, ESL links from CALLENGINE_ESL_*
   callengine walkthrough                 one call, every transition printed
   callengine sim examples/textbook/mmn.yaml --seed 1
   callengine fs-emulator --port 8021     FreeSWITCH stand-in on 127.0.0.1

@@ -64,7 +64,7 @@ WITH left_queue AS (
 ), bucketed AS (
     SELECT l.*, to_timestamp(floor(extract(epoch FROM l.entered_at) / $5) * $5) AS bucket,
            coalesce(q.sl_threshold_s, 20) AS sl_t, coalesce(q.short_abandon_s, 5) AS short_t
-    FROM left_queue l LEFT JOIN queues q ON q.queue_id = l.queue_id
+    FROM left_queue l LEFT JOIN queues q ON q.tenant = l.tenant AND q.queue_id = l.queue_id
     WHERE l.entered_at >= $1 AND l.entered_at < $2
 ), kpi AS (
     SELECT queue_id, bucket,
@@ -79,7 +79,7 @@ WITH left_queue AS (
 ), handle AS (
     SELECT c.queue_id, to_timestamp(floor(extract(epoch FROM c.started_at) / $5) * $5) AS bucket,
            avg(c.talk_s + c.hold_s) + coalesce(max(q.wrap_up_s), 0) AS aht_s
-    FROM cdrs c LEFT JOIN queues q ON q.queue_id = c.queue_id
+    FROM cdrs c LEFT JOIN queues q ON q.tenant = c.tenant AND q.queue_id = c.queue_id
     WHERE c.started_at >= $1 AND c.started_at < $2 AND c.queue_id <> '' AND c.agent_id <> ''
       AND c.answered_at IS NOT NULL AND ($3::text IS NULL OR c.tenant = $3)
       AND ($4::text IS NULL OR c.queue_id = $4)
@@ -96,7 +96,7 @@ ORDER BY k.queue_id, k.bucket
 AGENT_SQL = """
 WITH spans AS (
     SELECT tenant, agent_id, state, reason, at AS s,
-           lead(at) OVER (PARTITION BY agent_id ORDER BY at, id) AS e
+           lead(at) OVER (PARTITION BY tenant, agent_id ORDER BY at, id) AS e
     FROM agent_state_log
     WHERE at < $2 AND ($3::text IS NULL OR tenant = $3) AND ($4::text IS NULL OR agent_id = $4)
 ), clipped AS (

@@ -17,7 +17,7 @@ def test_help_lists_every_subcommand(capsys):
         main(["--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("walkthrough", "schema", "fsm", "sim", "fs-emulator", "cluster", "report", "db"):
+    for command in ("demo", "run", "walkthrough", "schema", "fsm", "sim", "fs-emulator", "cluster", "report", "db"):
         assert command in out
 
 
