@@ -120,7 +120,7 @@ async def _seed(state: pathlib.Path, agents: list[tuple[str, str, list[str], dic
         store = PgConfigStore(pg)
         await store.put(Tenant(tenant=TENANT, name="Demo contact centre"), actor="demo")
         for q in QUEUES:
-            await store.put(QueueDef(tenant=TENANT, **q), actor="demo")
+            await store.put(QueueDef(tenant=TENANT, **q), actor="demo")  # type: ignore[arg-type]
         for agent_id, ext, _queues, _skills in agents:
             await store.put(AgentDef(tenant=TENANT, agent_id=agent_id, extension=ext, max_missed_offers=3), actor="demo")
         await store.put(Flow(tenant=TENANT, flow_id="cc", document=FLOW), actor="demo")
@@ -146,7 +146,7 @@ class _Desktop:
 
         for _attempt in range(1000):  # reconnect (bounded) if the socket breaks
             try:
-                async with open_websocket_url(self.url + "/", extra_headers=[("Authorization", f"Bearer {self.token}")]) as ws:
+                async with open_websocket_url(self.url + "/", extra_headers=[(b"Authorization", f"Bearer {self.token}".encode())]) as ws:
                     await self._session(ws)
                 return
             except (ConnectionClosed, HandshakeError, OSError, trio.BrokenResourceError):

@@ -216,12 +216,14 @@ class ShardNode(Node):
                 self.adopt(item.image, item.mail)
         return len(items)
 
-    async def deliver(self, message: Any) -> None:
-        """Route a message to its actor here or on its owner's shard (used by ``ask``)."""
+    async def deliver(self, message: Any, tenant: str | None = None) -> None:
+        """Route a message to its actor here or on its owner's shard (used by ``ask``).
+
+        ``tenant`` is accepted for the Node interface; the directory already places by tenant."""
         self.accept_routed(message)
         await trio.lowlevel.checkpoint()
 
-    async def ask(self, command: Any, timeout: float = 5.0) -> Reply:
+    async def ask(self, command: Any, timeout: float = 5.0, tenant: str | None = None) -> Reply:
         """Ask a command of an actor on any shard; the reply comes back here (Rule 4). The caller's
         request id is kept in the returned ``Reply``."""
         original = command.request_id

@@ -91,8 +91,8 @@ class Telemetry:
                     OTLPMetricExporter,
                 )
             else:
-                from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-                    OTLPMetricExporter,  # type: ignore[assignment]
+                from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # type: ignore[assignment]
+                    OTLPMetricExporter,
                 )
             from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
@@ -203,13 +203,13 @@ def render_prometheus(data: Any) -> str:
                     for p in d.data_points:
                         out.append(f"{name}{_labels(p.attributes)} {p.value}")
                 elif isinstance(d, Histogram):
-                    for p in d.data_points:
+                    for h in d.data_points:
                         acc = 0
-                        for bound, count in zip(list(p.explicit_bounds) + [float("inf")], p.bucket_counts, strict=False):
+                        for bound, count in zip(list(h.explicit_bounds) + [float("inf")], h.bucket_counts, strict=False):
                             acc += count
                             le = "+Inf" if bound == float("inf") else repr(float(bound))
-                            lbl = _labels(p.attributes, 'le="' + le + '"')
+                            lbl = _labels(h.attributes, 'le="' + le + '"')
                             out.append(f"{name}_bucket{lbl} {acc}")
-                        out.append(f"{name}_sum{_labels(p.attributes)} {p.sum}")
-                        out.append(f"{name}_count{_labels(p.attributes)} {p.count}")
+                        out.append(f"{name}_sum{_labels(h.attributes)} {h.sum}")
+                        out.append(f"{name}_count{_labels(h.attributes)} {h.count}")
     return "\n".join(out) + "\n"

@@ -217,7 +217,7 @@ class CallTracer:
                 links.append(Link(remote, {"callengine.link": "incoming traceparent"}))
         if self.ids is not None:
             self.ids.next_trace_id = call_trace_id(ev.tenant, ev.call_id)
-        attrs = {"callengine.call_id": ev.call_id, "callengine.tenant": ev.tenant}
+        attrs: dict[str, Any] = {"callengine.call_id": ev.call_id, "callengine.tenant": ev.tenant}
         for k, v in ev.data.items():
             attrs[f"callengine.{k}"] = v
         if parent_tp:
