@@ -20,29 +20,7 @@ from engine.messages import (
     MediaOriginate,
 )
 from sim.freeswitch import FreeSwitchEmulator
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.items: list = []
-
-    def deliver_nowait(self, m) -> None:
-        self.items.append(m)
-
-    async def deliver(self, m) -> None:
-        self.items.append(m)
-
-    def of(self, cls, **fields) -> list:
-        return [m for m in self.items if isinstance(m, cls)
-                and all(getattr(m, k) == v for k, v in fields.items())]
-
-
-async def until(pred, timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        for _ in range(100_000):
-            if pred():
-                return
-            await trio.sleep(0.005)
+from tests.support.esl import Sink, until
 
 
 def test_session_connect_myevents_linger_and_drive_the_call() -> None:

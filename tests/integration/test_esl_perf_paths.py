@@ -12,8 +12,6 @@ every polling loop bounded in count.
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import trio
 
@@ -28,43 +26,7 @@ from engine.messages import (
     MediaOriginate,
 )
 from sim.freeswitch import FreeSwitchEmulator
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.items: list = []
-
-    def deliver_nowait(self, m) -> None:
-        self.items.append(m)
-
-    async def deliver(self, m) -> None:
-        self.items.append(m)
-
-    def of(self, cls, **fields) -> list:
-        return [m for m in self.items if isinstance(m, cls)
-                and all(getattr(m, k) == v for k, v in fields.items())]
-
-    async def wait_for(self, cls, timeout: float = 5.0, **fields):
-        with trio.fail_after(timeout):
-            for _ in range(100_000):
-                found = self.of(cls, **fields)
-                if found:
-                    return found[0]
-                await trio.sleep(0.005)
-        raise AssertionError("unreachable")
-
-
-class MaxRng(random.Random):
-    def uniform(self, a: float, b: float) -> float:
-        return b
-
-
-async def until(pred, timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        for _ in range(100_000):
-            if pred():
-                return
-            await trio.sleep(0.005)
+from tests.support.esl import MaxRng, Sink, until
 
 
 def run(body, *, emu_kw=None, link_kw=None, timeout: float = 20.0) -> None:
