@@ -150,6 +150,7 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
     from adapters.postgres.cdr import open_cdr_writer
     from adapters.postgres.config import NodeConfig, PgConfigStore, open_config_watcher
     from adapters.postgres.events import TeeCti, open_event_sink
+    from api.admin_pg import ConfigAdminStore
     from api.app import open_stack
     from engine.actors import Ports, TaskSpec
     from engine.telemetry import Telemetry
@@ -173,8 +174,11 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
         def wrap(ports: Ports) -> Ports:
             return telemetry.wrap_ports(Ports(ports.media, TeeCti(ports.cti, sink), writer, ports.replies))
 
+        # the Admin API writes to PostgreSQL; NOTIFY brings each change back to every node
+        admin = ConfigAdminStore(store)
+        await admin.prime()
         api_stack = await stack.enter_async_context(open_stack(
-            secret=secret, nats_url=o.nats_url, host=o.host, media=links, ports_wrap=wrap,
+            secret=secret, nats_url=o.nats_url, host=o.host, media=links, ports_wrap=wrap, store=admin,
             node_options={"name": o.node_name, "router": _flow_router(config, o.flows),
                           "media_links": [TaskSpec("esl", links.run)]}))
         node = api_stack.node
