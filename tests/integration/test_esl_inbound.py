@@ -202,8 +202,10 @@ def test_wrong_password_is_a_clear_error_without_the_password(caplog) -> None:
     secret = "s3cr3t-Pa55word"
 
     async def body(emu, link, node, sink):
-        await until(lambda: link.failures >= 2)
-        assert link.state == "auth_failed" and not link.up
+        # the link cycles auth_failed -> (backoff) -> connecting; observe it in auth_failed, with no
+        # await between that observation and the checks (a bare failures>=2 raced the reconnect)
+        await until(lambda: link.failures >= 2 and link.state == "auth_failed")
+        assert not link.up
         assert "rejected the ESL password (-ERR invalid)" in link.last_error
         assert "CALLENGINE_ESL_PASSWORD" in link.last_error
         for text in (link.last_error, repr(link), repr(link.config), str(link.config.password),
