@@ -474,7 +474,23 @@ class ConfigStore(Protocol):
 # ---- in memory -----------------------------------------------------------------------------------
 
 
-class InMemoryConfigStore:
+class _WriteVerbs:
+    """create / update / put are one write with a mode; both stores share the three verbs."""
+
+    async def _write(self, obj: E, mode: str, actor: str) -> E:
+        raise NotImplementedError
+
+    async def create(self, obj: E, *, actor: str = "") -> E:
+        return await self._write(obj, "create", actor)
+
+    async def update(self, obj: E, *, actor: str = "") -> E:
+        return await self._write(obj, "update", actor)
+
+    async def put(self, obj: E, *, actor: str = "") -> E:
+        return await self._write(obj, "put", actor)
+
+
+class InMemoryConfigStore(_WriteVerbs):
     """The same contract as ``PgConfigStore`` without a database (tests, demo, the API's unit tests).
 
     ``unavailable = True`` makes every call raise ``Unavailable`` (to test the API's fault path).
@@ -543,15 +559,6 @@ class InMemoryConfigStore:
         self._rows[kind][key] = obj
         self._notify(kind, "UPDATE" if exists else "INSERT", obj.tenant, obj.key(), obj, actor)
         return obj
-
-    async def create(self, obj: E, *, actor: str = "") -> E:
-        return await self._write(obj, "create", actor)
-
-    async def update(self, obj: E, *, actor: str = "") -> E:
-        return await self._write(obj, "update", actor)
-
-    async def put(self, obj: E, *, actor: str = "") -> E:
-        return await self._write(obj, "put", actor)
 
     async def delete(self, kind: type[Entity], tenant: str, *key: str, actor: str = "") -> None:
         self._up()
@@ -642,7 +649,7 @@ _FLOW_LATEST = ("SELECT DISTINCT ON (tenant, flow_id) tenant, flow_id, document,
                 " {where} ORDER BY tenant, flow_id, version DESC")
 
 
-class PgConfigStore:
+class PgConfigStore(_WriteVerbs):
     """``ConfigStore`` on PostgreSQL through ``adapters.postgres.bridge.Postgres``."""
 
     def __init__(self, pg: Any) -> None:
@@ -742,15 +749,6 @@ class PgConfigStore:
         if kind is Flow:
             obj = msgspec.structs.replace(obj, version=result)
         return obj
-
-    async def create(self, obj: E, *, actor: str = "") -> E:
-        return await self._write(obj, "create", actor)
-
-    async def update(self, obj: E, *, actor: str = "") -> E:
-        return await self._write(obj, "update", actor)
-
-    async def put(self, obj: E, *, actor: str = "") -> E:
-        return await self._write(obj, "put", actor)
 
     async def delete(self, kind: type[Entity], tenant: str, *key: str, actor: str = "") -> None:
         row = row_name(kind, tenant, key)
