@@ -60,6 +60,8 @@ from engine.messages import (
     CancelTimer,
     CtiEvent,
     Effect,
+    ProbeCall,
+    ProbeReply,
     PublishCti,
     Reply,
     Send,
@@ -566,6 +568,12 @@ class Runtime:
     def _undeliverable(self, kind: str, actor_id: str, message: Any) -> None:
         if self.recently_stopped(kind, actor_id):
             self._late(kind, actor_id, message)
+            return
+        if isinstance(message, ProbeCall):
+            # a probe is answered even for a call this runtime never heard of (it ended on a shard
+            # that died, say): a call that does not exist has nobody on it
+            self._perform(None, [Send(to="agent", to_id=message.agent_id, message=ProbeReply(
+                agent_id=message.agent_id, at=message.at, call_id=message.call_id, connected=False))])
             return
         request_id = getattr(message, "request_id", "")
         if request_id:

@@ -50,7 +50,7 @@ from engine.cluster.snapshots import DIRECTORY_KEY, SnapshotStore, entity_key, p
 from engine.cluster.wire import LinkMarks, decode_batch, decode_image, encode_image, state_of
 from engine.fsm.agent import Agent, AgentState
 from engine.fsm.queue import QueueConfig
-from engine.messages import Cdr, MediaCommand, Send
+from engine.messages import Cdr, MediaCommand, Send, TimerFired
 
 __all__ = ["HostConfig", "ShardHostCore", "actor_name"]
 
@@ -383,6 +383,12 @@ class ShardHostCore:
                 if agent.state is not AgentState.LOGGED_OUT and any(
                         directory.owner("queue", q) == restarted for q in agent.queues):
                     sends += [s for s in agent_status(agent, now) if directory.owner("queue", s.to_id) == restarted]
+                # an agent talking on a call that lived on the restarted shard asks that call now
+                # (its probe timer fires early): a call that ended while the shard was down answers
+                # "not connected" and the agent is freed, instead of waiting for its next probe
+                if (agent.state is AgentState.ON_CALL and "probe" in agent.timers
+                        and directory.owner("call", agent.call_id) == restarted):
+                    sends.append(Send(to="agent", to_id=agent.agent_id, message=TimerFired(key="probe", at=now)))
             for cell in rt.cells("call"):
                 send = requeue_message(cell.state, now)
                 if send is not None and directory.owner("queue", send.to_id) == restarted:

@@ -246,3 +246,27 @@ def test_two_agents_one_call_ringing_and_bridge():
             assert sorted(s.name for s in states.values()) == ["AVAILABLE", "ON_CALL"]
 
     run(main)
+
+
+def test_an_agent_on_a_call_that_no_longer_exists_is_freed_by_its_probe():
+    # e.g. the call ended on a shard that died and its AgentCallEnded died with it
+    from engine.messages import OfferAnswered, ReserveAgent, TimerFired
+
+    async def main():
+        async with open_node(**node_options()) as node:
+            await login(node, "a1", "1001")
+            now = trio.current_time()
+            agent_ref = node.ref("agent", "a1")
+            agent_ref.tell_nowait(ReserveAgent(agent_id="a1", at=now, offer_id="x-o9", queue_id="sales",
+                                               call_id="ghost", wrap_up_s=0.0))
+            agent_ref.tell_nowait(OfferAnswered(at=now, offer_id="x-o9", call_id="ghost", agent_id="a1",
+                                                queue_id="sales"))
+            await trio.sleep(0.1)
+            agent = node.state_of("agent", "a1")
+            assert agent.state is AgentState.ON_CALL and agent.call_id == "ghost" and "probe" in agent.timers
+            agent_ref.tell_nowait(TimerFired(key="probe", at=trio.current_time()))  # the probe is due
+            await trio.sleep(0.1)  # far less than probe_timeout_s: the answer came from the runtime
+            agent = node.state_of("agent", "a1")
+            assert agent.state is AgentState.AVAILABLE and agent.call_id == ""
+
+    run(main)
