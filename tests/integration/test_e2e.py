@@ -5,11 +5,14 @@ PostgreSQL and its CTI events on NATS (JetStream), and no agent is stuck. Then t
 
 from __future__ import annotations
 
+import pathlib
+import shutil
 import tempfile
 
 import pytest
 import trio
 
+from adapters.postgres.embedded import EmbeddedPostgres
 from engine.demo import run_demo, summary
 from engine.run import EpochClock
 
@@ -17,7 +20,12 @@ from engine.run import EpochClock
 def _run(**kw: object) -> object:
     state = tempfile.mkdtemp(prefix="callengine-e2e-")  # not pytest's 0700 tmp_path: pgserver runs as its own user
     lines: list[str] = []
-    result = trio.run(lambda: run_demo(state_dir=state, print_fn=lines.append, **kw), clock=EpochClock())
+    try:
+        result = trio.run(lambda: run_demo(state_dir=state, print_fn=lines.append, **kw), clock=EpochClock())
+    finally:
+        # the demo leaves its embedded PostgreSQL running for `callengine report`; a test must not
+        EmbeddedPostgres(pathlib.Path(state) / "pg").stop()
+        shutil.rmtree(state, ignore_errors=True)
     print("\n".join(lines[-5:]))
     print(summary(result))
     return result
