@@ -212,7 +212,9 @@ def test_wrong_password_is_a_clear_error_without_the_password(caplog) -> None:
                      f"{link.config.password}", caplog.text):
             assert secret not in text
     caplog.set_level(logging.DEBUG, logger="callengine")
-    run(body, link_kw={"password": secret, "backoff_cap_s": 0.05})
+    # a 0.5 s backoff keeps the link in auth_failed long enough for a 5 ms poll on a loaded host
+    # (with 0.05 s the poll sometimes only ever saw 'connecting')
+    run(body, link_kw={"password": secret, "backoff_cap_s": 0.5})
 
 
 def test_password_config_warns_on_default_off_loopback_and_never_shows() -> None:
