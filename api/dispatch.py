@@ -18,6 +18,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -246,10 +247,14 @@ class Api:
             if replaying:
                 if self.bridge is None:
                     raise ApiError("FAILED_PRECONDITION", "replay needs JetStream (no NATS configured)")
-                async for batch in self._replay(principal.tenant, req.from_seq, req.since, accept):
-                    if batch:
-                        last = batch[-1][0]
-                        yield [(s, j) for s, j, ok in batch if ok]
+                # aclosing: a consumer that stops early (max_events) closes the JetStream consumer
+                # here and now, not in a garbage-collector finalizer outside the bridge's loop
+                async with aclosing(self._replay(principal.tenant, req.from_seq, req.since,
+                                                 accept)) as replayed:
+                    async for batch in replayed:
+                        if batch:
+                            last = batch[-1][0]
+                            yield [(s, j) for s, j, ok in batch if ok]
                 if last == 0 and req.from_seq:
                     last = req.from_seq - 1
             while True:
@@ -265,11 +270,12 @@ class Api:
                         # published to the hub before we subscribed but not yet in JetStream when we
                         # replayed: wait until the publisher's acks cover it, then fetch it (bounded)
                         await self.hub.wait_durable(principal.tenant, first - 1)
-                        async for batch in self._replay(principal.tenant, last + 1, 0.0, accept,
-                                                        until=first - 1):
-                            if batch:
-                                last = batch[-1][0]
-                                yield [(s, j) for s, j, ok in batch if ok]
+                        async with aclosing(self._replay(principal.tenant, last + 1, 0.0, accept,
+                                                         until=first - 1)) as replayed:
+                            async for batch in replayed:
+                                if batch:
+                                    last = batch[-1][0]
+                                    yield [(s, j) for s, j, ok in batch if ok]
                     out = [(e.seq, j) for e, j in items if e.seq > last and accept(e)]
                     last = max(last, items[-1][0].seq)
                 else:
@@ -285,23 +291,24 @@ class Api:
         bridge = self.bridge
         if bridge is None:  # watch() checks first; kept for direct callers
             raise ApiError("FAILED_PRECONDITION", "replay needs JetStream (no NATS configured)")
-        async for msgs in bridge.replay(tenant, from_seq=from_seq, since=since):
-            out = []
-            for msg in msgs:
-                if until and msg.seq > until:
-                    break
-                if from_seq and msg.seq < from_seq:
-                    continue
-                try:
-                    event: CtiBase = decode_event(msg.data)
-                except (msgspec.ValidationError, msgspec.DecodeError):
-                    continue
-                if event.tenant != tenant:  # defence in depth: the filter subject is per tenant
-                    continue
-                out.append((msg.seq, msg.data.decode(), accept(event)))
-            yield out
-            if until and out and out[-1][0] >= until:
-                return
+        async with aclosing(bridge.replay(tenant, from_seq=from_seq, since=since)) as stored:
+            async for msgs in stored:
+                out = []
+                for msg in msgs:
+                    if until and msg.seq > until:
+                        break
+                    if from_seq and msg.seq < from_seq:
+                        continue
+                    try:
+                        event: CtiBase = decode_event(msg.data)
+                    except (msgspec.ValidationError, msgspec.DecodeError):
+                        continue
+                    if event.tenant != tenant:  # defence in depth: the filter subject is per tenant
+                        continue
+                    out.append((msg.seq, msg.data.decode(), accept(event)))
+                yield out
+                if until and out and out[-1][0] >= until:
+                    return
 
 
 def _in_trio() -> bool:

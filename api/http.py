@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextlib import aclosing
 from typing import Any
 
 import msgspec
@@ -103,12 +104,14 @@ class ConnectApp:
         sent = 0
         with trio.move_on_after(timeout):
             try:
-                async for batch in self.api.watch(principal, req):
-                    chunk = b"".join(_envelope_raw(0, b'{"event":' + j.encode() + b"}") for _, j in batch[:max_events - sent])
-                    sent += min(len(batch), max_events - sent)
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    if sent >= max_events:
-                        break
+                async with aclosing(self.api.watch(principal, req)) as stream:
+                    async for batch in stream:
+                        chunk = b"".join(_envelope_raw(0, b'{"event":' + j.encode() + b"}")
+                                         for _, j in batch[:max_events - sent])
+                        sent += min(len(batch), max_events - sent)
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                        if sent >= max_events:
+                            break
             except ApiError as error:
                 end = {"error": _connect_error(error)}
         await send({"type": "http.response.body", "body": _envelope(2, end), "more_body": False})

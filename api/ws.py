@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from contextlib import aclosing
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -314,14 +315,15 @@ class _Connection:
             if req.timeout_s:
                 scope.deadline = trio.current_time() + req.timeout_s
             try:
-                async for batch in self.api.watch(self.principal, req):
-                    if req.max_events and sent + len(batch) >= req.max_events:
-                        batch = batch[:req.max_events - sent]
-                    if batch and self.push_events(batch):
-                        self.last_seq = batch[-1][0]
-                        sent += len(batch)
-                    if self.closing or (req.max_events and sent >= req.max_events):
-                        return
+                async with aclosing(self.api.watch(self.principal, req)) as stream:
+                    async for batch in stream:
+                        if req.max_events and sent + len(batch) >= req.max_events:
+                            batch = batch[:req.max_events - sent]
+                        if batch and self.push_events(batch):
+                            self.last_seq = batch[-1][0]
+                            sent += len(batch)
+                        if self.closing or (req.max_events and sent >= req.max_events):
+                            return
             except ApiError as error:
                 self.reply(frame_id, error=error)
                 if error.code == "RESOURCE_EXHAUSTED":
