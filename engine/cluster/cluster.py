@@ -59,7 +59,7 @@ class Cluster:
         self.tenants: dict[str, str] = {}
         self._started_ray = False
         self._actor_cls: Any = None
-        #: the ingress numbers its batches per shard like an outbox (wire.LinkMarks drops retried copies)
+        #: the ingress numbers its batches per shard like an outbox (links.LinkInbox: in order, once)
         self.ingress_name = f"ingress-{os.getpid()}-{id(self):x}"
         self._incarnation = time.time_ns()
         self._seq: dict[str, int] = {}

@@ -14,15 +14,19 @@ Rules
    here resend their status, callers waiting in queues that live here rejoin them.
 3. Cross-shard sends go through the ``Outbox`` to ``peer.deliver_batch.remote(bytes)``: one Ray
    call per batch, fire-and-forget, ordered per link by Ray.
-4. A batch is applied once. Ray retries a call to a restarted host (``max_task_retries=-1``), so
-   the same batch can arrive twice; ``LinkMarks`` (per link: sender incarnation, sequence number)
-   drops the copy. The marks are written with every snapshot pass, in the same ``put_many`` as the
-   images they match, and restored on start: a retried batch that the restored images already
-   contain is dropped, one they do not contain is applied.
+4. A batch is applied once, and in order per link. Ray retries a call to a restarted host
+   (``max_task_retries=-1``), so the same batch can arrive twice, and Ray may run two batches of
+   one link out of order. ``LinkInbox`` (links.py; per link: sender incarnation, sequence number)
+   drops the copy and holds an early batch until the ones before it arrived (at most
+   ``link_max_held`` per link, at most ``link_hold_s``: a lost batch never blocks a link). The
+   marks of what was applied are written with every snapshot pass, in the same ``put_many`` as
+   the images they match, and restored on start: a retried batch that the restored images
+   already contain is dropped, one they do not contain is applied.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -36,6 +40,7 @@ import trio
 from engine.actors.node import route_by_destination
 from engine.actors.ports import InMemoryCti, InMemoryReplies, Ports
 from engine.cluster.clock import ClusterClock
+from engine.cluster.links import LinkInbox
 from engine.cluster.outbox import Outbox
 from engine.cluster.placement import Directory, directory_decoder
 from engine.cluster.recovery import (
@@ -47,10 +52,10 @@ from engine.cluster.recovery import (
 )
 from engine.cluster.shard import ShardNode
 from engine.cluster.snapshots import DIRECTORY_KEY, SnapshotStore, entity_key, parse_key
-from engine.cluster.wire import LinkMarks, decode_batch, decode_image, encode_image, state_of
+from engine.cluster.wire import decode_batch, decode_image, encode_image, state_of
 from engine.fsm.agent import Agent, AgentState
 from engine.fsm.queue import QueueConfig
-from engine.messages import Cdr, CtiEvent, MediaCommand, Reply, Send, TimerFired
+from engine.messages import Cdr, MediaCommand, Send, TimerFired
 
 __all__ = ["HostConfig", "ShardHostCore", "actor_name"]
 
@@ -70,15 +75,15 @@ class HostConfig(msgspec.Struct, kw_only=True):
     max_delay_s: float = 0.001
     #: keep media commands and CDRs for ``drain_outputs`` (an external switch plays FreeSWITCH)
     collect_outputs: bool = True
-    #: also keep CTI events and replies nobody here asked for, for ``drain_outputs`` (a gateway
-    #: process publishes them and answers its API's asks: engine/cluster/gateway.py)
-    collect_events: bool = False
     #: a ``loadgen.LocalSwitch`` factory (benchmarks): plays FreeSWITCH inside the shard
     local_switch: Any = None
     #: shard-to-shard carrier: "ray" (chosen, docs/cluster.md) or "nats" (a subject per shard on
     #: ``nats_url``; measured in bench/cluster.py, at most once, no retry to a restarted host)
     transport: str = "ray"
     nats_url: str = ""
+    #: per-link FIFO (links.py): batches held per link at most, and how long a gap is waited for
+    link_max_held: int = 256
+    link_hold_s: float = 0.5
 
 
 #: snapshot key kind of a host's link marks (``links.<hex shard>``)
@@ -140,7 +145,8 @@ class ShardHostCore:
         self._written: dict[tuple[str, str], Any] = {}
         self._snapshot_lock: trio.Lock | None = None
         self.snapshots_written = 0
-        self.links = LinkMarks()
+        self.links: LinkInbox[list[Any]] = LinkInbox(max_held=config.link_max_held, hold_s=config.link_hold_s)
+        self._links_lot: trio.lowlevel.ParkingLot | None = None
         self._links_written = b""
         self._link: Any = None
         self._thread = threading.Thread(target=self._thread_main, name=f"trio-{shard}", daemon=True)
@@ -209,9 +215,7 @@ class ShardHostCore:
         self.media = _CollectMedia()
         self.cdrs = _CollectCdrs()
         self.media.keep = self.cdrs.keep = cfg.collect_outputs
-        self.cti = InMemoryCti(keep=cfg.collect_events)
-        self.replies = InMemoryReplies(keep=cfg.collect_events)
-        ports = Ports(self.media, self.cti, self.cdrs, self.replies)
+        ports = Ports(self.media, InMemoryCti(keep=False), self.cdrs, InMemoryReplies(keep=False))
         directory = cfg.directory
         stored = await self._load_directory()
         if stored is not None and stored.epoch >= directory.epoch:
@@ -223,6 +227,8 @@ class ShardHostCore:
             await nursery.start(self.node.run)
             await nursery.start(self.outbox.pump)
             await self._recover()
+            self._links_lot = trio.lowlevel.ParkingLot()
+            nursery.start_soon(self._link_timeouts)
             if cfg.snapshot_interval_s > 0 and cfg.store is not None:
                 nursery.start_soon(self._snapshot_loop)
             if cfg.local_switch is not None:
@@ -292,8 +298,8 @@ class ShardHostCore:
                 cell.state = fixed
                 repaired += 1
                 rt._perform(cell, agent_status(fixed, now))
-        self.recovery = {"images": adopted, "link_marks": sum(len(p) for p in self.links.marks.values()), "calls": len(calls), "orphan_legs": len(orphans),
-                         "agents_repaired": repaired, "channels": len(channels),
+        self.recovery = {"images": adopted, "link_marks": self.links.links(), "calls": len(calls),
+                         "orphan_legs": len(orphans), "agents_repaired": repaired, "channels": len(channels),
                          "recovery_s": round(time.perf_counter() - t0, 4)}
 
     async def _snapshot_loop(self) -> None:
@@ -348,10 +354,26 @@ class ShardHostCore:
         return self._call(self._ingest, payload)
 
     def _ingest(self, payload: bytes) -> int:
+        """Apply a batch in its link's order (Rule 4): a copy is dropped, an early batch is held, a
+        batch that fills a gap is applied with the held ones after it. Returns the items applied."""
         batch = decode_batch(payload)
-        if not self.links.fresh(batch.source, batch.incarnation, batch.seq):
-            return 0  # a copy of a batch already applied (Rule 4)
-        return self.node.apply(batch.items)
+        links = self.links
+        ready = links.offer(batch.source, batch.incarnation, batch.seq, batch.items, trio.current_time())
+        if links.next_deadline() is not None and self._links_lot is not None:
+            self._links_lot.unpark()  # the timeout task (re)computes its deadline
+        apply = self.node.apply
+        return sum(apply(items) for items in ready)
+
+    async def _link_timeouts(self) -> None:
+        """Give up a gap held for ``link_hold_s`` (a lost batch): apply what waited behind it."""
+        assert self._links_lot is not None
+        links, lot = self.links, self._links_lot
+        while True:
+            deadline = links.next_deadline()
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                await lot.park()
+            for items in links.expire(trio.current_time()):
+                self.node.apply(items)
 
     def set_directory(self, payload: bytes) -> bool:
         return self._call(self.node.set_directory, directory_decoder.decode(payload))
@@ -409,11 +431,7 @@ class ShardHostCore:
             self.media.items.clear()
             cdrs = list(self.cdrs.items)
             self.cdrs.items.clear()
-            out: dict[str, Any] = {"media": media, "cdrs": cdrs}
-            if self.config.collect_events:
-                out["cti"], self.cti.items = self.cti.items, []
-                out["replies"], self.replies.items = self.replies.items, []
-            return _out_encoder.encode(out)
+            return _out_encoder.encode({"media": media, "cdrs": cdrs})
         return self._call(drain)
 
     def states(self, kind: str) -> list[Any]:
@@ -431,7 +449,7 @@ class ShardHostCore:
                     "actors": s.actors, "processed": s.processed, "dead_letters": s.dead_letters,
                     "forwarded": rt.forwarded, "bounced": rt.bounced,
                     "replies_forwarded": rt.replies_forwarded, "duplicates_dropped": self.links.duplicates,
-                    "reordered": self.links.reordered, "accepted": node.accepted,
+                    "reordered": self.links.reordered, "links": self.links.statistics(), "accepted": node.accepted,
                     "adopted": node.adopted, "hop_dropped": node.hop_dropped,
                     "media_dropped": node.media_dropped, "calls_created": node.calls_created,
                     "cdrs": self.cdrs.count, "media": self.media.count, "timers": s.timers,
@@ -465,14 +483,6 @@ def decode_outputs(data: bytes) -> tuple[list[MediaCommand], list[Cdr]]:
 class _Outputs(msgspec.Struct):
     media: list[MediaCommand]
     cdrs: list[Cdr]
-    cti: list[CtiEvent] = []
-    replies: list[Reply] = []
-
-
-def decode_all_outputs(data: bytes) -> tuple[list[MediaCommand], list[Cdr], list[CtiEvent], list[Reply]]:
-    """``drain_outputs`` with the CTI events and replies (``HostConfig.collect_events``)."""
-    raw = msgspec.msgpack.decode(data, type=_Outputs)
-    return raw.media, raw.cdrs, raw.cti, raw.replies
 
 
 def _state_of_image(data: bytes) -> Any:  # convenience for tests

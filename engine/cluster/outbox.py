@@ -7,12 +7,13 @@ Rules
    ``max_delay_s`` after its first item (from the pump task), whichever comes first. So under load
    batches are large and the per-batch cost (one Ray call, ~0.3 ms of CPU) is spread over hundreds
    of messages; under light load a message waits at most ``max_delay_s``.
-3. Order: items for one destination leave in ``put`` order, and ``send`` hands them to a transport
-   that keeps per-link order (Ray actor calls from one caller to one actor are ordered; a NATS
-   subject per link is ordered). This is what makes hand-overs safe (see wire.Adopt).
+3. Order: items for one destination leave in ``put`` order, in batches numbered per destination.
+   The transport need not keep them in order (Ray does not always: measured in bench/cluster.py);
+   the receiver restores the link's order from the numbers (links.LinkInbox). This is what makes
+   hand-overs safe (see wire.Adopt).
 4. ``send(dest, payload)`` is the transport and must not block (Ray's ``.remote()`` returns at once).
 5. Batches are numbered per destination (1, 2, 3, ...) under the outbox's ``incarnation`` (its birth
-   in ns), so a receiver can drop a batch Ray delivered twice (wire.LinkMarks).
+   in ns), so a receiver can also drop a batch Ray delivered twice.
 """
 
 from __future__ import annotations

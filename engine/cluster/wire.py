@@ -4,13 +4,15 @@ Rules
 1. A batch is one Ray call (or one NATS message): never one per message (STYLE.md §5). A batch
    is ``bytes`` so Ray moves it without pickling thousands of objects.
 2. Envelopes are routing messages and external events addressed to (kind, id), plus ``Adopt``:
-   an actor handed over with its state and timers. An ``Adopt`` travels on the same ordered link as
-   the messages the old owner forwards after it, so the new owner always has the actor first.
+   an actor handed over with its state and timers. An ``Adopt`` travels on the same link as the
+   messages the old owner forwards after it; the receiver applies a link's batches in order
+   (links.LinkInbox), so the new owner has the actor first.
 3. ``ReplyTo`` carries a command's ``Reply`` back to the shard that asked (``origin_of``: request
    ids made by ``ShardNode.ask`` are ``<shard>|<id>``).
 4. Every batch of a link carries ``(source, incarnation, seq)``: ``seq`` counts 1, 2, 3, ... per
    destination, ``incarnation`` is the sending outbox's birth (ns), new after a restart. The
-   receiver applies a batch once (``LinkMarks``); a retried copy is dropped. ``seq == 0``: unsequenced.
+   receiver applies a batch once and in the link's order (``links.LinkInbox``); a retried copy is
+   dropped. ``seq == 0``: unsequenced.
 5. ``hops`` bounds forwarding: a message that bounced more than ``MAX_HOPS`` times between hosts
    with disagreeing directories is dead-lettered instead of looping.
 """
@@ -26,7 +28,7 @@ from engine.fsm.call import Call
 from engine.fsm.queue import Queue
 from engine.messages import Message, Reply
 
-__all__ = ["MAX_HOPS", "ORIGIN_SEP", "Adopt", "Batch", "Envelope", "Image", "LinkMarks", "ReplyTo",
+__all__ = ["MAX_HOPS", "ORIGIN_SEP", "Adopt", "Batch", "Envelope", "Image", "ReplyTo",
            "decode_batch", "decode_image", "encode_batch", "encode_image", "origin_of", "state_of",
            "with_origin"]
 
@@ -87,69 +89,6 @@ def origin_of(request_id: str) -> str:
     """The shard that asked (``""`` for a request id without an origin, e.g. from the API bus)."""
     shard, sep, _ = request_id.partition(ORIGIN_SEP)
     return shard if sep else ""
-
-
-class LinkMarks:
-    """What a receiver has applied, per link ``(source, incarnation)``: every seq up to ``low``, plus
-    the seqs above it that arrived early (a sliding window; Ray does not always keep a link's
-    batches in order, measured in bench/cluster.py, so a high-water mark alone would drop batches).
-
-    ``fresh`` says whether a batch is new (and records it). A gap that stays open for ``WINDOW``
-    later batches (a batch lost with a dead sender) is given up. Only the newest ``KEEP``
-    incarnations of a source are kept. ``export``/``restore`` put the marks into a snapshot pass,
-    so a restarted receiver drops the retried batches its restored images already contain.
-    """
-
-    KEEP = 4
-    WINDOW = 4096
-
-    def __init__(self) -> None:
-        #: source -> incarnation -> [low, seqs applied above low]
-        self.marks: dict[str, dict[int, tuple[int, set[int]]]] = {}
-        self.duplicates = 0
-        self.reordered = 0
-
-    def fresh(self, source: str, incarnation: int, seq: int) -> bool:
-        if seq <= 0:
-            return True
-        per = self.marks.get(source)
-        if per is None:
-            per = self.marks[source] = {}
-        low, above = per.get(incarnation) or (0, set())
-        if seq <= low or seq in above:
-            self.duplicates += 1
-            return False
-        if seq == low + 1:
-            low = seq
-            while low + 1 in above:
-                low += 1
-                above.discard(low)
-        else:
-            self.reordered += 1
-            above.add(seq)
-            if len(above) > self.WINDOW:  # give the oldest gap up
-                low = min(above)
-                above.discard(low)
-                while low + 1 in above:
-                    low += 1
-                    above.discard(low)
-        per[incarnation] = (low, above)
-        if len(per) > self.KEEP:
-            del per[min(per)]
-        return True
-
-    def export(self) -> bytes:
-        return _encoder.encode({src: {inc: (low, sorted(above)) for inc, (low, above) in per.items()}
-                                for src, per in self.marks.items()})
-
-    def restore(self, data: bytes) -> None:
-        saved = msgspec.msgpack.decode(data, type=dict[str, dict[int, tuple[int, list[int]]]])
-        for source, per in saved.items():
-            mine = self.marks.setdefault(source, {})
-            for inc, (low, above) in per.items():
-                old_low, old_above = mine.get(inc) or (0, set())
-                new_low = max(low, old_low)
-                mine[inc] = (new_low, {s for s in (set(above) | old_above) if s > new_low})
 
 
 _encoder = msgspec.msgpack.Encoder()

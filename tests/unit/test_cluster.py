@@ -18,7 +18,6 @@ from engine.cluster.wire import (
     Adopt,
     Envelope,
     Image,
-    LinkMarks,
     ReplyTo,
     decode_batch,
     decode_image,
@@ -365,22 +364,36 @@ def test_reply_item_round_trips():
 # ---------------------------------------------------------------- duplicate batches
 
 
-def test_link_marks_drop_a_batch_seen_before():
-    marks = LinkMarks()
-    assert marks.fresh("s0", 100, 1) and marks.fresh("s0", 100, 2)
-    assert not marks.fresh("s0", 100, 2) and not marks.fresh("s0", 100, 1)
-    assert marks.fresh("s0", 200, 1)  # the sender restarted: a new incarnation counts from 1
-    assert marks.fresh("s1", 100, 1)  # links are independent
-    assert marks.fresh("ingress", 0, 0) and marks.fresh("ingress", 0, 0)  # unsequenced: always applied
-    # out of order (Ray does not always keep a link FIFO): 5 before 3 and 4, nothing is lost
-    assert marks.fresh("s0", 100, 5) and marks.fresh("s0", 100, 3)
-    assert not marks.fresh("s0", 100, 5)
-    restored = LinkMarks()
-    restored.restore(marks.export())
-    assert restored.fresh("s0", 100, 4)  # the gap is still open after a restart
-    assert not restored.fresh("s0", 100, 5) and not restored.fresh("s0", 100, 3)
-    assert restored.fresh("s0", 100, 6)
-    assert marks.duplicates == 3 and marks.reordered >= 1
+def test_a_host_applies_a_links_batches_in_order_and_a_lost_one_blocks_only_until_the_timeout():
+    """Ray may run two batches of one link out of order: the host holds the early one until the
+    gap is filled (per-link FIFO), and gives a gap up after ``link_hold_s``."""
+    import time
+
+    d = Directory(shards=("s0", "s1"), entities={"queue/q1": "s1"})
+    config = HostConfig(directory=d, snapshot_interval_s=0, link_hold_s=0.3)
+    host = ShardHostCore("s1", config, send=lambda dest, payload: None)
+    try:
+        host.add_entities([QueueConfig(queue_id="q1")], [])
+
+        def status(seq, agent, logged_in):
+            return encode_batch("s0", [Envelope("queue", "q1", AgentStatus(
+                queue_id="q1", agent_id=agent, at=1.0, logged_in=logged_in, available=False))], seq, 42)
+
+        # batch 1 logs a1 in, batch 2 logs it out; batch 2 runs first
+        assert host.deliver_batch(status(2, "a1", False)) == 0  # early: held
+        assert host.statistics()["links"]["held"] == 1
+        assert host.deliver_batch(status(1, "a1", True)) == 2  # fills the gap: 1 then 2
+        assert host.deliver_batch(status(2, "a1", False)) == 0  # a copy
+        assert _members_soon(host, 1, timeout=0.3) == []  # in order: logged in, then out
+        # batch 3 is lost (its sender died): 4 waits for it at most link_hold_s
+        t0 = time.monotonic()
+        assert host.deliver_batch(status(4, "a4", True)) == 0
+        assert _members_soon(host, 1, timeout=5.0) == ["a4"]
+        assert 0.25 <= time.monotonic() - t0 < 3.0
+        links = host.statistics()["links"]
+        assert links["gaps_skipped"] == 1 and links["held"] == 0 and links["duplicates"] == 1
+    finally:
+        host.stop()
 
 
 def test_outbox_numbers_batches_per_destination():
