@@ -211,6 +211,9 @@ class _Connection:
                     self.queued -= 1
                 self.sending_from = None
                 continue
+            if len(item) > limit:  # one run longer than a message may carry: the rest goes next
+                out.appendleft(item[limit:])
+                item = item[:limit]
             events = list(item)
             while out and not isinstance(out[0], str) and len(events) + len(out[0]) <= limit:
                 more = out.popleft()
