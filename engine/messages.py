@@ -210,6 +210,8 @@ class Originate(CallCommandBase, tag="originate", frozen=True, kw_only=True):
     tenant: str = "default"
     caller_id: str = ""
     timeout_s: float = 30.0
+    #: W3C trace context of the request that originated the call: the call resumes that trace
+    traceparent: str = ""
 
 
 class Answer(CallCommandBase, tag="answer", frozen=True, kw_only=True):

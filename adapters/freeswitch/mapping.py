@@ -80,6 +80,7 @@ from engine.messages import (
     RecordingStarted,
     RecordingStopped,
 )
+from engine.tracecontext import TRACEPARENT_VARIABLES
 
 __all__ = [
     "COMMAND_TABLE",
@@ -167,6 +168,11 @@ def _s(ev: EslEvent, name: str, default: str = "") -> str:
     return v if isinstance(v, str) else str(v)
 
 
+#: channel variables a ChannelCreated carries: the SIP hosts/users, and an incoming trace context
+_CREATED_VARIABLES = ("variable_sip_from_host", "variable_sip_to_user",
+                      *(f"variable_{name}" for name in TRACEPARENT_VARIABLES))
+
+
 def _created(ev: EslEvent, now: float, node: str, legs: LegLookup | None) -> MediaEvent | None:
     b = _base(ev, now, node)
     if b is None:
@@ -174,7 +180,7 @@ def _created(ev: EslEvent, now: float, node: str, legs: LegLookup | None) -> Med
     direction = "outbound" if _s(ev, "Call-Direction") == "outbound" else "inbound"
     variables = {}
     tenant = _s(ev, "variable_callengine_tenant") or _s(ev, "variable_domain_name") or "default"
-    for key in ("variable_sip_from_host", "variable_sip_to_user"):
+    for key in _CREATED_VARIABLES:
         v = _s(ev, key)
         if v:
             variables[key[9:]] = v

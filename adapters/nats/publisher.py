@@ -29,7 +29,7 @@ Rules
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +47,7 @@ from adapters.nats.subjects import (
 from api.events import CtiBase, encode_event, event_id, event_kind, event_name, to_wire
 from api.hub import EventHub
 from engine.messages import CtiEvent
+from engine.tracecontext import parse_traceparent
 
 __all__ = ["CtiPublisher"]
 
@@ -68,6 +69,9 @@ class CtiPublisher:
         self._buffer: deque[CtiEvent] = deque()
         self._lot = trio.lowlevel.ParkingLot()
         self._seq: dict[str, int] = {}
+        #: (tenant, call_id) -> the trace id a call resumed (engine.tracecontext), oldest first
+        self._resumed: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self.max_resumed = 100_000
         self.overflowed = 0
         self.pumped = 0
         self.errors = 0
@@ -232,14 +236,20 @@ class CtiPublisher:
                 seqs.setdefault(tenant, 0)
         delivered: list[tuple[CtiBase, str]] = []
         bridge = self.bridge
-        #: (subject, payload, tenant, call_id, seq) of what goes to NATS
-        outgoing: list[tuple[str, bytes, str, str, int]] = []
+        #: (subject, payload, tenant, call_id, seq, resumed trace id) of what goes to NATS
+        outgoing: list[tuple[str, bytes, str, str, int, str]] = []
         limit = self.max_payload
         local = self.hub is not None or bool(self.listeners)
+        resumed = self._resumed
         for event in chunk:
             tenant = event.tenant
             seq = seqs[tenant] + 1
             seqs[tenant] = seq
+            trace = ""
+            if event.name == "CALL_CREATED" and "traceparent" in event.data:
+                trace = self._resume(event)
+            elif resumed:
+                trace = resumed.get((tenant, event.call_id), "")
             wire = to_wire(event, seq)
             payload = encode_event(wire)
             delivered.append((wire, payload.decode() if local else ""))
@@ -248,15 +258,27 @@ class CtiPublisher:
                     self.oversized += 1
                     continue
                 subject = event_subject(tenant, event_kind(wire), event_id(wire), event_name(wire))
-                outgoing.append((subject, payload, tenant, event.call_id, seq))
+                outgoing.append((subject, payload, tenant, event.call_id, seq, trace))
         batch = _Batch(delivered)
         if bridge is not None and outgoing:
             batch.frames = b"".join([cti_frame(*o) for o in outgoing[:-1]])
             batch.count = len(outgoing) - 1
-            subject, payload, tenant, call_id, seq = outgoing[-1]
+            subject, payload, tenant, call_id, seq, trace = outgoing[-1]
             batch.last = (subject, payload, {MSG_ID_HEADER: f"{tenant}:{seq}", SEQ_HEADER: str(seq),
-                                             TRACE_HEADER: traceparent(tenant, call_id, seq)})
+                                             TRACE_HEADER: traceparent(tenant, call_id, seq, trace)})
         return batch
+
+    def _resume(self, event: CtiEvent) -> str:
+        """A call that arrived with a valid ``traceparent`` (on its CALL_CREATED): its events carry
+        that trace id from now on (bounded: the oldest calls are forgotten first)."""
+        parsed = parse_traceparent(str(event.data["traceparent"]))
+        if parsed is None:
+            return ""
+        resumed = self._resumed
+        resumed[(event.tenant, event.call_id)] = parsed[0]
+        while len(resumed) > self.max_resumed:
+            resumed.popitem(last=False)
+        return parsed[0]
 
 
 class _Batch:

@@ -12,8 +12,9 @@ whitespace in an id can never widen or shift a subject.
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
+
+from engine.tracecontext import derived_trace_id
 
 __all__ = ["token", "event_subject", "tenant_events", "api_subject", "msg_id", "traceparent",
            "header_value", "header_block", "hpub_frame", "cti_frame",
@@ -51,16 +52,15 @@ def msg_id(tenant: str, seq: int) -> str:
     return f"{tenant}:{seq}"
 
 
-def traceparent(tenant: str, call_id: str, seq: int) -> str:
-    """W3C trace context: every event of one call shares a trace id; the span id is per event."""
-    trace = _trace_id(tenant, call_id)
+def traceparent(tenant: str, call_id: str, seq: int, trace: str = "") -> str:
+    """W3C trace context: every event of one call shares a trace id (``trace``: a resumed incoming
+    one, else the derived one, engine.tracecontext); the span id is per event."""
+    trace = trace or _trace_id(tenant, call_id)
     span = f"{(seq or 1) & 0xFFFFFFFFFFFFFFFF:016x}"
     return f"00-{trace}-{span}-01"
 
 
-@functools.lru_cache(maxsize=65536)
-def _trace_id(tenant: str, call_id: str) -> str:
-    return hashlib.blake2b(f"{tenant}/{call_id or '-'}".encode(), digest_size=16).hexdigest()
+_trace_id = derived_trace_id
 
 
 # ---------------------------------------------------------------- NATS wire frames (HPUB)
@@ -96,11 +96,13 @@ def hpub_frame(subject: str, payload: bytes, headers: dict[str, str], reply: str
             + hdr + payload + b"\r\n")
 
 
-def cti_frame(subject: str, payload: bytes, tenant: str, call_id: str, seq: int) -> bytes:
+def cti_frame(subject: str, payload: bytes, tenant: str, call_id: str, seq: int, trace: str = "") -> bytes:
     """The HPUB frame of one CTI event: the same bytes as ``hpub_frame`` with
-    ``{Nats-Msg-Id, Cti-Seq, traceparent}``, built without the generic path (the hot loop)."""
+    ``{Nats-Msg-Id, Cti-Seq, traceparent}``, built without the generic path (the hot loop).
+    ``trace``: the call's resumed trace id (see ``traceparent``)."""
+    prefix = b"00-%s-" % trace.encode() if trace else _trace_prefix(tenant, call_id)
     hdr = b"%s%d\r\nCti-Seq: %d\r\ntraceparent: %s%016x-01\r\n\r\n" % (
-        _msg_id_prefix(tenant), seq, seq, _trace_prefix(tenant, call_id), (seq or 1) & 0xFFFFFFFFFFFFFFFF)
+        _msg_id_prefix(tenant), seq, seq, prefix, (seq or 1) & 0xFFFFFFFFFFFFFFFF)
     n = len(hdr)
     return b"HPUB %s %d %d\r\n%s%s\r\n" % (subject.encode(), n, n + len(payload), hdr, payload)
 

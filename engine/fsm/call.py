@@ -122,6 +122,7 @@ from engine.messages import (
     TimerFired,
     WriteCdr,
 )
+from engine.tracecontext import incoming_traceparent, parse_traceparent
 
 __all__ = ["CallState", "Call", "Leg", "new_call", "originate_call", "step", "MACHINE", "CALL_EVENTS"]
 
@@ -353,9 +354,16 @@ def new_call(event: ChannelCreated) -> tuple[Call, list[Effect]]:
     call = Call(call_id=event.call_id, tenant=event.tenant, direction=event.direction,
                 caller_id=event.caller_id, destination=event.destination, node=event.node,
                 created_at=event.at, state_since=event.at, now=event.at)
-    out.cti("CALL_CREATED", call.tenant, event.at, call_id=call.call_id, caller_id=call.caller_id,
-            destination=call.destination, direction=call.direction)
+    _created(out, call, event.at, incoming_traceparent(event.variables))
     return call, out.effects
+
+
+def _created(out: Out, call: Call, t: float, traceparent: str) -> None:
+    """CALL_CREATED; an incoming trace context rides on it, so the publisher and the tracer resume
+    that trace for the whole call (engine.tracecontext)."""
+    extra = {"traceparent": traceparent} if traceparent else {}
+    out.cti("CALL_CREATED", call.tenant, t, call_id=call.call_id, caller_id=call.caller_id,
+            destination=call.destination, direction=call.direction, **extra)
 
 
 def originate_call(cmd: Originate) -> tuple[Call, list[Effect]]:
@@ -368,8 +376,7 @@ def originate_call(cmd: Originate) -> tuple[Call, list[Effect]]:
     _media(out, MediaOriginate(call_id=call.call_id, leg="a", destination=cmd.from_extension,
                                timeout_s=cmd.timeout_s, caller_id=cmd.to))
     timers = start_timer(call.timers, out, "ring:a", t + cmd.timeout_s)
-    out.cti("CALL_CREATED", call.tenant, t, call_id=call.call_id, caller_id=call.caller_id,
-            destination=call.destination, direction="outbound")
+    _created(out, call, t, cmd.traceparent if parse_traceparent(cmd.traceparent) else "")
     out.reply(cmd.request_id, call_id=call.call_id)
     return replace(call, timers=timers), out.effects
 

@@ -32,13 +32,13 @@ import msgspec
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from adapters.nats.subjects import _trace_id
 from engine.actors.ports import Ports
 from engine.fsm import queue as queue_fsm
-from engine.messages import Cdr, ChannelCreated, CtiEvent, MediaCommand, MediaOriginate
+from engine.messages import Cdr, CtiEvent, MediaCommand, MediaOriginate
+from engine.tracecontext import derived_trace_id, parse_traceparent
 
 __all__ = ["CallIdGenerator", "CallTracer", "explain_routing"]
 
@@ -62,7 +62,7 @@ class CallIdGenerator(IdGenerator):
 
 def call_trace_id(tenant: str, call_id: str) -> int:
     """The trace id the NATS publisher puts in this call's ``traceparent`` headers."""
-    return int(_trace_id(tenant, call_id), 16)
+    return int(derived_trace_id(tenant, call_id), 16)
 
 
 # ------------------------------------------------------------------------------ routing decision
@@ -170,7 +170,6 @@ class CallTracer:
         self.max_calls = max_calls
         self.metrics = metrics
         self.calls: OrderedDict[str, _Call] = OrderedDict()
-        self.incoming: dict[str, str] = {}
         self.errors = 0
         self.traced = 0
         self._offset: float | None = None
@@ -196,35 +195,27 @@ class CallTracer:
                      _TracedCdr(self, ports.cdr), ports.replies)
 
     def wrap_sink(self, sink: Any) -> Any:
-        """The media adapter's sink (the node), noting an incoming ``traceparent`` variable."""
-        return _TracedSink(self, sink)
+        """The media adapter's sink, unchanged: an incoming ``traceparent`` channel variable rides
+        on the call's CALL_CREATED event (engine.tracecontext), which ``on_cti`` sees."""
+        return sink
 
     # ---------------------------------------------------------------- handlers
 
-    def on_channel(self, ev: ChannelCreated) -> None:
-        tp = ev.variables.get("traceparent") or ev.variables.get("sip_h_traceparent")
-        if tp and ev.leg == "a":
-            if len(self.incoming) > 10_000:
-                self.incoming.clear()
-            self.incoming[ev.call_id] = tp
-
     def _start_root(self, ev: CtiEvent) -> _Call:
-        links = []
-        parent_tp = self.incoming.pop(ev.call_id, "")
-        if parent_tp:
-            remote = trace.get_current_span(_PROP.extract({"traceparent": parent_tp})).get_span_context()
-            if remote.is_valid:
-                links.append(Link(remote, {"callengine.link": "incoming traceparent"}))
-        if self.ids is not None:
-            self.ids.next_trace_id = call_trace_id(ev.tenant, ev.call_id)
         attrs: dict[str, Any] = {"callengine.call_id": ev.call_id, "callengine.tenant": ev.tenant}
         for k, v in ev.data.items():
             attrs[f"callengine.{k}"] = v
-        if parent_tp:
-            attrs["callengine.parent_traceparent"] = parent_tp
-        root = self.tracer.start_span("call", context=Context(),
+        incoming = str(ev.data.get("traceparent", ""))
+        parent = Context()
+        if incoming and parse_traceparent(incoming) is not None:
+            # resume the caller's trace: same trace id, the incoming span is the root's parent
+            parent = _PROP.extract({"traceparent": incoming})
+            attrs["callengine.parent_traceparent"] = incoming
+        elif self.ids is not None:
+            self.ids.next_trace_id = call_trace_id(ev.tenant, ev.call_id)
+        root = self.tracer.start_span("call", context=parent,
                                       kind=SpanKind.SERVER, start_time=self._ns(ev.at),
-                                      attributes=attrs, links=links)
+                                      attributes=attrs)
         if self.ids is not None:
             self.ids.next_trace_id = 0
         call = _Call(root, ev.tenant)
@@ -429,25 +420,3 @@ class _TracedCdr:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.port, name)
-
-
-class _TracedSink:
-    __slots__ = ("tracer", "sink")
-
-    def __init__(self, tracer: CallTracer, sink: Any) -> None:
-        self.tracer, self.sink = tracer, sink
-
-    def _see(self, message: Any) -> None:
-        if type(message) is ChannelCreated and message.variables:
-            self.tracer.on_channel(message)
-
-    def deliver_nowait(self, message: Any) -> None:
-        self._see(message)
-        self.sink.deliver_nowait(message)
-
-    async def deliver(self, message: Any) -> None:
-        self._see(message)
-        await self.sink.deliver(message)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.sink, name)

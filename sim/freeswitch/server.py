@@ -326,10 +326,12 @@ class FreeSwitchEmulator:
     async def place_inbound_call(self, caller: str, destination: str, caller_name: str | None = None,
                                  *, answer: bool = False, socket: tuple[str, int] | None = None,
                                  socket_async: bool = True, socket_full: bool = True,
-                                 wait: bool = False) -> Channel:
-        """A call arriving from a SIP phone. Default dialplan: park (or ``socket`` out)."""
+                                 wait: bool = False, variables: dict[str, str] | None = None) -> Channel:
+        """A call arriving from a SIP phone. Default dialplan: park (or ``socket`` out).
+        ``variables``: channel variables it arrives with (e.g. ``sip_h_traceparent``)."""
         ch = self._new_channel(f"sofia/internal/{caller}@127.0.0.1", "inbound", caller,
                                caller_name or caller, destination)
+        ch.variables.update(variables or {})
         ch.state = "CS_INIT"
         self._fire("CHANNEL_CREATE", ch)
         ch.state = "CS_ROUTING"
