@@ -12,11 +12,14 @@ Rules
    nothing. ``OTEL_SDK_DISABLED=true`` turns everything off. The standard ``OTEL_*`` variables
    (service name, resource attributes, headers, timeouts, batch sizes, export interval) are read
    by the SDK itself.
-3. Trace ids are the ones the NATS publisher already puts in ``traceparent`` headers
-   (``adapters.nats.subjects._trace_id``: blake2b of tenant/call id), so a CTI event on the bus
+3. Trace ids are the ones the NATS publisher puts in ``traceparent`` headers
+   (``engine.tracecontext.derived_trace_id``: blake2b of tenant/call id), so a CTI event on the bus
    and the call's spans share one trace. Originated legs get a ``traceparent`` channel variable
-   (the offer span). An inbound channel carrying ``traceparent`` (channel variable) is linked from
-   the root span (``Link``) and its value kept as ``callengine.parent_traceparent``.
+   (the offer span). A call that arrives with a valid trace context (channel variable
+   ``traceparent`` / ``sip_h_traceparent``, or ``Originate.traceparent``) resumes it: the call
+   machine puts it on CALL_CREATED, the root span's parent is the incoming span (same trace id)
+   and the publisher uses that trace id for the call's events; ``callengine.parent_traceparent``
+   keeps the value.
 """
 
 from engine.telemetry.metrics import EngineMetrics
