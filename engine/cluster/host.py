@@ -55,7 +55,7 @@ from engine.cluster.snapshots import DIRECTORY_KEY, SnapshotStore, entity_key, p
 from engine.cluster.wire import decode_batch, decode_image, encode_image, state_of
 from engine.fsm.agent import Agent, AgentState
 from engine.fsm.queue import QueueConfig
-from engine.messages import Cdr, MediaCommand, Send, TimerFired
+from engine.messages import Cdr, CtiEvent, MediaCommand, Reply, Send, TimerFired
 
 __all__ = ["HostConfig", "ShardHostCore", "actor_name"]
 
@@ -75,6 +75,9 @@ class HostConfig(msgspec.Struct, kw_only=True):
     max_delay_s: float = 0.001
     #: keep media commands and CDRs for ``drain_outputs`` (an external switch plays FreeSWITCH)
     collect_outputs: bool = True
+    #: also keep CTI events and replies nobody here asked for, for ``drain_outputs`` (a gateway
+    #: process publishes them and answers its API's asks: engine/cluster/gateway.py)
+    collect_events: bool = False
     #: a ``loadgen.LocalSwitch`` factory (benchmarks): plays FreeSWITCH inside the shard
     local_switch: Any = None
     #: shard-to-shard carrier: "ray" (chosen, docs/cluster.md) or "nats" (a subject per shard on
@@ -215,7 +218,9 @@ class ShardHostCore:
         self.media = _CollectMedia()
         self.cdrs = _CollectCdrs()
         self.media.keep = self.cdrs.keep = cfg.collect_outputs
-        ports = Ports(self.media, InMemoryCti(keep=False), self.cdrs, InMemoryReplies(keep=False))
+        self.cti = InMemoryCti(keep=cfg.collect_events)
+        self.replies = InMemoryReplies(keep=cfg.collect_events)
+        ports = Ports(self.media, self.cti, self.cdrs, self.replies)
         directory = cfg.directory
         stored = await self._load_directory()
         if stored is not None and stored.epoch >= directory.epoch:
@@ -431,7 +436,11 @@ class ShardHostCore:
             self.media.items.clear()
             cdrs = list(self.cdrs.items)
             self.cdrs.items.clear()
-            return _out_encoder.encode({"media": media, "cdrs": cdrs})
+            out: dict[str, Any] = {"media": media, "cdrs": cdrs}
+            if self.config.collect_events:
+                out["cti"], self.cti.items = self.cti.items, []
+                out["replies"], self.replies.items = self.replies.items, []
+            return _out_encoder.encode(out)
         return self._call(drain)
 
     def states(self, kind: str) -> list[Any]:
@@ -483,6 +492,14 @@ def decode_outputs(data: bytes) -> tuple[list[MediaCommand], list[Cdr]]:
 class _Outputs(msgspec.Struct):
     media: list[MediaCommand]
     cdrs: list[Cdr]
+    cti: list[CtiEvent] = []
+    replies: list[Reply] = []
+
+
+def decode_all_outputs(data: bytes) -> tuple[list[MediaCommand], list[Cdr], list[CtiEvent], list[Reply]]:
+    """``drain_outputs`` with the CTI events and replies (``HostConfig.collect_events``)."""
+    raw = msgspec.msgpack.decode(data, type=_Outputs)
+    return raw.media, raw.cdrs, raw.cti, raw.replies
 
 
 def _state_of_image(data: bytes) -> Any:  # convenience for tests
