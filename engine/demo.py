@@ -97,6 +97,7 @@ class DemoResult:
     report: str = ""
     pg_dsn: str = ""
     peak_setups_per_s: float = 0.0
+    where: str = ""
 
     @property
     def ok(self) -> bool:
@@ -194,7 +195,8 @@ class _Desktop:
 async def run_demo(*, seconds: float = 75.0, rate: float = 3.0, agents: int = 16, state_dir: str = "",
                    seed: int = 1, talk_s: tuple[float, float] = (2.0, 6.0), patience_s: float = 25.0,
                    progress: bool = True, faults: bool = False, telemetry: Any = None,
-                   drain_s: float = 30.0, print_fn: Any = print) -> DemoResult:
+                   drain_s: float = 30.0, print_fn: Any = print, in_process: bool = False,
+                   ray_address: str | None = None, shards: int | None = None) -> DemoResult:
     from adapters.freeswitch.config import EslNodeConfig
     from api.auth import issue_token
     from engine.flows.loader import parse_flows
@@ -233,9 +235,14 @@ async def run_demo(*, seconds: float = 75.0, rate: float = 3.0, agents: int = 16
         for _agent, ext, _q, _s in roster:
             emu.register_phone(ext)
         options = RunOptions(secret=secret, state_dir=str(state), esl_nodes=[EslNodeConfig(name="fs1", port=port)],
-                             esl_heartbeat_s=1.0, flows=flows, telemetry=telemetry, node_name="demo")
+                             esl_heartbeat_s=1.0, flows=flows, telemetry=telemetry, node_name="demo",
+                             in_process=in_process, ray_address=ray_address, shards=shards)
+        if not in_process:
+            print_fn("starting the Ray shard hosts (a few seconds)...")
         async with open_engine(options) as engine:
             node = engine.node
+            result.where = ("in process" if engine.cluster is None
+                            else f"{len(engine.cluster.names)} Ray shard host(s)")
             with trio.fail_after(15):
                 await engine.links.wait_all_up()
             desktops = [_Desktop(engine.stack.ws_url, issue_token(secret, tenant=TENANT, sub=a, roles=("agent",), agent_id=a),
@@ -349,20 +356,21 @@ def _service_levels(node: Any) -> dict[str, float]:
 
 
 async def _inject_faults(engine: Any, emu: Any, t0: float, seconds: float, result: DemoResult, print_fn: Any) -> None:
-    """ESL drop at 20 %, NATS restart at 40 %, PostgreSQL stopped 10 s at 60 % of the run."""
+    """ESL drop at 20 %, NATS restart at 40 %, PostgreSQL stopped 10 s at 60 %, a shard host killed at
+    80 % of the run (Ray restarts it; it rebuilds from its snapshots and the switch's channels)."""
     await trio.sleep_until(t0 + 0.2 * seconds)
     n = emu.drop_connections()
     result.faults.append(f"esl drop ({n} connections) at {trio.current_time() - t0:.1f}s")
     print_fn(f"FAULT: dropped {n} ESL connection(s)")
     await trio.sleep_until(t0 + 0.4 * seconds)
-    server = getattr(engine.stack, "nats_server", None)
-    restart = getattr(server, "restart", None)
-    if restart is not None:
-        await restart()
+    server = engine.nats_server
+    if server is not None:
+        print_fn("FAULT: restarting NATS (same port and store)")
+        await server.restart(down_s=1.0)
         result.faults.append(f"nats restart at {trio.current_time() - t0:.1f}s")
-        print_fn("FAULT: restarted NATS")
+        print_fn("FAULT: NATS is back")
     else:
-        result.faults.append("nats restart: not available (open_stack does not expose its embedded server)")
+        result.faults.append("nats restart: not available (CALLENGINE_NATS_URL names an external server)")
     await trio.sleep_until(t0 + 0.6 * seconds)
     from adapters.postgres.embedded import EmbeddedPostgres, state_dir
 
@@ -375,6 +383,19 @@ async def _inject_faults(engine: Any, emu: Any, t0: float, seconds: float, resul
     await trio.to_thread.run_sync(emb.start)
     result.faults.append(f"postgres stopped 10 s at {trio.current_time() - t0 - 10:.1f}s")
     print_fn("FAULT: PostgreSQL is back")
+    cluster = engine.cluster
+    if cluster is None:
+        result.faults.append("shard kill: not available (the actors run in process)")
+        return
+    await trio.sleep_until(t0 + 0.8 * seconds)
+    victim = cluster.names[0]
+    print_fn(f"FAULT: killing shard host {victim}")
+    t_kill = trio.current_time()
+    await trio.to_thread.run_sync(cluster.kill, victim)
+    info = await trio.to_thread.run_sync(cluster.wait_ready, victim, 90.0)
+    result.faults.append(f"shard kill {victim} at {t_kill - t0:.1f}s (back after "
+                         f"{trio.current_time() - t_kill:.1f}s, recovery {info.get('recovery')})")
+    print_fn(f"FAULT: shard host {victim} is back: {info.get('recovery')}")
 
 
 async def _check_nats(engine: Any, created: list[str], result: DemoResult) -> None:
@@ -430,7 +451,7 @@ def _plain(obj: Any) -> Any:
 def summary(r: DemoResult) -> str:
     lines = [
         "",
-        f"demo finished: {'OK' if r.ok else 'PROBLEMS FOUND'}",
+        f"demo finished: {'OK' if r.ok else 'PROBLEMS FOUND'}  (actors: {r.where})",
         f"  calls placed by the emulator   {r.placed}  (bridged to an agent {r.bridged}, callers gave up {r.abandoned_by_caller})",
         f"  CDRs in PostgreSQL             {r.cdrs_in_pg}  (exactly one: {r.calls_with_one_cdr}, none: {len(r.calls_without_cdr)}, "
         f"duplicates: {len(r.calls_with_duplicate_cdrs)})",
@@ -462,6 +483,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--faults", action="store_true", help="drop ESL, restart NATS, stop PostgreSQL 10 s during the run")
     p.add_argument("--quiet", action="store_true", help="no per-second progress")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    from engine.run import add_cluster_arguments
+
+    add_cluster_arguments(p)
     p.set_defaults(func=main)
     return p
 
@@ -474,9 +498,14 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=os.environ.get("CALLENGINE_LOG", "ERROR"))
     if not math.isfinite(args.seconds) or args.seconds <= 0:
         raise SystemExit("--seconds must be > 0")
+    from engine.run import RunOptions, cluster_options
+
+    where = cluster_options(RunOptions(), args)
     result = trio.run(lambda: run_demo(seconds=args.seconds, rate=args.rate, agents=args.agents,
                                        state_dir=args.state_dir, seed=args.seed, faults=args.faults,
-                                       progress=not args.quiet), clock=EpochClock())
+                                       progress=not args.quiet, in_process=where.in_process,
+                                       ray_address=where.ray_address, shards=where.shards),
+                      clock=EpochClock())
     print(summary(result))
     if args.json:
         import dataclasses

@@ -78,6 +78,15 @@ class RunOptions:
     tenant: str = "default"
     node_name: str = "node-1"
     telemetry: Any = None
+    #: False: the actors run in Ray shard hosts (``engine.cluster.gateway``); True: in this process
+    in_process: bool = False
+    #: join this Ray cluster instead of starting a local one
+    ray_address: str | None = None
+    #: shard hosts (default: one per core, ``engine.cluster.cluster.default_shards``)
+    shards: int | None = None
+    #: how often the gateway refreshes its view of the shards' states (seconds)
+    view_refresh_s: float = 0.2
+
 
     @classmethod
     def from_env(cls) -> RunOptions:
@@ -87,7 +96,8 @@ class RunOptions:
                    state_dir=env.get("CALLENGINE_STATE_DIR", ""),
                    pg_dsn=env.get("CALLENGINE_PG_DSN") or None,
                    nats_url=env.get("CALLENGINE_NATS_URL") or None,
-                   outbound_port=int(port) if port else None)
+                   outbound_port=int(port) if port else None,
+                   ray_address=env.get("CALLENGINE_RAY_ADDRESS") or None)
 
 
 @dataclass
@@ -105,6 +115,11 @@ class Engine:
     state_dir: pathlib.Path
     outbound_url: str = ""
     prometheus_url: str = ""
+    #: the Ray cluster and its gateway (None in process)
+    cluster: Any = None
+    gateway: Any = None
+    #: the embedded nats-server (``NatsProcess``), None when ``CALLENGINE_NATS_URL`` is used
+    nats_server: Any = None
 
 
 def _flow_router(config: Any, flows: dict[str, Any]) -> Any:
@@ -141,6 +156,76 @@ def _flow_router(config: Any, flows: dict[str, Any]) -> Any:
     return route
 
 
+class NatsProcess:
+    """An embedded JetStream nats-server on a fixed port and store directory that can be stopped
+    and started again (``restart``): clients reconnect to the same URL and find their stream."""
+
+    def __init__(self, store_dir: pathlib.Path, port: int | None = None) -> None:
+        from adapters.nats.server import free_port
+
+        self.store_dir = store_dir
+        self.port = port or free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.process: Any = None
+        self.restarts = 0
+
+    async def start(self, timeout_s: float = 10.0) -> None:
+        import subprocess
+
+        from adapters.nats.server import find_binary
+
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        args = [find_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store_dir)]
+        self.process = await trio.lowlevel.open_process(args, stdout=subprocess.DEVNULL,
+                                                        stderr=subprocess.DEVNULL)
+        with trio.move_on_after(timeout_s):
+            while self.process.returncode is None:
+                try:
+                    stream = await trio.open_tcp_stream("127.0.0.1", self.port)
+                except OSError:
+                    await trio.sleep(0.02)
+                    continue
+                await stream.aclose()
+                return
+        self.process.kill()
+        raise RuntimeError(f"nats-server did not listen on port {self.port} (exit {self.process.returncode})")
+
+    async def stop(self) -> None:
+        proc, self.process = self.process, None
+        if proc is None:
+            return
+        proc.terminate()
+        with trio.move_on_after(5) as scope:
+            scope.shield = True
+            await proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+
+    async def restart(self, down_s: float = 1.0) -> None:
+        await self.stop()
+        await trio.sleep(down_s)
+        await self.start()
+        self.restarts += 1
+
+
+@asynccontextmanager
+async def open_nats_process(store_dir: pathlib.Path) -> AsyncIterator[NatsProcess]:
+    server = NatsProcess(store_dir)
+    for _attempt in range(3):
+        try:
+            await server.start()
+            break
+        except RuntimeError:
+            server = NatsProcess(store_dir)  # lost the port race: another port
+    else:
+        raise RuntimeError("nats-server did not start after 3 attempts")
+    try:
+        yield server
+    finally:
+        with trio.CancelScope(shield=True):
+            await server.stop()
+
+
 @asynccontextmanager
 async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine]:
     from adapters.freeswitch.config import nodes_from_env
@@ -151,7 +236,6 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
     from adapters.postgres.config import NodeConfig, PgConfigStore, open_config_watcher
     from adapters.postgres.events import TeeCti, open_event_sink
     from api.admin_pg import ConfigAdminStore
-    from api.app import open_stack
     from engine.actors import Ports, TaskSpec
     from engine.telemetry import Telemetry
 
@@ -170,6 +254,12 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
         sink = await stack.enter_async_context(open_event_sink(pg))
         # telemetry spans/metrics export threads stop after everything else has flushed
         stack.callback(telemetry.shutdown)
+        nats_server = None
+        nats_url = o.nats_url
+        if nats_url is None:
+            # our own nats-server (not open_stack's): a fixed port and store, so it can restart
+            nats_server = await stack.enter_async_context(open_nats_process(state / "nats"))
+            nats_url = nats_server.url
 
         def wrap(ports: Ports) -> Ports:
             return telemetry.wrap_ports(Ports(ports.media, TeeCti(ports.cti, sink), writer, ports.replies))
@@ -177,11 +267,22 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
         # the Admin API writes to PostgreSQL; NOTIFY brings each change back to every node
         admin = ConfigAdminStore(store)
         await admin.prime()
-        api_stack = await stack.enter_async_context(open_stack(
-            secret=secret, nats_url=o.nats_url, host=o.host, media=links, ports_wrap=wrap, store=admin,
-            node_options={"name": o.node_name, "router": _flow_router(config, o.flows),
-                          "media_links": [TaskSpec("esl", links.run)]}))
-        node = api_stack.node
+        router = _flow_router(config, o.flows)
+        cluster = gateway = None
+        if o.in_process:
+            from api.app import open_stack
+
+            api_stack = await stack.enter_async_context(open_stack(
+                secret=secret, nats_url=nats_url, host=o.host, media=links, ports_wrap=wrap, store=admin,
+                node_options={"name": o.node_name, "router": router,
+                              "media_links": [TaskSpec("esl", links.run)]}))
+            node = api_stack.node
+        else:
+            api_stack, cluster, gateway = await _open_cluster_stack(
+                stack, o, state=state, secret=secret, nats_url=nats_url, links=links, wrap=wrap,
+                store=admin, router=router)
+            node = gateway.node
+        api_stack.nats_server = nats_server
         links.attach(telemetry.wrap_sink(node), engine_live_calls(node, links))
         config.start(node)
         presence = PresenceBridge(links.registry, node)
@@ -204,7 +305,7 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
         nursery.start_soon(resync_loop)
         engine = Engine(node=node, stack=api_stack, links=links, pg=pg, store=store, config=config,
                         cdr_writer=writer, event_sink=sink, telemetry=telemetry, secret=secret,
-                        state_dir=state)
+                        state_dir=state, cluster=cluster, gateway=gateway, nats_server=nats_server)
         del watcher
         if o.outbound_port is not None:
             from adapters.freeswitch.outbound import OutboundServer
@@ -215,6 +316,112 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
         if telemetry.metrics is not None and telemetry.prometheus_port is not None:
             engine.prometheus_url = await nursery.start(telemetry.serve_prometheus)
         yield engine
+
+
+@dataclass
+class ClusterStack:
+    """What ``open_stack`` gives in process, for the Ray path (``Engine.stack``)."""
+
+    node: Any
+    api: Any
+    publisher: Any
+    hub: Any
+    media: Any
+    bridge: Any = None
+    nats_url: str = ""
+    http_url: str = ""
+    ws_url: str = ""
+    ws: Any = None
+    services: list[Any] = field(default_factory=list)
+    relays: Any = None
+    nats_server: Any = None
+
+
+async def _open_cluster_stack(stack: AsyncExitStack, o: RunOptions, *, state: pathlib.Path, secret: str,
+                              nats_url: str, links: Any, wrap: Any, store: Any,
+                              router: Any) -> tuple[ClusterStack, Any, Any]:
+    """The gateway process (engine/cluster/gateway.py): NATS bridge, CTI publisher, the Ray shard
+    hosts, the gateway pumps, the API over the gateway's ``ClusterNode``. Registered on ``stack``
+    so that on exit the gateway drains the hosts (CDRs, CTI) before anything is stopped."""
+    from adapters.nats.bridge import NatsSettings, open_bridge
+    from adapters.nats.publisher import CtiPublisher
+    from api.auth import AuditLog, Authenticator, RateLimiter
+    from api.dispatch import Api
+    from api.http import serve_http
+    from api.hub import EventHub
+    from api.ws import WsServer
+    from engine.actors import InMemoryCdrs, InMemoryReplies, Ports
+    from engine.cluster.cluster import Cluster, default_shards
+    from engine.cluster.fakeswitch import FileChannelSource
+    from engine.cluster.gateway import Gateway, channel_file_for
+    from engine.cluster.host import HostConfig
+    from engine.cluster.snapshots import FileSnapshotStore
+
+    bridge = await stack.enter_async_context(open_bridge(NatsSettings(url=nats_url)))
+    hub = EventHub()
+    publisher = CtiPublisher(bridge, hub)
+    ports = wrap(Ports(links, publisher, InMemoryCdrs(keep=False), InMemoryReplies(keep=False)))
+    pumps = await stack.enter_async_context(trio.open_nursery())
+    stack.callback(pumps.cancel_scope.cancel)
+    await pumps.start(publisher.run)
+
+    async def publisher_flushed() -> None:
+        with trio.move_on_after(10):
+            while len(publisher):
+                await trio.sleep(0.05)
+
+    stack.push_async_callback(publisher_flushed)
+    channel_file = channel_file_for(state)
+    snapshots = state / "snapshots"
+    if o.ray_address is None and snapshots.exists():
+        import shutil
+
+        shutil.rmtree(snapshots, ignore_errors=True)  # a fresh local cluster: no stale images
+    channel_file.unlink(missing_ok=True)
+    shards = o.shards if o.shards is not None else default_shards()
+    host_config = HostConfig(namespace=f"callengine-{os.getpid()}", store=FileSnapshotStore(snapshots),
+                             channel_sources=(FileChannelSource(str(channel_file)),),
+                             collect_events=True, snapshot_interval_s=0.2)
+    cluster = Cluster(shards=shards, ray_address=o.ray_address, config=host_config,
+                      host_cpus=0.5 if o.ray_address is None else 1.0)
+    log.info("starting %d shard host(s) on Ray", shards)
+    await trio.to_thread.run_sync(cluster.start)
+
+    async def stop_cluster() -> None:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(cluster.shutdown)
+
+    stack.push_async_callback(stop_cluster)
+    gateway = Gateway(cluster, ports, name=o.node_name, router=router, channel_file=channel_file,
+                      refresh_s=o.view_refresh_s)
+    nursery = await stack.enter_async_context(trio.open_nursery())
+    stack.callback(nursery.cancel_scope.cancel)
+    await nursery.start(gateway.run)
+    await nursery.start(links.run)
+    api = Api(gateway.node, Authenticator(secret), store=store, hub=hub, bridge=bridge,
+              limiter=RateLimiter(200.0, 400.0), audit=AuditLog())
+    result = ClusterStack(node=gateway.node, api=api, publisher=publisher, hub=hub, media=links,
+                          bridge=bridge, nats_url=nats_url)
+    result.http_url = await nursery.start(serve_http, api, o.host, 0)
+    result.ws = WsServer(api)
+    port = await nursery.start(result.ws.serve, o.host, 0)
+    result.ws_url = f"ws://{o.host}:{port}"
+    from adapters.nats.micro import WatchRelays, start_micro_services, stop_micro_services
+
+    result.relays = WatchRelays(nursery, bridge)
+    result.services = await start_micro_services(bridge, api, relays=result.relays)
+
+    async def stop_gateway() -> None:
+        # Ctrl-C: stop taking API requests, then hand every event already in to the shards and
+        # bring back what they produced (Rule 6 of gateway.py): nothing produced is lost
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(2):
+                await stop_micro_services(bridge, result.services)
+            n = await gateway.drain(timeout=10.0)
+            log.info("gateway drained %d outputs at shutdown", n)
+
+    stack.push_async_callback(stop_gateway)
+    return result, cluster, gateway
 
 
 # ------------------------------------------------------------------------------ CLI
@@ -229,15 +436,42 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address the API listens on (default 127.0.0.1)")
     p.add_argument("--state-dir", default="", help="CDR spool and embedded PostgreSQL (default .state)")
     p.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0 = until Ctrl-C)")
+    add_cluster_arguments(p)
     p.set_defaults(func=main)
     return p
+
+
+def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("actors", "where the actors run (default: local Ray shard hosts)")
+    g.add_argument("--in-process", action="store_true",
+                   help="run the actors in this process (one trio runtime, no Ray)")
+    g.add_argument("--ray-address", default=None,
+                   help="join this Ray cluster (default: CALLENGINE_RAY_ADDRESS, else a local ray.init())")
+    g.add_argument("--shards", type=int, default=None, help="shard hosts (default: one per core)")
+
+
+def cluster_options(options: RunOptions, args: argparse.Namespace) -> RunOptions:
+    """Apply --in-process / --ray-address / --shards (bad values: SystemExit with the reason)."""
+    if args.shards is not None and args.shards < 1:
+        raise SystemExit("--shards must be >= 1")
+    if args.in_process and (args.ray_address or args.shards is not None):
+        raise SystemExit("--in-process runs no Ray shards: drop --ray-address/--shards")
+    options.in_process = bool(args.in_process)
+    if args.ray_address:
+        options.ray_address = args.ray_address
+    options.shards = args.shards
+    return options
 
 
 async def _serve(options: RunOptions, seconds: float) -> None:
     async with open_engine(options) as engine:
         s = engine.stack
-        print(f"callengine node {engine.node.name} running: http {s.http_url}  ws {s.ws_url}  nats {s.nats_url}"
-              + (f"  metrics {engine.prometheus_url}" if engine.prometheus_url else ""), flush=True)
+        where = ("in process" if engine.cluster is None else
+                 f"{len(engine.cluster.names)} Ray shard host(s)"
+                 + (f" on {options.ray_address}" if options.ray_address else " (local Ray)"))
+        print(f"callengine node {engine.node.name} running ({where}): http {s.http_url}  ws {s.ws_url}  "
+              f"nats {s.nats_url}" + (f"  metrics {engine.prometheus_url}" if engine.prometheus_url else ""),
+              flush=True)
         if not options.secret:
             print("no CALLENGINE_JWT_SECRET set: a random one was generated for this run", flush=True)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -254,5 +488,6 @@ def main(args: argparse.Namespace) -> int:
     options.host = args.host
     if args.state_dir:
         options.state_dir = args.state_dir
+    cluster_options(options, args)
     trio.run(_serve, options, args.seconds, clock=EpochClock())
     return 0

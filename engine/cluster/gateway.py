@@ -1,0 +1,578 @@
+"""The gateway process: FreeSWITCH links, NATS/CTI, PostgreSQL and the API in one trio process;
+the actors (calls, agents, queues) in Ray shard hosts (``engine.cluster.Cluster``).
+
+Rules
+1. Ingress: every media event from the ESL links, every API command and every configuration
+   change goes into ONE ordered buffer; one task (``_ingress``) hands it to the cluster in batches
+   (``Cluster.send``: per shard, one Ray call per batch), so what the links saw in order reaches the
+   call's shard in order. Adding queues/agents (``Cluster.add_entities``) goes through the same
+   task, so an ``AgentLogin`` never overtakes the creation of its agent.
+2. Routing a new call is done here, not in the shards: the gateway holds the configuration
+   (PostgreSQL snapshot + LISTEN/NOTIFY), so for the first ``ChannelCreated`` of leg "a" of a call it
+   appends the router's decision (``RouteToQueue`` / ``EnterFlow`` with its graph) right after it,
+   in the same batch to the same shard. The shard creates the call and delivers the decision next,
+   exactly as ``Node._create_call`` does in one process.
+3. Egress: ``_egress`` drains every host (``drain_outputs`` with ``collect_events``): media
+   commands go to the links, CTI events to the publisher (and the PostgreSQL event sink), CDRs to
+   the CDR writer, replies to the API's waiting ``ask``s. It polls fast while there is traffic and
+   backs off to ``idle_poll_s`` when there is none.
+4. The API sees a ``Node`` (``ClusterNode``): the subset ``api/``, ``adapters/postgres``
+   (``NodeConfig``), ``adapters/freeswitch`` and ``engine.telemetry`` use. Reads (``state_of``,
+   ``runtime.states``...) are answered from a view of the shards' states refreshed every
+   ``refresh_s`` (plus what this process just created), so they never block on Ray; ``ask`` sends
+   the command with a request id of this gateway and waits for the reply to come back in a drain.
+5. Recovery of a killed shard host needs the switch's channels: the gateway mirrors the channels
+   it has seen (created, answered, bridged, agent legs it originated, hung up) into a file that the
+   hosts read (``FileChannelSource``), so a restarted host rebuilds its calls from the switch's view.
+   This works when the hosts share the gateway's filesystem (local Ray, the default).
+6. Stop: ``drain`` flushes the ingress, then drains the hosts until two passes in a row bring
+   nothing back, so every CDR and CTI event produced before the stop reaches its writer.
+
+Limits (said plainly): agents and queues of a non-default tenant are addressed by their plain id on
+the shards (the demo and the tests use one tenant); the state view lags the shards by up to
+``refresh_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import msgspec
+import trio
+
+from engine.actors.errors import ActorExists, AskTimeout
+from engine.cluster.recovery import LiveChannel
+from engine.fsm import agent as agent_fsm
+from engine.fsm import queue as queue_fsm
+from engine.messages import (
+    ChannelAnswered,
+    ChannelBridged,
+    ChannelCreated,
+    ChannelDestroyed,
+    ChannelHangup,
+    ChannelHangupComplete,
+    ChannelUnbridged,
+    MediaOriginate,
+    Originate,
+    Reply,
+)
+
+log = logging.getLogger("callengine.gateway")
+
+__all__ = ["ChannelMirror", "ClusterNode", "ClusterRuntimeView", "Gateway", "GatewayError"]
+
+
+class GatewayError(RuntimeError):
+    """The gateway cannot do what was asked (not running, bad argument)."""
+
+
+def _key(kind: str, tenant: str | None, actor_id: str) -> str:
+    if tenant and tenant != "default" and kind in ("agent", "queue"):
+        return f"{tenant}/{actor_id}"
+    return actor_id
+
+
+# ------------------------------------------------------------------------------ channel mirror
+
+
+class ChannelMirror:
+    """The switch's channels as the gateway saw them (Rule 5), written to ``path`` for the hosts."""
+
+    def __init__(self, path: str | os.PathLike[str] | None) -> None:
+        self.path = str(path) if path else ""
+        self.channels: dict[tuple[str, str], LiveChannel] = {}
+        #: leg id -> (agent_id, queue_id) from the originates the engine sent
+        self.leg_vars: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self.dirty = False
+        self.writes = 0
+        self._encoder = msgspec.msgpack.Encoder()
+
+    def event(self, ev: Any) -> None:
+        tp = type(ev)
+        key = (ev.call_id, ev.leg)
+        if tp is ChannelCreated:
+            agent_id, queue_id = self.leg_vars.get(ev.leg, ("", ""))
+            self.channels[key] = LiveChannel(
+                call_id=ev.call_id, leg=ev.leg, node=ev.node, direction=ev.direction, caller_id=ev.caller_id,
+                destination=ev.destination, tenant=ev.tenant, created_at=ev.at,
+                agent_id=agent_id or ev.variables.get("callengine_agent_id", ""),
+                queue_id=queue_id or ev.variables.get("callengine_queue_id", ""))
+        elif tp is ChannelAnswered:
+            ch = self.channels.get(key)
+            if ch is None:
+                return
+            self.channels[key] = msgspec.structs.replace(ch, answered=True)
+        elif tp is ChannelBridged or tp is ChannelUnbridged:
+            ch = self.channels.get(key)
+            if ch is None:
+                return
+            self.channels[key] = msgspec.structs.replace(ch, bridged_to=ev.other_leg if tp is ChannelBridged else "")
+        elif tp is ChannelHangup or tp is ChannelHangupComplete or tp is ChannelDestroyed:
+            if self.channels.pop(key, None) is None:
+                return
+            self.leg_vars.pop(ev.leg, None)
+        else:
+            return
+        self.dirty = True
+
+    def command(self, cmd: Any) -> None:
+        if type(cmd) is MediaOriginate:
+            v = cmd.variables
+            self.leg_vars[cmd.leg] = (v.get("callengine_agent_id", ""), v.get("callengine_queue_id", ""))
+            if len(self.leg_vars) > 100_000:
+                self.leg_vars.popitem(last=False)
+
+    def write(self) -> None:
+        if not self.path or not self.dirty:
+            return
+        self.dirty = False
+        tmp = f"{self.path}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(self._encoder.encode(list(self.channels.values())))
+        os.replace(tmp, self.path)
+        self.writes += 1
+
+
+# ------------------------------------------------------------------------------ the Node facade
+
+
+class ClusterRuntimeView:
+    """``node.runtime`` for the API and telemetry: reads from the gateway's state view."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gw = gateway
+        self.name = gateway.name
+        self.tenant_scoped = frozenset({"agent", "queue"})
+
+    def clock(self) -> float:
+        return time.time()
+
+    def key(self, kind: str, tenant: str | None, actor_id: str) -> str:
+        return _key(kind, tenant, actor_id)
+
+    def _table(self, kind: str) -> dict[str, Any]:
+        return self._gw.view.get(kind, {})
+
+    def state_of(self, kind: str, actor_id: str) -> Any:
+        return self._table(kind).get(actor_id)
+
+    def states(self, kind: str) -> list[Any]:
+        return list(self._table(kind).values())
+
+    def ids(self, kind: str) -> list[str]:
+        return list(self._table(kind))
+
+    def exists(self, kind: str, actor_id: str) -> bool:
+        return actor_id in self._table(kind)
+
+    def recently_stopped(self, kind: str, actor_id: str) -> bool:
+        return False
+
+    def statistics(self) -> Any:
+        """Totals over the shards (as of the last refresh), with the fields telemetry reads."""
+        stats = self._gw.shard_statistics
+        total = SimpleNamespace(actors=0, processed=0, dead_letters=0, timers=0, restarts=0, crashes=0,
+                                queued=0, mailbox_max=0)
+        for st in stats.values():
+            for name in ("actors", "processed", "dead_letters", "timers"):
+                value = st.get(name, 0)
+                if isinstance(value, (int, float)):
+                    setattr(total, name, getattr(total, name) + value)
+        return total
+
+
+class ClusterNode:
+    """What ``api/``, ``NodeConfig``, the ESL links and telemetry call on a ``Node`` (Rule 4)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gw = gateway
+        self.name = gateway.name
+        self.runtime = ClusterRuntimeView(gateway)
+        self.sink: Any = None
+
+    @property
+    def calls_created(self) -> int:
+        return self._gw.calls_created
+
+    def key(self, kind: str, actor_id: str, tenant: str | None = None) -> str:
+        if tenant is not None:
+            return _key(kind, tenant, actor_id)
+        return actor_id
+
+    def state_of(self, kind: str, actor_id: str, tenant: str | None = None) -> Any:
+        return self.runtime.state_of(kind, self.key(kind, actor_id, tenant))
+
+    def add_queue(self, config: queue_fsm.QueueConfig) -> None:
+        self._gw.add_entities(queues=[config])
+
+    def add_agent(self, agent_id: str, tenant: str = "default") -> None:
+        self._gw.add_entities(agents=[(agent_id, tenant)])
+
+    def remove_actor(self, kind: str, actor_id: str, tenant: str | None = None) -> None:
+        from engine.actors.node import ActorBusy, ActorMissing
+
+        state = self.state_of(kind, actor_id, tenant)
+        if state is None:
+            raise ActorMissing(kind, actor_id)
+        if kind == "agent" and state.state.name in ("RESERVED", "ON_CALL"):
+            raise ActorBusy(kind, actor_id, f"the agent is {state.state.name}")
+        if kind == "queue" and state.waiting:
+            raise ActorBusy(kind, actor_id, f"{len(state.waiting)} callers are waiting")
+        if kind == "call":
+            raise ActorBusy(kind, actor_id, "calls end by hanging up")
+        # the cluster has no removal yet: the actor stays on its shard, idle (logged out)
+        if kind == "agent" and state.state.name != "LOGGED_OUT":
+            from engine.messages import AgentLogout
+
+            self.deliver_nowait(AgentLogout(agent_id=state.agent_id, at=time.time()), tenant)
+
+    def deliver_nowait(self, message: Any, tenant: str | None = None) -> None:
+        self._gw.put(message)
+
+    async def deliver(self, message: Any, tenant: str | None = None) -> None:
+        self._gw.put(message)
+        await trio.lowlevel.checkpoint()
+
+    async def ask(self, command: Any, timeout: float = 5.0, tenant: str | None = None) -> Reply:
+        return await self._gw.ask(command, timeout)
+
+    def statistics(self) -> Any:
+        return SimpleNamespace(name=self.name, calls_created=self._gw.calls_created, media_dropped=0,
+                               not_found=0, runtime=self.runtime.statistics())
+
+
+# ------------------------------------------------------------------------------ the gateway
+
+
+@dataclass
+class _Waiter:
+    event: trio.Event = field(default_factory=trio.Event)
+    reply: Reply | None = None
+
+
+class Gateway:
+    """Pumps between the gateway's ports and a started ``Cluster`` (module rules)."""
+
+    def __init__(self, cluster: Any, ports: Any, *, name: str = "gateway",
+                 router: Callable[[ChannelCreated], Any] | None = None,
+                 channel_file: str | os.PathLike[str] | None = None,
+                 busy_poll_s: float = 0.002, idle_poll_s: float = 0.02, refresh_s: float = 0.2,
+                 max_batch: int = 4096) -> None:
+        if busy_poll_s <= 0 or idle_poll_s < busy_poll_s or refresh_s <= 0:
+            raise GatewayError("need 0 < busy_poll_s <= idle_poll_s and refresh_s > 0")
+        self.cluster = cluster
+        self.ports = ports
+        self.name = name
+        self.router = router
+        self.mirror = ChannelMirror(channel_file)
+        self.busy_poll_s, self.idle_poll_s, self.refresh_s = busy_poll_s, idle_poll_s, refresh_s
+        self.max_batch = max_batch
+        self.node = ClusterNode(self)
+        #: kind -> runtime key -> state (Rule 4)
+        self.view: dict[str, dict[str, Any]] = {"call": {}, "agent": {}, "queue": {}}
+        self.shard_statistics: dict[str, dict[str, Any]] = {}
+        self.calls_created = 0
+        self.sent = 0
+        self.batches = 0
+        self.drains = 0
+        self.counts = {"media": 0, "cdrs": 0, "cti": 0, "replies": 0, "unasked_replies": 0}
+        self._ops: list[Any] = []
+        self._wake: trio.Event | None = None
+        self._known: dict[str, set[tuple[str, str]]] = {"queue": set(), "agent": set()}
+        self._pending: dict[str, dict[str, Any]] = {"queue": {}, "agent": {}}
+        self._routed: OrderedDict[str, None] = OrderedDict()
+        self._waiters: dict[str, _Waiter] = {}
+        self._ask_seq = 0
+        self._prefix = f"gw{os.getpid()}x{id(self) & 0xFFFFFF:x}"
+        self._idle_sends = trio.Event()
+        self._idle_sends.set()
+        self._inflight = 0
+        self._running = False
+
+    # ---------------------------------------------------------------- ingress (Rule 1, 2)
+
+    def put(self, message: Any) -> None:
+        """Queue a message for its shard (never blocks; the ingress task sends it in order)."""
+        tp = type(message)
+        if tp is ChannelCreated and message.leg == "a":
+            self.mirror.event(message)
+            if message.call_id not in self._routed:
+                self._routed[message.call_id] = None
+                if len(self._routed) > 200_000:
+                    self._routed.popitem(last=False)
+                self.calls_created += 1
+                self._ops.append(message)
+                decision = self.router(message) if self.router is not None else None
+                if decision is not None:
+                    self._ops.append(decision)
+                self._kick()
+                return
+        elif tp is Originate:
+            self.calls_created += 1
+        else:
+            self.mirror.event(message)
+        self._ops.append(message)
+        self._kick()
+
+    def deliver_nowait(self, message: Any) -> None:
+        """The ESL links' sink interface."""
+        self.put(message)
+
+    async def deliver(self, message: Any) -> None:
+        self.put(message)
+        await trio.lowlevel.checkpoint()
+
+    def add_entities(self, queues: Iterable[queue_fsm.QueueConfig] = (),
+                     agents: Iterable[tuple[str, str]] = ()) -> None:
+        """Create queues and agents on their shards (in order with the messages). ``ActorExists``
+        when one of them is known already (``NodeConfig`` relies on it)."""
+        queues, agents = list(queues), list(agents)
+        for q in queues:
+            if (q.tenant, q.queue_id) in self._known["queue"]:
+                raise ActorExists("queue", q.queue_id)
+        for agent_id, tenant in agents:
+            if (tenant, agent_id) in self._known["agent"]:
+                raise ActorExists("agent", agent_id)
+        for q in queues:
+            self._known["queue"].add((q.tenant, q.queue_id))
+            key = _key("queue", q.tenant, q.queue_id)
+            self._pending["queue"][key] = self.view["queue"][key] = queue_fsm.new_queue(q)
+        for agent_id, tenant in agents:
+            self._known["agent"].add((tenant, agent_id))
+            key = _key("agent", tenant, agent_id)
+            self._pending["agent"][key] = self.view["agent"][key] = agent_fsm.new_agent(agent_id, tenant)
+        self._ops.append(_AddEntities(queues, agents))
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _send_ops(self, ops: list[Any]) -> int:
+        """In a worker thread: messages in batches, entity creations where they stand."""
+        cluster = self.cluster
+        run: list[Any] = []
+        batches = 0
+        for op in ops:
+            if type(op) is _AddEntities:
+                if run:
+                    cluster.send(run)
+                    batches += 1
+                    run = []
+                cluster.add_entities(op.queues, op.agents)
+            else:
+                run.append(op)
+                if len(run) >= self.max_batch:
+                    cluster.send(run)
+                    batches += 1
+                    run = []
+        if run:
+            cluster.send(run)
+            batches += 1
+        return batches
+
+    async def _ingress(self) -> None:
+        while True:
+            if not self._ops:
+                self._wake = trio.Event()
+                await self._wake.wait()
+            ops, self._ops = self._ops, []
+            self._idle_sends = trio.Event()
+            try:
+                self.batches += await trio.to_thread.run_sync(self._send_ops, ops)
+                self.sent += len(ops)
+            except Exception as exc:  # noqa: BLE001 - Ray unavailable: keep the ops, retry
+                log.warning("sending %d messages to the shards failed (%r); retrying", len(ops), exc)
+                self._ops[:0] = ops
+                await trio.sleep(0.5)
+            finally:
+                if not self._ops:
+                    self._idle_sends.set()
+
+    # ---------------------------------------------------------------- asks (Rule 4)
+
+    async def ask(self, command: Any, timeout: float = 5.0) -> Reply:
+        if not hasattr(command, "request_id"):
+            raise TypeError(f"ask needs a command with a request_id, not {type(command).__name__}")
+        original = command.request_id
+        self._ask_seq += 1
+        rid = f"{self._prefix}-{self._ask_seq}"
+        waiter = self._waiters[rid] = _Waiter()
+        try:
+            self.put(msgspec.structs.replace(command, request_id=rid))
+            with trio.move_on_after(timeout):
+                await waiter.event.wait()
+        finally:
+            self._waiters.pop(rid, None)
+        if waiter.reply is None:
+            raise AskTimeout(type(command).__name__, rid)
+        return msgspec.structs.replace(waiter.reply, request_id=original or rid)
+
+    # ---------------------------------------------------------------- egress (Rule 3)
+
+    def _drain_hosts(self) -> list[tuple[list[Any], list[Any], list[Any], list[Any]]]:
+        import ray
+
+        from engine.cluster.host import decode_all_outputs
+
+        hosts = list(self.cluster.hosts.values())
+        return [decode_all_outputs(d) for d in ray.get([h.drain_outputs.remote() for h in hosts], timeout=60)]
+
+    def _dispatch(self, parts: list[tuple[list[Any], list[Any], list[Any], list[Any]]]) -> int:
+        ports = self.ports
+        n = 0
+        for media, cdrs, cti, replies in parts:
+            for ev in cti:
+                ports.cti.publish(ev)
+            for cmd in media:
+                self.mirror.command(cmd)
+                ports.media.send(cmd)
+            for cdr in cdrs:
+                ports.cdrs.write(cdr)
+            for reply in replies:
+                waiter = self._waiters.get(reply.request_id)
+                if waiter is not None:
+                    waiter.reply = reply
+                    waiter.event.set()
+                else:
+                    self.counts["unasked_replies"] += 1
+                    ports.replies.reply(reply)
+            self.counts["media"] += len(media)
+            self.counts["cdrs"] += len(cdrs)
+            self.counts["cti"] += len(cti)
+            self.counts["replies"] += len(replies)
+            n += len(media) + len(cdrs) + len(cti) + len(replies)
+        return n
+
+    async def drain_once(self) -> int:
+        parts = await trio.to_thread.run_sync(self._drain_hosts)
+        self.drains += 1
+        return self._dispatch(parts)
+
+    async def _egress(self) -> None:
+        delay = self.busy_poll_s
+        while True:
+            try:
+                n = await self.drain_once()
+            except Exception as exc:  # noqa: BLE001 - a host restarting: Ray retries, we poll again
+                log.warning("draining the shards failed (%r); retrying", exc)
+                n = 0
+                await trio.sleep(0.2)
+            delay = self.busy_poll_s if n or self._ops else min(self.idle_poll_s, delay * 2)
+            await trio.sleep(delay)
+
+    # ---------------------------------------------------------------- state view (Rule 4)
+
+    def _fetch_states(self) -> tuple[dict[str, list[Any]], dict[str, dict[str, Any]]]:
+        import ray
+
+        hosts = list(self.cluster.hosts.items())
+        kinds = ("call", "agent", "queue")
+        refs = [h.states.remote(kind) for kind in kinds for _, h in hosts]
+        stat_refs = [h.statistics.remote() for _, h in hosts]
+        results = ray.get(refs + stat_refs, timeout=30)
+        out: dict[str, list[Any]] = {k: [] for k in kinds}
+        for i, kind in enumerate(kinds):
+            for part in results[i * len(hosts):(i + 1) * len(hosts)]:
+                out[kind] += part
+        stats = {name: st for (name, _), st in zip(hosts, results[len(refs):], strict=True)}
+        return out, stats
+
+    def _install(self, states: dict[str, list[Any]]) -> None:
+        calls = {c.call_id: c for c in states["call"]}
+        agents = {_key("agent", a.tenant, a.agent_id): a for a in states["agent"]}
+        queues = {_key("queue", q.config.tenant, q.queue_id): q for q in states["queue"]}
+        for kind, table in (("agent", agents), ("queue", queues)):
+            pending = self._pending[kind]
+            for key in [k for k in pending if k in table]:
+                del pending[key]
+            for key, state in pending.items():
+                table.setdefault(key, state)
+        self.view = {"call": calls, "agent": agents, "queue": queues}
+
+    async def refresh(self) -> None:
+        states, stats = await trio.to_thread.run_sync(self._fetch_states)
+        self._install(states)
+        self.shard_statistics = stats
+
+    async def _refresher(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception as exc:  # noqa: BLE001 - a host restarting
+                log.warning("refreshing the state view failed (%r)", exc)
+            if self.mirror.path:
+                try:
+                    await trio.to_thread.run_sync(self.mirror.write)
+                except OSError as exc:
+                    log.warning("writing the channel mirror failed (%r)", exc)
+            await trio.sleep(self.refresh_s)
+
+    async def _mirror_writer(self) -> None:
+        while True:
+            await trio.sleep(0.05)
+            if self.mirror.dirty:
+                await trio.to_thread.run_sync(self.mirror.write)
+
+    # ---------------------------------------------------------------- running
+
+    async def run(self, *, task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED) -> None:
+        self._running = True
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._ingress)
+                nursery.start_soon(self._egress)
+                if self.mirror.path:
+                    self.mirror.dirty = True
+                    self.mirror.write()
+                    nursery.start_soon(self._mirror_writer)
+                await self.refresh()
+                nursery.start_soon(self._refresher)
+                task_status.started(self)
+        finally:
+            self._running = False
+
+    async def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything put so far was handed to the cluster."""
+        with trio.move_on_after(timeout):
+            while self._ops or not self._idle_sends.is_set():
+                await self._idle_sends.wait()
+                await trio.lowlevel.checkpoint()
+            return True
+        return False
+
+    async def drain(self, timeout: float = 10.0, quiet_passes: int = 2) -> int:
+        """Rule 6: flush the ingress, then drain until ``quiet_passes`` passes bring nothing."""
+        await self.flush(timeout)
+        total = 0
+        quiet = 0
+        with trio.move_on_after(timeout):
+            while quiet < quiet_passes:
+                n = await self.drain_once()
+                total += n
+                quiet = 0 if n else quiet + 1
+                await trio.sleep(0.02)
+        return total
+
+    def statistics(self) -> dict[str, Any]:
+        return {"sent": self.sent, "batches": self.batches, "drains": self.drains, **self.counts,
+                "calls_created": self.calls_created, "asks_waiting": len(self._waiters),
+                "channels": len(self.mirror.channels), "mirror_writes": self.mirror.writes}
+
+
+@dataclass
+class _AddEntities:
+    queues: list[queue_fsm.QueueConfig]
+    agents: list[tuple[str, str]]
+
+
+def channel_file_for(state_dir: pathlib.Path) -> pathlib.Path:
+    return state_dir / "channels.msgpack"
