@@ -98,6 +98,10 @@ class DemoResult:
     pg_dsn: str = ""
     peak_setups_per_s: float = 0.0
     where: str = ""
+    #: error codes the agent desktops got from the API, counted
+    api_errors: dict[str, int] = field(default_factory=dict)
+    #: the gateway's counters (Ray path)
+    gateway: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -332,6 +336,7 @@ async def run_demo(*, seconds: float = 75.0, rate: float = 3.0, agents: int = 16
                     a.agent_id for a in node.runtime.states("agent") if a.state.name in ("RESERVED", "ON_CALL"))
                 result.service_level = {k: round(v, 3) for k, v in _service_levels(node).items()}
                 n.cancel_scope.cancel()
+            result.api_errors = dict(sum((d.errors for d in desktops), Counter()))
             # CTI on NATS: everything published and acknowledged, then read back from JetStream
             with trio.move_on_after(15):
                 while len(engine.stack.publisher):
@@ -339,6 +344,9 @@ async def run_demo(*, seconds: float = 75.0, rate: float = 3.0, agents: int = 16
             result.emulator_calls = list(created)
             await _check_nats(engine, created, result)
             await engine.cdr_writer.wait_settled(15)
+            if engine.gateway is not None:
+                result.gateway = engine.gateway.statistics()
+            result.gateway["cdr_writer"] = _plain(engine.cdr_writer.statistics())
         outer.cancel_scope.cancel()
     await _check_pg(created, result, state)
     result.seconds = round(seconds, 1)

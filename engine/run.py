@@ -385,11 +385,24 @@ async def _open_cluster_stack(stack: AsyncExitStack, o: RunOptions, *, state: pa
     cluster = Cluster(shards=shards, ray_address=o.ray_address, config=host_config,
                       host_cpus=0.5 if o.ray_address is None else 1.0)
     log.info("starting %d shard host(s) on Ray", shards)
+    import ray
+
+    started_ray = False
+    if o.ray_address is None and not ray.is_initialized():
+        # address="local": a Ray of our own, even when another one runs on this machine (a plain
+        # ray.init() would join it)
+        await trio.to_thread.run_sync(lambda: ray.init(
+            address="local", num_cpus=max(1, shards), include_dashboard=False,
+            object_store_memory=cluster.object_store_memory, namespace=host_config.namespace,
+            log_to_driver=False))
+        started_ray = True
     await trio.to_thread.run_sync(cluster.start)
 
     async def stop_cluster() -> None:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(cluster.shutdown)
+            if started_ray:
+                await trio.to_thread.run_sync(ray.shutdown)
 
     stack.push_async_callback(stop_cluster)
     gateway = Gateway(cluster, ports, name=o.node_name, router=router, channel_file=channel_file,

@@ -60,6 +60,8 @@ from engine.messages import (
     ChannelHangup,
     ChannelHangupComplete,
     ChannelUnbridged,
+    MediaAnswer,
+    MediaBridge,
     MediaOriginate,
     Originate,
     Reply,
@@ -82,6 +84,9 @@ def _key(kind: str, tenant: str | None, actor_id: str) -> str:
 
 # ------------------------------------------------------------------------------ channel mirror
 
+_MIRRORED = frozenset({ChannelCreated, ChannelAnswered, ChannelBridged, ChannelUnbridged, ChannelHangup,
+                       ChannelHangupComplete, ChannelDestroyed})
+
 
 class ChannelMirror:
     """The switch's channels as the gateway saw them (Rule 5), written to ``path`` for the hosts."""
@@ -97,6 +102,8 @@ class ChannelMirror:
 
     def event(self, ev: Any) -> None:
         tp = type(ev)
+        if tp not in _MIRRORED:
+            return
         key = (ev.call_id, ev.leg)
         if tp is ChannelCreated:
             agent_id, queue_id = self.leg_vars.get(ev.leg, ("", ""))
@@ -106,7 +113,7 @@ class ChannelMirror:
                 agent_id=agent_id or ev.variables.get("callengine_agent_id", ""),
                 queue_id=queue_id or ev.variables.get("callengine_queue_id", ""))
         elif tp is ChannelAnswered:
-            ch = self.channels.get(key)
+            ch = self.channels.get(key) or self._originated(ev.call_id, ev.leg, ev.node, ev.at)
             if ch is None:
                 return
             self.channels[key] = msgspec.structs.replace(ch, answered=True)
@@ -123,12 +130,35 @@ class ChannelMirror:
             return
         self.dirty = True
 
+    def _originated(self, call_id: str, leg: str, node: str, at: float) -> LiveChannel | None:
+        """A leg the engine originated whose creation event we did not see (a switch that only
+        reports the answer)."""
+        if leg == "a" or leg not in self.leg_vars:
+            return None
+        agent_id, queue_id = self.leg_vars[leg]
+        return LiveChannel(call_id=call_id, leg=leg, node=node, direction="outbound", created_at=at,
+                           agent_id=agent_id, queue_id=queue_id)
+
     def command(self, cmd: Any) -> None:
-        if type(cmd) is MediaOriginate:
+        """What the engine told the switch to do (the switch confirms with events; a switch
+        that does not still leaves the mirror right for answer and bridge)."""
+        tp = type(cmd)
+        if tp is MediaOriginate:
             v = cmd.variables
             self.leg_vars[cmd.leg] = (v.get("callengine_agent_id", ""), v.get("callengine_queue_id", ""))
             if len(self.leg_vars) > 100_000:
                 self.leg_vars.popitem(last=False)
+        elif tp is MediaAnswer:
+            ch = self.channels.get((cmd.call_id, cmd.leg))
+            if ch is not None and not ch.answered:
+                self.channels[(cmd.call_id, cmd.leg)] = msgspec.structs.replace(ch, answered=True)
+                self.dirty = True
+        elif tp is MediaBridge:
+            a, b = self.channels.get((cmd.call_id, cmd.leg)), self.channels.get((cmd.call_id, cmd.other_leg))
+            if a is not None and b is not None:
+                self.channels[(cmd.call_id, cmd.leg)] = msgspec.structs.replace(a, bridged_to=cmd.other_leg)
+                self.channels[(cmd.call_id, cmd.other_leg)] = msgspec.structs.replace(b, bridged_to=cmd.leg)
+                self.dirty = True
 
     def write(self) -> None:
         if not self.path or not self.dirty:
@@ -413,7 +443,10 @@ class Gateway:
         finally:
             self._waiters.pop(rid, None)
         if waiter.reply is None:
-            raise AskTimeout(type(command).__name__, rid)
+            from engine.actors.node import route
+
+            kind, actor_id = route(command)
+            raise AskTimeout(kind, actor_id, rid, timeout)
         return msgspec.structs.replace(waiter.reply, request_id=original or rid)
 
     # ---------------------------------------------------------------- egress (Rule 3)
@@ -430,13 +463,14 @@ class Gateway:
         ports = self.ports
         n = 0
         for media, cdrs, cti, replies in parts:
+            # what the hosts handed over is gone from them: a port that raises must not lose the rest
             for ev in cti:
-                ports.cti.publish(ev)
+                self._guard(ports.cti.publish, ev)
             for cmd in media:
                 self.mirror.command(cmd)
-                ports.media.send(cmd)
+                self._guard(ports.media.send, cmd)
             for cdr in cdrs:
-                ports.cdrs.write(cdr)
+                self._guard(ports.cdr.write, cdr)
             for reply in replies:
                 waiter = self._waiters.get(reply.request_id)
                 if waiter is not None:
@@ -444,13 +478,20 @@ class Gateway:
                     waiter.event.set()
                 else:
                     self.counts["unasked_replies"] += 1
-                    ports.replies.reply(reply)
+                    self._guard(ports.replies.reply, reply)
             self.counts["media"] += len(media)
             self.counts["cdrs"] += len(cdrs)
             self.counts["cti"] += len(cti)
             self.counts["replies"] += len(replies)
             n += len(media) + len(cdrs) + len(cti) + len(replies)
         return n
+
+    def _guard(self, fn: Callable[[Any], Any], item: Any) -> None:
+        try:
+            fn(item)
+        except Exception:  # noqa: BLE001 - counted and logged; the other outputs still go out
+            self.counts["port_errors"] = self.counts.get("port_errors", 0) + 1
+            log.exception("gateway: %s failed for %s", getattr(fn, "__qualname__", fn), type(item).__name__)
 
     async def drain_once(self) -> int:
         parts = await trio.to_thread.run_sync(self._drain_hosts)
