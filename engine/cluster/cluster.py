@@ -27,7 +27,13 @@ from typing import Any
 import msgspec
 
 from engine.actors.node import route
-from engine.cluster.host import HostConfig, ShardHostCore, actor_name, decode_outputs
+from engine.cluster.host import (
+    HostConfig,
+    ShardHostCore,
+    actor_name,
+    decode_outputs,
+    decode_retired,
+)
 from engine.cluster.placement import Directory, directory_encoder
 from engine.cluster.snapshots import DIRECTORY_KEY
 from engine.cluster.wire import Envelope, encode_batch
@@ -63,6 +69,8 @@ class Cluster:
         self.ingress_name = f"ingress-{os.getpid()}-{id(self):x}"
         self._incarnation = time.time_ns()
         self._seq: dict[str, int] = {}
+        #: what removed shards produced and was not drained yet: media, cdrs, cti, replies
+        self._carried: tuple[list[Any], list[Any], list[Any], list[Any]] = ([], [], [], [])
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -165,13 +173,20 @@ class Cluster:
     def drain(self) -> tuple[list[MediaCommand], list[Cdr]]:
         import ray
 
-        media: list[MediaCommand] = []
-        cdrs: list[Cdr] = []
+        media: list[MediaCommand] = self._carried[0]
+        cdrs: list[Cdr] = self._carried[1]
+        self._carried = ([], [], self._carried[2], self._carried[3])
         for data in ray.get([h.drain_outputs.remote() for h in self.hosts.values()], timeout=60):
             m, c = decode_outputs(data)
             media += m
             cdrs += c
         return media, cdrs
+
+    def drain_retired(self) -> tuple[list[MediaCommand], list[Cdr], list[Any], list[Any]]:
+        """What removed shards produced after their last drain and ``drain`` did not return yet:
+        media commands, CDRs, CTI events and replies (the last two with ``collect_events``)."""
+        carried, self._carried = self._carried, ([], [], [], [])
+        return carried
 
     def states(self, kind: str) -> list[Any]:
         import ray
@@ -212,14 +227,48 @@ class Cluster:
         ray.get(self.hosts[name].ready.remote(), timeout=120)
         return self._rebalance(self.directory.with_shards([*self.directory.shards, name]))
 
-    def remove_shard(self, name: str) -> dict[str, int]:
+    def remove_shard(self, name: str, timeout: float = 30.0) -> dict[str, int]:
+        """Hand everything ``name`` owns over to the others, then retire it. Nothing in flight is
+        lost: it is stopped only once every batch sent to it was applied there, the media commands
+        and CDRs it produced are kept for the next ``drain``, and it is killed only once every
+        batch it sent was applied by its peers."""
         import ray
 
         moved = self._rebalance(self.directory.with_shards([s for s in self.directory.shards if s != name]))
-        host = self.hosts.pop(name)
-        ray.get(host.stop.remote(), timeout=30)
+        host = self.hosts[name]
+        # 1. every batch sent to it (the ingress's, the peers' flushed outboxes) has been applied
+        links = [(self.ingress_name, self._incarnation, self._seq.get(name, 0))]
+        links += ray.get([h.sent_to.remote(name) for s, h in self.hosts.items() if s != name], timeout=60)
+        self._await_applied({name: [link for link in links if link[2]]}, timeout)
+        # 2. stop it; keep what it produced since the last drain
+        retired = decode_retired(ray.get(host.retire.remote(), timeout=60))
+        del self.hosts[name]
+        self._carried[0].extend(retired.media)
+        self._carried[1].extend(retired.cdrs)
+        self._carried[2].extend(retired.cti)
+        self._carried[3].extend(retired.replies)
+        # 3. what it forwarded on its way out has been applied by its peers
+        self._await_applied({dest: [(retired.source, retired.incarnation, seq)] for dest, seq in retired.sent.items()
+                             if seq and dest in self.hosts}, timeout)
         ray.kill(host, no_restart=True)
         return moved
+
+    def _await_applied(self, links: dict[str, list[tuple[str, int, int]]], timeout: float) -> None:
+        """Wait until each host has applied (or given up, see links.py) every batch up to the given
+        number on each of the given links."""
+        import ray
+
+        deadline = time.monotonic() + timeout
+        pending = {(dest, src, inc): seq for dest, items in links.items() for src, inc, seq in items}
+        while pending:
+            keys = list(pending)
+            marks = ray.get([self.hosts[d].applied.remote(src, inc) for d, src, inc in keys], timeout=60)
+            pending = {k: pending[k] for k, low in zip(keys, marks, strict=True) if low < pending[k]}
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"batches not applied in {timeout}s: {pending}")
+            time.sleep(0.005)
 
     def _rebalance(self, directory: Directory, timeout: float = 30.0) -> dict[str, int]:
         import ray
@@ -228,7 +277,7 @@ class Cluster:
         self.directory = directory
         self._write_directory()
         payload = directory_encoder.encode(directory)
-        base = {s: st["adopted"] for s, st in self.statistics().items()}
+        base = {s: st["adopts_received"] for s, st in self.statistics().items()}
         exported = ray.get([h.begin_handoff.remote(payload) for h in self.hosts.values()], timeout=60)
         expected: dict[str, int] = {}
         for part in exported:
@@ -237,7 +286,7 @@ class Cluster:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             stats = self.statistics()
-            if all(stats[d]["adopted"] - base.get(d, 0) >= n for d, n in expected.items()):
+            if all(stats[d]["adopts_received"] - base.get(d, 0) >= n for d, n in expected.items()):
                 break
             time.sleep(0.01)
         else:

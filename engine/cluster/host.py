@@ -459,7 +459,8 @@ class ShardHostCore:
                     "forwarded": rt.forwarded, "bounced": rt.bounced,
                     "replies_forwarded": rt.replies_forwarded, "duplicates_dropped": self.links.duplicates,
                     "reordered": self.links.reordered, "links": self.links.statistics(), "accepted": node.accepted,
-                    "adopted": node.adopted, "hop_dropped": node.hop_dropped,
+                    "adopted": node.adopted, "adopts_received": node.adopts_received,
+                    "hop_dropped": node.hop_dropped,
                     "media_dropped": node.media_dropped, "calls_created": node.calls_created,
                     "cdrs": self.cdrs.count, "media": self.media.count, "timers": s.timers,
                     "snapshots_written": self.snapshots_written,
@@ -474,6 +475,28 @@ class ShardHostCore:
     def call(self, fn: Callable[[Any], Any]) -> Any:
         """Run ``fn(self)`` in the trio thread (tests, benchmarks)."""
         return self._call(fn, self)
+
+    def sent_to(self, dest: str) -> tuple[str, int, int]:
+        """Flush the outbox now: (source, incarnation, number of the last batch sent to ``dest``)."""
+        def run() -> tuple[str, int, int]:
+            box = self.outbox
+            box.flush_nowait()
+            return box.source, box.incarnation, box.sent().get(dest, 0)
+        return self._call(run)
+
+    def applied(self, source: str, incarnation: int) -> int:
+        """The link's low mark here: every batch of it up to this number was applied (Rule 4)."""
+        return self._call(self.links.low, source, incarnation)
+
+    def retire(self) -> bytes:
+        """Stop for good (a removed shard, after its hand-over): the runtime shuts down, the outbox
+        is flushed, and what the switch and the CDR store have not collected yet is returned with
+        the numbers of the last batches sent (``decode_retired``), so nothing it produced is lost."""
+        self.stop()
+        box = self.outbox
+        return _out_encoder.encode(_Retired(media=list(self.media.items), cdrs=list(self.cdrs.items),
+                                            cti=list(self.cti.items), replies=list(self.replies.items),
+                                            source=box.source, incarnation=box.incarnation, sent=box.sent()))
 
     def stop(self) -> None:
         if self._stop is not None and self._token is not None:
@@ -494,6 +517,21 @@ class _Outputs(msgspec.Struct):
     cdrs: list[Cdr]
     cti: list[CtiEvent] = []
     replies: list[Reply] = []
+
+
+class _Retired(msgspec.Struct):
+    media: list[MediaCommand]
+    cdrs: list[Cdr]
+    cti: list[CtiEvent]
+    replies: list[Reply]
+    source: str
+    incarnation: int
+    sent: dict[str, int]
+
+
+def decode_retired(data: bytes) -> _Retired:
+    """What ``retire`` returns: the outputs not drained yet, and the numbers of the last batches sent."""
+    return msgspec.msgpack.decode(data, type=_Retired)
 
 
 def decode_all_outputs(data: bytes) -> tuple[list[MediaCommand], list[Cdr], list[CtiEvent], list[Reply]]:

@@ -194,6 +194,11 @@ class LinkInbox(Generic[T]):
             return None
         return min(t for link in self._holding for _, t in link.held.values()) + self.hold_s
 
+    def low(self, source: str, incarnation: int) -> int:
+        """The link's low mark: every batch up to it was applied (or given up, rule 5)."""
+        link = self._links.get(source, {}).get(incarnation)
+        return 0 if link is None else link.low
+
     def held(self) -> int:
         return sum(len(link.held) for link in self._holding)
 

@@ -55,6 +55,10 @@ class Outbox:
         elif len(buf) == 1:
             self._lot.unpark()
 
+    def sent(self) -> dict[str, int]:
+        """The number of the last batch sent to each destination."""
+        return dict(self._seq)
+
     def pending(self) -> int:
         return sum(len(b) for b in self._buffers.values())
 

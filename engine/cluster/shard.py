@@ -133,6 +133,8 @@ class ShardNode(Node):
                                                   name=name, **(runtime_options or {}))
         self.outbox = outbox
         self.adopted = 0
+        #: every Adopt applied, also one merged into an actor that was here already
+        self.adopts_received = 0
         self.accepted = 0
         self.hop_dropped = 0
         self._ask_seq = 0
@@ -213,6 +215,7 @@ class ShardNode(Node):
                 rt.reply_here(item.reply)
             else:
                 assert tp is Adopt, tp
+                self.adopts_received += 1
                 self.adopt(item.image, item.mail)
         return len(items)
 
