@@ -86,6 +86,11 @@ class DemoResult:
     calls_without_cdr: list[str] = field(default_factory=list)
     calls_with_duplicate_cdrs: list[str] = field(default_factory=list)
     nats_calls_with_events: int = 0
+    #: CTI events of the tenant read back from JetStream (all subjects), their distinct per-tenant
+    #: sequence numbers and the highest: no loss and no duplicate <=> all three are equal
+    nats_events: int = 0
+    nats_distinct_seqs: int = 0
+    nats_max_seq: int = 0
     calls_without_nats_events: list[str] = field(default_factory=list)
     agents_stuck: list[str] = field(default_factory=list)
     agents: int = 0
@@ -397,10 +402,21 @@ async def _inject_faults(engine: Any, emu: Any, t0: float, seconds: float, resul
         return
     await trio.sleep_until(t0 + 0.8 * seconds)
     victim = cluster.names[0]
-    print_fn(f"FAULT: killing shard host {victim}")
+    before = await trio.to_thread.run_sync(cluster.wait_ready, victim, 30.0)
+    print_fn(f"FAULT: killing shard host {victim} (pid {before['pid']})")
     t_kill = trio.current_time()
     await trio.to_thread.run_sync(cluster.kill, victim)
-    info = await trio.to_thread.run_sync(cluster.wait_ready, victim, 90.0)
+    info = before
+    with trio.move_on_after(90):
+        while info["pid"] == before["pid"]:  # until Ray's new instance answers (the old may still)
+            await trio.sleep(0.2)
+            try:
+                info = await trio.to_thread.run_sync(cluster.wait_ready, victim, 30.0)
+            except Exception as exc:  # noqa: BLE001 - the actor is being restarted
+                print_fn(f"shard host {victim} not ready yet ({type(exc).__name__})")
+    if info["pid"] == before["pid"]:
+        result.faults.append(f"shard kill {victim}: Ray did not restart it within 90 s")
+        return
     result.faults.append(f"shard kill {victim} at {t_kill - t0:.1f}s (back after "
                          f"{trio.current_time() - t_kill:.1f}s, recovery {info.get('recovery')})")
     print_fn(f"FAULT: shard host {victim} is back: {info.get('recovery')}")
@@ -410,11 +426,16 @@ async def _check_nats(engine: Any, created: list[str], result: DemoResult) -> No
     bridge = engine.stack.bridge
     per_call: dict[str, set[str]] = {}
     if bridge is not None:
+        seqs: set[int] = set()
         async for batch in bridge.replay(TENANT, limit=2_000_000, idle_timeout_s=1.0):
             for m in batch:
+                result.nats_events += 1
+                seqs.add(m.seq)
                 parts = m.subject.split(".")  # cti.<tenant>.call.<id>.<EVENT>
                 if len(parts) >= 5 and parts[2] == "call":
                     per_call.setdefault(".".join(parts[3:-1]), set()).add(parts[-1])
+        result.nats_distinct_seqs = len(seqs)
+        result.nats_max_seq = max(seqs, default=0)
     wanted = ("CALL_CREATED", "CALL_ENDED")
     result.calls_without_nats_events = [c for c in created if not all(w in per_call.get(c, ()) for w in wanted)]
     result.nats_calls_with_events = len(created) - len(result.calls_without_nats_events)
@@ -463,7 +484,8 @@ def summary(r: DemoResult) -> str:
         f"  calls placed by the emulator   {r.placed}  (bridged to an agent {r.bridged}, callers gave up {r.abandoned_by_caller})",
         f"  CDRs in PostgreSQL             {r.cdrs_in_pg}  (exactly one: {r.calls_with_one_cdr}, none: {len(r.calls_without_cdr)}, "
         f"duplicates: {len(r.calls_with_duplicate_cdrs)})",
-        f"  calls with CTI events on NATS  {r.nats_calls_with_events}  (missing: {len(r.calls_without_nats_events)})",
+        f"  calls with CTI events on NATS  {r.nats_calls_with_events}  (missing: {len(r.calls_without_nats_events)}; "
+        f"events {r.nats_events}, distinct seqs {r.nats_distinct_seqs}, highest seq {r.nats_max_seq})",
         f"  agents stuck                   {len(r.agents_stuck)} of {r.agents}",
         f"  dispositions                   {r.dispositions}",
         f"  service level per queue        {r.service_level}",
