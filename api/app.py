@@ -46,6 +46,8 @@ class Stack:
     services: list[Any] = field(default_factory=list)
     #: NATS Events.Watch relays (adapters.nats.micro.WatchRelays), when micro services run
     relays: Any = None
+    #: the multi-node feed (adapters.nats.fanout.NatsFanout) with ``fanout="nats"``
+    fanout: Any = None
 
 
 @asynccontextmanager
@@ -58,9 +60,17 @@ async def open_stack(*, secret: str | bytes, nats: bool = True, nats_url: str | 
                      publisher_options: dict[str, Any] | None = None,
                      ports_wrap: Any | None = None,
                      watch_options: dict[str, Any] | None = None,
-                     presence: Any | None = None) -> AsyncIterator[Stack]:
+                     presence: Any | None = None, fanout: str = "local") -> AsyncIterator[Stack]:
     """``ports_wrap(ports) -> ports`` lets the caller put its own CDR store / CTI tee / tracing
-    around the ports before the node starts (``engine/run.py``)."""
+    around the ports before the node starts (``engine/run.py``).
+
+    ``fanout="nats"`` (several engine nodes on one NATS): watchers on this node also get the
+    events other nodes publish for their tenant (``adapters.nats.fanout.NatsFanout``);
+    ``"local"`` (one node, the default) feeds watchers from this node's publisher only."""
+    if fanout not in ("local", "nats"):
+        raise ValueError(f"fanout must be 'local' or 'nats', not {fanout!r}")
+    if fanout == "nats" and not nats:
+        raise ValueError("fanout='nats' needs NATS")
     async with AsyncExitStack() as stack:
         bridge: NatsBridge | None = None
         url = ""
@@ -80,11 +90,17 @@ async def open_stack(*, secret: str | bytes, nats: bool = True, nats_url: str | 
             ports = ports_wrap(ports)
         async with trio.open_nursery() as nursery:
             await nursery.start(publisher.run)
+            feed = None
+            if fanout == "nats" and bridge is not None:
+                from adapters.nats.fanout import NatsFanout
+
+                feed = NatsFanout(bridge, hub)
+                await nursery.start(feed.run)
             async with open_node(ports=ports, **(node_options or {})) as node:
                 api = Api(node, Authenticator(secret), store=store, hub=hub, bridge=bridge,
                           limiter=RateLimiter(rate, burst), audit=AuditLog(), presence=presence)
                 result = Stack(node=node, api=api, publisher=publisher, hub=hub, media=media,
-                               bridge=bridge, nats_url=url)
+                               bridge=bridge, nats_url=url, fanout=feed)
                 if http:
                     result.http_url = await nursery.start(serve_http, api, host, 0)
                 if ws:

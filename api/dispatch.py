@@ -243,6 +243,8 @@ class Api:
         sub = self.hub.subscribe(principal.tenant, None if replaying else accept,
                                  capacity or self.watch_capacity)
         try:
+            # several nodes: events of this tenant published elsewhere flow in from NATS from here on
+            await self.hub.feed_ready(principal.tenant)
             last = 0
             if replaying:
                 if self.bridge is None:

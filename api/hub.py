@@ -11,6 +11,11 @@ Rules
 4. Each event is encoded once; every subscriber gets the same bytes/str.
 5. Live delivery may run ahead of storage: ``durable`` is what the publisher's acks confirmed,
    and a replay of recent seqs waits for it (``wait_durable``) before reading JetStream.
+6. Several nodes: a ``feed`` (``adapters.nats.fanout.NatsFanout``) subscribes on NATS to the
+   tenants this hub has watchers for (``tenants``, ``tenants_changed``) and offers the other
+   nodes' events through ``publish_remote``, which drops what the hub already has (per tenant,
+   a seq at or below ``last_seq``: this node's own events come back from NATS too). Without a
+   feed (one node) nothing changes: the publisher's batches are the only source.
 """
 
 from __future__ import annotations
@@ -110,6 +115,12 @@ class EventHub:
         #: per tenant, the highest seq known to be stored in JetStream (acknowledged)
         self.durable: dict[str, int] = {}
         self._durable_lot = trio.lowlevel.ParkingLot()
+        #: the multi-node feed (``NatsFanout``) or None; woken when the set of tenants changes
+        self.feed: object | None = None
+        self._tenants_lot = trio.lowlevel.ParkingLot()
+        #: events offered by the feed that the hub already had (own events echoed, re-deliveries)
+        self.remote_duplicates = 0
+        self.remote_published = 0
 
     def mark_durable(self, items: Iterable[Delivered]) -> None:
         """The publisher's ack: these events are in JetStream (plain, non-blocking)."""
@@ -130,7 +141,11 @@ class EventHub:
     def subscribe(self, tenant: str, accept: Callable[[CtiBase], bool] | None = None,
                   capacity: int | None = None) -> Subscription:
         sub = Subscription(self, tenant, accept or (lambda e: True), capacity or self.default_capacity)
-        self._by_tenant.setdefault(tenant, []).append(sub)
+        subs = self._by_tenant.get(tenant)
+        if subs is None:
+            subs = self._by_tenant[tenant] = []
+            self._tenants_lot.unpark_all()
+        subs.append(sub)
         return sub
 
     def _remove(self, sub: Subscription) -> None:
@@ -139,6 +154,42 @@ class EventHub:
             subs.remove(sub)
             if not subs:
                 del self._by_tenant[sub.tenant]
+                self._tenants_lot.unpark_all()
+
+    def tenants(self) -> frozenset[str]:
+        """The tenants that have at least one subscription (what a feed subscribes to)."""
+        return frozenset(self._by_tenant)
+
+    async def tenants_changed(self) -> None:
+        """Wait until a tenant gains its first or loses its last subscription."""
+        await self._tenants_lot.park()
+
+    async def feed_ready(self, tenant: str, timeout_s: float = 2.0) -> None:
+        """With a feed, wait (bounded) until it receives the tenant's events from other nodes."""
+        ready = getattr(self.feed, "ready", None)
+        if ready is not None:
+            with trio.move_on_after(timeout_s):
+                await ready(tenant)
+
+    def publish_remote(self, items: list[Delivered]) -> int:
+        """Offer events another node published (in their per-tenant seq order); events at or
+        below the tenant's ``last_seq`` are duplicates and dropped. They are in JetStream already
+        (they come from the stream's subjects), so they also count as durable. Returns how many
+        were new."""
+        fresh: list[Delivered] = []
+        last_seq = self.last_seq
+        for item in items:
+            event = item[0]
+            if event.seq <= last_seq.get(event.tenant, 0):
+                self.remote_duplicates += 1
+                continue
+            last_seq[event.tenant] = event.seq
+            fresh.append(item)
+        if fresh:
+            self.remote_published += len(fresh)
+            self.publish_batch(fresh)
+            self.mark_durable(fresh)
+        return len(fresh)
 
     def wants(self, tenant: str) -> bool:
         return tenant in self._by_tenant

@@ -25,10 +25,15 @@ Rules
 4. seq is assigned in the pump rather than in ``publish`` so that the first event of a tenant can
    wait (once) for the stream's last seq of that tenant; ordering is the buffer's order either way.
    One publisher owns a tenant's sequence: with several engine nodes, pin tenants to publishers.
+   Two publishers of one tenant would assign the same seqs; JetStream keeps the first
+   ``<tenant>:<seq>`` and drops the other as a duplicate. The first send of a batch answered
+   "duplicate" is that clash: ``seq_clashes`` counts it and it is logged as an error (best
+   effort: only the batch's last, acknowledged message is checked).
 """
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
@@ -50,6 +55,8 @@ from engine.messages import CtiEvent
 from engine.tracecontext import parse_traceparent
 
 __all__ = ["CtiPublisher"]
+
+log = logging.getLogger("callengine.nats.publisher")
 
 
 class CtiPublisher:
@@ -83,6 +90,9 @@ class CtiPublisher:
         self.acked = 0
         #: the stream sequence of the last acknowledged batch
         self.stream_seq = 0
+        #: batches whose first send was answered "duplicate": another writer used our
+        #: ``<tenant>:<seq>`` (two nodes publishing one tenant); see rule 4
+        self.seq_clashes = 0
         limit = int(getattr(getattr(bridge, "nc", None), "max_payload", 0) or 1 << 20)
         self.max_payload = max(limit - 1024, 1024)
         self._idle = trio.Event()
@@ -203,6 +213,12 @@ class CtiPublisher:
         store). Gives up (``errors``) after three attempts: the events are still fanned out."""
         bridge = self.bridge
         assert bridge is not None and batch.frames is not None and batch.last is not None
+        if batch.ack is not None and not isinstance(batch.ack, BaseException) and batch.ack.duplicate:
+            # our first send of these Msg-Ids, yet the stream had one: another publisher assigned
+            # the same seq to this tenant, and its event won (ours was deduplicated away)
+            self.seq_clashes += 1
+            log.error("CTI seq clash: %s was already in the stream (another node publishes this "
+                      "tenant; pin each tenant to one publisher)", batch.last[2].get(MSG_ID_HEADER))
         for attempt in range(3):
             ack = batch.ack
             batch.ack = None
