@@ -109,7 +109,7 @@ def cross_shard_rate(n: int, *, transport: str = "ray", nats_url: str = "", max_
             t = trio.current_time()
             from engine.messages import Send
             for i in range(n):
-                rt._perform(None, [Send(to="queue", to_id=qid, message=AgentStatus(
+                rt.perform([Send(to="queue", to_id=qid, message=AgentStatus(
                     queue_id=qid, agent_id=f"a{i % 500}", at=t, logged_in=True, available=False))])
             return rt.forwarded
 

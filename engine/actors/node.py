@@ -54,6 +54,7 @@ from engine.messages import (
     CallerLeft,
     ChannelCreated,
     ConnectAgent,
+    Effect,
     EnterFlow,
     MediaEventBase,
     Originate,
@@ -221,6 +222,22 @@ class Node:
         assert self._agents is not None, "the node is not running"
         key = self._new_key("agent", tenant, agent_id)
         return self._agents.start_child(key, agent_fsm.new_agent(agent_id, tenant))
+
+    def start_actor(self, kind: str, actor_id: str, state: Any, effects: Sequence[Effect] = ()) -> ActorRef:
+        """Start a call, agent or queue actor with a given state (by registry key) under its
+        supervisor: an actor handed over from another node, or rebuilt after a restart."""
+        sup = {"call": self._calls, "agent": self._agents, "queue": self._queues}.get(kind)
+        if sup is None:
+            if kind not in ("call", "agent", "queue"):
+                raise ValueError(f"a node hosts calls, agents and queues, not {kind!r}")
+            raise RuntimeError("the node is not running")
+        return sup.start_child(actor_id, state, effects)
+
+    def deliver_keyed(self, kind: str, actor_id: str, message: Any) -> None:
+        """Deliver a message from another node of the engine to ``(kind, registry key)``: the
+        creation rules of Rule 3, then delivery as a ``Send`` (never refused for capacity)."""
+        if not self._handled_here(kind, actor_id, message):
+            self.runtime.deliver(kind, actor_id, message)
 
     def _new_key(self, kind: str, tenant: str, actor_id: str) -> str:
         if "/" in tenant or (tenant == "default" and "/" in actor_id and kind in self.runtime.tenant_scoped):

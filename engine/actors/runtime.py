@@ -30,7 +30,13 @@ Rules
    (a tombstone's effects in the tenant of the actor that stopped). Unscoped runtimes (the
    default) are unchanged.
 9. ``remote(kind, key, message) -> bool``, when given, is asked in ``_deliver`` before the rules
-   for absent actors: True means another shard took the message.
+   for absent actors: True means another shard took the message. ``remote_reply(reply) -> bool``
+   is asked for a ``Reply`` no local ``ask`` waits for, before the replies port: True means it
+   went to the shard that asked.
+10. Hooks for a host that moves actors between runtimes (a cluster): ``take`` an actor out (state,
+   armed timers, queued mail; no tombstone), ``arm_timer`` at an absolute deadline, ``deliver`` by
+   key as a ``Send`` does, ``perform`` effects on behalf of no actor, ``patch`` a state repaired
+   against the outside world, ``reply``, ``dead_letter``, ``timers_of``. None of them awaits.
 """
 
 from __future__ import annotations
@@ -80,6 +86,7 @@ __all__ = [
     "Runtime",
     "RuntimeStatistics",
     "ShutdownReport",
+    "Taken",
     "open_runtime",
 ]
 
@@ -165,6 +172,18 @@ class RuntimeStatistics(msgspec.Struct, frozen=True, kw_only=True):
     pending_asks: int
 
 
+class Taken(msgspec.Struct, frozen=True, kw_only=True):
+    """An actor taken out of a runtime (``Runtime.take``): what another runtime needs to go on."""
+
+    kind: str
+    actor_id: str
+    state: Any
+    #: armed timers, ``(key, absolute deadline)``
+    timers: tuple[tuple[str, float], ...] = ()
+    #: messages that were queued, in order
+    mail: tuple[Any, ...] = ()
+
+
 class ShutdownReport(msgspec.Struct, frozen=True, kw_only=True):
     drained: bool
     #: messages still queued when the deadline passed (dead-lettered)
@@ -247,6 +266,7 @@ class Runtime:
         observer: Observer | None = None,
         remote: Callable[[str, str, Any], bool] | None = None,
         tenant_scoped: Iterable[str] = (),
+        remote_reply: Callable[[Reply], bool] | None = None,
     ) -> None:
         self.ports: Ports = ports if ports is not None else Ports.in_memory()
         self.name = name
@@ -256,6 +276,7 @@ class Runtime:
         self.clock: Callable[[], float] = clock or trio.current_time
         self.observer = observer
         self.remote = remote
+        self.remote_reply = remote_reply
         #: kinds whose actors are registered per tenant (Rule 8)
         self.tenant_scoped = frozenset(tenant_scoped)
         #: tenant of recently stopped actors of a non-default tenant (their tombstones' sends)
@@ -706,8 +727,86 @@ class Runtime:
         if waiter is not None:
             waiter.reply = reply
             waiter.event.set()
+        elif self.remote_reply is None or not self.remote_reply(reply):
+            self.ports.replies.reply(reply)
+
+    # ---------------------------------------------------------------- hooks for hosts (Rule 10)
+
+    def deliver(self, kind: str, actor_id: str, message: Any) -> None:
+        """Deliver by registry key as a ``Send`` effect does: never refused for capacity; an absent
+        actor goes to ``remote`` first, then the undeliverable rules (Rule 6)."""
+        self._deliver(kind, actor_id, message)
+
+    def perform(self, effects: Sequence[Effect], *, tenant: str | None = None) -> None:
+        """Perform effects on behalf of no actor (a host re-announcing or repairing after a
+        restart): sends, media, CTI, CDRs, replies. Timers and ``Stop`` need an actor: ignored."""
+        self._perform(None, effects, tenant=tenant)
+
+    def patch(self, kind: str, actor_id: str, state: Any, effects: Sequence[Effect] = ()) -> bool:
+        """Replace a live actor's state from outside its machine (a host repairing it against the
+        outside world) and perform ``effects`` as that actor. False when there is no such actor."""
+        cell = self._cell(kind, actor_id)
+        if cell is None:
+            return False
+        cell.state = state
+        if effects:
+            self._perform(cell, effects)
+        return True
+
+    def reply(self, reply: Reply) -> None:
+        """Answer ``reply.request_id`` as a ``Reply`` effect does (the local asker, else the hook,
+        else the replies port)."""
+        self._reply(reply)
+
+    def reply_here(self, reply: Reply) -> None:
+        """Answer the local asker of ``reply.request_id``, else the replies port; never the
+        ``remote_reply`` hook (a reply that already came back from another shard)."""
+        waiter = self._asks.get(reply.request_id)
+        if waiter is not None:
+            waiter.reply = reply
+            waiter.event.set()
         else:
             self.ports.replies.reply(reply)
+
+    def dead_letter(self, kind: str, actor_id: str, message: Any, reason: str) -> None:
+        self._dead_letter(kind, actor_id, message, reason)
+
+    def timers_of(self) -> dict[tuple[str, str], list[tuple[str, float]]]:
+        """Armed timers of every actor: ``(kind, id) -> [(key, absolute deadline)]``."""
+        out: dict[tuple[str, str], list[tuple[str, float]]] = {}
+        for owner, key, deadline in self._timers.armed():
+            out.setdefault((owner.kind, owner.id), []).append((key, deadline))
+        return out
+
+    def arm_timer(self, kind: str, actor_id: str, key: str, deadline: float) -> bool:
+        """Arm a live actor's timer at an absolute deadline, as its ``StartTimer`` would."""
+        cell = self._cell(kind, actor_id)
+        if cell is None:
+            return False
+        if self._timers.start(cell, key, deadline):
+            self._timer_lot.unpark_all()
+        return True
+
+    def take(self, kind: str, actor_id: str) -> Taken | None:
+        """Take a live actor out, to be started elsewhere, in one synchronous step: its state,
+        armed timers and queued mail go with it. It leaves no tombstone here (it lives on) and its
+        mail is not dead-lettered. None when there is no such actor."""
+        cell = self._cell(kind, actor_id)
+        if cell is None:
+            return None
+        timers = tuple(sorted((key, deadline) for owner, key, deadline in self._timers.armed() if owner is cell))
+        mail = tuple(cell.mail or ())
+        self._queued -= len(mail)
+        cell.mail = None
+        state = cell.state
+        self._remove(cell, "moved", leftovers="dead")
+        recent = self._recent.get(kind)
+        if recent is not None:
+            recent[1].discard(actor_id)  # it lives on elsewhere: no tombstone here
+        self._recent_tenant.pop((kind, actor_id), None)
+        if cell.sup is not None:
+            cell.sup.child_removed(cell)
+        return Taken(kind=kind, actor_id=actor_id, state=state, timers=timers, mail=mail)
 
     def remove(self, kind: str, actor_id: str, reason: str = "removed") -> bool:
         """Forget an actor now (its pending mail goes to the late path, its timers are dropped,

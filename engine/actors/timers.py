@@ -80,6 +80,15 @@ class TimerHeap:
         owner.timers = None
         return n
 
+    def armed(self) -> list[tuple[Any, str, float]]:
+        """``(owner, key, deadline)`` of every live timer, in no particular order."""
+        out = []
+        for deadline, seq, owner, key in self._heap:
+            timers = owner.timers
+            if timers is not None and timers.get(key) == seq:
+                out.append((owner, key, deadline))
+        return out
+
     def next_deadline(self) -> float | None:
         heap = self._heap
         while heap:

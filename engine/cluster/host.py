@@ -289,20 +289,18 @@ class ShardHostCore:
         rt = node.runtime
         for call, effects in calls:
             if not rt.exists("call", call.call_id):
-                assert node._calls is not None
-                node._calls.start_child(call.call_id, call, effects)
+                node.start_actor("call", call.call_id, call, effects)
         if orphans:
-            rt._perform(None, orphans)
+            rt.perform(orphans)
         talking = {c.agent_id: c.call_id for c in channels if c.leg != "a" and c.answered and c.agent_id}
         live = {c.call_id for c in channels if c.leg == "a"}
         repaired = 0
-        for cell in rt.cells("agent"):
-            agent: Agent = cell.state
+        for agent_id in rt.ids("agent"):
+            agent: Agent = rt.state_of("agent", agent_id)
             fixed = reconcile_agent(agent, talking.get(agent.agent_id), live, now)
             if fixed is not agent:
-                cell.state = fixed
+                rt.patch("agent", agent_id, fixed, agent_status(fixed, now))
                 repaired += 1
-                rt._perform(cell, agent_status(fixed, now))
         self.recovery = {"images": adopted, "link_marks": self.links.links(), "calls": len(calls),
                          "orphan_legs": len(orphans), "agents_repaired": repaired, "channels": len(channels),
                          "recovery_s": round(time.perf_counter() - t0, 4)}
@@ -322,17 +320,17 @@ class ShardHostCore:
 
     async def _snapshot_pass(self) -> int:
         rt = self.node.runtime
-        dirty = [cell for kind in ("agent", "queue") for cell in rt.cells(kind)
-                 if self._written.get((kind, cell.id)) is not cell.state]
+        dirty = [(kind, actor_id, state) for kind in ("agent", "queue") for actor_id in rt.ids(kind)
+                 if self._written.get((kind, actor_id)) is not (state := rt.state_of(kind, actor_id))]
         marks = self.links.export()
         if not dirty and marks == self._links_written:
             return 0
         deadlines = rt.timer_deadlines()
         items = {}
         taken = []
-        for cell in dirty:
-            items[entity_key(cell.kind, cell.id)] = encode_image(rt.image(cell, deadlines))
-            taken.append(((cell.kind, cell.id), cell.state))
+        for kind, actor_id, state in dirty:
+            items[entity_key(kind, actor_id)] = encode_image(rt.image(kind, actor_id, deadlines))
+            taken.append(((kind, actor_id), state))
         # the marks of this same instant: the images contain exactly the batches they cover (Rule 4)
         items[entity_key(LINKS_KIND, self.shard)] = marks
         await trio.to_thread.run_sync(self.config.store.put_many, items)
@@ -410,8 +408,8 @@ class ShardHostCore:
             rt, directory = self.node.runtime, self.node.directory
             now = trio.current_time()
             sends: list[Send] = []
-            for cell in rt.cells("agent"):
-                agent: Agent = cell.state
+            for agent_id in rt.ids("agent"):
+                agent: Agent = rt.state_of("agent", agent_id)
                 if agent.state is not AgentState.LOGGED_OUT and any(
                         directory.owner("queue", q) == restarted for q in agent.queues):
                     sends += [s for s in agent_status(agent, now) if directory.owner("queue", s.to_id) == restarted]
@@ -421,12 +419,12 @@ class ShardHostCore:
                 if (agent.state is AgentState.ON_CALL and "probe" in agent.timers
                         and directory.owner("call", agent.call_id) == restarted):
                     sends.append(Send(to="agent", to_id=agent.agent_id, message=TimerFired(key="probe", at=now)))
-            for cell in rt.cells("call"):
-                send = requeue_message(cell.state, now)
+            for call_id in rt.ids("call"):
+                send = requeue_message(rt.state_of("call", call_id), now)
                 if send is not None and directory.owner("queue", send.to_id) == restarted:
                     sends.append(send)
             if sends:
-                rt._perform(None, sends)
+                rt.perform(sends)
             return len(sends)
         return self._call(run)
 

@@ -1,20 +1,23 @@
 """A shard: the actor runtime of ``engine/actors`` plus "this id lives on another shard".
 
 Rules
-1. The runtime is wrapped, not edited: ``ShardRuntime`` overrides the one place a ``Send`` effect
-   is delivered (``Runtime._deliver``). An actor registered here gets the message locally, as
-   before; otherwise the directory names the owner and the message goes to the ``Outbox`` for
-   that shard. Only when this shard owns the id do the runtime's usual rules for absent actors
-   apply (tombstone, ``NOT_FOUND``, dead letter).
+1. The runtime is not edited and no private part of it is touched: the shard uses the runtime's
+   public hooks (``engine/actors/runtime.py`` Rules 9-10). ``Node(runtime_factory=...)`` builds a
+   ``ShardRuntime`` whose ``remote`` hook is asked whenever a message is for an actor that is not
+   registered here: when the directory names another shard, the message goes to the ``Outbox``
+   for that shard. Only when this shard owns the id do the runtime's usual rules for absent
+   actors apply (tombstone, ``NOT_FOUND``, dead letter).
 2. Everything that arrives from other shards or from an ingress goes through ``accept``: creation
    rules of ``Node`` (a ``ChannelCreated`` for leg "a" creates the call), never refused for
    capacity (like ``Send``), forwarded when the directory says another shard owns it.
-3. Hand-over: ``export`` takes an actor out (state, timers, queued mail) in one synchronous step,
-   so the actor is never alive in two places; ``adopt`` puts it in, timers re-armed at their
-   absolute deadlines (the cluster clock, see clock.py). Snapshots are the same images.
+3. Hand-over: ``export`` takes an actor out (state, timers, queued mail) in one synchronous step
+   (``Runtime.take``), so the actor is never alive in two places; ``adopt`` puts it in
+   (``Node.start_actor``, ``Runtime.arm_timer``), timers re-armed at their absolute deadlines (the
+   cluster clock, see clock.py). Snapshots are the same images.
 4. Replies find the asker: ``ask`` gives the command a request id that names this shard
    (``<shard>|<id>``); the shard that performs the ``Reply`` sends it back over the link when the
-   asker is another shard (``ReplyTo``), else answers locally as the runtime always did.
+   asker is another shard (the runtime's ``remote_reply`` hook puts a ``ReplyTo`` on the link),
+   else answers locally as the runtime always did.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import trio
 
 from engine.actors.node import Node, route
 from engine.actors.ports import Ports
-from engine.actors.runtime import Cell, Runtime
+from engine.actors.runtime import Runtime
 from engine.cluster.outbox import Outbox
 from engine.cluster.placement import Directory
 from engine.cluster.wire import (
@@ -46,8 +49,10 @@ __all__ = ["ShardNode", "ShardRuntime"]
 
 
 class ShardRuntime(Runtime):
+    """A ``Runtime`` that knows the other shards through its public hooks only (Rule 1)."""
+
     def __init__(self, *, directory: Directory, outbox: Outbox, **options: Any) -> None:
-        super().__init__(**options)
+        super().__init__(remote=self._remote, remote_reply=self._remote_reply, **options)
         self.directory = directory
         self.outbox = outbox
         self.forwarded = 0
@@ -56,81 +61,63 @@ class ShardRuntime(Runtime):
         #: during a hand-over: messages for ids this shard now owns but has not received yet
         self.parking: list[tuple[str, str, Any, int]] | None = None
 
-    def _deliver(self, kind: str, actor_id: str, message: Any) -> None:
-        table = self._registry.get(kind)
-        cell = None if table is None else table.get(actor_id)
-        if cell is not None:
-            self._enqueue(cell, message)
-            return
+    def _remote(self, kind: str, actor_id: str, message: Any) -> bool:
+        """The ``remote`` hook: a message for an actor that is not registered here."""
         owner = self.directory.owner(kind, actor_id)
         if owner != self.name:
             self.forwarded += 1
             self.outbox.put(owner, Envelope(kind, actor_id, message))
-            return
+            return True
         if self.parking is not None and not self.recently_stopped(kind, actor_id):
             self.parking.append((kind, actor_id, message, 0))
-            return
-        self._undeliverable(kind, actor_id, message)
+            return True
+        return False
 
-    def _reply(self, reply: Reply) -> None:
-        if reply.request_id not in self._asks:
-            origin = origin_of(reply.request_id)
-            if origin and origin != self.name and origin in self.directory.shards:
-                self.replies_forwarded += 1
-                self.outbox.put(origin, ReplyTo(reply))
-                return
-        super()._reply(reply)
-
-    def reply_here(self, reply: Reply) -> None:
-        """A reply that came back over a link: answer the local asker (or the replies port)."""
-        super()._reply(reply)
+    def _remote_reply(self, reply: Reply) -> bool:
+        """The ``remote_reply`` hook: a reply nobody here asked for goes back to the asking shard."""
+        origin = origin_of(reply.request_id)
+        if origin and origin != self.name and origin in self.directory.shards:
+            self.replies_forwarded += 1
+            self.outbox.put(origin, ReplyTo(reply))
+            return True
+        return False
 
     # ---------------------------------------------------------------- images
 
-    def timer_deadlines(self) -> dict[int, list[tuple[str, float]]]:
-        """Armed timers of every actor, by ``id(cell)`` (one pass over the heap)."""
-        out: dict[int, list[tuple[str, float]]] = {}
-        for deadline, seq, owner, key in self._timers._heap:
-            timers = owner.timers
-            if timers is not None and timers.get(key) == seq:
-                out.setdefault(id(owner), []).append((key, deadline))
-        return out
+    def timer_deadlines(self) -> dict[tuple[str, str], list[tuple[str, float]]]:
+        """Armed timers of every actor, by ``(kind, id)`` (one pass over the heap)."""
+        return self.timers_of()
 
-    def image(self, cell: Cell, deadlines: dict[int, list[tuple[str, float]]] | None = None) -> Image:
+    def image(self, kind: str, actor_id: str,
+              deadlines: dict[tuple[str, str], list[tuple[str, float]]] | None = None) -> Image:
         if deadlines is None:
             deadlines = self.timer_deadlines()
-        return Image(kind=cell.kind, actor_id=cell.id, state=cell.state,
-                     timers=tuple(sorted(deadlines.get(id(cell), ()))), taken_at=trio.current_time())
-
-    def cells(self, kind: str) -> list[Cell]:
-        return list(self._registry.get(kind, {}).values())
+        return Image(kind=kind, actor_id=actor_id, state=self.state_of(kind, actor_id),
+                     timers=tuple(sorted(deadlines.get((kind, actor_id), ()))), taken_at=trio.current_time())
 
     def export(self, kind: str, actor_id: str) -> Adopt | None:
         """Take an actor out of this shard (state, timers, queued mail). No await inside."""
-        cell = self._cell(kind, actor_id)
-        if cell is None:
+        taken = self.take(kind, actor_id)
+        if taken is None:
             return None
-        image = self.image(cell)
-        mail = tuple(cell.mail or ())
-        self._queued -= len(mail)
-        cell.mail = None
-        self._remove(cell, "moved", leftovers="dead")
-        recent = self._recent.get(kind)
-        if recent is not None:
-            recent[1].discard(actor_id)  # it lives on elsewhere: no tombstone here
-        if cell.sup is not None:
-            cell.sup.child_removed(cell)
-        return Adopt(image, mail)
+        image = Image(kind=kind, actor_id=actor_id, state=taken.state, timers=taken.timers,
+                      taken_at=trio.current_time())
+        return Adopt(image, taken.mail)
 
 
 class ShardNode(Node):
     """A ``Node`` whose runtime knows the other shards."""
 
+    runtime: ShardRuntime
+
     def __init__(self, *, name: str, directory: Directory, outbox: Outbox, ports: Ports | None = None,
                  runtime_options: dict[str, Any] | None = None, **node_options: Any) -> None:
-        super().__init__(name=name, ports=ports, **node_options)
-        self.runtime: ShardRuntime = ShardRuntime(directory=directory, outbox=outbox, ports=self.ports,
-                                                  name=name, **(runtime_options or {}))
+        def factory(**options: Any) -> ShardRuntime:
+            return ShardRuntime(directory=directory, outbox=outbox, **options)
+
+        # ids are unscoped on a shard: the directory places agents and queues by id (placement.py)
+        super().__init__(name=name, ports=ports, runtime_factory=factory, tenant_scoped=(),
+                         **(runtime_options or {}), **node_options)
         self.outbox = outbox
         self.adopted = 0
         #: every Adopt applied, also one merged into an actor that was here already
@@ -163,7 +150,7 @@ class ShardNode(Node):
             if owner != self.name:
                 if hops >= MAX_HOPS:
                     self.hop_dropped += 1
-                    rt._dead_letter(kind, actor_id, message, f"too many hops (owner {owner})")
+                    rt.dead_letter(kind, actor_id, message, f"too many hops (owner {owner})")
                     return
                 rt.bounced += 1
                 self.outbox.put(owner, Envelope(kind, actor_id, message, hops + 1))
@@ -171,9 +158,7 @@ class ShardNode(Node):
             if rt.parking is not None and not rt.recently_stopped(kind, actor_id):
                 rt.parking.append((kind, actor_id, message, hops))
                 return
-            if self._handled_here(kind, actor_id, message):
-                return
-        rt._deliver(kind, actor_id, message)
+        self.deliver_keyed(kind, actor_id, message)
 
     def begin_handoff(self, directory: Directory) -> dict[str, list[Adopt]]:
         """Install ``directory``, park messages for absent ids it gives us, and take out every
@@ -184,10 +169,10 @@ class ShardNode(Node):
             rt.parking = []
         out: dict[str, list[Adopt]] = {}
         for kind in ("call", "agent", "queue"):
-            for cell in rt.cells(kind):
-                owner = directory.owner(kind, cell.id)
+            for actor_id in rt.ids(kind):
+                owner = directory.owner(kind, actor_id)
                 if owner != self.name:
-                    adopt = rt.export(kind, cell.id)
+                    adopt = rt.export(kind, actor_id)
                     if adopt is not None:
                         out.setdefault(owner, []).append(adopt)
         for owner, adopts in out.items():
@@ -246,21 +231,13 @@ class ShardNode(Node):
         than nothing, i.e. never: an existing actor wins (it has seen more)."""
         rt = self.runtime
         kind, actor_id = image.kind, image.actor_id
-        if rt.exists(kind, actor_id):
-            cell = rt._cell(kind, actor_id)
-        else:
-            sup = {"call": self._calls, "agent": self._agents, "queue": self._queues}[kind]
-            assert sup is not None, "the node is not running"
-            sup.start_child(actor_id, state_of(image))
-            cell = rt._cell(kind, actor_id)
-            assert cell is not None
+        if not rt.exists(kind, actor_id):
+            self.start_actor(kind, actor_id, state_of(image))
             for key, deadline in image.timers:
-                if rt._timers.start(cell, key, deadline):
-                    rt._timer_lot.unpark_all()
+                rt.arm_timer(kind, actor_id, key, deadline)
             self.adopted += 1
-        assert cell is not None
         for message in mail:
-            rt._enqueue(cell, message)
+            rt.deliver(kind, actor_id, message)
 
     def export(self, kind: str, actor_id: str) -> Adopt | None:
         return self.runtime.export(kind, actor_id)
@@ -268,7 +245,7 @@ class ShardNode(Node):
     def images(self, kinds: tuple[str, ...] = ("agent", "queue")) -> list[Image]:
         rt = self.runtime
         deadlines = rt.timer_deadlines()
-        return [rt.image(cell, deadlines) for kind in kinds for cell in rt.cells(kind)]
+        return [rt.image(kind, actor_id, deadlines) for kind in kinds for actor_id in rt.ids(kind)]
 
 
 def drain(buffer: deque[Any], limit: int = 100_000) -> list[Any]:

@@ -346,7 +346,7 @@ async def _test_reply_to_a_command_asked_across_shards_comes_back_to_the_asker()
         assert [r.request_id for r in s0.ports.replies.items] == ["s0|bus-1"]
         assert s1.ports.replies.items == []
         # no origin: answered where the call lives, as before
-        s1.runtime._reply(Reply(request_id="plain"))
+        s1.runtime.reply(Reply(request_id="plain"))
         assert [r.request_id for r in s1.ports.replies.items] == ["plain"]
         nursery.cancel_scope.cancel()
 
