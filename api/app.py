@@ -60,13 +60,17 @@ async def open_stack(*, secret: str | bytes, nats: bool = True, nats_url: str | 
                      publisher_options: dict[str, Any] | None = None,
                      ports_wrap: Any | None = None,
                      watch_options: dict[str, Any] | None = None,
-                     presence: Any | None = None, fanout: str = "local") -> AsyncIterator[Stack]:
+                     presence: Any | None = None, fanout: str = "local",
+                     jwt_algorithms: tuple[str, ...] = ("HS256",)) -> AsyncIterator[Stack]:
     """``ports_wrap(ports) -> ports`` lets the caller put its own CDR store / CTI tee / tracing
     around the ports before the node starts (``engine/run.py``).
 
     ``fanout="nats"`` (several engine nodes on one NATS): watchers on this node also get the
     events other nodes publish for their tenant (``adapters.nats.fanout.NatsFanout``);
-    ``"local"`` (one node, the default) feeds watchers from this node's publisher only."""
+    ``"local"`` (one node, the default) feeds watchers from this node's publisher only.
+
+    ``secret`` verifies bearer tokens: the HMAC secret (HS256, the default) or, with
+    ``jwt_algorithms=("RS256",)`` / ``("ES256",)``, the issuer's public key (PEM)."""
     if fanout not in ("local", "nats"):
         raise ValueError(f"fanout must be 'local' or 'nats', not {fanout!r}")
     if fanout == "nats" and not nats:
@@ -97,7 +101,7 @@ async def open_stack(*, secret: str | bytes, nats: bool = True, nats_url: str | 
                 feed = NatsFanout(bridge, hub)
                 await nursery.start(feed.run)
             async with open_node(ports=ports, **(node_options or {})) as node:
-                api = Api(node, Authenticator(secret), store=store, hub=hub, bridge=bridge,
+                api = Api(node, Authenticator(secret, algorithms=jwt_algorithms), store=store, hub=hub, bridge=bridge,
                           limiter=RateLimiter(rate, burst), audit=AuditLog(), presence=presence)
                 result = Stack(node=node, api=api, publisher=publisher, hub=hub, media=media,
                                bridge=bridge, nats_url=url, fanout=feed)
