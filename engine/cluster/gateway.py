@@ -25,6 +25,10 @@ Rules
    it has seen (created, answered, bridged, agent legs it originated, hung up) into a file that the
    hosts read (``FileChannelSource``), so a restarted host rebuilds its calls from the switch's view.
    This works when the hosts share the gateway's filesystem (local Ray, the default).
+   The mirror is a few ms behind the switch, so a restarted host can rebuild a call whose caller
+   hung up meanwhile; the gateway sweeps for those (``_sweep``): a call the shards hold whose
+   caller channel the mirror has not had for ``orphan_after_s`` (and no originate of it in
+   flight) gets a ``ChannelHangup``, as the ESL link's reconcile does after a reconnect.
 6. Stop: ``drain`` flushes the ingress, then drains the hosts until two passes in a row bring
    nothing back, so every CDR and CTI event produced before the stop reaches its writer.
 
@@ -94,8 +98,8 @@ class ChannelMirror:
     def __init__(self, path: str | os.PathLike[str] | None) -> None:
         self.path = str(path) if path else ""
         self.channels: dict[tuple[str, str], LiveChannel] = {}
-        #: leg id -> (agent_id, queue_id) from the originates the engine sent
-        self.leg_vars: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        #: (call id, leg) -> (agent_id, queue_id) of the originates the engine sent, until the leg is gone
+        self.leg_vars: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()
         self.dirty = False
         self.writes = 0
         self._encoder = msgspec.msgpack.Encoder()
@@ -106,7 +110,7 @@ class ChannelMirror:
             return
         key = (ev.call_id, ev.leg)
         if tp is ChannelCreated:
-            agent_id, queue_id = self.leg_vars.get(ev.leg, ("", ""))
+            agent_id, queue_id = self.leg_vars.get(key, ("", ""))
             self.channels[key] = LiveChannel(
                 call_id=ev.call_id, leg=ev.leg, node=ev.node, direction=ev.direction, caller_id=ev.caller_id,
                 destination=ev.destination, tenant=ev.tenant, created_at=ev.at,
@@ -123,9 +127,12 @@ class ChannelMirror:
                 return
             self.channels[key] = msgspec.structs.replace(ch, bridged_to=ev.other_leg if tp is ChannelBridged else "")
         elif tp is ChannelHangup or tp is ChannelHangupComplete or tp is ChannelDestroyed:
+            self.leg_vars.pop(key, None)
+            if ev.leg == "a":  # the caller is gone: so is every originate of this call
+                for k in [k for k in self.leg_vars if k[0] == ev.call_id]:
+                    del self.leg_vars[k]
             if self.channels.pop(key, None) is None:
                 return
-            self.leg_vars.pop(ev.leg, None)
         else:
             return
         self.dirty = True
@@ -133,9 +140,9 @@ class ChannelMirror:
     def _originated(self, call_id: str, leg: str, node: str, at: float) -> LiveChannel | None:
         """A leg the engine originated whose creation event we did not see (a switch that only
         reports the answer)."""
-        if leg == "a" or leg not in self.leg_vars:
+        if (call_id, leg) not in self.leg_vars:
             return None
-        agent_id, queue_id = self.leg_vars[leg]
+        agent_id, queue_id = self.leg_vars[(call_id, leg)]
         return LiveChannel(call_id=call_id, leg=leg, node=node, direction="outbound", created_at=at,
                            agent_id=agent_id, queue_id=queue_id)
 
@@ -145,7 +152,8 @@ class ChannelMirror:
         tp = type(cmd)
         if tp is MediaOriginate:
             v = cmd.variables
-            self.leg_vars[cmd.leg] = (v.get("callengine_agent_id", ""), v.get("callengine_queue_id", ""))
+            self.leg_vars[(cmd.call_id, cmd.leg)] = (v.get("callengine_agent_id", ""),
+                                                     v.get("callengine_queue_id", ""))
             if len(self.leg_vars) > 100_000:
                 self.leg_vars.popitem(last=False)
         elif tp is MediaAnswer:
@@ -326,6 +334,10 @@ class Gateway:
         self._idle_sends.set()
         self._inflight = 0
         self._running = False
+        #: call id -> when the sweep first saw it without a caller channel
+        self._orphans: dict[str, float] = {}
+        self.orphan_after_s = 3.0
+        self.orphans_hung_up = 0
 
     # ---------------------------------------------------------------- ingress (Rule 1, 2)
 
@@ -527,6 +539,27 @@ class Gateway:
         stats = {name: st for (name, _), st in zip(hosts, results[len(refs):], strict=True)}
         return out, stats
 
+    def _sweep(self, now: float) -> None:
+        """Rule 5: hang up calls whose caller channel is gone (rebuilt from a stale mirror)."""
+        from engine.fsm.call import CallState
+
+        channels = self.mirror.channels
+        pending = {k[0] for k in self.mirror.leg_vars} | {k[0] for k in channels}
+        seen: dict[str, float] = {}
+        for call in self.view["call"].values():
+            cid = call.call_id
+            if call.state is CallState.ENDED or not call.node or (cid, "a") in channels:
+                continue
+            if cid in pending:
+                continue  # an originate of it in flight, or some leg of it still up
+            first = seen[cid] = self._orphans.get(cid, now)
+            if now - first >= self.orphan_after_s:
+                log.warning("call %s: the shards hold it but its caller channel is gone; hanging it up", cid)
+                self.orphans_hung_up += 1
+                self.put(ChannelHangup(call_id=cid, leg="a", at=now, node=call.node, cause="NORMAL_CLEARING"))
+                del seen[cid]
+        self._orphans = seen
+
     def _install(self, states: dict[str, list[Any]]) -> None:
         calls = {c.call_id: c for c in states["call"]}
         agents = {_key("agent", a.tenant, a.agent_id): a for a in states["agent"]}
@@ -543,6 +576,8 @@ class Gateway:
         states, stats = await trio.to_thread.run_sync(self._fetch_states)
         self._install(states)
         self.shard_statistics = stats
+        if self.mirror.path:
+            self._sweep(time.time())
 
     async def _refresher(self) -> None:
         while True:
@@ -606,7 +641,8 @@ class Gateway:
     def statistics(self) -> dict[str, Any]:
         return {"sent": self.sent, "batches": self.batches, "drains": self.drains, **self.counts,
                 "calls_created": self.calls_created, "asks_waiting": len(self._waiters),
-                "channels": len(self.mirror.channels), "mirror_writes": self.mirror.writes}
+                "channels": len(self.mirror.channels), "mirror_writes": self.mirror.writes,
+                "orphans_hung_up": self.orphans_hung_up}
 
 
 @dataclass
