@@ -9,18 +9,26 @@ Rules
    a batch per crossing; only rare control calls (stream setup, one lookup per tenant) cross alone.
 2. The bridge owns the asyncio loop (``trio_asyncio.open_loop``) and the connection; it is an async
    context manager and closes both on exit, even on cancellation.
-3. Credentials: ``creds`` (a .creds file), ``user``/``password`` or ``token`` when configured.
+3. Credentials: ``creds`` (a .creds file: user JWT + nkey seed), ``nkey_seed`` (a file holding a
+   user nkey seed), ``user``/``password`` or ``token`` when configured.
+4. The first connection fails fast and typed, never hangs (nats-py, told to reconnect forever,
+   would retry a refused login forever): a server that refuses the credentials is
+   ``NatsAuthError``; one not reached within ``initial_connect_s`` is ``NatsUnreachable``; an
+   unreadable ``creds``/``nkey_seed`` file is ``NatsAuthError``. Once connected, nats-py
+   reconnects forever (a NATS restart must not stop the engine).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import nats
+import nats.aio.client
 import trio
 import trio_asyncio
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
@@ -28,7 +36,22 @@ from nats.js.errors import NotFoundError
 
 from adapters.nats.subjects import SEQ_HEADER, hpub_frame, tenant_events
 
-__all__ = ["NatsBridge", "NatsSettings", "StreamSettings", "open_bridge", "ReplayedMessage", "Published"]
+__all__ = ["NatsBridge", "NatsSettings", "StreamSettings", "open_bridge", "ReplayedMessage", "Published",
+           "NatsConnectError", "NatsAuthError", "NatsUnreachable"]
+
+log = logging.getLogger("callengine.nats")
+
+
+class NatsConnectError(RuntimeError):
+    """The first connection to NATS failed (see the subclasses)."""
+
+
+class NatsAuthError(NatsConnectError):
+    """NATS refused our credentials (or they could not be read)."""
+
+
+class NatsUnreachable(NatsConnectError):
+    """No NATS server answered within ``NatsSettings.initial_connect_s``."""
 
 T = TypeVar("T")
 
@@ -44,7 +67,11 @@ class NatsSettings:
     user: str | None = None
     password: str | None = None
     token: str | None = None
+    #: a file with a user nkey seed (``SU...``), for servers configured with ``nkey`` users
+    nkey_seed: str | None = None
     connect_timeout_s: float = 5.0
+    #: the first connection: give up (NatsUnreachable) after this long
+    initial_connect_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -346,35 +373,98 @@ class NatsBridge:
                     pass
 
 
+_AUTH_ERRORS = ("authorization violation", "authentication", "authorization failed", "user authentication")
+
+
+def _is_auth_error(error: BaseException) -> bool:
+    return isinstance(error, nats.errors.AuthorizationError) or any(
+        marker in str(error).lower() for marker in _AUTH_ERRORS)
+
+
 async def _connect(settings: NatsSettings) -> Any:
+    """Connect (rule 4): typed and bounded on the first connection, reconnecting forever after."""
+    import os
+
+    for path in (settings.creds, settings.nkey_seed):
+        if path and not os.access(path, os.R_OK):
+            raise NatsAuthError(f"NATS credentials file {path!r} cannot be read")
+    refused: list[BaseException] = []
+    connected = False
+
+    async def on_error(error: Exception) -> None:
+        if not connected and _is_auth_error(error):
+            refused.append(error)
+        log.warning("nats: %s", error)
+
     options: dict[str, Any] = {"servers": [settings.url], "name": settings.name,
                                "connect_timeout": settings.connect_timeout_s,
-                               "max_reconnect_attempts": -1, "allow_reconnect": True}
+                               "max_reconnect_attempts": -1, "allow_reconnect": True,
+                               "reconnect_time_wait": 0.5, "error_cb": on_error}
     if settings.creds:
         options["user_credentials"] = settings.creds
+    if settings.nkey_seed:
+        options["nkeys_seed"] = settings.nkey_seed
     if settings.user:
         options["user"] = settings.user
         options["password"] = settings.password or ""
     if settings.token:
         options["token"] = settings.token
-    return await nats.connect(**options)
+    nc = nats.aio.client.Client()
+    attempt = asyncio.ensure_future(nc.connect(**options))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.initial_connect_s
+    failure: NatsConnectError | None = None
+    try:
+        while not attempt.done():
+            if refused:
+                failure = NatsAuthError(f"NATS at {settings.url} refused the credentials: {refused[0]}")
+                break
+            if loop.time() >= deadline:
+                failure = NatsUnreachable(f"NATS at {settings.url} not reached within "
+                                          f"{settings.initial_connect_s:g} s")
+                break
+            await asyncio.wait({attempt}, timeout=0.05)
+        if failure is None:
+            try:
+                attempt.result()
+            except Exception as error:
+                failure = (NatsAuthError if _is_auth_error(error) else NatsUnreachable)(
+                    f"NATS at {settings.url}: {error}")
+    finally:
+        if failure is not None or not attempt.done():
+            attempt.cancel()
+            try:
+                await nc.close()
+            except Exception:  # noqa: BLE001 - closing a client that never connected
+                pass
+    if failure is not None:
+        raise failure
+    connected = True
+    return nc
 
 
 @asynccontextmanager
 async def open_bridge(settings: NatsSettings, stream: StreamSettings | None = None) -> AsyncIterator[NatsBridge]:
     """Open the asyncio loop and the connection, make sure the CTI stream exists."""
+    failure: NatsConnectError | None = None
     async with trio_asyncio.open_loop():
-        nc = await trio_asyncio.aio_as_trio(_connect)(settings)
-        bridge = NatsBridge(nc, stream or StreamSettings())
         try:
-            await bridge.ensure_stream()
-            yield bridge
-        finally:
-            with trio.CancelScope(shield=True):
-                try:
-                    await trio_asyncio.aio_as_trio(_drain)(nc)
-                except Exception:
-                    pass
+            nc = await trio_asyncio.aio_as_trio(_connect)(settings)
+        except NatsConnectError as error:
+            failure = error  # raised below, outside the loop's nursery: a plain typed error
+        if failure is None:
+            bridge = NatsBridge(nc, stream or StreamSettings())
+            try:
+                await bridge.ensure_stream()
+                yield bridge
+            finally:
+                with trio.CancelScope(shield=True):
+                    try:
+                        await trio_asyncio.aio_as_trio(_drain)(nc)
+                    except Exception:
+                        pass
+    if failure is not None:
+        raise failure
 
 
 async def _drain(nc: Any) -> None:

@@ -8,6 +8,10 @@ Rules
 Theory of operation: we pick a free port by binding port 0 and closing it, start the binary with
 ``-js -sd <tmp> -p <port> -a 127.0.0.1`` and wait (bounded) until its client port accepts TCP.
 A lost race for the port shows up as the process exiting early; we retry with a new port.
+
+``config`` (optional) is the text of a nats-server configuration file (e.g. an
+``authorization { ... }`` block, or ``operator``/``resolver: MEMORY`` for JWT accounts), written
+into the temporary directory and passed with ``-c``; the command-line flags above win over it.
 """
 
 from __future__ import annotations
@@ -69,15 +73,23 @@ async def _wait_listening(port: int, proc: trio.Process, timeout_s: float) -> bo
 
 @asynccontextmanager
 async def open_embedded_nats(*, extra_args: Sequence[str] = (), store_dir: str | None = None,
-                             start_timeout_s: float = 10.0, attempts: int = 3) -> AsyncIterator[EmbeddedNats]:
+                             start_timeout_s: float = 10.0, attempts: int = 3,
+                             config: str | None = None) -> AsyncIterator[EmbeddedNats]:
     """Run a JetStream-enabled nats-server for the duration of the block."""
     binary = find_binary()
     owned = store_dir is None
     directory = store_dir or tempfile.mkdtemp(prefix="callengine-nats-")
+    config_args: list[str] = []
+    if config is not None:
+        config_file = tempfile.NamedTemporaryFile("w", prefix="nats-", suffix=".conf", delete=False)
+        with config_file:
+            config_file.write(config)
+        config_args = ["-c", config_file.name]
     try:
         for _ in range(attempts):
             port = free_port()
-            args = [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", directory, *extra_args]
+            args = [binary, *config_args, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", directory,
+                    *extra_args]
             async with trio.open_nursery() as nursery:
                 proc: trio.Process = await nursery.start(
                     functools.partial(trio.run_process, args, stdout=subprocess.DEVNULL,
@@ -100,3 +112,5 @@ async def open_embedded_nats(*, extra_args: Sequence[str] = (), store_dir: str |
     finally:
         if owned:
             shutil.rmtree(directory, ignore_errors=True)
+        if config_args:
+            os.unlink(config_args[1])
