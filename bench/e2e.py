@@ -14,7 +14,14 @@ Figures (last line, JSON):
   clients; nats-server and PostgreSQL run in their own processes and are not counted).
 Goal (issue): >= 1,000 setups/s per engine core with p99 <= 5 ms.
 
-Usage: python bench/e2e.py [--rate 300] [--seconds 5] [--agents 400] [--hold 0.3] [--otel]
+The actors run in this process by default (the engine core measured alone); ``--ray N`` puts
+them in N Ray shard hosts behind the gateway (engine/cluster/gateway.py), as ``callengine run`` does
+by default: then ``cpu_ms_per_call`` counts the gateway process only.
+
+At the end the embedded PostgreSQL is stopped and the state directory removed (unless
+``CALLENGINE_STATE_DIR`` was given).
+
+Usage: python bench/e2e.py [--rate 300] [--seconds 5] [--agents 400] [--hold 0.3] [--otel] [--ray N]
 """
 
 from __future__ import annotations
@@ -72,7 +79,8 @@ async def engine_main(args: argparse.Namespace, port: int, child: subprocess.Pop
 
     options = RunOptions(secret="bench", state_dir=os.environ["CALLENGINE_STATE_DIR"],
                          esl_nodes=[EslNodeConfig(name="fs1", port=port)], esl_heartbeat_s=1.0,
-                         telemetry=telemetry, node_name="bench")
+                         telemetry=telemetry, node_name="bench", in_process=not args.ray,
+                         shards=args.ray or None)
     async with open_engine(options) as engine:
         for n in engine.links.nodes.values():
             n.trace = trace
@@ -103,7 +111,8 @@ async def engine_main(args: argparse.Namespace, port: int, child: subprocess.Pop
     def pct(p: float) -> float:
         return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 3) if lat else 0.0
 
-    return {"bench": "e2e", "target_rate": args.rate, "seconds": args.seconds, "agents": args.agents,
+    return {"bench": "e2e", "actors": f"{args.ray} Ray shard hosts" if args.ray else "in process",
+            "target_rate": args.rate, "seconds": args.seconds, "agents": args.agents,
             "hold_s": args.hold, "otel": args.otel, **emu_report, "engine_bridges": len(window),
             "cdrs_inserted": stats.inserted, "cdr_duplicates": stats.duplicates,
             "call_setups_per_s": round(len(window) / span, 1),
@@ -122,8 +131,12 @@ def main() -> None:
     ap.add_argument("--agents", type=int, default=400)
     ap.add_argument("--hold", type=float, default=0.3)
     ap.add_argument("--otel", action="store_true", help="tracing + metrics on (in-memory exporters)")
+    ap.add_argument("--ray", type=int, default=0, metavar="N", help="actors in N Ray shard hosts (default: in process)")
     args = ap.parse_args()
-    os.environ.setdefault("CALLENGINE_STATE_DIR", tempfile.mkdtemp(prefix="callengine-bench-e2e-"))
+    own_state = "CALLENGINE_STATE_DIR" not in os.environ
+    if own_state:
+        os.environ["CALLENGINE_STATE_DIR"] = tempfile.mkdtemp(prefix="callengine-bench-e2e-")
+    state = os.environ["CALLENGINE_STATE_DIR"]
     emulator = os.path.join(os.path.dirname(os.path.abspath(__file__)), "esl_e2e.py")
     child = subprocess.Popen([sys.executable, emulator, "--emulator", "--rate", str(args.rate), "--seconds",
                               str(args.seconds), "--agents", str(args.agents), "--hold", str(args.hold)],
@@ -136,7 +149,26 @@ def main() -> None:
     finally:
         child.kill()
         child.wait(timeout=5)
+        _cleanup(state, own_state)
     print(json.dumps(result))
+
+
+def _cleanup(state: str, own_state: bool) -> None:
+    """Stop the embedded PostgreSQL the run started (it outlives the engine on purpose, for
+    ``callengine report``) and remove the state directory we created."""
+    import pathlib
+    import shutil
+
+    from adapters.postgres.embedded import EmbeddedPostgres
+
+    pgdir = pathlib.Path(state) / "pg"
+    if pgdir.exists():
+        try:
+            EmbeddedPostgres(pgdir).stop()
+        except Exception as exc:  # noqa: BLE001 - report, still remove the directory
+            print(f"stopping the embedded PostgreSQL in {pgdir} failed: {exc!r}", file=sys.stderr)
+    if own_state:
+        shutil.rmtree(state, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,8 @@ class DemoResult:
     pg_dsn: str = ""
     peak_setups_per_s: float = 0.0
     where: str = ""
+    #: what the stuck agents (and queues with callers left) look like at the end
+    stuck_detail: list[str] = field(default_factory=list)
     #: error codes the agent desktops got from the API, counted
     api_errors: dict[str, int] = field(default_factory=dict)
     #: the gateway's counters (Ray path)
@@ -339,6 +341,17 @@ async def run_demo(*, seconds: float = 75.0, rate: float = 3.0, agents: int = 16
                 await trio.sleep(1.5)  # wrap-up timers
                 result.agents_stuck = sorted(
                     a.agent_id for a in node.runtime.states("agent") if a.state.name in ("RESERVED", "ON_CALL"))
+                for a in node.runtime.states("agent"):
+                    if a.agent_id in result.agents_stuck:
+                        call = node.runtime.state_of("call", a.call_id)
+                        result.stuck_detail.append(
+                            f"{a.agent_id} {a.state.name} call {a.call_id} "
+                            f"({'absent' if call is None else call.state.name}, caller channel "
+                            f"{'up' if a.call_id in calls and calls[a.call_id].up else 'gone'}) "
+                            f"offer {a.offer_id} of {a.offer_queue} timers {sorted(a.timers)}")
+                for q in node.runtime.states("queue"):
+                    if q.waiting:
+                        result.stuck_detail.append(f"queue {q.queue_id} waiting {[str(w)[:120] for w in q.waiting]}")
                 result.service_level = {k: round(v, 3) for k, v in _service_levels(node).items()}
                 n.cancel_scope.cancel()
             result.api_errors = dict(sum((d.errors for d in desktops), Counter()))
@@ -486,7 +499,8 @@ def summary(r: DemoResult) -> str:
         f"duplicates: {len(r.calls_with_duplicate_cdrs)})",
         f"  calls with CTI events on NATS  {r.nats_calls_with_events}  (missing: {len(r.calls_without_nats_events)}; "
         f"events {r.nats_events}, distinct seqs {r.nats_distinct_seqs}, highest seq {r.nats_max_seq})",
-        f"  agents stuck                   {len(r.agents_stuck)} of {r.agents}",
+        f"  agents stuck                   {len(r.agents_stuck)} of {r.agents}"
+        + "".join(f"\n      {d}" for d in r.stuck_detail),
         f"  dispositions                   {r.dispositions}",
         f"  service level per queue        {r.service_level}",
         f"  peak setups/s (1 s window)     {r.peak_setups_per_s:.0f}",

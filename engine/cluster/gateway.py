@@ -29,6 +29,10 @@ Rules
    hung up meanwhile; the gateway sweeps for those (``_sweep``): a call the shards hold whose
    caller channel the mirror has not had for ``orphan_after_s`` (and no originate of it in
    flight) gets a ``ChannelHangup``, as the ESL link's reconcile does after a reconnect.
+   Likewise a queue restored from a snapshot can hold waiters whose ``CallerLeft`` reached the
+   dead host after that snapshot (a batch applied and lost with the process is not retried by
+   Ray): a waiter whose call neither the shards nor the switch have had for ``orphan_after_s``
+   gets the ``CallerLeft`` the call would have sent.
 6. Stop: ``drain`` flushes the ingress, then drains the hosts until two passes in a row bring
    nothing back, so every CDR and CTI event produced before the stop reaches its writer.
 
@@ -57,6 +61,7 @@ from engine.cluster.recovery import LiveChannel
 from engine.fsm import agent as agent_fsm
 from engine.fsm import queue as queue_fsm
 from engine.messages import (
+    CallerLeft,
     ChannelAnswered,
     ChannelBridged,
     ChannelCreated,
@@ -338,6 +343,8 @@ class Gateway:
         self._orphans: dict[str, float] = {}
         self.orphan_after_s = 3.0
         self.orphans_hung_up = 0
+        self._gone_waiters: dict[tuple[str, str], float] = {}
+        self.waiters_removed = 0
 
     # ---------------------------------------------------------------- ingress (Rule 1, 2)
 
@@ -559,6 +566,21 @@ class Gateway:
                 self.put(ChannelHangup(call_id=cid, leg="a", at=now, node=call.node, cause="NORMAL_CLEARING"))
                 del seen[cid]
         self._orphans = seen
+        calls = self.view["call"]
+        gone: dict[tuple[str, str], float] = {}
+        for q in self.view["queue"].values():
+            for w in q.waiting:
+                cid = w.call_id
+                if cid in calls or cid in pending:
+                    continue
+                key = (q.queue_id, cid)
+                first = gone[key] = self._gone_waiters.get(key, now)
+                if now - first >= self.orphan_after_s:
+                    log.warning("queue %s: caller %s is gone (no call, no channel); removing it", q.queue_id, cid)
+                    self.waiters_removed += 1
+                    self.put(CallerLeft(queue_id=q.queue_id, call_id=cid, at=now))
+                    del gone[key]
+        self._gone_waiters = gone
 
     def _install(self, states: dict[str, list[Any]]) -> None:
         calls = {c.call_id: c for c in states["call"]}
@@ -642,7 +664,7 @@ class Gateway:
         return {"sent": self.sent, "batches": self.batches, "drains": self.drains, **self.counts,
                 "calls_created": self.calls_created, "asks_waiting": len(self._waiters),
                 "channels": len(self.mirror.channels), "mirror_writes": self.mirror.writes,
-                "orphans_hung_up": self.orphans_hung_up}
+                "orphans_hung_up": self.orphans_hung_up, "waiters_removed": self.waiters_removed}
 
 
 @dataclass
