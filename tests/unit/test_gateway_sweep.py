@@ -1,0 +1,102 @@
+"""The gateway's pure parts (engine/cluster/gateway.py), without Ray: the channel mirror, the
+orphan sweep (calls and queue waiters the switch no longer has), routing once per call, and the
+ClusterNode facade's view and refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.actors.errors import ActorExists
+from engine.actors.node import route_by_destination
+from engine.actors.ports import Ports
+from engine.cluster.gateway import ChannelMirror, Gateway, GatewayError
+from engine.fsm import call as call_fsm
+from engine.fsm import queue as queue_fsm
+from engine.fsm.queue import QueueConfig, Waiter
+from engine.messages import (
+    CallerLeft,
+    ChannelAnswered,
+    ChannelCreated,
+    ChannelHangup,
+    MediaBridge,
+    MediaOriginate,
+    RouteToQueue,
+)
+
+
+def gateway(tmp_path=None) -> Gateway:
+    return Gateway(None, Ports.in_memory(), router=route_by_destination({"100": "q1"}),
+                   channel_file=None if tmp_path is None else tmp_path / "channels")
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(GatewayError):
+        Gateway(None, None, busy_poll_s=0.01, idle_poll_s=0.001)
+    with pytest.raises(GatewayError):
+        Gateway(None, None, refresh_s=0)
+
+
+def test_a_new_call_is_routed_once_right_after_its_creation() -> None:
+    gw = gateway()
+    ev = ChannelCreated(call_id="c1", at=1.0, node="fs1", destination="100")
+    gw.put(ev)
+    gw.put(ev)  # a reconcile re-announcing the channel must not route the call again
+    assert [type(m) for m in gw._ops] == [ChannelCreated, RouteToQueue, ChannelCreated]
+    assert gw.calls_created == 1
+
+
+def test_entities_are_known_at_once_and_not_created_twice() -> None:
+    gw = gateway()
+    gw.node.add_queue(QueueConfig(queue_id="q1"))
+    gw.node.add_agent("a1")
+    with pytest.raises(ActorExists):
+        gw.node.add_agent("a1")
+    with pytest.raises(ActorExists):
+        gw.node.add_queue(QueueConfig(queue_id="q1"))
+    assert gw.node.state_of("agent", "a1").agent_id == "a1"
+    assert gw.node.runtime.exists("queue", "q1")
+    # a refresh that does not show them yet keeps them; one that does takes the shards' state
+    gw._install({"call": [], "agent": [], "queue": []})
+    assert gw.node.state_of("agent", "a1") is not None
+    gw._install({"call": [], "agent": [], "queue": [queue_fsm.new_queue(QueueConfig(queue_id="q1"))]})
+    assert gw._pending["queue"] == {} and "a1" in gw._pending["agent"]
+
+
+def test_mirror_follows_channels_and_the_engine_originates(tmp_path) -> None:
+    m = ChannelMirror(tmp_path / "ch")
+    m.event(ChannelCreated(call_id="c1", at=1.0, node="fs1", destination="100"))
+    m.command(MediaOriginate(call_id="c1", leg="c1-1", destination="7001",
+                             variables={"callengine_agent_id": "a7", "callengine_queue_id": "q1"}))
+    m.event(ChannelAnswered(call_id="c1", leg="c1-1", at=2.0, node="fs1"))  # no create seen for the leg
+    m.command(MediaBridge(call_id="c1", leg="a", other_leg="c1-1"))
+    leg = m.channels[("c1", "c1-1")]
+    assert (leg.agent_id, leg.queue_id, leg.answered, leg.bridged_to) == ("a7", "q1", True, "a")
+    m.write()
+    from engine.cluster.fakeswitch import FileChannelSource
+
+    assert {(c.call_id, c.leg) for c in FileChannelSource(str(tmp_path / "ch"))()} == {("c1", "a"), ("c1", "c1-1")}
+    m.event(ChannelHangup(call_id="c1", leg="a", at=3.0, node="fs1"))
+    assert ("c1", "a") not in m.channels and not m.leg_vars
+
+
+def test_sweep_hangs_up_calls_and_drops_waiters_the_switch_no_longer_has(tmp_path) -> None:
+    gw = gateway(tmp_path)
+    live = ChannelCreated(call_id="live", at=1.0, node="fs1", destination="100")
+    gw.put(live)
+    state_live, _ = call_fsm.new_call(live)
+    state_gone, _ = call_fsm.new_call(ChannelCreated(call_id="gone", at=1.0, node="fs1", destination="100"))
+    q = queue_fsm.new_queue(QueueConfig(queue_id="q1"))
+    import msgspec
+
+    q = msgspec.structs.replace(q, waiting=(Waiter(call_id="live", priority=0, seq=1, enqueued_at=1.0),
+                                            Waiter(call_id="ghost", priority=0, seq=2, enqueued_at=1.0)))
+    gw._install({"call": [state_live, state_gone], "agent": [], "queue": [q]})
+    gw._ops.clear()
+    gw._sweep(100.0)
+    assert gw._ops == []  # first sight: not yet
+    gw._sweep(102.0)
+    assert gw._ops == []  # still within orphan_after_s
+    gw._sweep(103.5)
+    assert gw._ops == [ChannelHangup(call_id="gone", leg="a", at=103.5, node="fs1", cause="NORMAL_CLEARING"),
+                       CallerLeft(queue_id="q1", call_id="ghost", at=103.5)]
+    assert gw.statistics()["orphans_hung_up"] == 1 and gw.statistics()["waiters_removed"] == 1
