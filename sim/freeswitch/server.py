@@ -1158,7 +1158,10 @@ class EslConnection:
                 await trio.sleep(self.emu._stall_until - trio.current_time())
             if data is None:
                 break
-            await self.stream.send_all(data)
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                break  # the client went away (serve's except cannot see it inside the nursery's group)
         self._cancel.cancel()
 
     async def serve(self) -> None:
