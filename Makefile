@@ -28,7 +28,7 @@ install: $(STAMP)
 # The main job: the engine end to end (FreeSWITCH emulator over real ESL, embedded NATS and
 # PostgreSQL, the API with simulated agent desktops over WebSocket) for a bounded time.
 demo: $(STAMP)
-	$(VENV)/bin/callengine demo --seconds 75
+	$(VENV)/bin/callengine demo --seconds 60
 
 # The contact-centre scenario through the deterministic simulator, with an HTML report.
 sim-demo: $(STAMP)

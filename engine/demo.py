@@ -1,10 +1,11 @@
 """``callengine demo``: the whole engine, end to end, against the FreeSWITCH emulator, for a bounded time.
 
-What runs (all on loopback, one process):
+What runs (all on loopback):
 
 * the FreeSWITCH ESL emulator (``sim.freeswitch``), with the agents' phones registered;
 * ``engine.run.open_engine``: embedded PostgreSQL (config, CDRs, queue events), embedded NATS
-  (JetStream CTI stream), the node with its ESL link to the emulator, HTTP/WebSocket/NATS API;
+  (JetStream CTI stream), the gateway with its ESL link to the emulator and the HTTP/WebSocket/NATS
+  API, the actors in Ray shard hosts (one per core; ``in_process=True`` keeps them in this process);
 * a contact-centre configuration written into PostgreSQL: a bilingual IVR (language, then topic
   menus) on DID 5000 feeding three skills-based / longest-idle queues, a VIP DID 5099;
 * simulated agent desktops, one WebSocket each: log in with their skills (``Agents/Login``), watch
@@ -203,7 +204,7 @@ class _Desktop:
         await self._send(ws, "Agents/SetReady", {})
 
 
-async def run_demo(*, seconds: float = 75.0, rate: float = 3.0, agents: int = 16, state_dir: str = "",
+async def run_demo(*, seconds: float = 60.0, rate: float = 3.0, agents: int = 16, state_dir: str = "",
                    seed: int = 1, talk_s: tuple[float, float] = (2.0, 6.0), patience_s: float = 25.0,
                    progress: bool = True, faults: bool = False, telemetry: Any = None,
                    drain_s: float = 30.0, print_fn: Any = print, in_process: bool = False,
@@ -519,7 +520,7 @@ def summary(r: DemoResult) -> str:
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("demo", help="run the whole engine against the FreeSWITCH emulator for a bounded time",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("--seconds", type=float, default=75.0, help="traffic duration (default 75; a drain follows)")
+    p.add_argument("--seconds", type=float, default=60.0, help="traffic duration (default 60; a drain follows)")
     p.add_argument("--rate", type=float, default=3.0, help="new calls per second (default 3)")
     p.add_argument("--agents", type=int, default=16, help="agent desktops (default 16)")
     p.add_argument("--state-dir", default="", help="default .state/demo")

@@ -4,26 +4,38 @@ What ``open_engine`` assembles, in this order (and tears down in reverse, so not
 
 1. PostgreSQL: ``open_database()`` (``CALLENGINE_PG_DSN``, or the embedded pgserver in
    ``<state>/pg``), migrations applied; the configuration snapshot (``PgConfigStore``).
-2. ``CdrWriter`` (spool ``<state>/cdr.spool``) and ``EventSink``: opened OUTSIDE the node, so they
-   flush after the node has shut down and written its last CDRs.
-3. ``open_stack``: NATS (``CALLENGINE_NATS_URL`` or an embedded nats-server), the CTI publisher,
-   the node, HTTP (Connect), WebSocket and NATS micro services. The ports are
-   ``Ports(media=links, cti=TeeCti(publisher, event_sink), cdr=writer)``, wrapped by telemetry
-   when it is configured (``engine.telemetry``; a no-op otherwise).
-4. ESL: ``MediaLinks(nodes_from_env())`` as the media port, its links as a supervised task of the
-   node, ``links.attach(node, engine_live_calls(node, links))``; an ``OutboundServer`` when
-   ``CALLENGINE_ESL_OUTBOUND_PORT`` is set.
-5. Configuration into the node: ``NodeConfig(snapshot).start(node)``, the router (DIDs -> queue
-   or flow; flows are handed to the call as their graph so the IVR runs), ``ConfigWatcher``
-   (LISTEN/NOTIFY) applying changes and resyncing after reconnects.
-6. API login goes through ``PresenceBridge`` (the agent learns whether its phone is registered
+2. ``CdrWriter`` (spool ``<state>/cdr.spool``) and ``EventSink``: opened first, so they flush
+   after everything else has stopped and written its last CDRs and events.
+3. NATS: ``CALLENGINE_NATS_URL``, or our own nats-server (``NatsProcess``: fixed port and store
+   ``<state>/nats``, so the fault test can restart it under the same URL).
+4. The actors. Default: Ray shard hosts behind a gateway (``engine/cluster/gateway.py``): a local
+   ``ray.init(address="local")`` with one host per core (``--shards N``), or ``--ray-address`` /
+   ``CALLENGINE_RAY_ADDRESS`` to join a cluster; this process keeps the ESL links, the CTI
+   publisher, PostgreSQL and the API (over the gateway's ``ClusterNode`` facade). ``--in-process``:
+   ``open_stack`` runs the node here (one trio runtime), as before Ray was wired in.
+   The ports are ``Ports(media=links, cti=TeeCti(publisher, event_sink), cdr=writer)``, wrapped by
+   telemetry when it is configured (``engine.telemetry``; a no-op otherwise).
+5. ESL: ``MediaLinks(nodes_from_env())`` as the media port (in process: a supervised task of the
+   node; Ray path: a task of the gateway), ``links.attach(node, engine_live_calls(node, links))``;
+   an ``OutboundServer`` when ``CALLENGINE_ESL_OUTBOUND_PORT`` is set.
+6. Configuration into the node: ``NodeConfig(snapshot).start(node)``, the router (DIDs -> queue
+   or flow; flows are handed to the call as their graph so the IVR runs; on the Ray path the
+   gateway routes each new call), ``ConfigWatcher`` (LISTEN/NOTIFY) applying changes and resyncing
+   after reconnects.
+7. API login goes through ``PresenceBridge`` (the agent learns whether its phone is registered
    before any offer).
+
+Stop: on the Ray path the gateway first hands every event it has to the shards and drains them
+(CDRs, CTI events) until they are quiet, then the shard hosts stop, then the publisher empties,
+then NATS, the event sink, the CDR writer and PostgreSQL.
 
 Time: the engine runs on ``EpochClock`` (trio's clock = epoch seconds, monotonic), so event
 times, timer deadlines and CDR times are all epoch seconds, as PostgreSQL partitioning expects.
 
-Not done: the node runs in-process (one trio runtime); Ray shard hosts (``engine/cluster``) are
-not wired into ``run`` yet.
+Not done: on the Ray path, agents and queues of a non-default tenant are addressed by their plain
+id on the shards (one tenant per deployment for now); the channel mirror that a restarted shard
+host rebuilds its calls from is a file, so it works only where the hosts share this machine's
+filesystem (the local default), not on a remote ``--ray-address`` cluster.
 """
 
 from __future__ import annotations
