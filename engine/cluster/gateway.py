@@ -33,7 +33,14 @@ Rules
    dead host after that snapshot (a batch applied and lost with the process is not retried by
    Ray): a waiter whose call neither the shards nor the switch have had for ``orphan_after_s``
    gets the ``CallerLeft`` the call would have sent.
-6. Stop: ``drain`` flushes the ingress, then drains the hosts until two passes in a row bring
+6. A killed host loses what it produced and had not yet handed over (at most one drain interval
+   of media commands, CTI events and CDRs). The gateway keeps a ledger of the calls it routed
+   (what it saw of them on the switch, and which of CALL_CREATED / CALL_ENDED / the CDR came back).
+   When a host's process changes (``statistics`` pid), after ``repair_after_s`` it completes the
+   calls that host owned: a missing CALL_CREATED is published, and a call that is gone from the
+   shards and the switch without its CALL_ENDED / CDR gets them, built from the ledger and marked
+   ``recovered`` (CTI ``data.recovered``; the CDR's ``node`` says ``recovered:<media node>``).
+7. Stop: ``drain`` flushes the ingress, then drains the hosts until two passes in a row bring
    nothing back, so every CDR and CTI event produced before the stop reaches its writer.
 
 Limits (said plainly): agents and queues of a non-default tenant are addressed by their plain id on
@@ -296,6 +303,20 @@ class ClusterNode:
 
 
 @dataclass
+class _Ledger:
+    """What the gateway knows of one call it routed (Rule 6)."""
+
+    created: ChannelCreated
+    shard: str
+    cti: set[str] = field(default_factory=set)
+    cdr: bool = False
+    answered_at: float | None = None
+    agent_id: str = ""
+    ended_at: float | None = None
+    cause: str = ""
+
+
+@dataclass
 class _Waiter:
     event: trio.Event = field(default_factory=trio.Event)
     reply: Reply | None = None
@@ -345,6 +366,12 @@ class Gateway:
         self.orphans_hung_up = 0
         self._gone_waiters: dict[tuple[str, str], float] = {}
         self.waiters_removed = 0
+        #: Rule 6
+        self.ledger: dict[str, _Ledger] = {}
+        self._pids: dict[str, Any] = {}
+        self._repairs: dict[str, float] = {}
+        self.repair_after_s = 3.0
+        self.recovered = {"cti": 0, "cdrs": 0}
 
     # ---------------------------------------------------------------- ingress (Rule 1, 2)
 
@@ -357,6 +384,7 @@ class Gateway:
                 self._routed[message.call_id] = None
                 if len(self._routed) > 200_000:
                     self._routed.popitem(last=False)
+                self._ledger_add(message)
                 self.calls_created += 1
                 self._ops.append(message)
                 decision = self.router(message) if self.router is not None else None
@@ -368,8 +396,99 @@ class Gateway:
             self.calls_created += 1
         else:
             self.mirror.event(message)
+            if tp is ChannelAnswered or tp is ChannelHangup:
+                self._ledger_event(message)
         self._ops.append(message)
         self._kick()
+
+    def _ledger_add(self, ev: ChannelCreated) -> None:
+        try:
+            shard = self.cluster.directory.owner("call", ev.call_id)
+        except Exception:  # noqa: BLE001 - no cluster (unit tests): nothing to repair
+            return
+        self.ledger[ev.call_id] = _Ledger(ev, shard)
+        if len(self.ledger) > 200_000:
+            del self.ledger[next(iter(self.ledger))]
+
+    def _ledger_event(self, ev: Any) -> None:
+        entry = self.ledger.get(ev.call_id)
+        if entry is None:
+            return
+        if type(ev) is ChannelAnswered:
+            if ev.leg == "a":
+                entry.answered_at = entry.answered_at or ev.at
+            else:
+                agent = self.mirror.channels.get((ev.call_id, ev.leg))
+                if agent is not None and agent.agent_id:
+                    entry.agent_id = agent.agent_id
+        elif ev.leg == "a":
+            entry.ended_at, entry.cause = ev.at, ev.cause
+
+    def _ledger_output(self, cti: list[Any], cdrs: list[Any]) -> None:
+        ledger = self.ledger
+        for ev in cti:
+            if ev.call_id and ev.name in ("CALL_CREATED", "CALL_ENDED"):
+                entry = ledger.get(ev.call_id)
+                if entry is not None:
+                    entry.cti.add(ev.name)
+                    if entry.cdr and "CALL_ENDED" in entry.cti:
+                        del ledger[ev.call_id]
+        for cdr in cdrs:
+            entry = ledger.get(cdr.call_id)
+            if entry is not None:
+                entry.cdr = True
+                if "CALL_ENDED" in entry.cti:
+                    del ledger[cdr.call_id]
+
+    def _note_restarts(self, stats: dict[str, dict[str, Any]], now: float) -> None:
+        for shard, st in stats.items():
+            pid = st.get("pid")
+            old = self._pids.get(shard)
+            self._pids[shard] = pid
+            if old is not None and pid != old:
+                log.warning("shard host %s restarted (pid %s -> %s): repairing its calls in %.1f s",
+                            shard, old, pid, self.repair_after_s)
+                self._repairs[shard] = now + self.repair_after_s
+
+    def _repair(self, now: float) -> None:
+        """Rule 6, for the hosts whose restart is ``repair_after_s`` old."""
+        due = [s for s, at in self._repairs.items() if at <= now]
+        for shard in due:
+            del self._repairs[shard]
+            for call_id, entry in list(self.ledger.items()):
+                if entry.shard != shard:
+                    continue
+                self._repair_call(call_id, entry, now)
+
+    def _repair_call(self, call_id: str, entry: _Ledger, now: float) -> None:
+        from engine.messages import Cdr, CtiEvent
+
+        ev = entry.created
+        base = {"recovered": True}
+        if "CALL_CREATED" not in entry.cti:
+            self.recovered["cti"] += 1
+            self._guard(self.ports.cti.publish, CtiEvent(
+                name="CALL_CREATED", tenant=ev.tenant, at=ev.at, call_id=call_id,
+                data={"caller_id": ev.caller_id, "destination": ev.destination, "direction": ev.direction, **base}))
+            entry.cti.add("CALL_CREATED")
+        alive = call_id in self.view["call"] or (call_id, "a") in self.mirror.channels
+        if alive or entry.ended_at is None:
+            return  # the rebuilt call will report its own end
+        if "CALL_ENDED" not in entry.cti:
+            self.recovered["cti"] += 1
+            self._guard(self.ports.cti.publish, CtiEvent(
+                name="CALL_ENDED", tenant=ev.tenant, at=entry.ended_at, call_id=call_id,
+                data={"cause": entry.cause, **base}))
+        if not entry.cdr:
+            self.recovered["cdrs"] += 1
+            answered = entry.agent_id != ""
+            self._guard(self.ports.cdr.write, Cdr(
+                call_id=call_id, tenant=ev.tenant, direction=ev.direction, caller_id=ev.caller_id,
+                destination=ev.destination, created_at=ev.at,
+                answered_at=entry.answered_at if answered else None, ended_at=entry.ended_at,
+                disposition="answered" if answered else "abandoned", hangup_cause=entry.cause or "NORMAL_CLEARING",
+                agent_id=entry.agent_id, node=f"recovered:{ev.node}"))
+        self.ledger.pop(call_id, None)
 
     def deliver_nowait(self, message: Any) -> None:
         """The ESL links' sink interface."""
@@ -482,6 +601,7 @@ class Gateway:
         ports = self.ports
         n = 0
         for media, cdrs, cti, replies in parts:
+            self._ledger_output(cti, cdrs)
             # what the hosts handed over is gone from them: a port that raises must not lose the rest
             for ev in cti:
                 self._guard(ports.cti.publish, ev)
@@ -598,8 +718,11 @@ class Gateway:
         states, stats = await trio.to_thread.run_sync(self._fetch_states)
         self._install(states)
         self.shard_statistics = stats
+        now = time.time()
+        self._note_restarts(stats, now)
         if self.mirror.path:
-            self._sweep(time.time())
+            self._sweep(now)
+        self._repair(now)
 
     async def _refresher(self) -> None:
         while True:
@@ -664,7 +787,9 @@ class Gateway:
         return {"sent": self.sent, "batches": self.batches, "drains": self.drains, **self.counts,
                 "calls_created": self.calls_created, "asks_waiting": len(self._waiters),
                 "channels": len(self.mirror.channels), "mirror_writes": self.mirror.writes,
-                "orphans_hung_up": self.orphans_hung_up, "waiters_removed": self.waiters_removed}
+                "orphans_hung_up": self.orphans_hung_up, "waiters_removed": self.waiters_removed,
+                "ledger": len(self.ledger), "recovered_cti": self.recovered["cti"],
+                "recovered_cdrs": self.recovered["cdrs"]}
 
 
 @dataclass

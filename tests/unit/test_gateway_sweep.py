@@ -100,3 +100,48 @@ def test_sweep_hangs_up_calls_and_drops_waiters_the_switch_no_longer_has(tmp_pat
     assert gw._ops == [ChannelHangup(call_id="gone", leg="a", at=103.5, node="fs1", cause="NORMAL_CLEARING"),
                        CallerLeft(queue_id="q1", call_id="ghost", at=103.5)]
     assert gw.statistics()["orphans_hung_up"] == 1 and gw.statistics()["waiters_removed"] == 1
+
+
+class _Directory:
+    def owner(self, kind: str, actor_id: str) -> str:
+        return "s0"
+
+
+class _Cluster:
+    directory = _Directory()
+
+
+def test_a_restarted_host_calls_are_completed_from_the_ledger() -> None:
+    from engine.messages import Cdr, CtiEvent
+
+    ports = Ports.in_memory()
+    gw = Gateway(_Cluster(), ports, router=route_by_destination({"100": "q1"}))
+    done = ChannelCreated(call_id="done", at=1.0, node="fs1", destination="100")
+    lost = ChannelCreated(call_id="lost", at=2.0, node="fs1", destination="100", caller_id="+1")
+    for ev in (done, lost):
+        gw.put(ev)
+    # "done" reports everything itself: it leaves the ledger
+    gw._ledger_output([CtiEvent(name="CALL_CREATED", tenant="default", at=1.0, call_id="done"),
+                       CtiEvent(name="CALL_ENDED", tenant="default", at=3.0, call_id="done")],
+                      [Cdr(call_id="done", tenant="default", direction="inbound", caller_id="", destination="100",
+                           created_at=1.0, answered_at=None, ended_at=3.0, disposition="abandoned",
+                           hangup_cause="NORMAL_CLEARING")])
+    assert set(gw.ledger) == {"lost"}
+    # "lost": its agent answered, then the caller hung up; its host died before handing anything over
+    gw.mirror.command(MediaOriginate(call_id="lost", leg="lost-1", destination="7001",
+                                     variables={"callengine_agent_id": "a7"}))
+    gw.put(ChannelAnswered(call_id="lost", leg="lost-1", at=4.0, node="fs1"))
+    gw.put(ChannelHangup(call_id="lost", leg="a", at=9.0, node="fs1", cause="NORMAL_CLEARING"))
+    gw._note_restarts({"s0": {"pid": 10}}, 100.0)
+    gw._repair(100.0)
+    assert not ports.cti.items  # no restart seen yet: nothing to repair
+    gw._note_restarts({"s0": {"pid": 11}}, 101.0)
+    gw._repair(102.0)
+    assert not ports.cti.items  # not before repair_after_s
+    gw._repair(104.5)
+    assert [(e.name, e.call_id, e.data.get("recovered")) for e in ports.cti.items] == [
+        ("CALL_CREATED", "lost", True), ("CALL_ENDED", "lost", True)]
+    (cdr,) = ports.cdr.items
+    assert (cdr.call_id, cdr.disposition, cdr.agent_id, cdr.ended_at, cdr.node) == (
+        "lost", "answered", "a7", 9.0, "recovered:fs1")
+    assert gw.ledger == {} and gw.statistics()["recovered_cdrs"] == 1
