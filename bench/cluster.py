@@ -2,7 +2,14 @@
 
 Prints figures and, on its last line, one JSON object:
   scale_2_vs_1           completed calls/s with two shard hosts over one (same per-host load and
-                         entities per host; ~half of the reservation protocol crosses shards with two)
+                         entities per host; ~half of the reservation protocol crosses shards with two).
+                         Each host generates its own load (loadgen.LocalSwitch, in its trio thread);
+                         the driver only reads statistics. Where the CPU went, from /proc:
+                         host_cores_N (cores the hosts got), host_cpu_ms_per_call_N, other_cores_2
+                         (the rest of the machine), and scale_2_vs_1 = cores_ratio_2_vs_1 *
+                         cpu_efficiency_2_vs_1 exactly
+  scale_2_vs_1_no_cross_shard  the same two hosts when no message crosses shards (each host's calls
+                         dial queues on that host, whose agents live with them): the box's ceiling
   cross_shard_msgs_per_s routing messages/s from one host to another, batched (outbox -> Ray call)
   cross_shard_nats_msgs_per_s  the same flood, same batch size, carried over NATS (embedded
                          nats-server, a subject per shard) instead of Ray calls
@@ -44,15 +51,36 @@ def ensure_ray(cpus: int) -> None:
                  namespace="bench-cluster")
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used, from /proc (Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds the whole machine spent busy (all processes, all cores), from /proc/stat."""
+    with open("/proc/stat") as f:
+        user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def throughput(shards: int, *, agents_per_shard: int, queues_per_shard: int, concurrency: int,
                warmup_s: float, measure_s: float, max_delay_s: float, transport: str = "ray", nats_url: str = "",
-               max_batch: int = 1024, tenants: bool = False) -> dict:
+               max_batch: int = 1024, tenants: bool = False, local_queues: bool = False) -> dict:
+    """Completed calls/s with ``shards`` hosts, each generating its own load (loadgen.LocalSwitch,
+    in the host's trio thread: the driver only reads statistics twice). Also where the CPU went:
+    the hosts' own CPU seconds (from /proc), per completed call, and the rest of the machine."""
     n_queues = queues_per_shard * shards
     queues = [QueueConfig(queue_id=f"bq{i}") for i in range(n_queues)]
     routes = {f"9{i}": q.queue_id for i, q in enumerate(queues)}
-    ns = f"bench{shards}{transport}{int(tenants)}"
+    ns = f"bench{shards}{transport}{int(tenants)}{int(local_queues)}"
     config = HostConfig(namespace=ns, prefix=f"{ns}-", routes=routes, snapshot_interval_s=0,
-                        collect_outputs=False, max_delay_s=max_delay_s, local_switch=local_switch(tuple(routes), concurrency),
+                        collect_outputs=False, max_delay_s=max_delay_s,
+                        local_switch=local_switch(tuple(routes), concurrency, local_queues),
                         transport=transport, nats_url=nats_url, max_batch=max_batch)
     if tenants:
         # one tenant per shard's worth of queues and agents, spread 1: a queue and its agents
@@ -72,19 +100,27 @@ def throughput(shards: int, *, agents_per_shard: int, queues_per_shard: int, con
         ray.get([h.call.remote(lambda host: host.switch.start()) for h in cl.hosts.values()])
         time.sleep(warmup_s)
 
+        pids = [s["pid"] for s in cl.statistics().values()]
+
         def snap():
             st = cl.statistics()
             return (time.perf_counter(), sum(s["switch"]["completed"] for s in st.values()),
                     sum(s["outbox"]["messages"] for s in st.values()),
-                    sum(s["outbox"]["batches"] for s in st.values()))
+                    sum(s["outbox"]["batches"] for s in st.values()),
+                    sum(_cpu_s(p) for p in pids), _machine_busy_s())
 
-        t0, c0, m0, b0 = snap()
+        t0, c0, m0, b0, h0, w0 = snap()
         time.sleep(measure_s)
-        t1, c1, m1, b1 = snap()
+        t1, c1, m1, b1, h1, w1 = snap()
         ray.get([h.call.remote(lambda host: host.switch.stop()) for h in cl.hosts.values()])
         dt = t1 - t0
+        calls = max(1, c1 - c0)
         return {"shards": shards, "calls_per_s": (c1 - c0) / dt, "cross_msgs_per_s": (m1 - m0) / dt,
-                "mean_batch": (m1 - m0) / max(1, b1 - b0), "cross_per_call": (m1 - m0) / max(1, c1 - c0)}
+                "mean_batch": (m1 - m0) / max(1, b1 - b0), "cross_per_call": (m1 - m0) / calls,
+                # cores the shard hosts got, and CPU ms each completed call cost them
+                "host_cores": (h1 - h0) / dt, "host_cpu_ms_per_call": 1000 * (h1 - h0) / calls,
+                # cores busy on the whole machine, and the part that was not the shard hosts
+                "machine_cores": (w1 - w0) / dt, "other_cores": ((w1 - w0) - (h1 - h0)) / dt}
     finally:
         for h in cl.hosts.values():
             ray.kill(h)
@@ -182,7 +218,7 @@ def main() -> None:
     ap.add_argument("--queues-per-shard", type=int, default=5)
     ap.add_argument("--concurrency", type=int, default=300, help="calls in flight per shard host")
     ap.add_argument("--max-delay-ms", type=float, default=2.0, help="outbox flush delay")
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: scale,cross,recovery")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: scale,ceiling,cross,recovery")
     ap.add_argument("--cross-msgs", type=int, default=200_000)
     ap.add_argument("--cross-batches", default="64,1024", help="outbox batch sizes for the Ray/NATS comparison")
     ap.add_argument("--recovery-agents", type=int, default=2000)
@@ -193,14 +229,26 @@ def main() -> None:
               concurrency=args.concurrency, warmup_s=args.warmup_s, measure_s=args.measure_s,
               max_delay_s=args.max_delay_ms / 1000)
     skip = set(filter(None, args.skip.split(",")))
-    if "scale" in skip:
-        one = two = {"calls_per_s": float("nan"), "cross_msgs_per_s": float("nan"), "mean_batch": 0}
-    else:
+    nan_run = {k: float("nan") for k in ("calls_per_s", "cross_msgs_per_s", "mean_batch", "cross_per_call",
+                                          "host_cores", "host_cpu_ms_per_call", "machine_cores", "other_cores")}
+    one = two = ceiling = nan_run
+
+    def show(label: str, res: dict) -> None:
+        print(f"{label}: {res['calls_per_s']:7.0f} calls/s  hosts used {res['host_cores']:.2f} cores, "
+              f"{res['host_cpu_ms_per_call']:.3f} CPU ms/call; rest of the machine {res['other_cores']:.2f} cores; "
+              f"cross-shard {res['cross_msgs_per_s']:.0f} msg/s = {res['cross_per_call']:.1f}/call "
+              f"(mean batch {res['mean_batch']:.0f})", flush=True)
+
+    if "scale" not in skip:
         one = throughput(1, **kw)
-        print(f"1 shard host : {one['calls_per_s']:9.0f} calls/s", flush=True)
+        show("1 shard host ", one)
         two = throughput(2, **kw)
-    print(f"2 shard hosts: {two['calls_per_s']:9.0f} calls/s  cross-shard {two['cross_msgs_per_s']:.0f} msg/s "
-          f"(mean batch {two['mean_batch']:.0f})", flush=True)
+        show("2 shard hosts", two)
+        if "ceiling" not in skip:
+            # the same two hosts when no message crosses shards (each host's calls dial queues on
+            # that host, and a queue's agents live with it): what the box allows at best
+            ceiling = throughput(2, tenants=True, local_queues=True, **kw)
+            show("2 hosts, no cross-shard traffic", ceiling)
     nan = {"msgs_per_s": float("nan"), "mean_batch": 0}
     cross, cross_nats = nan, nan
     table: list[dict] = []
@@ -231,6 +279,19 @@ def main() -> None:
         "scale_2_vs_1": r(two["calls_per_s"] / one["calls_per_s"], 3),
         "calls_per_s_1": r(one["calls_per_s"]),
         "calls_per_s_2": r(two["calls_per_s"]),
+        # why: the cores the hosts got, the CPU each call cost them, and the no-cross-shard ceiling
+        "host_cores_1": r(one["host_cores"], 2),
+        "host_cores_2": r(two["host_cores"], 2),
+        "host_cpu_ms_per_call_1": r(one["host_cpu_ms_per_call"], 3),
+        "host_cpu_ms_per_call_2": r(two["host_cpu_ms_per_call"], 3),
+        "other_cores_2": r(two["other_cores"], 2),
+        "cross_per_call_2": r(two["cross_per_call"], 2),
+        # scale_2_vs_1 = cores_ratio * cpu_efficiency exactly (calls/s = cores / CPU per call): on
+        # dedicated cores the first factor would be 2
+        "cores_ratio_2_vs_1": r(two["host_cores"] / one["host_cores"], 3),
+        "cpu_efficiency_2_vs_1": r(one["host_cpu_ms_per_call"] / two["host_cpu_ms_per_call"], 3),
+        "scale_2_vs_1_no_cross_shard": r(ceiling["calls_per_s"] / one["calls_per_s"], 3),
+        "host_cores_2_no_cross_shard": r(ceiling["host_cores"], 2),
         "cross_shard_msgs_per_s": r(cross["msgs_per_s"]),
         "cross_shard_nats_msgs_per_s": r(cross_nats["msgs_per_s"]),
         "cross_shard_by_batch": {f"{t['transport']}@{t['max_batch']}": r(t["msgs_per_s"]) for t in table},

@@ -26,10 +26,14 @@ __all__ = ["LocalSwitch", "local_switch"]
 
 
 class LocalSwitch:
-    def __init__(self, host: Any, *, destinations: tuple[str, ...], concurrency: int) -> None:
+    def __init__(self, host: Any, *, destinations: tuple[str, ...], concurrency: int,
+                 local_queues: bool = False) -> None:
         self.host = host
         self.destinations = destinations
         self.concurrency = concurrency
+        #: dial only the destinations whose queue lives on this shard (a media node whose
+        #: tenants' queues are placed with its calls); the benchmark's "no cross-shard" ceiling
+        self.local_queues = local_queues
         self.pending: deque[Any] = deque()
         self.lot = trio.lowlevel.ParkingLot()
         self.started = 0
@@ -45,6 +49,10 @@ class LocalSwitch:
         return {"started": self.started, "completed": self.completed, "running": self.running}
 
     def start(self) -> None:
+        if self.local_queues:
+            node, routes = self.host.node, self.host.config.routes
+            mine = tuple(d for d in self.destinations if node.directory.owner("queue", routes[d]) == node.name)
+            self.destinations = mine or self.destinations
         self.running = True
         for _ in range(self.concurrency):
             self._new_call()
@@ -97,9 +105,11 @@ class LocalSwitch:
 
 
 class local_switch:  # noqa: N801 - a picklable factory, used like a function
-    def __init__(self, destinations: tuple[str, ...], concurrency: int = 200) -> None:
+    def __init__(self, destinations: tuple[str, ...], concurrency: int = 200, local_queues: bool = False) -> None:
         self.destinations = destinations
         self.concurrency = concurrency
+        self.local_queues = local_queues
 
     def __call__(self, host: Any) -> LocalSwitch:
-        return LocalSwitch(host, destinations=self.destinations, concurrency=self.concurrency)
+        return LocalSwitch(host, destinations=self.destinations, concurrency=self.concurrency,
+                           local_queues=self.local_queues)
