@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -233,10 +233,13 @@ class Api:
         agent_id = req.agent_id if principal.sees_tenant else principal.agent_id
         return EventFilter(types=req.types, call_id=req.call_id, agent_id=agent_id, queue_id=req.queue_id)
 
-    async def watch(self, principal: Principal, req: t.WatchRequest, *,
-                    capacity: int | None = None) -> AsyncIterator[list[tuple[int, str]]]:
+    async def watch(self, principal: Principal, req: t.WatchRequest, *, capacity: int | None = None,
+                    on_ready: Callable[[], None] | None = None) -> AsyncIterator[list[tuple[int, str]]]:
         """Batches of (seq, event JSON) for the caller's tenant: replayed first (from JetStream),
-        then live. Raises ``ApiError(RESOURCE_EXHAUSTED)`` when the consumer fell too far behind."""
+        then live. Raises ``ApiError(RESOURCE_EXHAUSTED)`` when the consumer fell too far behind.
+        ``on_ready()`` is called once the watch is in place (every event published from then on,
+        on this node or, with a NATS feed, on another, will be delivered): the moment to tell
+        the client "watching"."""
         accept = self.event_filter(principal, req)
         replaying = req.from_seq > 0 or req.since > 0
         # while replaying, take everything and filter here: gaps are detected on the raw seq
@@ -245,6 +248,8 @@ class Api:
         try:
             # several nodes: events of this tenant published elsewhere flow in from NATS from here on
             await self.hub.feed_ready(principal.tenant)
+            if on_ready is not None:
+                on_ready()
             last = 0
             if replaying:
                 if self.bridge is None:

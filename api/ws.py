@@ -308,7 +308,7 @@ class _Connection:
             self.watch_scope.cancel()
         scope = self.watch_scope = trio.CancelScope()
         self.batching = req.batch
-        self.reply(frame.id, {"watching": True})
+        # "watching" is sent by the pump once the watch is in place (Api.watch's on_ready)
         self.nursery.start_soon(self._pump_events, frame.id, req, scope)
 
     async def _pump_events(self, frame_id: Any, req: Any, scope: trio.CancelScope) -> None:
@@ -318,7 +318,10 @@ class _Connection:
             if req.timeout_s:
                 scope.deadline = trio.current_time() + req.timeout_s
             try:
-                async with aclosing(self.api.watch(self.principal, req)) as stream:
+                def ready() -> None:
+                    self.reply(frame_id, {"watching": True})
+
+                async with aclosing(self.api.watch(self.principal, req, on_ready=ready)) as stream:
                     async for batch in stream:
                         if req.max_events and sent + len(batch) >= req.max_events:
                             batch = batch[:req.max_events - sent]

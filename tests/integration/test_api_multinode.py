@@ -65,10 +65,9 @@ def test_watcher_on_one_node_sees_another_nodes_events_once_in_order_and_tenants
         async with two_nodes() as (a, b):
             async with ws_client(a, sup("t1")) as w1, ws_client(a, sup("t2")) as w2, \
                     ws_client(a, sup("t3")) as w3, ws_client(b, sup("t3")) as w3b:
+                # "watching" means in place: from then on nothing another node publishes is missed
                 for w in (w1, w2, w3, w3b):
                     assert (await w.call("Events/Watch", {}))["result"] == {"watching": True}
-                await fed(a, "t1", "t2", "t3")
-                await fed(b, "t3")
                 burst(b, "t1", 120, "b")   # t1 and t2 are published by node B
                 burst(b, "t2", 40, "x")
                 burst(a, "t3", 30, "a")    # t3 by node A: local fast path + its NATS echo
@@ -85,6 +84,28 @@ def test_watcher_on_one_node_sees_another_nodes_events_once_in_order_and_tenants
             assert [e["call_id"] for e in e3b] == [f"a{i}" for i in range(30)]
             assert a.hub.remote_published == 160 and a.fanout.skipped >= 30  # the t3 echo, dropped
             assert a.publisher.seq_clashes == b.publisher.seq_clashes == 0
+
+    run(main)
+
+
+def test_watching_is_sent_only_once_the_other_nodes_events_flow_in():
+    """A slow subscription (latency injected before the real one) must delay "watching", not
+    lose the events published right after it."""
+
+    async def main():
+        async with two_nodes() as (a, b):
+            real = a.fanout._subscribe
+
+            async def slow(tenants):
+                await trio.sleep(0.5)
+                await real(tenants)
+
+            a.fanout._subscribe = slow
+            async with ws_client(a, sup("t1")) as w:
+                assert (await w.call("Events/Watch", {}))["result"] == {"watching": True}
+                burst(b, "t1", 10, "b")
+                events = await events_of(w, 10)
+            assert [e["seq"] for e in events] == list(range(1, 11))
 
     run(main)
 
