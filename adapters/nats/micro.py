@@ -75,7 +75,9 @@ class WatchRelays:
     def running(self) -> int:
         return sum(self.by_tenant.values())
 
-    def start(self, api: Api, principal: Principal, req: t.WatchRequest) -> t.WatchStarted:
+    async def start(self, api: Api, principal: Principal, req: t.WatchRequest) -> t.WatchStarted:
+        """Start a relay; returns once its watch is in place (``Api.watch``'s ``on_ready``), so
+        every event published after the reply reaches the inbox."""
         if not req.deliver_subject:
             raise ApiError("INVALID_ARGUMENT", "deliver_subject is required on NATS: subscribe to an "
                                                "inbox (_INBOX....) first, then ask")
@@ -85,22 +87,32 @@ class WatchRelays:
         watch_id = uuid.uuid4().hex
         self.by_tenant[tenant] = self.by_tenant.get(tenant, 0) + 1
         self.started += 1
-        self.nursery.start_soon(self._run, api, principal, req, watch_id)
+        await self.nursery.start(self._run, api, principal, req, watch_id)
         return t.WatchStarted(watch_id=watch_id, deliver_subject=req.deliver_subject)
 
-    async def _run(self, api: Api, principal: Principal, req: t.WatchRequest, watch_id: str) -> None:
+    async def _run(self, api: Api, principal: Principal, req: t.WatchRequest, watch_id: str, *,
+                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         subject = req.deliver_subject
         bridge = self.bridge
         end: dict[str, Any] = {}
+        started = False
+
+        def ready() -> None:
+            nonlocal started
+            if not started:
+                started = True
+                task_status.started()
+
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._probe, subject, watch_id, nursery.cancel_scope)
                 with trio.move_on_after(req.timeout_s or WATCH_DEFAULT_TIMEOUT_S):
-                    end = await self._pump(api, principal, req, watch_id)
+                    end = await self._pump(api, principal, req, watch_id, ready)
                 nursery.cancel_scope.cancel()
         except Exception as error:  # noqa: BLE001 - the bus failed: the client's stream just ends
             end = {"error": {"code": "UNAVAILABLE", "message": type(error).__name__}}
         finally:
+            ready()  # failed before it was in place: the reply goes, the end message says why
             self.by_tenant[principal.tenant] -= 1
             if not self.by_tenant[principal.tenant]:
                 del self.by_tenant[principal.tenant]
@@ -112,10 +124,11 @@ class WatchRelays:
                 except Exception:  # noqa: BLE001
                     pass
 
-    async def _pump(self, api: Api, principal: Principal, req: t.WatchRequest, watch_id: str) -> dict[str, Any]:
+    async def _pump(self, api: Api, principal: Principal, req: t.WatchRequest, watch_id: str,
+                    on_ready: Any = None) -> dict[str, Any]:
         subject = req.deliver_subject
         left = req.max_events or -1
-        stream = api.watch(principal, req)
+        stream = api.watch(principal, req, on_ready=on_ready)
         try:
             async for batch in stream:
                 if left >= 0:
@@ -164,7 +177,7 @@ async def _start_watch(api: Api, relays: WatchRelays, tenant: str, token: str | 
             api._deny(principal, method, "nats", error)
             raise error
         req = api.authorize_watch(principal, data, "nats")
-        return "OK", _encoder.encode(relays.start(api, principal, req)), ""
+        return "OK", _encoder.encode(await relays.start(api, principal, req)), ""
     except ApiError as error:
         return error.code, _encoder.encode(error.to_dict()), error.message
 

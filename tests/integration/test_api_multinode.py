@@ -164,6 +164,8 @@ def test_real_engine_events_reach_other_node_over_http_stream_and_nats_watch_wit
 
             assert a.bridge is not None
 
+            token_ = trio.lowlevel.current_trio_token()
+
             async def nats_watch() -> list[int]:
                 nc = await nats.connect(a.nats_url)
                 try:
@@ -173,6 +175,7 @@ def test_real_engine_events_reach_other_node_over_http_stream_and_nats_watch_wit
                                              json.dumps({"deliver_subject": inbox, "max_events": 4}).encode(),
                                              timeout=5, headers={"Authorization": f"Bearer {sup('t1')}"})
                     assert json.loads(reply.data)["watching"] is True
+                    token_.run_sync_soon(watching.set)
                     got: list[int] = []
                     while len(got) < 4:
                         msg = await sub.next_msg(timeout=5)
@@ -184,11 +187,12 @@ def test_real_engine_events_reach_other_node_over_http_stream_and_nats_watch_wit
                     await nc.close()
 
             async with trio.open_nursery() as nursery:
-                async def publish_when_fed() -> None:
-                    await trio.sleep(0.3)  # the relay subscribes on A; A's feed already follows t1
+                async def publish_after_reply() -> None:
+                    await watching.wait()  # the reply means the relay's watch is in place
                     burst(b, "t1", 4, "nats")
 
-                nursery.start_soon(publish_when_fed)
+                watching = trio.Event()
+                nursery.start_soon(publish_after_reply)
                 got = await a.bridge.aio(nats_watch)
             start = published + 4
             assert got == list(range(start, start + 4)), got
