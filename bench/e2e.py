@@ -80,7 +80,8 @@ async def engine_main(args: argparse.Namespace, port: int, child: subprocess.Pop
     options = RunOptions(secret="bench", state_dir=os.environ["CALLENGINE_STATE_DIR"],
                          esl_nodes=[EslNodeConfig(name="fs1", port=port)], esl_heartbeat_s=1.0,
                          telemetry=telemetry, node_name="bench", in_process=not args.ray,
-                         shards=args.ray or None)
+                         shards=args.ray or None, view_refresh_s=float(os.environ.get("BENCH_REFRESH_S", "0.2")),
+                         snapshot_interval_s=float(os.environ.get("BENCH_SNAPSHOT_S", "0.2")))
     async with open_engine(options) as engine:
         for n in engine.links.nodes.values():
             n.trace = trace
@@ -100,6 +101,8 @@ async def engine_main(args: argparse.Namespace, port: int, child: subprocess.Pop
         with trio.move_on_after(5):
             while node.runtime.ids("call"):
                 await trio.sleep(0.05)
+        if engine.gateway is not None:
+            await engine.gateway.drain(timeout=10)  # the shards' last CDRs into the writer
         t_end = trio.current_time()
         cpu = time.process_time() - cpu0
         await engine.cdr_writer.wait_settled(10)

@@ -98,6 +98,8 @@ class RunOptions:
     shards: int | None = None
     #: how often the gateway refreshes its view of the shards' states (seconds)
     view_refresh_s: float = 0.2
+    #: how often each shard host writes its changed agents/queues to the snapshot store
+    snapshot_interval_s: float = 0.2
 
 
     @classmethod
@@ -393,7 +395,7 @@ async def _open_cluster_stack(stack: AsyncExitStack, o: RunOptions, *, state: pa
     shards = o.shards if o.shards is not None else default_shards()
     host_config = HostConfig(namespace=f"callengine-{os.getpid()}", store=FileSnapshotStore(snapshots),
                              channel_sources=(FileChannelSource(str(channel_file)),),
-                             collect_events=True, snapshot_interval_s=0.2)
+                             collect_events=True, snapshot_interval_s=o.snapshot_interval_s)
     cluster = Cluster(shards=shards, ray_address=o.ray_address, config=host_config,
                       host_cpus=0.5 if o.ray_address is None else 1.0)
     log.info("starting %d shard host(s) on Ray", shards)

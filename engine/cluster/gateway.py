@@ -360,6 +360,10 @@ class Gateway:
         self._idle_sends.set()
         self._inflight = 0
         self._running = False
+        self._egress_wake = trio.Event()
+        self._hot_until = 0.0
+        #: after a send, poll at the busy rate this long
+        self.hot_s = 0.05
         #: call id -> when the sweep first saw it without a caller channel
         self._orphans: dict[str, float] = {}
         self.orphan_after_s = 3.0
@@ -557,6 +561,9 @@ class Gateway:
             try:
                 self.batches += await trio.to_thread.run_sync(self._send_ops, ops)
                 self.sent += len(ops)
+                # the shards are working on it: poll for the effects at the busy rate now
+                self._hot_until = time.monotonic() + self.hot_s
+                self._egress_wake.set()
             except Exception as exc:  # noqa: BLE001 - Ray unavailable: keep the ops, retry
                 log.warning("sending %d messages to the shards failed (%r); retrying", len(ops), exc)
                 self._ops[:0] = ops
@@ -638,16 +645,22 @@ class Gateway:
         return self._dispatch(parts)
 
     async def _egress(self) -> None:
+        """Poll at ``busy_poll_s`` while outputs come or for ``hot_s`` after a send, else back off
+        to ``idle_poll_s``; a send wakes it at once."""
         delay = self.busy_poll_s
         while True:
+            self._egress_wake = trio.Event()
             try:
                 n = await self.drain_once()
             except Exception as exc:  # noqa: BLE001 - a host restarting: Ray retries, we poll again
                 log.warning("draining the shards failed (%r); retrying", exc)
                 n = 0
                 await trio.sleep(0.2)
-            delay = self.busy_poll_s if n or self._ops else min(self.idle_poll_s, delay * 2)
-            await trio.sleep(delay)
+            hot = n or self._ops or time.monotonic() < self._hot_until
+            delay = self.busy_poll_s if hot else min(self.idle_poll_s, delay * 2)
+            with trio.move_on_after(delay):
+                await self._egress_wake.wait()
+                await trio.sleep(self.busy_poll_s / 4)  # let the shards apply the batch
 
     # ---------------------------------------------------------------- state view (Rule 4)
 
