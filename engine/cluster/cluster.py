@@ -15,6 +15,9 @@ Rules
    its Adopt is parked), the driver waits
    until every adoption arrived, then the parked messages are delivered. Live calls move with their
    timers like idle entities; nothing is dropped, a call just pauses for the hand-over (~ms).
+5. A removed host is retired only when nothing is in flight: every batch sent to it was applied
+   there, its undrained media commands, CDRs, CTI events and replies are kept for the next
+   ``drain`` (``drain_retired``), and it is killed once its last forwards were applied by peers.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ Rules
    rebuilt actors. Finally it asks its peers to re-announce (``resync``): agents whose queues live
    here resend their status, callers waiting in queues that live here rejoin them.
 3. Cross-shard sends go through the ``Outbox`` to ``peer.deliver_batch.remote(bytes)``: one Ray
-   call per batch, fire-and-forget, ordered per link by Ray.
+   call per batch, fire-and-forget; Ray does not always keep a link's order, the receiver
+   restores it (Rule 4).
 4. A batch is applied once, and in order per link. Ray retries a call to a restarted host
    (``max_task_retries=-1``), so the same batch can arrive twice, and Ray may run two batches of
    one link out of order. ``LinkInbox`` (links.py; per link: sender incarnation, sequence number)
