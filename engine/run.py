@@ -282,7 +282,10 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
         admin = ConfigAdminStore(store)
         await admin.prime()
         router = _flow_router(config, o.flows)
-        cluster = gateway = None
+        cluster: Any = None
+        gateway: Any = None
+        api_stack: Any
+        node: Any
         if o.in_process:
             from api.app import open_stack
 
@@ -425,7 +428,7 @@ async def _open_cluster_stack(stack: AsyncExitStack, o: RunOptions, *, state: pa
     stack.callback(nursery.cancel_scope.cancel)
     await nursery.start(gateway.run)
     await nursery.start(links.run)
-    api = Api(gateway.node, Authenticator(secret), store=store, hub=hub, bridge=bridge,
+    api = Api(gateway.node, Authenticator(secret),  # type: ignore[arg-type]  # the Node facade (gateway.py) store=store, hub=hub, bridge=bridge,
               limiter=RateLimiter(200.0, 400.0), audit=AuditLog())
     result = ClusterStack(node=gateway.node, api=api, publisher=publisher, hub=hub, media=links,
                           bridge=bridge, nats_url=nats_url)
