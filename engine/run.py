@@ -261,19 +261,28 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
     links = MediaLinks(o.esl_nodes if o.esl_nodes is not None else nodes_from_env(),
                        registry=DeviceRegistry(), heartbeat_s=o.esl_heartbeat_s)
     async with AsyncExitStack() as stack:
-        pg = await stack.enter_async_context(open_database(o.pg_dsn))
-        store = PgConfigStore(pg)
-        config = NodeConfig(await store.snapshot())
-        writer = await stack.enter_async_context(open_cdr_writer(pg, state / "cdr.spool"))
-        sink = await stack.enter_async_context(open_event_sink(pg))
-        # telemetry spans/metrics export threads stop after everything else has flushed
-        stack.callback(telemetry.shutdown)
         nats_server = None
         nats_url = o.nats_url
         if nats_url is None:
             # our own nats-server (not open_stack's): a fixed port and store, so it can restart
             nats_server = await stack.enter_async_context(open_nats_process(state / "nats"))
             nats_url = nats_server.url
+        bridge = None
+        if not o.in_process:
+            # the NATS bridge opens its own asyncio loop; opened first, PostgreSQL then runs on the
+            # same loop (open_postgres reuses a running one): one loop, no "attached to a different
+            # loop" between tasks that use both
+            from adapters.nats.bridge import NatsSettings, open_bridge
+
+            bridge = await stack.enter_async_context(open_bridge(NatsSettings(url=nats_url)))
+        pg = await stack.enter_async_context(open_database(o.pg_dsn))
+        pg_loop = _current_aio_loop()
+        store = PgConfigStore(pg)
+        config = NodeConfig(await store.snapshot())
+        writer = await stack.enter_async_context(open_cdr_writer(pg, state / "cdr.spool"))
+        sink = await stack.enter_async_context(open_event_sink(pg))
+        # telemetry spans/metrics export threads stop after everything else has flushed
+        stack.callback(telemetry.shutdown)
 
         def wrap(ports: Ports) -> Ports:
             return telemetry.wrap_ports(Ports(ports.media, TeeCti(ports.cti, sink), writer, ports.replies))
@@ -296,7 +305,7 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
             node = api_stack.node
         else:
             api_stack, cluster, gateway = await _open_cluster_stack(
-                stack, o, state=state, secret=secret, nats_url=nats_url, links=links, wrap=wrap,
+                stack, o, state=state, secret=secret, nats_url=nats_url, bridge=bridge, links=links, wrap=wrap,
                 store=admin, router=router)
             node = gateway.node
         api_stack.nats_server = nats_server
@@ -305,6 +314,9 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
         presence = PresenceBridge(links.registry, node)
         api_stack.api.on_login = presence.on_login
         telemetry.bind(node=node, links=links, cdr_writer=writer, publisher=api_stack.publisher)
+        # in process, open_stack's NATS bridge opened a second asyncio loop after PostgreSQL's: the
+        # tasks that use PostgreSQL (watcher, resync) are started on PostgreSQL's loop
+        restore = _set_aio_loop(pg_loop)
         nursery = await stack.enter_async_context(trio.open_nursery())
         stack.callback(nursery.cancel_scope.cancel)
         watcher = await stack.enter_async_context(open_config_watcher(store))
@@ -320,6 +332,7 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
                         log.warning("configuration resync failed (%r); retrying", exc)
 
         nursery.start_soon(resync_loop)
+        restore()
         engine = Engine(node=node, stack=api_stack, links=links, pg=pg, store=store, config=config,
                         cdr_writer=writer, event_sink=sink, telemetry=telemetry, secret=secret,
                         state_dir=state, cluster=cluster, gateway=gateway, nats_server=nats_server)
@@ -354,13 +367,26 @@ class ClusterStack:
     nats_server: Any = None
 
 
+def _current_aio_loop() -> Any:
+    import trio_asyncio
+
+    return trio_asyncio.current_loop.get()
+
+
+def _set_aio_loop(loop: Any) -> Any:
+    """Make ``loop`` the asyncio loop of this task (and of the tasks it starts); returns the undo."""
+    import trio_asyncio
+
+    token = trio_asyncio.current_loop.set(loop)
+    return lambda: trio_asyncio.current_loop.reset(token)
+
+
 async def _open_cluster_stack(stack: AsyncExitStack, o: RunOptions, *, state: pathlib.Path, secret: str,
-                              nats_url: str, links: Any, wrap: Any, store: Any,
+                              nats_url: str, bridge: Any, links: Any, wrap: Any, store: Any,
                               router: Any) -> tuple[ClusterStack, Any, Any]:
     """The gateway process (engine/cluster/gateway.py): NATS bridge, CTI publisher, the Ray shard
     hosts, the gateway pumps, the API over the gateway's ``ClusterNode``. Registered on ``stack``
     so that on exit the gateway drains the hosts (CDRs, CTI) before anything is stopped."""
-    from adapters.nats.bridge import NatsSettings, open_bridge
     from adapters.nats.publisher import CtiPublisher
     from api.auth import AuditLog, Authenticator, RateLimiter
     from api.dispatch import Api
@@ -374,7 +400,6 @@ async def _open_cluster_stack(stack: AsyncExitStack, o: RunOptions, *, state: pa
     from engine.cluster.host import HostConfig
     from engine.cluster.snapshots import FileSnapshotStore
 
-    bridge = await stack.enter_async_context(open_bridge(NatsSettings(url=nats_url)))
     hub = EventHub()
     publisher = CtiPublisher(bridge, hub)
     ports = wrap(Ports(links, publisher, InMemoryCdrs(keep=False), InMemoryReplies(keep=False)))

@@ -23,6 +23,8 @@ from engine.run import EpochClock, RunOptions, open_engine  # noqa: E402
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 AGENTS = [("sale000", "7000", ["sales"], {"sales": 80}), ("sale001", "7001", ["sales"], {"sales": 80})]
+#: added while the engine runs (PostgreSQL NOTIFY -> NodeConfig -> the gateway -> a shard host)
+LATE = ("sale002", "7002", ["sales"], {"sales": 80})
 
 
 def test_run_on_ray_bridges_calls_and_a_stop_right_after_the_hangups_loses_no_cdr(monkeypatch) -> None:
@@ -40,7 +42,7 @@ def test_run_on_ray_bridges_calls_and_a_stop_right_after_the_hangups_loses_no_cd
         emu = FreeSwitchEmulator(heartbeat=1.0, answer_delay=0.1, ring_delay=0.02)
         async with trio.open_nursery() as outer:
             port = await outer.start(emu.run)
-            for _a, ext, _q, _s in AGENTS:
+            for _a, ext, _q, _s in [*AGENTS, LATE]:
                 emu.register_phone(ext)
             options = RunOptions(secret="s" * 32, state_dir=str(state), esl_nodes=[EslNodeConfig(name="fs1", port=port)],
                                  esl_heartbeat_s=1.0, shards=2, node_name="t")
@@ -48,12 +50,22 @@ def test_run_on_ray_bridges_calls_and_a_stop_right_after_the_hangups_loses_no_cd
                 out["where"] = (engine.cluster is not None, len(engine.cluster.names))
                 with trio.fail_after(15):
                     await engine.links.wait_all_up()
-                for agent, ext, queues, skills in AGENTS:
+                # a configuration change while running: a new agent and a new DID
+                from adapters.postgres.config import AgentDef, Did
+
+                await engine.store.put(AgentDef(tenant="default", agent_id=LATE[0], extension=LATE[1]), actor="t")
+                await engine.store.put(Did(tenant="default", number="5098", destination="queue:sales"), actor="t")
+                gw = engine.gateway
+                with trio.fail_after(20):  # on its shard (not only in the gateway's view of what it created)
+                    while LATE[0] in gw._pending["agent"] or engine.node.state_of("agent", LATE[0]) is None:
+                        await trio.sleep(0.05)
+                for agent, ext, queues, skills in [*AGENTS, LATE]:
                     reply = await engine.stack.api.ask(AgentLogin(agent_id=agent, at=time.time(), extension=ext,
                                                                   queues=tuple(queues), skills=skills, ready=True),
                                                        "default")
                     assert reply.ok, reply
                 channels = [await emu.place_inbound_call(f"+1555000{i}", DID_SALES) for i in range(2)]
+                channels.append(await emu.place_inbound_call("+15550009", "5098"))
                 with trio.fail_after(30):
                     while not all(ch.peer for ch in channels):
                         await trio.sleep(0.05)
@@ -61,7 +73,6 @@ def test_run_on_ray_bridges_calls_and_a_stop_right_after_the_hangups_loses_no_cd
                 out["created"] = [ch.uuid for ch in channels]
                 # from now on the gateway's egress is (nearly) asleep: only the stop's drain can
                 # bring the CDRs back from the shard hosts
-                gw = engine.gateway
                 gw.busy_poll_s = gw.idle_poll_s = 60.0
                 gw.hot_s = 0.0
                 await trio.sleep(0.1)
@@ -82,7 +93,7 @@ def test_run_on_ray_bridges_calls_and_a_stop_right_after_the_hangups_loses_no_cd
         shutil.rmtree(state, ignore_errors=True)
         os.environ.pop("CALLENGINE_STATE_DIR", None)
     assert out["where"] == (True, 2)
-    assert out["bridged"] == 2
+    assert out["bridged"] == 3
     r = out["result"]
-    assert r.calls_with_one_cdr == 2, (out["cdrs_before_stop"], r.calls_without_cdr, r.calls_with_duplicate_cdrs)
+    assert r.calls_with_one_cdr == 3, (out["cdrs_before_stop"], r.calls_without_cdr, r.calls_with_duplicate_cdrs)
     print("CDRs accepted before the stop:", out["cdrs_before_stop"])
