@@ -468,7 +468,7 @@ async def _open_cluster_stack(stack: AsyncExitStack, o: RunOptions, *, state: pa
 
     async def stop_gateway() -> None:
         # Ctrl-C: stop taking API requests, then hand every event already in to the shards and
-        # bring back what they produced (Rule 6 of gateway.py): nothing produced is lost
+        # bring back what they produced (Rule 7 of gateway.py): nothing produced is lost
         with trio.CancelScope(shield=True):
             with trio.move_on_after(2):
                 await stop_micro_services(bridge, result.services)

@@ -45,7 +45,10 @@ Rules
 
 Limits (said plainly): agents and queues of a non-default tenant are addressed by their plain id on
 the shards (the demo and the tests use one tenant); the state view lags the shards by up to
-``refresh_s``.
+``refresh_s``; media commands lost with a killed host are not re-issued (the restarted host's
+rebuild and the calls' own timers take over); a recovered CDR carries only what the switch showed
+(times, answered by which agent, cause), not queue wait or hold times; other CTI events a dead
+host produced (queue, agent state) are not recovered.
 """
 
 from __future__ import annotations
@@ -784,7 +787,7 @@ class Gateway:
         return False
 
     async def drain(self, timeout: float = 10.0, quiet_passes: int = 2) -> int:
-        """Rule 6: flush the ingress, then drain until ``quiet_passes`` passes bring nothing."""
+        """Rule 7: flush the ingress, then drain until ``quiet_passes`` passes bring nothing."""
         await self.flush(timeout)
         total = 0
         quiet = 0
