@@ -88,6 +88,8 @@ class HostConfig(msgspec.Struct, kw_only=True):
     #: per-link FIFO (links.py): batches held per link at most, and how long a gap is waited for
     link_max_held: int = 256
     link_hold_s: float = 0.5
+    #: a link restored from a snapshot gives its first gap up sooner (links.py Rule 3)
+    link_restored_hold_s: float = 0.05
 
 
 #: snapshot key kind of a host's link marks (``links.<hex shard>``)
@@ -149,7 +151,8 @@ class ShardHostCore:
         self._written: dict[tuple[str, str], Any] = {}
         self._snapshot_lock: trio.Lock | None = None
         self.snapshots_written = 0
-        self.links: LinkInbox[list[Any]] = LinkInbox(max_held=config.link_max_held, hold_s=config.link_hold_s)
+        self.links: LinkInbox[list[Any]] = LinkInbox(max_held=config.link_max_held, hold_s=config.link_hold_s,
+                                                     restored_hold_s=config.link_restored_hold_s)
         self._links_lot: trio.lowlevel.ParkingLot | None = None
         self._links_written = b""
         self._link: Any = None

@@ -15,7 +15,10 @@ Rules
    given up: the held batches after it are applied in order (``gaps_skipped``).
 3. Timeout: a gap open for ``hold_s`` (the missing batch died with its sender, or was applied
    before a crash but after the last snapshot) is given up the same way (``expire``, driven by the
-   host's clock). So a lost batch never blocks a link for longer than ``hold_s``.
+   host's clock). So a lost batch never blocks a link for longer than ``hold_s``. A link restored
+   from a snapshot (rule 7) waits only ``restored_hold_s`` for its first gap: right after a
+   restart, the batches applied after the last snapshot pass will not come again (Ray re-sends
+   only calls that had not completed), so that gap is usually final.
 4. Epoch: the first batch of a newer incarnation of a source means the older incarnations are
    dead. Their held batches are applied first (in order, gaps given up), then the new one. A
    straggler of an older incarnation is applied at once, never held (FIFO does not span a crash).
@@ -44,7 +47,7 @@ T = TypeVar("T")
 
 
 class _Link(Generic[T]):
-    __slots__ = ("low", "skipped", "held", "sealed")
+    __slots__ = ("low", "skipped", "held", "sealed", "restored")
 
     def __init__(self, low: int = 0, skipped: set[int] | None = None, sealed: bool = False) -> None:
         #: every seq <= low was applied or given up (``skipped``)
@@ -54,18 +57,21 @@ class _Link(Generic[T]):
         self.held: dict[int, tuple[T, float]] = {}
         #: an older incarnation: nothing is held any more (rule 4)
         self.sealed = sealed
+        #: restored from a snapshot and no gap given up since: the first gap is short (rule 3)
+        self.restored = False
 
 
 class LinkInbox(Generic[T]):
     """``offer`` a batch, get back the payloads to apply now, in order. Pure: time is a parameter."""
 
     def __init__(self, *, max_held: int = 256, hold_s: float = 0.5, keep: int = 4, max_skipped: int = 4096,
-                 join_slack: int = 64) -> None:
-        if max_held < 1 or hold_s <= 0 or keep < 1 or max_skipped < 0 or join_slack < 1:
+                 join_slack: int = 64, restored_hold_s: float = 0.05) -> None:
+        if max_held < 1 or hold_s <= 0 or keep < 1 or max_skipped < 0 or join_slack < 1 or restored_hold_s <= 0:
             raise ValueError("LinkInbox needs max_held >= 1, hold_s > 0, keep >= 1, max_skipped >= 0, "
-                             "join_slack >= 1")
+                             "join_slack >= 1, restored_hold_s > 0")
         self.max_held = max_held
         self.hold_s = hold_s
+        self.restored_hold_s = min(restored_hold_s, hold_s)
         self.keep = keep
         self.max_skipped = max_skipped
         self.join_slack = join_slack
@@ -154,7 +160,11 @@ class LinkInbox(Generic[T]):
         if not held:
             self._holding.discard(link)
 
+    def _hold(self, link: _Link[T]) -> float:
+        return self.restored_hold_s if link.restored else self.hold_s
+
     def _skip_gap(self, link: _Link[T], out: list[T]) -> None:
+        link.restored = False
         first = min(link.held)
         self._skip_range(link, link.low + 1, first)
         link.low = first - 1
@@ -184,7 +194,7 @@ class LinkInbox(Generic[T]):
         """Give up every gap open for ``hold_s`` or longer (rule 3); the payloads to apply, in order."""
         out: list[T] = []
         for link in list(self._holding):
-            while link.held and min(t for _, t in link.held.values()) + self.hold_s <= now:
+            while link.held and min(t for _, t in link.held.values()) + self._hold(link) <= now:
                 self._skip_gap(link, out)
         return out
 
@@ -192,7 +202,7 @@ class LinkInbox(Generic[T]):
         """When ``expire`` has something to do (None: nothing is held)."""
         if not self._holding:
             return None
-        return min(t for link in self._holding for _, t in link.held.values()) + self.hold_s
+        return min(t + self._hold(link) for link in self._holding for _, t in link.held.values())
 
     def low(self, source: str, incarnation: int) -> int:
         """The link's low mark: every batch up to it was applied (or given up, rule 5)."""
@@ -219,7 +229,8 @@ class LinkInbox(Generic[T]):
             for inc, (low, skipped) in links.items():
                 link = per.get(inc)
                 if link is None:
-                    per[inc] = _Link(low, set(skipped))
+                    link = per[inc] = _Link(low, set(skipped))
+                    link.restored = True
                 elif low > link.low:
                     link.skipped = {s for s in link.skipped | set(skipped) if s <= low}
                     link.low = low

@@ -157,6 +157,21 @@ def test_marks_survive_a_restart_but_held_batches_are_not_marks():
     assert inbox.duplicates == 0 and restored.duplicates == 1
 
 
+def test_a_restored_link_waits_only_briefly_for_its_first_gap():
+    """Right after a restart, the batches applied after the last snapshot pass do not come again:
+    a restored link gives its first gap up after ``restored_hold_s``, later gaps after ``hold_s``."""
+    before: LinkInbox[int] = LinkInbox()
+    for seq in (1, 2):
+        before.offer("s0", INC, seq, seq, now=0.0)
+    inbox: LinkInbox[int] = LinkInbox(hold_s=0.5, restored_hold_s=0.05)
+    inbox.restore(before.export())
+    assert inbox.offer("s0", INC, 4, 4, now=10.0) == []  # 3 was applied after the snapshot: gone
+    assert inbox.next_deadline() == pytest.approx(10.05)
+    assert inbox.expire(10.05) == [4]
+    assert inbox.offer("s0", INC, 6, 6, now=11.0) == []  # a later gap is an ordinary one
+    assert inbox.expire(11.1) == [] and inbox.expire(11.5) == [6]
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError):
         LinkInbox(max_held=0)
