@@ -197,6 +197,15 @@ class ChannelMirror:
 # ------------------------------------------------------------------------------ the Node facade
 
 
+class _CallHint(msgspec.Struct, frozen=True, kw_only=True):
+    """A call the view does not show yet, as far as the API needs it (tenant, who talks on it)."""
+
+    call_id: str
+    tenant: str
+    agent_id: str = ""
+    legs: tuple[Any, ...] = ()
+
+
 class ClusterRuntimeView:
     """``node.runtime`` for the API and telemetry: reads from the gateway's state view."""
 
@@ -215,7 +224,20 @@ class ClusterRuntimeView:
         return self._gw.view.get(kind, {})
 
     def state_of(self, kind: str, actor_id: str) -> Any:
-        return self._table(kind).get(actor_id)
+        state = self._table(kind).get(actor_id)
+        if kind != "call":
+            return state
+        hint = self._gw.call_agents.get(actor_id)
+        if hint is None:
+            return state
+        # the view may be older than the CALL_ANSWERED the agent's desktop just saw: the call is
+        # the agent's from that moment (the API checks who may act on a call with this)
+        tenant, agent_id = hint
+        if state is None:
+            return _CallHint(call_id=actor_id, tenant=tenant, agent_id=agent_id)
+        if state.agent_id != agent_id and not any(leg.agent_id == agent_id for leg in state.legs):
+            return msgspec.structs.replace(state, agent_id=agent_id)
+        return state
 
     def states(self, kind: str) -> list[Any]:
         return list(self._table(kind).values())
@@ -373,6 +395,8 @@ class Gateway:
         self.orphans_hung_up = 0
         self._gone_waiters: dict[tuple[str, str], float] = {}
         self.waiters_removed = 0
+        #: call id -> (tenant, agent id) of the agent talking on it (ClusterRuntimeView.state_of)
+        self.call_agents: OrderedDict[str, tuple[str, str]] = OrderedDict()
         #: Rule 6
         self.ledger: dict[str, _Ledger] = {}
         self._pids: dict[str, Any] = {}
@@ -446,6 +470,18 @@ class Gateway:
                 entry.cdr = True
                 if "CALL_ENDED" in entry.cti:
                     del ledger[cdr.call_id]
+
+    def _track_agents(self, cti: list[Any]) -> None:
+        """call id -> (tenant, agent) from CALL_ANSWERED / CALL_PICKED_UP until CALL_ENDED."""
+        hints = self.call_agents
+        for ev in cti:
+            name = ev.name
+            if name == "CALL_ENDED":
+                hints.pop(ev.call_id, None)
+            elif (name == "CALL_ANSWERED" or name == "CALL_PICKED_UP") and ev.call_id and ev.agent_id:
+                hints[ev.call_id] = (ev.tenant, ev.agent_id)
+                if len(hints) > 100_000:
+                    hints.popitem(last=False)
 
     def _note_restarts(self, stats: dict[str, dict[str, Any]], now: float) -> None:
         for shard, st in stats.items():
@@ -612,6 +648,7 @@ class Gateway:
         n = 0
         for media, cdrs, cti, replies in parts:
             self._ledger_output(cti, cdrs)
+            self._track_agents(cti)
             # what the hosts handed over is gone from them: a port that raises must not lose the rest
             for ev in cti:
                 self._guard(ports.cti.publish, ev)

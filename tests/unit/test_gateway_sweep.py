@@ -145,3 +145,21 @@ def test_a_restarted_host_calls_are_completed_from_the_ledger() -> None:
     assert (cdr.call_id, cdr.disposition, cdr.agent_id, cdr.ended_at, cdr.node) == (
         "lost", "answered", "a7", 9.0, "recovered:fs1")
     assert gw.ledger == {} and gw.statistics()["recovered_cdrs"] == 1
+
+
+def test_a_call_is_the_answering_agents_before_the_view_knows_it() -> None:
+    from engine.messages import CtiEvent
+
+    gw = gateway()
+    rt = gw.node.runtime
+    assert rt.state_of("call", "c1") is None
+    answered = CtiEvent(name="CALL_ANSWERED", tenant="default", at=2.0, call_id="c1", agent_id="a7")
+    gw._dispatch([([], [], [answered], [])])
+    hint = rt.state_of("call", "c1")
+    assert (hint.call_id, hint.tenant, hint.agent_id) == ("c1", "default", "a7")
+    # a view older than the answer: the agent is put on it
+    old, _ = call_fsm.new_call(ChannelCreated(call_id="c1", at=1.0, node="fs1", destination="100"))
+    gw._install({"call": [old], "agent": [], "queue": []})
+    assert rt.state_of("call", "c1").agent_id == "a7" and rt.state_of("call", "c1").destination == "100"
+    gw._dispatch([([], [], [CtiEvent(name="CALL_ENDED", tenant="default", at=3.0, call_id="c1")], [])])
+    assert rt.state_of("call", "c1") is old
