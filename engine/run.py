@@ -433,10 +433,15 @@ async def _open_cluster_stack(stack: AsyncExitStack, o: RunOptions, *, state: pa
     if o.ray_address is None and not ray.is_initialized():
         # address="local": a Ray of our own, even when another one runs on this machine (a plain
         # ray.init() would join it)
+        # its own temp dir (short: Ray's socket paths must fit 107 bytes), not the machine-wide
+        # /tmp/ray that other Ray instances on this machine share
+        import tempfile
+
+        ray_tmp = tempfile.mkdtemp(prefix="cer-")
         await trio.to_thread.run_sync(lambda: ray.init(
             address="local", num_cpus=max(1, shards), include_dashboard=False,
             object_store_memory=cluster.object_store_memory, namespace=host_config.namespace,
-            log_to_driver=False))
+            log_to_driver=False, _temp_dir=ray_tmp))
         started_ray = True
     await trio.to_thread.run_sync(cluster.start)
 
@@ -445,6 +450,9 @@ async def _open_cluster_stack(stack: AsyncExitStack, o: RunOptions, *, state: pa
             await trio.to_thread.run_sync(cluster.shutdown)
             if started_ray:
                 await trio.to_thread.run_sync(ray.shutdown)
+                import shutil
+
+                shutil.rmtree(ray_tmp, ignore_errors=True)
 
     stack.push_async_callback(stop_cluster)
     gateway = Gateway(cluster, ports, name=o.node_name, router=router, channel_file=channel_file,
