@@ -97,9 +97,8 @@ class Cluster:
 
     def _create(self, name: str) -> Any:
         cfg = msgspec.structs.replace(self.config, directory=self.directory)
-        # a threaded actor: a held batch keeps its call open until applied (host.deliver_batch_acked)
-        return self._actor_cls.options(name=actor_name(cfg, name), namespace=cfg.namespace, num_cpus=self.host_cpus,
-                                       max_concurrency=cfg.ray_max_concurrency).remote(name, cfg)
+        return self._actor_cls.options(name=actor_name(cfg, name), namespace=cfg.namespace,
+                                       num_cpus=self.host_cpus).remote(name, cfg)
 
     def shutdown(self) -> None:
         import ray
@@ -168,7 +167,7 @@ class Cluster:
         refs = []
         for shard, items in groups.items():
             seq = self._seq[shard] = self._seq.get(shard, 0) + 1
-            refs.append(self.hosts[shard].deliver_batch_acked.remote(
+            refs.append(self.hosts[shard].deliver_batch.remote(
                 encode_batch(self.ingress_name, items, seq, self._incarnation)))
         if wait and refs:
             ray.get(refs, timeout=60)

@@ -90,9 +90,6 @@ class HostConfig(msgspec.Struct, kw_only=True):
     link_hold_s: float = 0.5
     #: a link restored from a snapshot gives its first gap up sooner (links.py Rule 3)
     link_restored_hold_s: float = 0.05
-    #: Ray threads of a host (a threaded actor): a held batch keeps its call, and so one thread,
-    #: until it is applied (``deliver_batch_acked``)
-    ray_max_concurrency: int = 32
 
 
 #: snapshot key kind of a host's link marks (``links.<hex shard>``)
@@ -154,7 +151,7 @@ class ShardHostCore:
         self._written: dict[tuple[str, str], Any] = {}
         self._snapshot_lock: trio.Lock | None = None
         self.snapshots_written = 0
-        self.links: LinkInbox[tuple[list[Any], Callable[[], None] | None]] = LinkInbox(max_held=config.link_max_held, hold_s=config.link_hold_s,
+        self.links: LinkInbox[list[Any]] = LinkInbox(max_held=config.link_max_held, hold_s=config.link_hold_s,
                                                      restored_hold_s=config.link_restored_hold_s)
         self._links_lot: trio.lowlevel.ParkingLot | None = None
         self._links_written = b""
@@ -215,7 +212,7 @@ class ShardHostCore:
 
             handle = self._peers[dest] = ray.get_actor(actor_name(self.config, dest),
                                                        namespace=self.config.namespace)
-        handle.deliver_batch_acked.remote(payload)
+        handle.deliver_batch.remote(payload)
 
     async def _main(self) -> None:
         cfg = self.config
@@ -361,42 +358,18 @@ class ShardHostCore:
                 "started_at": self.started_at, "restarted": self.restarted}
 
     def deliver_batch(self, payload: bytes) -> int:
-        """Apply a batch (Rule 4) and return at once, also when it is held (tests, the NATS link)."""
-        return self._call(self._ingest, payload, None)
+        return self._call(self._ingest, payload)
 
-    def deliver_batch_acked(self, payload: bytes) -> int:
-        """What peers and the ingress call through Ray (the host is a threaded actor): returns only
-        once the batch was applied, or dropped as a copy. A batch still held when this host dies
-        has not completed, so Ray sends it again to the restarted host instead of losing it (Rule
-        4). Returns the items this call applied."""
-        done = threading.Event()
-        applied = self._call(self._ingest, payload, done.set)
-        if not done.is_set():
-            done.wait(self.config.link_hold_s * 4 + 5.0)
-        return int(applied)
-
-    def _ingest(self, payload: bytes, ack: Callable[[], None] | None) -> int:
+    def _ingest(self, payload: bytes) -> int:
         """Apply a batch in its link's order (Rule 4): a copy is dropped, an early batch is held, a
-        batch that fills a gap is applied with the held ones after it. ``ack`` is called once the
-        batch is applied or dropped. Returns the items applied now."""
+        batch that fills a gap is applied with the held ones after it. Returns the items applied."""
         batch = decode_batch(payload)
         links = self.links
-        copies = links.duplicates
-        ready = links.offer(batch.source, batch.incarnation, batch.seq, (batch.items, ack), trio.current_time())
-        if ack is not None and links.duplicates != copies:
-            ack()  # a copy: already applied, or held under an earlier call that will ack it
+        ready = links.offer(batch.source, batch.incarnation, batch.seq, batch.items, trio.current_time())
         if links.next_deadline() is not None and self._links_lot is not None:
             self._links_lot.unpark()  # the timeout task (re)computes its deadline
-        return self._apply_ready(ready)
-
-    def _apply_ready(self, ready: list[tuple[list[Any], Callable[[], None] | None]]) -> int:
         apply = self.node.apply
-        n = 0
-        for items, done in ready:
-            n += apply(items)
-            if done is not None:
-                done()
-        return n
+        return sum(apply(items) for items in ready)
 
     async def _link_timeouts(self) -> None:
         """Give up a gap held for ``link_hold_s`` (a lost batch): apply what waited behind it."""
@@ -406,7 +379,8 @@ class ShardHostCore:
             deadline = links.next_deadline()
             with trio.move_on_at(math.inf if deadline is None else deadline):
                 await lot.park()
-            self._apply_ready(links.expire(trio.current_time()))
+            for items in links.expire(trio.current_time()):
+                self.node.apply(items)
 
     def set_directory(self, payload: bytes) -> bool:
         return self._call(self.node.set_directory, directory_decoder.decode(payload))

@@ -396,34 +396,6 @@ def test_a_host_applies_a_links_batches_in_order_and_a_lost_one_blocks_only_unti
         host.stop()
 
 
-def test_an_acked_delivery_returns_only_once_its_batch_is_applied():
-    """Through Ray, a held batch keeps its call open (``deliver_batch_acked``): if the host died
-    meanwhile, the call would not have completed and Ray would send the batch again."""
-    import threading
-
-    d = Directory(shards=("s0", "s1"), entities={"queue/q1": "s1"})
-    host = ShardHostCore("s1", HostConfig(directory=d, snapshot_interval_s=0, link_hold_s=5.0),
-                         send=lambda dest, payload: None)
-    try:
-        host.add_entities([QueueConfig(queue_id="q1")], [])
-
-        def status(seq, agent):
-            return encode_batch("s0", [Envelope("queue", "q1", AgentStatus(
-                queue_id="q1", agent_id=agent, at=1.0, logged_in=True, available=False))], seq, 7)
-
-        results: list[int] = []
-        early = threading.Thread(target=lambda: results.append(host.deliver_batch_acked(status(2, "a2"))))
-        early.start()
-        early.join(0.3)
-        assert early.is_alive() and results == []  # held: the call has not completed
-        assert host.deliver_batch_acked(status(1, "a1")) == 2  # fills the gap: applies 1 and 2
-        early.join(2.0)
-        assert not early.is_alive() and results == [0]  # completed once its batch was applied
-        assert host.deliver_batch_acked(status(2, "a2")) == 0  # a copy completes at once
-    finally:
-        host.stop()
-
-
 def test_outbox_numbers_batches_per_destination():
     sent: list[tuple[str, int, int]] = []
 
