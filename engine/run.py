@@ -438,10 +438,12 @@ async def _open_cluster_stack(stack: AsyncExitStack, o: RunOptions, *, state: pa
         import tempfile
 
         ray_tmp = tempfile.mkdtemp(prefix="cer-")
-        await trio.to_thread.run_sync(lambda: ray.init(
-            address="local", num_cpus=max(1, shards), include_dashboard=False,
-            object_store_memory=cluster.object_store_memory, namespace=host_config.namespace,
-            log_to_driver=False, _temp_dir=ray_tmp))
+        # in THIS thread, blocking the loop for the few seconds it takes: Ray starts its GCS and
+        # raylet with PR_SET_PDEATHSIG, i.e. they are killed when the *thread* that started them
+        # exits, and a trio worker thread exits once idle (the head died ~10-30 s into a run)
+        ray.init(address="local", num_cpus=max(1, shards), include_dashboard=False,
+                 object_store_memory=cluster.object_store_memory, namespace=host_config.namespace,
+                 log_to_driver=False, _temp_dir=ray_tmp)
         started_ray = True
     await trio.to_thread.run_sync(cluster.start)
 

@@ -397,6 +397,8 @@ class Gateway:
         self.waiters_removed = 0
         #: call id -> (tenant, agent id) of the agent talking on it (ClusterRuntimeView.state_of)
         self.call_agents: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        #: CTI events handed to the publisher, by name
+        self.cti_names: dict[str, int] = {}
         #: Rule 6
         self.ledger: dict[str, _Ledger] = {}
         self._pids: dict[str, Any] = {}
@@ -650,7 +652,9 @@ class Gateway:
             self._ledger_output(cti, cdrs)
             self._track_agents(cti)
             # what the hosts handed over is gone from them: a port that raises must not lose the rest
+            names = self.cti_names
             for ev in cti:
+                names[ev.name] = names.get(ev.name, 0) + 1
                 self._guard(ports.cti.publish, ev)
             for cmd in media:
                 self.mirror.command(cmd)
@@ -842,7 +846,7 @@ class Gateway:
                 "channels": len(self.mirror.channels), "mirror_writes": self.mirror.writes,
                 "orphans_hung_up": self.orphans_hung_up, "waiters_removed": self.waiters_removed,
                 "ledger": len(self.ledger), "recovered_cti": self.recovered["cti"],
-                "recovered_cdrs": self.recovered["cdrs"]}
+                "recovered_cdrs": self.recovered["cdrs"], "cti_names": dict(sorted(self.cti_names.items()))}
 
 
 @dataclass
