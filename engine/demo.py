@@ -108,6 +108,10 @@ class DemoResult:
     stuck_detail: list[str] = field(default_factory=list)
     #: error codes the agent desktops got from the API, counted
     api_errors: dict[str, int] = field(default_factory=dict)
+    #: CallControl/Hangup requests the desktops sent
+    desktop_hangups: int = 0
+    #: CTI events the desktops received over their WebSocket watch
+    desktop_events: int = 0
     #: the gateway's counters (Ray path)
     gateway: dict[str, Any] = field(default_factory=dict)
 
@@ -153,6 +157,7 @@ class _Desktop:
         self.hangups = 0
         self.errors: Counter[str] = Counter()
         self.logged_in = trio.Event()
+        self.events_seen = 0
 
     async def run(self) -> None:
         from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
@@ -186,6 +191,7 @@ class _Desktop:
                         await self._send(ws, "Agents/Login", {"extension": self.ext, "queues": self.queues,
                                                               "skills": self.skills, "ready": True})
                 events = msg.get("events") or ([msg["event"]] if "event" in msg else [])
+                self.events_seen += len(events)
                 for ev in events:
                     if ev.get("agent_id") != self.agent_id:
                         continue
@@ -356,6 +362,8 @@ async def run_demo(*, seconds: float = 60.0, rate: float = 3.0, agents: int = 16
                 result.service_level = {k: round(v, 3) for k, v in _service_levels(node).items()}
                 n.cancel_scope.cancel()
             result.api_errors = dict(sum((d.errors for d in desktops), Counter()))
+            result.desktop_hangups = sum(d.hangups for d in desktops)
+            result.desktop_events = sum(d.events_seen for d in desktops)
             # CTI on NATS: everything published and acknowledged, then read back from JetStream
             with trio.move_on_after(15):
                 while len(engine.stack.publisher):
