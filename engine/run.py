@@ -463,7 +463,8 @@ async def _open_cluster_stack(stack: AsyncExitStack, o: RunOptions, *, state: pa
     stack.callback(nursery.cancel_scope.cancel)
     await nursery.start(gateway.run)
     await nursery.start(links.run)
-    api = Api(gateway.node, Authenticator(secret),  # type: ignore[arg-type]  # the Node facade (gateway.py) store=store, hub=hub, bridge=bridge,
+    # gateway.node is the Node facade (gateway.py), not a Node: hence the ignore
+    api = Api(gateway.node, Authenticator(secret), store=store, hub=hub, bridge=bridge,  # type: ignore[arg-type]
               limiter=RateLimiter(200.0, 400.0), audit=AuditLog())
     result = ClusterStack(node=gateway.node, api=api, publisher=publisher, hub=hub, media=links,
                           bridge=bridge, nats_url=nats_url)

@@ -46,6 +46,9 @@ def test_demo_every_call_has_one_cdr_and_nats_events_and_no_agent_stuck(in_proce
     assert not r.calls_without_nats_events
     assert not r.agents_stuck
     assert r.bridged > 0 and r.dispositions.get("answered", 0) > 0
+    # the desktops live on their WebSocket watch: they saw their events and hung up their calls
+    # (on the Ray path the API was once built without the hub: 0 events, callers timed out)
+    assert r.desktop_events > 0 and r.desktop_hangups > 0, (r.desktop_events, r.desktop_hangups)
     assert r.ok
 
 
