@@ -208,12 +208,9 @@ class NatsProcess:
         proc, self.process = self.process, None
         if proc is None:
             return
-        proc.terminate()
-        with trio.move_on_after(5) as scope:
-            scope.shield = True
-            await proc.wait()
-        if proc.returncode is None:
-            proc.kill()
+        from adapters.nats.server import stop_process
+
+        await stop_process(proc)
 
     async def restart(self, down_s: float = 1.0) -> None:
         await self.stop()

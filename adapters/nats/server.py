@@ -30,7 +30,7 @@ from pathlib import Path
 
 import trio
 
-__all__ = ["EmbeddedNats", "find_binary", "free_port", "open_embedded_nats"]
+__all__ = ["EmbeddedNats", "find_binary", "free_port", "open_embedded_nats", "stop_process"]
 
 
 def find_binary() -> str:
@@ -101,12 +101,7 @@ async def open_embedded_nats(*, extra_args: Sequence[str] = (), store_dir: str |
                     yield EmbeddedNats(url=f"nats://127.0.0.1:{port}", port=port, store_dir=directory,
                                        process=proc)
                 finally:
-                    proc.terminate()
-                    with trio.move_on_after(5) as scope:
-                        scope.shield = True
-                        await proc.wait()
-                    if proc.returncode is None:
-                        proc.kill()
+                    await stop_process(proc)
                 return
         raise RuntimeError(f"nats-server did not start after {attempts} attempts")
     finally:
@@ -114,3 +109,13 @@ async def open_embedded_nats(*, extra_args: Sequence[str] = (), store_dir: str |
             shutil.rmtree(directory, ignore_errors=True)
         if config_args:
             os.unlink(config_args[1])
+
+
+async def stop_process(proc: trio.Process, grace_s: float = 5.0) -> None:
+    """Stop a server process: SIGTERM, wait up to ``grace_s`` (shielded), then SIGKILL."""
+    proc.terminate()
+    with trio.move_on_after(grace_s) as scope:
+        scope.shield = True
+        await proc.wait()
+    if proc.returncode is None:
+        proc.kill()
