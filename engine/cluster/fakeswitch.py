@@ -123,7 +123,9 @@ class FakeSwitch:
             self.leg_ext[key] = ext
             self.channels[key] = LiveChannel(call_id=cmd.call_id, leg=cmd.leg, node=self.node, direction="outbound",
                                              destination=ext, created_at=self.clock(),
-                                             agent_id=self.ext_to_agent.get(ext, ""))
+                                             agent_id=self.ext_to_agent.get(ext, ""),
+                                             queue_id=cmd.variables.get("callengine_queue_id", ""),
+                                             offer_id=cmd.variables.get("callengine_offer_id", ""))
             self._at(self.answer_s, lambda: self._answer(key))
         elif isinstance(cmd, MediaAnswer):
             ch = self.channels.get(key)

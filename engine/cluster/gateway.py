@@ -113,8 +113,9 @@ class ChannelMirror:
     def __init__(self, path: str | os.PathLike[str] | None) -> None:
         self.path = str(path) if path else ""
         self.channels: dict[tuple[str, str], LiveChannel] = {}
-        #: (call id, leg) -> (agent_id, queue_id) of the originates the engine sent, until the leg is gone
-        self.leg_vars: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()
+        #: (call id, leg) -> (agent_id, queue_id, offer_id) of the originates the engine sent, until the
+        #: leg is gone
+        self.leg_vars: OrderedDict[tuple[str, str], tuple[str, str, str]] = OrderedDict()
         self.dirty = False
         self.writes = 0
         self._encoder = msgspec.msgpack.Encoder()
@@ -125,12 +126,13 @@ class ChannelMirror:
             return
         key = (ev.call_id, ev.leg)
         if tp is ChannelCreated:
-            agent_id, queue_id = self.leg_vars.get(key, ("", ""))
+            agent_id, queue_id, offer_id = self.leg_vars.get(key, ("", "", ""))
             self.channels[key] = LiveChannel(
                 call_id=ev.call_id, leg=ev.leg, node=ev.node, direction=ev.direction, caller_id=ev.caller_id,
                 destination=ev.destination, tenant=ev.tenant, created_at=ev.at,
                 agent_id=agent_id or ev.variables.get("callengine_agent_id", ""),
-                queue_id=queue_id or ev.variables.get("callengine_queue_id", ""))
+                queue_id=queue_id or ev.variables.get("callengine_queue_id", ""),
+                offer_id=offer_id or ev.variables.get("callengine_offer_id", ""))
         elif tp is ChannelAnswered:
             ch = self.channels.get(key) or self._originated(ev.call_id, ev.leg, ev.node, ev.at)
             if ch is None:
@@ -157,9 +159,9 @@ class ChannelMirror:
         reports the answer)."""
         if (call_id, leg) not in self.leg_vars:
             return None
-        agent_id, queue_id = self.leg_vars[(call_id, leg)]
+        agent_id, queue_id, offer_id = self.leg_vars[(call_id, leg)]
         return LiveChannel(call_id=call_id, leg=leg, node=node, direction="outbound", created_at=at,
-                           agent_id=agent_id, queue_id=queue_id)
+                           agent_id=agent_id, queue_id=queue_id, offer_id=offer_id)
 
     def command(self, cmd: Any) -> None:
         """What the engine told the switch to do (the switch confirms with events; a switch
@@ -168,7 +170,8 @@ class ChannelMirror:
         if tp is MediaOriginate:
             v = cmd.variables
             self.leg_vars[(cmd.call_id, cmd.leg)] = (v.get("callengine_agent_id", ""),
-                                                     v.get("callengine_queue_id", ""))
+                                                     v.get("callengine_queue_id", ""),
+                                                     v.get("callengine_offer_id", ""))
             if len(self.leg_vars) > 100_000:
                 self.leg_vars.popitem(last=False)
         elif tp is MediaAnswer:

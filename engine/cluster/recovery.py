@@ -62,6 +62,8 @@ class LiveChannel(msgspec.Struct, frozen=True, kw_only=True):
     #: channel variables the engine set on the legs it originated
     agent_id: str = ""
     queue_id: str = ""
+    #: the queue's offer that rings this leg (``callengine_offer_id``)
+    offer_id: str = ""
 
 
 class ChannelSource(Protocol):
