@@ -43,8 +43,16 @@ Rules
 7. Stop: ``drain`` flushes the ingress, then drains the hosts until two passes in a row bring
    nothing back, so every CDR and CTI event produced before the stop reaches its writer.
 
-Limits (said plainly): agents and queues of a non-default tenant are addressed by their plain id on
-the shards (the demo and the tests use one tenant); the state view lags the shards by up to
+8. Tenants: the shards key agents and queues per tenant as ``engine.actors.Node`` does
+   (``"<tenant>/<id>"``, the plain id for the ``default`` tenant; shard.py Rule 5), so two tenants
+   can both have agent ``a1`` and queue ``sales``. A command the API sends for a tenant
+   (``ClusterNode.deliver/ask(..., tenant=)``) is addressed to that key, and entities of a
+   non-default tenant are placed and recorded in the directory under it (``send_keyed``,
+   ``add_entities_keyed``: the default tenant's keys are the plain ids, so its path is unchanged).
+   Inside the shards, calls reach their own tenant's queues and agents (the runtime addresses a
+   ``Send`` in the sender's tenant); CTI events carry the tenant of the machine that emits them.
+
+Limits (said plainly): the state view lags the shards by up to
 ``refresh_s``; media commands lost with a killed host are not re-issued (the restarted host's
 rebuild and the calls' own timers take over); a recovered CDR carries only what the switch showed
 (times, answered by which agent, cause), not queue wait or hold times; other CTI events a dead
@@ -67,6 +75,7 @@ import msgspec
 import trio
 
 from engine.actors.errors import ActorExists, AskTimeout
+from engine.actors.node import TENANT_SCOPED, route
 from engine.cluster.recovery import LiveChannel
 from engine.fsm import agent as agent_fsm
 from engine.fsm import queue as queue_fsm
@@ -96,9 +105,66 @@ class GatewayError(RuntimeError):
 
 
 def _key(kind: str, tenant: str | None, actor_id: str) -> str:
-    if tenant and tenant != "default" and kind in ("agent", "queue"):
+    """The runtime key of an actor on the shards (the same rule as ``Runtime.key``, Rule 8)."""
+    if tenant and tenant != "default" and kind in TENANT_SCOPED:
         return f"{tenant}/{actor_id}"
     return actor_id
+
+
+class _Keyed(msgspec.Struct, frozen=True, array_like=True):
+    """An ingress message addressed to a runtime key (a non-default tenant's agent or queue)."""
+
+    kind: str
+    key: str
+    message: Any
+
+
+def send_keyed(cluster: Any, ops: list[Any]) -> list[Any]:
+    """``Cluster.send`` for messages some of which are addressed to a tenant's key (``_Keyed``).
+
+    Same link as ``Cluster.send`` (its ingress name, incarnation and per-shard sequence), so the
+    hosts apply the batches of both in one order. Kept here while ``Cluster.send`` addresses by
+    plain id only (cluster.py belongs to the recovery work); it should move into ``Cluster``."""
+    from engine.cluster.wire import Envelope, encode_batch
+
+    groups: dict[str, list[Envelope]] = {}
+    owner = cluster.directory.owner
+    for op in ops:
+        if type(op) is _Keyed:
+            kind, key, message = op.kind, op.key, op.message
+        else:
+            kind, key = route(op)
+            message = op
+        groups.setdefault(owner(kind, key), []).append(Envelope(kind, key, message))
+    refs = []
+    for shard, items in groups.items():
+        seq = cluster._seq[shard] = cluster._seq.get(shard, 0) + 1
+        refs.append(cluster.hosts[shard].deliver_batch.remote(
+            encode_batch(cluster.ingress_name, items, seq, cluster._incarnation)))
+    return refs
+
+
+def add_entities_keyed(cluster: Any, queues: list[queue_fsm.QueueConfig], agents: list[tuple[str, str]]) -> None:
+    """``Cluster.add_entities`` with directory entries under the runtime keys (``"agent/<tenant>/<id>"``
+    for a non-default tenant), so the shards' ``Directory.owner(kind, key)`` finds them (Rule 8).
+    For the default tenant the keys are the plain ids: the same entries as ``Cluster.add_entities``."""
+    import ray
+
+    placed: dict[str, str] = {}
+    per_shard: dict[str, tuple[list[queue_fsm.QueueConfig], list[tuple[str, str]]]] = {}
+    for q in queues:
+        key = f"queue/{_key('queue', q.tenant, q.queue_id)}"
+        shard = placed[key] = cluster.directory.place("queue", key.partition("/")[2], q.tenant)
+        cluster.tenants[key] = q.tenant
+        per_shard.setdefault(shard, ([], []))[0].append(q)
+    for agent_id, tenant in agents:
+        key = f"agent/{_key('agent', tenant, agent_id)}"
+        shard = placed[key] = cluster.directory.place("agent", key.partition("/")[2], tenant)
+        cluster.tenants[key] = tenant
+        per_shard.setdefault(shard, ([], []))[1].append((agent_id, tenant))
+    cluster.directory = cluster.directory.with_entities(placed)
+    cluster._broadcast_directory()
+    ray.get([cluster.hosts[s].add_entities.remote(qs, ags) for s, (qs, ags) in per_shard.items()], timeout=60)
 
 
 # ------------------------------------------------------------------------------ channel mirror
@@ -313,14 +379,14 @@ class ClusterNode:
             self.deliver_nowait(AgentLogout(agent_id=state.agent_id, at=time.time()), tenant)
 
     def deliver_nowait(self, message: Any, tenant: str | None = None) -> None:
-        self._gw.put(message)
+        self._gw.put(message, tenant)
 
     async def deliver(self, message: Any, tenant: str | None = None) -> None:
-        self._gw.put(message)
+        self._gw.put(message, tenant)
         await trio.lowlevel.checkpoint()
 
     async def ask(self, command: Any, timeout: float = 5.0, tenant: str | None = None) -> Reply:
-        return await self._gw.ask(command, timeout)
+        return await self._gw.ask(command, timeout, tenant)
 
     def statistics(self) -> Any:
         return SimpleNamespace(name=self.name, calls_created=self._gw.calls_created, media_dropped=0,
@@ -411,8 +477,15 @@ class Gateway:
 
     # ---------------------------------------------------------------- ingress (Rule 1, 2)
 
-    def put(self, message: Any) -> None:
-        """Queue a message for its shard (never blocks; the ingress task sends it in order)."""
+    def put(self, message: Any, tenant: str | None = None) -> None:
+        """Queue a message for its shard (never blocks; the ingress task sends it in order);
+        an agent's or queue's in ``tenant`` (Rule 8)."""
+        if tenant is not None and tenant != "default":
+            kind, actor_id = route(message)
+            if kind in TENANT_SCOPED:
+                self._ops.append(_Keyed(kind, _key(kind, tenant, actor_id), message))
+                self._kick()
+                return
         tp = type(message)
         if tp is ChannelCreated and message.leg == "a":
             self.mirror.event(message)
@@ -580,20 +653,29 @@ class Gateway:
         for op in ops:
             if type(op) is _AddEntities:
                 if run:
-                    cluster.send(run)
+                    self._send(run)
                     batches += 1
                     run = []
-                cluster.add_entities(op.queues, op.agents)
+                if all(q.tenant == "default" for q in op.queues) and all(t == "default" for _, t in op.agents):
+                    cluster.add_entities(op.queues, op.agents)
+                else:
+                    add_entities_keyed(cluster, op.queues, op.agents)
             else:
                 run.append(op)
                 if len(run) >= self.max_batch:
-                    cluster.send(run)
+                    self._send(run)
                     batches += 1
                     run = []
         if run:
-            cluster.send(run)
+            self._send(run)
             batches += 1
         return batches
+
+    def _send(self, run: list[Any]) -> None:
+        if any(type(op) is _Keyed for op in run):
+            send_keyed(self.cluster, run)
+        else:
+            self.cluster.send(run)
 
     async def _ingress(self) -> None:
         while True:
@@ -618,7 +700,7 @@ class Gateway:
 
     # ---------------------------------------------------------------- asks (Rule 4)
 
-    async def ask(self, command: Any, timeout: float = 5.0) -> Reply:
+    async def ask(self, command: Any, timeout: float = 5.0, tenant: str | None = None) -> Reply:
         if not hasattr(command, "request_id"):
             raise TypeError(f"ask needs a command with a request_id, not {type(command).__name__}")
         original = command.request_id
@@ -626,14 +708,12 @@ class Gateway:
         rid = f"{self._prefix}-{self._ask_seq}"
         waiter = self._waiters[rid] = _Waiter()
         try:
-            self.put(msgspec.structs.replace(command, request_id=rid))
+            self.put(msgspec.structs.replace(command, request_id=rid), tenant)
             with trio.move_on_after(timeout):
                 await waiter.event.wait()
         finally:
             self._waiters.pop(rid, None)
         if waiter.reply is None:
-            from engine.actors.node import route
-
             kind, actor_id = route(command)
             raise AskTimeout(kind, actor_id, rid, timeout)
         return msgspec.structs.replace(waiter.reply, request_id=original or rid)
@@ -758,7 +838,7 @@ class Gateway:
                 if now - first >= self.orphan_after_s:
                     log.warning("queue %s: caller %s is gone (no call, no channel); removing it", q.queue_id, cid)
                     self.waiters_removed += 1
-                    self.put(CallerLeft(queue_id=q.queue_id, call_id=cid, at=now))
+                    self.put(CallerLeft(queue_id=q.queue_id, call_id=cid, at=now), q.config.tenant)
                     del gone[key]
         self._gone_waiters = gone
 

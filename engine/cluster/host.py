@@ -388,12 +388,13 @@ class ShardHostCore:
     def add_entities(self, queues: Sequence[QueueConfig], agents: Sequence[tuple[str, str]]) -> int:
         def add() -> int:
             n = 0
+            rt = self.node.runtime  # agents and queues are keyed per tenant (shard.py Rule 5)
             for config in queues:
-                if not self.node.runtime.exists("queue", config.queue_id):
+                if not rt.exists("queue", rt.key("queue", config.tenant, config.queue_id)):
                     self.node.add_queue(config)
                     n += 1
             for agent_id, tenant in agents:
-                if not self.node.runtime.exists("agent", agent_id):
+                if not rt.exists("agent", rt.key("agent", tenant, agent_id)):
                     self.node.add_agent(agent_id, tenant)
                     n += 1
             return n

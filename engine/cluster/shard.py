@@ -18,6 +18,11 @@ Rules
    (``<shard>|<id>``); the shard that performs the ``Reply`` sends it back over the link when the
    asker is another shard (the runtime's ``remote_reply`` hook puts a ``ReplyTo`` on the link),
    else answers locally as the runtime always did.
+5. Tenants: agents and queues are registered per tenant, as on a ``Node`` (``TENANT_SCOPED``:
+   key ``"<tenant>/<id>"``, the plain id for the ``default`` tenant). Everything that addresses an
+   actor here (envelopes, the directory, images, the ``remote`` hook) uses that key, so two tenants'
+   agent ``a1`` are two actors, possibly on two shards; a ``Send`` is addressed in the sender's
+   tenant by the runtime (its Rule 8), so a call reaches its own tenant's queue and agents only.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import Any
 import msgspec
 import trio
 
-from engine.actors.node import Node, route
+from engine.actors.node import TENANT_SCOPED, Node, route
 from engine.actors.ports import Ports
 from engine.actors.runtime import Runtime
 from engine.cluster.outbox import Outbox
@@ -115,8 +120,8 @@ class ShardNode(Node):
         def factory(**options: Any) -> ShardRuntime:
             return ShardRuntime(directory=directory, outbox=outbox, **options)
 
-        # ids are unscoped on a shard: the directory places agents and queues by id (placement.py)
-        super().__init__(name=name, ports=ports, runtime_factory=factory, tenant_scoped=(),
+        # agents and queues keyed per tenant (Rule 5); the directory places them by that key
+        super().__init__(name=name, ports=ports, runtime_factory=factory, tenant_scoped=TENANT_SCOPED,
                          **(runtime_options or {}), **node_options)
         self.outbox = outbox
         self.adopted = 0
@@ -205,10 +210,9 @@ class ShardNode(Node):
         return len(items)
 
     async def deliver(self, message: Any, tenant: str | None = None) -> None:
-        """Route a message to its actor here or on its owner's shard (used by ``ask``).
-
-        ``tenant`` is accepted for the Node interface; the directory already places by tenant."""
-        self.accept_routed(message)
+        """Route a message to its actor (``tenant``'s agent or queue, Rule 5) here or on its
+        owner's shard (used by ``ask``)."""
+        self.accept_routed(message, tenant)
         await trio.lowlevel.checkpoint()
 
     async def ask(self, command: Any, timeout: float = 5.0, tenant: str | None = None) -> Reply:
@@ -218,13 +222,17 @@ class ShardNode(Node):
         self._ask_seq += 1
         rid = with_origin(self.name, original or f"ask-{self._ask_seq}")
         kind, actor_id = route(command)
-        reply = await self.runtime.ask(kind, actor_id, msgspec.structs.replace(command, request_id=rid),
-                                       timeout=timeout, send=self.deliver)
+
+        async def send(message: Any) -> None:
+            await self.deliver(message, tenant)
+
+        reply = await self.runtime.ask(kind, self.runtime.key(kind, tenant, actor_id),
+                                       msgspec.structs.replace(command, request_id=rid), timeout=timeout, send=send)
         return msgspec.structs.replace(reply, request_id=original or rid)
 
-    def accept_routed(self, message: Any) -> None:
+    def accept_routed(self, message: Any, tenant: str | None = None) -> None:
         kind, actor_id = route(message)
-        self.accept(kind, actor_id, message)
+        self.accept(kind, self.runtime.key(kind, tenant, actor_id), message)
 
     def adopt(self, image: Image, mail: tuple[Any, ...] = ()) -> None:
         """Put an actor in (hand-over or snapshot); replaces a live one only if the image is newer

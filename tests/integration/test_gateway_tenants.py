@@ -1,0 +1,123 @@
+"""Two tenants on the Ray path (engine/cluster/gateway.py Rule 8, shard.py Rule 5).
+
+Tenants ``acme`` and ``globex`` both have queue ``q1`` and agent ``a1`` (their phones are
+``acme-a1`` and ``globex-a1``). The gateway runs over two real Ray shard hosts, driven like
+``callengine run`` drives it (``add_queue``/``add_agent`` as ``NodeConfig`` does, commands through the
+``ClusterNode`` facade with the API's ``tenant=``, media through ``put``). A call of each tenant must
+ring that tenant's agent only, and every CTI event of a call carries the call's tenant.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+import trio
+
+ray = pytest.importorskip("ray")
+
+from engine.actors.node import route_by_destination  # noqa: E402
+from engine.actors.ports import InMemoryCdrs, InMemoryCti, InMemoryReplies, Ports  # noqa: E402
+from engine.cluster.cluster import Cluster  # noqa: E402
+from engine.cluster.fakeswitch import FakeSwitch, FileChannelSource  # noqa: E402
+from engine.cluster.gateway import Gateway  # noqa: E402
+from engine.cluster.host import HostConfig  # noqa: E402
+from engine.cluster.snapshots import FileSnapshotStore  # noqa: E402
+from engine.fsm.queue import QueueConfig  # noqa: E402
+from engine.messages import AgentLogin, MediaOriginate  # noqa: E402
+from engine.run import EpochClock  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+TENANTS = ("acme", "globex")
+
+
+class SwitchMedia:
+    def __init__(self, switch: FakeSwitch) -> None:
+        self.switch = switch
+        self.commands: list = []
+
+    def send(self, command) -> None:
+        self.commands.append(command)
+        self.switch.on_media(command)
+
+
+def test_two_tenants_with_the_same_agent_and_queue_ids_stay_apart(tmp_path) -> None:
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024 * 1024,
+             log_to_driver=False)
+    config = HostConfig(namespace=f"gt{uuid.uuid4().hex[:8]}", store=FileSnapshotStore(tmp_path / "snap"),
+                        channel_sources=(FileChannelSource(str(tmp_path / "channels")),),
+                        collect_events=True, snapshot_interval_s=0.05)
+    cluster = Cluster(shards=2, config=config, host_cpus=0.5).start()
+    switch = FakeSwitch(talk_s=60.0, ext_to_agent={f"{t}-a1": "a1" for t in TENANTS})
+    media = SwitchMedia(switch)
+    cti, cdrs = InMemoryCti(), InMemoryCdrs()
+    gw = Gateway(cluster, Ports(media, cti, cdrs, InMemoryReplies()), router=route_by_destination({"100": "q1"}),
+                 channel_file=tmp_path / "channels", refresh_s=0.05)
+    node = gw.node
+    out: dict = {}
+
+    async def until(cond, timeout: float = 30.0) -> None:
+        with trio.fail_after(timeout):
+            while not cond():
+                await trio.sleep(0.02)
+
+    def agent_state(tenant: str) -> str:
+        state = node.state_of("agent", "a1", tenant)
+        return state.state.name if state is not None else ""
+
+    async def main() -> None:
+        async with trio.open_nursery() as n:
+            await n.start(gw.run)
+
+            async def switch_events() -> None:
+                while True:
+                    for ev in switch.tick():
+                        gw.put(ev)
+                    await trio.sleep(0.01)
+
+            n.start_soon(switch_events)
+            for t in TENANTS:
+                node.add_queue(QueueConfig(queue_id="q1", tenant=t))
+                node.add_agent("a1", t)
+            for t in TENANTS:
+                reply = await node.ask(AgentLogin(agent_id="a1", at=time.time(), extension=f"{t}-a1", queues=("q1",),
+                                                  ready=True, tenant=t, request_id=f"login-{t}"),
+                                       timeout=10, tenant=t)
+                assert reply.ok, (t, reply)
+            # both are on the shards, each in its own tenant (the view is refreshed from the shards)
+            await until(lambda: all(agent_state(t) == "AVAILABLE" for t in TENANTS)
+                        and len(node.runtime.states("agent")) == 2 and len(node.runtime.states("queue")) == 2)
+            calls = {}
+            for t in TENANTS:
+                call_id = calls[t] = switch.new_call("100", tenant=t)
+                await until(lambda cid=call_id: cid in switch.bridged)
+                await until(lambda t=t: agent_state(t) == "ON_CALL")
+            out["originates"] = [c for c in media.commands if type(c) is MediaOriginate]
+            for t in TENANTS:
+                switch.hangup(calls[t])
+            await until(lambda: all(cdrs.by_call().get(c) == 1 for c in calls.values()))
+            await until(lambda: all({"CALL_CREATED", "CALL_ANSWERED", "CALL_ENDED"}
+                                    <= {e.name for e in cti.items if e.call_id == c} for c in calls.values()))
+            await gw.drain(timeout=5)
+            out["calls"] = calls
+            out["agent_tenants"] = {(e.tenant, e.queue_id) for e in cti.items
+                                    if e.agent_id == "a1"}
+            n.cancel_scope.cancel()
+
+    try:
+        trio.run(main, clock=EpochClock())
+    finally:
+        cluster.shutdown()
+        ray.shutdown()
+    calls = out["calls"]
+    # each tenant's call rang its own tenant's phone, once
+    rung = {c.call_id: c.destination for c in out["originates"]}
+    assert rung == {calls[t]: f"{t}-a1" for t in TENANTS}, rung
+    # every CTI event of a call is in the call's tenant
+    for t in TENANTS:
+        tenants = {e.tenant for e in cti.items if e.call_id == calls[t]}
+        assert tenants == {t}, (t, tenants)
+    assert {tenant for tenant, _ in out["agent_tenants"]} == set(TENANTS)
+    assert cdrs.by_call() == {calls[t]: 1 for t in TENANTS}
