@@ -10,6 +10,9 @@ Rules
    RESOURCE_EXHAUSTED) leaves one ``AuditRecord``.
 4. Commands reach the engine through ``Node.ask``; queries read actor states (frozen Structs, so
    reading them from another task is safe).
+5. Request metadata a transport carries besides the body reaches the handler in its ``Context``:
+   ``traceparent`` is the request's W3C trace context (the HTTP ``traceparent`` header), so a call
+   the request originates resumes the caller's trace (``engine/tracecontext.py``).
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ class Context:
     api: Api
     principal: Principal
     transport: str
+    #: the request's W3C ``traceparent`` ("" when it carried none; Rule 5)
+    traceparent: str = ""
 
     @property
     def node(self) -> Node:
@@ -91,8 +96,9 @@ class Api:
             raise
 
     async def invoke(self, token: str | Principal | None, method_name: str, body: bytes | msgspec.Raw,
-                     transport: str) -> Any:
-        """Run one unary method; returns the response Struct or raises ``ApiError``."""
+                     transport: str, *, traceparent: str = "") -> Any:
+        """Run one unary method; returns the response Struct or raises ``ApiError``. ``traceparent``:
+        the request's trace context, if its transport carried one (Rule 5)."""
         principal = token if isinstance(token, Principal) else self.authenticate(token, method_name, transport)
         method: Method | None = None
         try:
@@ -109,7 +115,7 @@ class Api:
             except (msgspec.ValidationError, msgspec.DecodeError) as error:
                 raise ApiError("INVALID_ARGUMENT", str(error)[:300]) from None
             self.calls += 1
-            result = await method.handler(Context(self, principal, transport), request)
+            result = await method.handler(Context(self, principal, transport, traceparent), request)
         except ApiError as error:
             self.errors[error.code] = self.errors.get(error.code, 0) + 1
             if error.code in DENIALS or (method is not None and method.audited):
@@ -125,8 +131,8 @@ class Api:
         return result
 
     async def invoke_json(self, token: str | Principal | None, method_name: str, body: bytes,
-                          transport: str) -> bytes:
-        return _encoder.encode(await self.invoke(token, method_name, body, transport))
+                          transport: str, *, traceparent: str = "") -> bytes:
+        return _encoder.encode(await self.invoke(token, method_name, body, transport, traceparent=traceparent))
 
     # ---------------------------------------------------------------- audit
 

@@ -10,6 +10,8 @@ Rules
    envelope has flag 0x02 and carries ``{}`` or ``{"error": {...}}``.
 3. Bodies are bounded (``max_body``): larger is RESOURCE_EXHAUSTED before it is read entirely.
    Any other method, path or content type gets a typed error, never a stack trace.
+   A ``traceparent`` header (W3C trace context) is handed to the method (``Context.traceparent``):
+   a call that ``CallControl/Originate`` starts resumes the caller's trace.
 4. HTTP is done by hypercorn (a well-kept server); this module only maps requests to ``Api``.
 """
 
@@ -80,7 +82,9 @@ class ConnectApp:
             if streaming:
                 await self._stream(send, token, method, body)
                 return
-            payload = await self.api.invoke_json(token, method, body, "http")
+            # a W3C trace context header is handed on: a call the request originates resumes it
+            payload = await self.api.invoke_json(token, method, body, "http",
+                                                 traceparent=headers.get("traceparent", ""))
         except ApiError as error:
             if streaming:
                 await _respond(send, 200, _envelope(2, {"error": _connect_error(error)}),

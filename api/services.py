@@ -27,6 +27,7 @@ from api import types as t
 from api.errors import ApiError
 from api.store import RECORD_TYPES, AgentRecord, Extension, Flow, QueueRecord
 from engine import messages as m
+from engine.tracecontext import parse_traceparent
 
 if TYPE_CHECKING:
     from api.dispatch import Context
@@ -142,7 +143,9 @@ async def originate(ctx: Context, req: t.OriginateRequest) -> t.OriginateRespons
     ctx.api.remember_originator(call_id, p.agent_id)
     await _ask(ctx, m.Originate(call_id=call_id, at=_now(ctx), request_id=uuid.uuid4().hex,
                                 from_extension=from_extension, to=req.to, tenant=p.tenant,
-                                caller_id=req.caller_id, timeout_s=req.timeout_s))
+                                caller_id=req.caller_id, timeout_s=req.timeout_s,
+                                # the request's trace context: the call's spans and CTI resume it
+                                traceparent=ctx.traceparent if parse_traceparent(ctx.traceparent) else ""))
     return t.OriginateResponse(call_id=call_id)
 
 
