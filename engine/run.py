@@ -6,13 +6,22 @@ What ``open_engine`` assembles, in this order (and tears down in reverse, so not
    ``<state>/pg``), migrations applied; the configuration snapshot (``PgConfigStore``).
 2. ``CdrWriter`` (spool ``<state>/cdr.spool``) and ``EventSink``: opened first, so they flush
    after everything else has stopped and written its last CDRs and events.
-3. NATS: ``CALLENGINE_NATS_URL``, or our own nats-server (``NatsProcess``: fixed port and store
-   ``<state>/nats``, so the fault test can restart it under the same URL).
+3. NATS: ``--nats-url`` / ``CALLENGINE_NATS_URL`` with its credentials (``--nats-creds``,
+   ``--nats-user``/``--nats-password``, ``--nats-token``, ``--nats-nkey-seed`` or the ``NATS_*``
+   variables, see ``add_parser``), or our own nats-server (``NatsProcess``: fixed port and store
+   ``<state>/nats``, so the fault test can restart it under the same URL). ONE bridge (one
+   connection, one asyncio loop) carries everything NATS in this process: the CTI publisher, the
+   API's micro services and Watch relays, and with ``--fanout nats`` the multi-node feed
+   (``adapters.nats.fanout``). It is opened before PostgreSQL, so wrong credentials fail in a
+   second (``NatsAuthError``), and PostgreSQL then runs on the same asyncio loop (``open_postgres``
+   reuses a running one): no "attached to a different loop" between tasks that use both (an Admin
+   API write is such a task).
 4. The actors. Default: Ray shard hosts behind a gateway (``engine/cluster/gateway.py``): a local
    ``ray.init(address="local")`` with one host per core (``--shards N``), or ``--ray-address`` /
    ``CALLENGINE_RAY_ADDRESS`` to join a cluster; this process keeps the ESL links, the CTI
    publisher, PostgreSQL and the API (over the gateway's ``ClusterNode`` facade). ``--in-process``:
-   ``open_stack`` runs the node here (one trio runtime), as before Ray was wired in.
+   the node runs here (one trio runtime), with the same API servers around it as ``open_stack``
+   builds, on the bridge of 3.
    The ports are ``Ports(media=links, cti=TeeCti(publisher, event_sink), cdr=writer)``, wrapped by
    telemetry when it is configured (``engine.telemetry``; a no-op otherwise).
 5. ESL: ``MediaLinks(nodes_from_env())`` as the media port (in process: a supervised task of the
@@ -32,10 +41,9 @@ then NATS, the event sink, the CDR writer and PostgreSQL.
 Time: the engine runs on ``EpochClock`` (trio's clock = epoch seconds, monotonic), so event
 times, timer deadlines and CDR times are all epoch seconds, as PostgreSQL partitioning expects.
 
-Not done: on the Ray path, agents and queues of a non-default tenant are addressed by their plain
-id on the shards (one tenant per deployment for now); the channel mirror that a restarted shard
-host rebuilds its calls from is a file, so it works only where the hosts share this machine's
-filesystem (the local default), not on a remote ``--ray-address`` cluster.
+Not done: the channel mirror that a restarted shard host rebuilds its calls from is a file, so it
+works only where the hosts share this machine's filesystem (the local default), not on a remote
+``--ray-address`` cluster.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ import os
 import pathlib
 import secrets
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -100,7 +109,40 @@ class RunOptions:
     view_refresh_s: float = 0.2
     #: how often each shard host writes its changed agents/queues to the snapshot store
     snapshot_interval_s: float = 0.2
+    #: NATS credentials (``adapters.nats.bridge.NatsSettings``) for the server at ``nats_url``
+    nats_creds: str | None = None
+    nats_user: str | None = None
+    nats_password: str | None = None
+    nats_token: str | None = None
+    nats_nkey_seed: str | None = None
+    #: "local": watchers get this node's events; "nats": also the events other nodes publish for
+    #: their tenant (several nodes on one NATS, ``adapters.nats.fanout``)
+    fanout: str = "local"
 
+    def nats_credentials(self) -> dict[str, str]:
+        """The credentials that are set, by ``NatsSettings`` field."""
+        values = {"creds": self.nats_creds, "user": self.nats_user, "password": self.nats_password,
+                  "token": self.nats_token, "nkey_seed": self.nats_nkey_seed}
+        return {k: v for k, v in values.items() if v}
+
+    def nats_settings(self, url: str) -> Any:
+        """``NatsSettings`` for ``url`` with these credentials (every NATS connection of the node)."""
+        from adapters.nats.bridge import NatsSettings
+
+        c = self.nats_credentials()
+        return NatsSettings(url=url, creds=c.get("creds"), user=c.get("user"), password=c.get("password"),
+                            token=c.get("token"), nkey_seed=c.get("nkey_seed"))
+
+    def check(self) -> None:
+        """Refuse contradictory options (``ValueError`` with the reason)."""
+        if self.fanout not in ("local", "nats"):
+            raise ValueError(f"fanout must be 'local' or 'nats', not {self.fanout!r}")
+        if bool(self.nats_user) != bool(self.nats_password):
+            raise ValueError("NATS user and password go together (--nats-user/--nats-password, "
+                             "NATS_USER/NATS_PASSWORD)")
+        if self.nats_credentials() and not self.nats_url:
+            raise ValueError("NATS credentials are for a server given by --nats-url or CALLENGINE_NATS_URL; "
+                             "the embedded nats-server takes none")
 
     @classmethod
     def from_env(cls) -> RunOptions:
@@ -111,7 +153,22 @@ class RunOptions:
                    pg_dsn=env.get("CALLENGINE_PG_DSN") or None,
                    nats_url=env.get("CALLENGINE_NATS_URL") or None,
                    outbound_port=int(port) if port else None,
-                   ray_address=env.get("CALLENGINE_RAY_ADDRESS") or None)
+                   ray_address=env.get("CALLENGINE_RAY_ADDRESS") or None,
+                   nats_creds=_env("CALLENGINE_NATS_CREDS", "NATS_CREDS"),
+                   nats_user=_env("CALLENGINE_NATS_USER", "NATS_USER"),
+                   nats_password=_env("CALLENGINE_NATS_PASSWORD", "NATS_PASSWORD"),
+                   nats_token=_env("CALLENGINE_NATS_TOKEN", "NATS_TOKEN"),
+                   nats_nkey_seed=_env("CALLENGINE_NATS_NKEY_SEED", "NATS_NKEY"),
+                   fanout=env.get("CALLENGINE_FANOUT") or "local")
+
+
+def _env(*names: str) -> str | None:
+    """The first of ``names`` that is set and not empty."""
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None
 
 
 @dataclass
@@ -251,6 +308,7 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
     from engine.telemetry import Telemetry
 
     o = options or RunOptions.from_env()
+    o.check()
     state = pathlib.Path(o.state_dir or os.environ.get("CALLENGINE_STATE_DIR") or ".state").resolve()
     state.mkdir(parents=True, exist_ok=True)
     secret = o.secret or secrets.token_urlsafe(32)
@@ -264,16 +322,13 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
             # our own nats-server (not open_stack's): a fixed port and store, so it can restart
             nats_server = await stack.enter_async_context(open_nats_process(state / "nats"))
             nats_url = nats_server.url
-        bridge = None
-        if not o.in_process:
-            # the NATS bridge opens its own asyncio loop; opened first, PostgreSQL then runs on the
-            # same loop (open_postgres reuses a running one): one loop, no "attached to a different
-            # loop" between tasks that use both
-            from adapters.nats.bridge import NatsSettings, open_bridge
+        # the NATS bridge opens its own asyncio loop; opened first (wrong credentials fail before
+        # PostgreSQL starts), PostgreSQL then runs on the same loop (open_postgres reuses a running
+        # one): one loop, no "attached to a different loop" between tasks that use both (module doc)
+        from adapters.nats.bridge import open_bridge
 
-            bridge = await stack.enter_async_context(open_bridge(NatsSettings(url=nats_url)))
+        bridge = await stack.enter_async_context(open_bridge(o.nats_settings(nats_url)))
         pg = await stack.enter_async_context(open_database(o.pg_dsn))
-        pg_loop = _current_aio_loop()
         store = PgConfigStore(pg)
         config = NodeConfig(await store.snapshot())
         writer = await stack.enter_async_context(open_cdr_writer(pg, state / "cdr.spool"))
@@ -293,12 +348,9 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
         api_stack: Any
         node: Any
         if o.in_process:
-            from api.app import open_stack
-
-            api_stack = await stack.enter_async_context(open_stack(
-                secret=secret, nats_url=nats_url, host=o.host, media=links, ports_wrap=wrap, store=admin,
-                node_options={"name": o.node_name, "router": router,
-                              "media_links": [TaskSpec("esl", links.run)]}))
+            api_stack = await _open_inprocess_stack(
+                stack, o, secret=secret, nats_url=nats_url, bridge=bridge, links=links, wrap=wrap, store=admin,
+                node_options={"name": o.node_name, "router": router, "media_links": [TaskSpec("esl", links.run)]})
             node = api_stack.node
         else:
             api_stack, cluster, gateway = await _open_cluster_stack(
@@ -311,9 +363,6 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
         presence = PresenceBridge(links.registry, node)
         api_stack.api.on_login = presence.on_login
         telemetry.bind(node=node, links=links, cdr_writer=writer, publisher=api_stack.publisher)
-        # in process, open_stack's NATS bridge opened a second asyncio loop after PostgreSQL's: the
-        # tasks that use PostgreSQL (watcher, resync) are started on PostgreSQL's loop
-        restore = _set_aio_loop(pg_loop)
         nursery = await stack.enter_async_context(trio.open_nursery())
         stack.callback(nursery.cancel_scope.cancel)
         watcher = await stack.enter_async_context(open_config_watcher(store))
@@ -329,7 +378,6 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
                         log.warning("configuration resync failed (%r); retrying", exc)
 
         nursery.start_soon(resync_loop)
-        restore()
         engine = Engine(node=node, stack=api_stack, links=links, pg=pg, store=store, config=config,
                         cdr_writer=writer, event_sink=sink, telemetry=telemetry, secret=secret,
                         state_dir=state, cluster=cluster, gateway=gateway, nats_server=nats_server)
@@ -347,7 +395,8 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
 
 @dataclass
 class ClusterStack:
-    """What ``open_stack`` gives in process, for the Ray path (``Engine.stack``)."""
+    """What ``api.app.open_stack`` gives (``Engine.stack``), built here on the engine's one NATS
+    bridge: around the gateway's ``ClusterNode`` (Ray path) or a ``Node`` in this process."""
 
     node: Any
     api: Any
@@ -362,44 +411,50 @@ class ClusterStack:
     services: list[Any] = field(default_factory=list)
     relays: Any = None
     nats_server: Any = None
+    #: the multi-node feed (``adapters.nats.fanout.NatsFanout``) with ``fanout="nats"``
+    fanout: Any = None
 
 
-def _current_aio_loop() -> Any:
-    import trio_asyncio
+async def _start_fanout(o: RunOptions, nursery: trio.Nursery, bridge: Any, hub: Any) -> Any:
+    if o.fanout != "nats":
+        return None
+    from adapters.nats.fanout import NatsFanout
 
-    return trio_asyncio.current_loop.get()
-
-
-def _set_aio_loop(loop: Any) -> Any:
-    """Make ``loop`` the asyncio loop of this task (and of the tasks it starts); returns the undo."""
-    import trio_asyncio
-
-    token = trio_asyncio.current_loop.set(loop)
-    return lambda: trio_asyncio.current_loop.reset(token)
+    feed = NatsFanout(bridge, hub)
+    await nursery.start(feed.run)
+    return feed
 
 
-async def _open_cluster_stack(stack: AsyncExitStack, o: RunOptions, *, state: pathlib.Path, secret: str,
-                              nats_url: str, bridge: Any, links: Any, wrap: Any, store: Any,
-                              router: Any) -> tuple[ClusterStack, Any, Any]:
-    """The gateway process (engine/cluster/gateway.py): NATS bridge, CTI publisher, the Ray shard
-    hosts, the gateway pumps, the API over the gateway's ``ClusterNode``. Registered on ``stack``
-    so that on exit the gateway drains the hosts (CDRs, CTI) before anything is stopped."""
-    from adapters.nats.publisher import CtiPublisher
-    from api.auth import AuditLog, Authenticator, RateLimiter
-    from api.dispatch import Api
+async def _serve_api(stack: AsyncExitStack, o: RunOptions, result: ClusterStack, api: Any,
+                     nursery: trio.Nursery) -> None:
+    """HTTP (Connect), WebSocket and the NATS micro services around ``api`` (as ``open_stack``)."""
+    from adapters.nats.micro import WatchRelays, start_micro_services, stop_micro_services
     from api.http import serve_http
-    from api.hub import EventHub
     from api.ws import WsServer
-    from engine.actors import InMemoryCdrs, InMemoryReplies, Ports
-    from engine.cluster.cluster import Cluster, default_shards
-    from engine.cluster.fakeswitch import FileChannelSource
-    from engine.cluster.gateway import Gateway, channel_file_for
-    from engine.cluster.host import HostConfig
-    from engine.cluster.snapshots import FileSnapshotStore
+
+    result.http_url = await nursery.start(serve_http, api, o.host, 0)
+    result.ws = WsServer(api)
+    port = await nursery.start(result.ws.serve, o.host, 0)
+    result.ws_url = f"ws://{o.host}:{port}"
+    result.relays = WatchRelays(nursery, result.bridge)
+    result.services = await start_micro_services(result.bridge, api, relays=result.relays)
+
+    async def stop_services() -> None:
+        # first thing on the way out: stop taking API requests
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            await stop_micro_services(result.bridge, result.services)
+
+    stack.push_async_callback(stop_services)
+
+
+async def _open_publisher(stack: AsyncExitStack, o: RunOptions, bridge: Any) -> tuple[Any, Any, Any]:
+    """The CTI publisher (and the fan-out feed) in a nursery that outlives the node: on the way
+    out the publisher empties after the node has produced its last events."""
+    from adapters.nats.publisher import CtiPublisher
+    from api.hub import EventHub
 
     hub = EventHub()
     publisher = CtiPublisher(bridge, hub)
-    ports = wrap(Ports(links, publisher, InMemoryCdrs(keep=False), InMemoryReplies(keep=False)))
     pumps = await stack.enter_async_context(trio.open_nursery())
     stack.callback(pumps.cancel_scope.cancel)
     await pumps.start(publisher.run)
@@ -410,6 +465,47 @@ async def _open_cluster_stack(stack: AsyncExitStack, o: RunOptions, *, state: pa
                 await trio.sleep(0.05)
 
     stack.push_async_callback(publisher_flushed)
+    feed = await _start_fanout(o, pumps, bridge, hub)
+    return hub, publisher, feed
+
+
+async def _open_inprocess_stack(stack: AsyncExitStack, o: RunOptions, *, secret: str, nats_url: str, bridge: Any,
+                                links: Any, wrap: Any, store: Any, node_options: dict[str, Any]) -> ClusterStack:
+    """``--in-process``: the node in this process, the API around it, all NATS on ``bridge``."""
+    from api.auth import AuditLog, Authenticator, RateLimiter
+    from api.dispatch import Api
+    from engine.actors import InMemoryCdrs, InMemoryReplies, Ports, open_node
+
+    hub, publisher, feed = await _open_publisher(stack, o, bridge)
+    ports = wrap(Ports(links, publisher, InMemoryCdrs(keep=False), InMemoryReplies(keep=False)))
+    node = await stack.enter_async_context(open_node(ports=ports, **node_options))
+    api = Api(node, Authenticator(secret), store=store, hub=hub, bridge=bridge,
+              limiter=RateLimiter(200.0, 400.0), audit=AuditLog())
+    result = ClusterStack(node=node, api=api, publisher=publisher, hub=hub, media=links, bridge=bridge,
+                          nats_url=nats_url, fanout=feed)
+    nursery = await stack.enter_async_context(trio.open_nursery())
+    stack.callback(nursery.cancel_scope.cancel)
+    await _serve_api(stack, o, result, api, nursery)
+    return result
+
+
+async def _open_cluster_stack(stack: AsyncExitStack, o: RunOptions, *, state: pathlib.Path, secret: str,
+                              nats_url: str, bridge: Any, links: Any, wrap: Any, store: Any,
+                              router: Any) -> tuple[ClusterStack, Any, Any]:
+    """The gateway process (engine/cluster/gateway.py): NATS bridge, CTI publisher, the Ray shard
+    hosts, the gateway pumps, the API over the gateway's ``ClusterNode``. Registered on ``stack``
+    so that on exit the gateway drains the hosts (CDRs, CTI) before anything is stopped."""
+    from api.auth import AuditLog, Authenticator, RateLimiter
+    from api.dispatch import Api
+    from engine.actors import InMemoryCdrs, InMemoryReplies, Ports
+    from engine.cluster.cluster import Cluster, default_shards
+    from engine.cluster.fakeswitch import FileChannelSource
+    from engine.cluster.gateway import Gateway, channel_file_for
+    from engine.cluster.host import HostConfig
+    from engine.cluster.snapshots import FileSnapshotStore
+
+    hub, publisher, feed = await _open_publisher(stack, o, bridge)
+    ports = wrap(Ports(links, publisher, InMemoryCdrs(keep=False), InMemoryReplies(keep=False)))
     channel_file = channel_file_for(state)
     snapshots = state / "snapshots"
     if o.ray_address is None and snapshots.exists():
@@ -464,26 +560,17 @@ async def _open_cluster_stack(stack: AsyncExitStack, o: RunOptions, *, state: pa
     api = Api(gateway.node, Authenticator(secret), store=store, hub=hub, bridge=bridge,  # type: ignore[arg-type]
               limiter=RateLimiter(200.0, 400.0), audit=AuditLog())
     result = ClusterStack(node=gateway.node, api=api, publisher=publisher, hub=hub, media=links,
-                          bridge=bridge, nats_url=nats_url)
-    result.http_url = await nursery.start(serve_http, api, o.host, 0)
-    result.ws = WsServer(api)
-    port = await nursery.start(result.ws.serve, o.host, 0)
-    result.ws_url = f"ws://{o.host}:{port}"
-    from adapters.nats.micro import WatchRelays, start_micro_services, stop_micro_services
-
-    result.relays = WatchRelays(nursery, bridge)
-    result.services = await start_micro_services(bridge, api, relays=result.relays)
+                          bridge=bridge, nats_url=nats_url, fanout=feed)
 
     async def stop_gateway() -> None:
-        # Ctrl-C: stop taking API requests, then hand every event already in to the shards and
-        # bring back what they produced (Rule 7 of gateway.py): nothing produced is lost
+        # Ctrl-C: (the API stopped taking requests first, _serve_api) hand every event already in
+        # to the shards and bring back what they produced (Rule 7 of gateway.py): nothing is lost
         with trio.CancelScope(shield=True):
-            with trio.move_on_after(2):
-                await stop_micro_services(bridge, result.services)
             n = await gateway.drain(timeout=10.0)
             log.info("gateway drained %d outputs at shutdown", n)
 
     stack.push_async_callback(stop_gateway)
+    await _serve_api(stack, o, result, api, nursery)
     return result, cluster, gateway
 
 
@@ -500,8 +587,49 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default="", help="CDR spool and embedded PostgreSQL (default .state)")
     p.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0 = until Ctrl-C)")
     add_cluster_arguments(p)
+    add_nats_arguments(p)
     p.set_defaults(func=main)
     return p
+
+
+def add_nats_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "NATS", "the NATS server and how to authenticate to it (default: an embedded nats-server, no "
+                "credentials). Each option falls back to the variable named in its help; prefer the "
+                "variables or files for secrets (command lines are visible to other local users)")
+    g.add_argument("--nats-url", default=None, metavar="URL",
+                   help="NATS server, e.g. nats://nats.example:4222 (env CALLENGINE_NATS_URL; "
+                        "default: start an embedded nats-server)")
+    g.add_argument("--nats-creds", default=None, metavar="FILE",
+                   help="a .creds file (user JWT + nkey seed; NATS operator mode) "
+                        "(env CALLENGINE_NATS_CREDS, then NATS_CREDS)")
+    g.add_argument("--nats-user", default=None, metavar="USER",
+                   help="user name, with --nats-password (env CALLENGINE_NATS_USER, then NATS_USER)")
+    g.add_argument("--nats-password", default=None, metavar="PASSWORD",
+                   help="password of --nats-user (env CALLENGINE_NATS_PASSWORD, then NATS_PASSWORD)")
+    g.add_argument("--nats-token", default=None, metavar="TOKEN",
+                   help="authentication token (env CALLENGINE_NATS_TOKEN, then NATS_TOKEN)")
+    g.add_argument("--nats-nkey-seed", default=None, metavar="FILE",
+                   help="a file holding a user nkey seed (SU...) (env CALLENGINE_NATS_NKEY_SEED, then NATS_NKEY)")
+    g.add_argument("--fanout", choices=("local", "nats"), default=None,
+                   help="local: event watchers (WebSocket, Connect, NATS Watch) get this node's events; "
+                        "nats: also the events other nodes publish for their tenants, for several nodes on "
+                        "one NATS (env CALLENGINE_FANOUT; default local)")
+
+
+def nats_options(options: RunOptions, args: argparse.Namespace) -> RunOptions:
+    """Apply the NATS options over the environment's values (bad combinations: SystemExit with
+    the reason)."""
+    for name in ("nats_url", "nats_creds", "nats_user", "nats_password", "nats_token", "nats_nkey_seed",
+                 "fanout"):
+        value = getattr(args, name, None)
+        if value:
+            setattr(options, name, value)
+    try:
+        options.check()
+    except ValueError as error:
+        raise SystemExit(f"callengine run: {error}") from None
+    return options
 
 
 def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
@@ -552,5 +680,13 @@ def main(args: argparse.Namespace) -> int:
     if args.state_dir:
         options.state_dir = args.state_dir
     cluster_options(options, args)
-    trio.run(_serve, options, args.seconds, clock=EpochClock())
+    nats_options(options, args)
+    from adapters.nats.bridge import NatsConnectError
+
+    try:
+        trio.run(_serve, options, args.seconds, clock=EpochClock())
+    except NatsConnectError as error:
+        # wrong credentials or no server: said in one line, before PostgreSQL or Ray started
+        print(f"callengine run: cannot connect to NATS: {error}", file=sys.stderr, flush=True)
+        return 2
     return 0
