@@ -42,7 +42,6 @@ Rules
    ``recovered`` (CTI ``data.recovered``; the CDR's ``node`` says ``recovered:<media node>``).
 7. Stop: ``drain`` flushes the ingress, then drains the hosts until two passes in a row bring
    nothing back, so every CDR and CTI event produced before the stop reaches its writer.
-
 8. Tenants: the shards key agents and queues per tenant as ``engine.actors.Node`` does
    (``"<tenant>/<id>"``, the plain id for the ``default`` tenant; shard.py Rule 5), so two tenants
    can both have agent ``a1`` and queue ``sales``. A command the API sends for a tenant
@@ -52,11 +51,13 @@ Rules
    Inside the shards, calls reach their own tenant's queues and agents (the runtime addresses a
    ``Send`` in the sender's tenant); CTI events carry the tenant of the machine that emits them.
 
-Limits (said plainly): the state view lags the shards by up to
-``refresh_s``; media commands lost with a killed host are not re-issued (the restarted host's
-rebuild and the calls' own timers take over); a recovered CDR carries only what the switch showed
-(times, answered by which agent, cause), not queue wait or hold times; other CTI events a dead
-host produced (queue, agent state) are not recovered.
+Limits (said plainly): a restarted host's recovery (host.py ``_recover``, ``resync``) sends its
+``OfferFailed`` / ``AgentStatus`` messages without a tenant, i.e. to the default tenant's agent or
+queue of that id: a non-default tenant's ones miss them after a host restart; the state view
+lags the shards by up to ``refresh_s``; media commands lost with a killed host are not re-issued
+(the restarted host's rebuild and the calls' own timers take over); a recovered CDR carries only
+what the switch showed (times, answered by which agent, cause), not queue wait or hold times;
+other CTI events a dead host produced (queue, agent state) are not recovered.
 """
 
 from __future__ import annotations
