@@ -412,25 +412,34 @@ class ShardHostCore:
         def run() -> int:
             rt, directory = self.node.runtime, self.node.directory
             now = trio.current_time()
-            sends: list[Send] = []
+            # per tenant: a Send names a plain id, addressed in the tenant given to perform, and the
+            # directory places a tenant's queue under its key (shard.py Rule 5)
+            sends: dict[str, list[Send]] = {}
+
+            def on_restarted(tenant: str, queue_id: str) -> bool:
+                return directory.owner("queue", rt.key("queue", tenant, queue_id)) == restarted
+
             for agent_id in rt.ids("agent"):
                 agent: Agent = rt.state_of("agent", agent_id)
-                if agent.state is not AgentState.LOGGED_OUT and any(
-                        directory.owner("queue", q) == restarted for q in agent.queues):
-                    sends += [s for s in agent_status(agent, now) if directory.owner("queue", s.to_id) == restarted]
+                mine = sends.setdefault(agent.tenant, [])
+                if agent.state is not AgentState.LOGGED_OUT and any(on_restarted(agent.tenant, q)
+                                                                    for q in agent.queues):
+                    mine += [s for s in agent_status(agent, now) if on_restarted(agent.tenant, s.to_id)]
                 # an agent talking on a call that lived on the restarted shard asks that call now
                 # (its probe timer fires early): a call that ended while the shard was down answers
                 # "not connected" and the agent is freed, instead of waiting for its next probe
                 if (agent.state is AgentState.ON_CALL and "probe" in agent.timers
                         and directory.owner("call", agent.call_id) == restarted):
-                    sends.append(Send(to="agent", to_id=agent.agent_id, message=TimerFired(key="probe", at=now)))
+                    mine.append(Send(to="agent", to_id=agent.agent_id, message=TimerFired(key="probe", at=now)))
             for call_id in rt.ids("call"):
-                send = requeue_message(rt.state_of("call", call_id), now)
-                if send is not None and directory.owner("queue", send.to_id) == restarted:
-                    sends.append(send)
-            if sends:
-                rt.perform(sends)
-            return len(sends)
+                call = rt.state_of("call", call_id)
+                send = requeue_message(call, now)
+                if send is not None and on_restarted(call.tenant, send.to_id):
+                    sends.setdefault(call.tenant, []).append(send)
+            for tenant, items in sends.items():
+                if items:
+                    rt.perform(items, tenant=tenant)
+            return sum(len(items) for items in sends.values())
         return self._call(run)
 
     def drain_outputs(self) -> bytes:

@@ -4,7 +4,8 @@ Tenants ``acme`` and ``globex`` both have queue ``q1`` and agent ``a1`` (their p
 ``acme-a1`` and ``globex-a1``). The gateway runs over two real Ray shard hosts, driven like
 ``callengine run`` drives it (``add_queue``/``add_agent`` as ``NodeConfig`` does, commands through the
 ``ClusterNode`` facade with the API's ``tenant=``, media through ``put``). A call of each tenant must
-ring that tenant's agent only, and every CTI event of a call carries the call's tenant.
+ring that tenant's agent only, and every CTI event of a call carries the call's tenant. A shard
+host re-announcing its agents to a restarted peer (``resync``) does so in their tenant too.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from engine.actors.ports import InMemoryCdrs, InMemoryCti, InMemoryReplies, Port
 from engine.cluster.cluster import Cluster  # noqa: E402
 from engine.cluster.fakeswitch import FakeSwitch, FileChannelSource  # noqa: E402
 from engine.cluster.gateway import Gateway  # noqa: E402
-from engine.cluster.host import HostConfig  # noqa: E402
+from engine.cluster.host import HostConfig, ShardHostCore  # noqa: E402
 from engine.cluster.snapshots import FileSnapshotStore  # noqa: E402
 from engine.fsm.queue import QueueConfig  # noqa: E402
 from engine.messages import AgentLogin, MediaOriginate  # noqa: E402
@@ -121,3 +122,41 @@ def test_two_tenants_with_the_same_agent_and_queue_ids_stay_apart(tmp_path) -> N
         assert tenants == {t}, (t, tenants)
     assert {tenant for tenant, _ in out["agent_tenants"]} == set(TENANTS)
     assert cdrs.by_call() == {calls[t]: 1 for t in TENANTS}
+
+
+def test_a_restarted_peer_gets_the_status_of_a_tenants_agents_under_their_tenant_keys() -> None:
+    """``ShardHostCore.resync`` (a peer restarted): the agents re-announce themselves to that peer's
+    queues in their own tenant (``acme/q1``), not to a default tenant's ``q1``; a waiting caller
+    likewise re-queues in its own tenant. No Ray: the host core with a capturing link."""
+    from engine.cluster.placement import Directory
+    from engine.cluster.wire import Envelope, decode_batch, encode_batch
+    from engine.messages import AgentStatus
+
+    d = Directory(shards=("s0", "s1"), entities={"agent/acme/a1": "s1", "queue/acme/q1": "s0", "queue/q1": "s1"})
+    sent: list = []
+    host = ShardHostCore("s1", HostConfig(directory=d, snapshot_interval_s=0),
+                       send=lambda dest, payload: sent.append((dest, payload)))
+    try:
+        host.add_entities([QueueConfig(queue_id="q1")], [("a1", "acme")])
+        host.deliver_batch(encode_batch("ingress", [Envelope("agent", "acme/a1", AgentLogin(
+            agent_id="a1", at=time.time(), extension="acme-a1", queues=("q1",), ready=True, tenant="acme"))], 1, 7))
+
+        def to_s0() -> list:
+            return [(e.actor_id, type(e.message).__name__) for dest, payload in sent if dest == "s0"
+                    for e in decode_batch(payload).items if type(e) is Envelope]
+
+        deadline = time.monotonic() + 5
+        while not to_s0() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert to_s0() and all(key == "acme/q1" for key, _ in to_s0()), to_s0()  # the login's own status
+        before = len(to_s0())
+        assert host.resync("s0") == 1
+        deadline = time.monotonic() + 5
+        while len(to_s0()) == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert to_s0()[before:] == [("acme/q1", AgentStatus.__name__)], to_s0()
+        # the default tenant's q1 (here, on s1) heard nothing from acme's agent
+        q1 = next(q for q in host.states("queue") if q.queue_id == "q1" and q.config.tenant == "default")
+        assert "a1" not in q1.members
+    finally:
+        host.stop()
