@@ -7,6 +7,12 @@ Rules
    thread) -> one bridge crossing that COPYs the batch into a temp table and ``INSERT ... SELECT ... ON CONFLICT
    (call_id, started_at) DO NOTHING`` into the partitioned ``cdrs`` -> ``ack`` in the spool.
    A CDR is acknowledged (and leaves the spool by truncation) only after its batch committed.
+   The spooler lingers ``linger_s`` (default 50 ms) after the first CDR of a batch before it takes
+   the batch: a batch costs one fsync, one thread hop and one transaction of six round trips
+   whatever its size. On a quiet host ``bench/e2e.py`` at 100 calls/s committed 0.6 batches per
+   call without it, 0.17 with it (the pump batches by itself only when the host is busy). The
+   price: a CDR waits up to ``linger_s`` in memory before it is on disk (a process killed in that
+   window loses it, as it loses the calls it was running); ``flush`` at shutdown spools at once.
 3. Idempotent by call id: a retried batch, a replayed spool or a CDR written twice inserts one row.
    (The key contains ``started_at`` because partitioned tables need the partition key in unique
    constraints; a call's start never changes, so the key is still one per call.)
@@ -156,8 +162,11 @@ class CdrWriter:
     """``CdrStore`` backed by PostgreSQL, a spool file and one pump task (``run``)."""
 
     def __init__(self, pg: Postgres | None, spool_path: str | os.PathLike[str], *, batch: int = 5000,
-                 max_buffer: int = 200_000, max_inflight: int = 2, first_backoff_s: float = 0.1, max_backoff_s: float = 5.0) -> None:
+                 max_buffer: int = 200_000, max_inflight: int = 2, first_backoff_s: float = 0.1, max_backoff_s: float = 5.0,
+                 linger_s: float = 0.05) -> None:
         self.pg = pg
+        #: how long the spooler lets a batch fill before it takes it (rule 2); 0: at once
+        self.linger_s = linger_s
         self.spool = Spool(spool_path)
         self.rejected_path = pathlib.Path(str(spool_path) + ".rejected")
         self.batch = batch
@@ -227,6 +236,8 @@ class CdrWriter:
             if not self._incoming or (len(inflight) >= self.max_inflight and not self._backlog):
                 await self._wake_spooler.park()
                 continue
+            if self.linger_s > 0 and len(self._incoming) < self.batch:
+                await trio.sleep(self.linger_s)  # let the batch fill (rule 2)
             start, end, cdrs = await self._spool(self._take(self.batch))
             expected = inflight[-1][2] if inflight else self.spool.acked
             if not self._backlog and start == expected:
