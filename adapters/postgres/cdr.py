@@ -174,6 +174,8 @@ class CdrWriter:
         self.first_backoff_s = first_backoff_s
         self.max_backoff_s = max_backoff_s
         self._incoming: deque[Cdr] = deque()
+        #: CDRs taken from memory whose spool append has not returned yet
+        self._in_transit = 0
         self._wake_spooler = trio.lowlevel.ParkingLot()
         self._wake_committer = trio.lowlevel.ParkingLot()
         #: spooled batches not yet committed, in file order: (cdrs, start, end)
@@ -303,8 +305,14 @@ class CdrWriter:
         return [q.popleft() for _ in range(n)]
 
     async def _spool(self, cdrs: list[Cdr]) -> tuple[int, int, list[Cdr]]:
-        data, cdrs = encode_lines(cdrs)
-        start, end = await trio.to_thread.run_sync(self.spool.append, data)
+        # counted while neither in memory nor in the file, so that ``settled`` cannot see a batch
+        # that is on its way to the disk as done (a poll landing right after the linger did)
+        self._in_transit += len(cdrs)
+        try:
+            data, cdrs = encode_lines(cdrs)
+            start, end = await trio.to_thread.run_sync(self.spool.append, data)
+        finally:
+            self._in_transit -= len(cdrs)
         return start, end, cdrs
 
     def _decode(self, lines: list[bytes]) -> list[Cdr]:
@@ -412,7 +420,8 @@ class CdrWriter:
     @property
     def settled(self) -> bool:
         """Nothing in memory, nothing pending in the spool."""
-        return not self._incoming and not self._backlog and self.spool.snapshot() == (0, 0)
+        return (not self._incoming and not self._in_transit and not self._backlog
+                and self.spool.snapshot() == (0, 0))
 
     async def wait_settled(self, timeout_s: float = 10.0, poll_s: float = 0.005) -> bool:
         with trio.move_on_after(timeout_s):
