@@ -140,11 +140,15 @@ class CommandError(ValueError):
 LegLookup = Mapping[str, ChannelId]
 
 
+_CALL_ID_HEADER = "variable_" + CALL_VAR
+_LEG_HEADER = "variable_" + LEG_VAR
+
+
 def identify(ev: EslEvent) -> ChannelId | None:
     """(call_id, leg) of the channel an event is about, or None for foreign / no channel."""
-    call_id = ev.get("variable_" + CALL_VAR)
+    call_id = ev.get(_CALL_ID_HEADER)
     if call_id:
-        leg = ev.get("variable_" + LEG_VAR) or ev.get("Unique-ID") or ""
+        leg = ev.get(_LEG_HEADER) or ev.get("Unique-ID") or ""
         return ChannelId(str(call_id), str(leg))
     uid = ev.get("Unique-ID")
     if not uid:
