@@ -115,6 +115,7 @@ async def engine_main(args: argparse.Namespace, port: int, child: subprocess.Pop
         counts0 = _counts(engine)
         t_start = trio.current_time()
         cpu0 = time.process_time()
+        sys0 = os.times().system
         child.stdin.write("go\n")
         child.stdin.flush()
         emu_report = json.loads(await trio.to_thread.run_sync(child.stdout.readline))
@@ -125,6 +126,7 @@ async def engine_main(args: argparse.Namespace, port: int, child: subprocess.Pop
             await engine.gateway.drain(timeout=10)  # the shards' last CDRs into the writer
         t_end = trio.current_time()
         cpu = time.process_time() - cpu0
+        sys_cpu = os.times().system - sys0
         counts = {k: v - counts0[k] for k, v in _counts(engine).items()}
         if profiler is not None:
             profiler.disable()
@@ -147,7 +149,7 @@ async def engine_main(args: argparse.Namespace, port: int, child: subprocess.Pop
             "cdrs_inserted": stats.inserted, "cdr_duplicates": stats.duplicates,
             "call_setups_per_s": round(len(window) / span, 1),
             "p50_event_to_command_ms": pct(0.5), "p99_event_to_command_ms": pct(0.99),
-            "latency_samples": len(lat), "engine_cpu_s": round(cpu, 3),
+            "latency_samples": len(lat), "engine_cpu_s": round(cpu, 3), "engine_sys_cpu_s": round(sys_cpu, 3),
             "cpu_ms_per_call": round(cpu * 1000 / max(1, len(window)), 3),
             "setups_per_engine_cpu_s": round(len(window) / cpu, 1) if cpu else 0.0,
             # per placed call, counted (not timed): what the batching of each writer achieves
