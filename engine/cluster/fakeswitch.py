@@ -67,6 +67,8 @@ class FakeSwitch:
         self.heap: list[tuple[float, int, Any]] = []
         self.seq = 0
         self.violations: list[str] = []
+        #: per extension: (time, call id, leg, what) of its legs, for diagnosing a violation
+        self.history: dict[str, list[tuple[float, str, str, str]]] = {}
         self.created: set[str] = set()
         self.bridged: set[str] = set()
         self.ended: set[str] = set()
@@ -100,6 +102,7 @@ class FakeSwitch:
     def _free_leg(self, call_id: str, leg: str) -> None:
         ext = self.leg_ext.pop((call_id, leg), None)
         if ext is not None:
+            self.history.setdefault(ext, []).append((self.clock(), call_id, leg, "gone"))
             self.ext_legs.get(ext, set()).discard((call_id, leg))
 
     def _at(self, delay: float, action: Any) -> None:
@@ -117,6 +120,8 @@ class FakeSwitch:
                 return
             ext = cmd.destination
             legs = self.ext_legs.setdefault(ext, set())
+            self.history.setdefault(ext, []).append((self.clock(), cmd.call_id, cmd.leg,
+                                                     f"originate {cmd.variables.get('callengine_offer_id', '')}"))
             if legs:
                 self.violations.append(f"{ext} rung for {cmd.call_id} while on {sorted(legs)}")
             legs.add(key)
@@ -149,6 +154,9 @@ class FakeSwitch:
         if ch is None or ch.answered:
             return
         self.channels[key] = msgspec.structs.replace(ch, answered=True)
+        ext = self.leg_ext.get(key)
+        if ext is not None:
+            self.history.setdefault(ext, []).append((self.clock(), key[0], key[1], "answered"))
         self.outbox.append(ChannelAnswered(call_id=key[0], leg=key[1], at=self.clock(), node=self.node))
 
     # ---------------------------------------------------------------- the loop

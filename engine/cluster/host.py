@@ -46,6 +46,7 @@ from engine.cluster.outbox import Outbox
 from engine.cluster.placement import Directory, directory_decoder
 from engine.cluster.recovery import (
     LiveChannel,
+    agent_claims,
     agent_status,
     rebuild_calls,
     reconcile_agent,
@@ -90,6 +91,11 @@ class HostConfig(msgspec.Struct, kw_only=True):
     link_hold_s: float = 0.5
     #: a link restored from a snapshot gives its first gap up sooner (links.py Rule 3)
     link_restored_hold_s: float = 0.05
+    #: how long a restarted host waits for its peers' agent claims (recovery.py Rule 6)
+    peer_claims_timeout_s: float = 5.0
+    #: how long, at most, a restarted host holds the agents of the ringing legs it hung up until
+    #: those hangups are drained (``_release_after_hangups``)
+    after_hangups_max_s: float = 2.0
 
 
 #: snapshot key kind of a host's link marks (``links.<hex shard>``)
@@ -131,6 +137,8 @@ class _CollectCdrs:
 
 
 _out_encoder = msgspec.msgpack.Encoder()
+_claims_encoder = msgspec.msgpack.Encoder()
+_claims_decoder = msgspec.msgpack.Decoder(list[LiveChannel])
 
 
 class ShardHostCore:
@@ -148,6 +156,9 @@ class ShardHostCore:
         self._error: BaseException | None = None
         self.started_at = time.time()
         self.recovery: dict[str, Any] = {}
+        #: offers of legs the rebuild hung up, released to their agents once the hangups are handed
+        #: over (recovery.py Rule 4)
+        self._after_hangups: list[Send] = []
         self._written: dict[tuple[str, str], Any] = {}
         self._snapshot_lock: trio.Lock | None = None
         self.snapshots_written = 0
@@ -237,6 +248,8 @@ class ShardHostCore:
             await nursery.start(self.outbox.pump)
             await self._recover()
             self._links_lot = trio.lowlevel.ParkingLot()
+            if self._after_hangups:
+                nursery.start_soon(self._release_after_hangups)
             nursery.start_soon(self._link_timeouts)
             if cfg.snapshot_interval_s > 0 and cfg.store is not None:
                 nursery.start_soon(self._snapshot_loop)
@@ -258,56 +271,104 @@ class ShardHostCore:
         return None if raw is None else directory_decoder.decode(raw)
 
     async def _recover(self) -> None:
-        """Rule 2: images from the store, calls from the switch, agents repaired."""
+        """Rule 2: images from the store, calls from the switch, agents repaired. Everything slow
+        (the store, the switch) is read first; adopting, rebuilding and repairing then run with no
+        ``await`` in between, so no restored actor acts on a stale image (recovery.py Rule 5)."""
         t0 = time.perf_counter()
         node, cfg = self.node, self.config
-        adopted = 0
-        if cfg.store is not None:
-            raw = await trio.to_thread.run_sync(cfg.store.load, "")
-            newest: dict[tuple[str, str], Any] = {}
-            for key, value in raw.items():
-                if key == DIRECTORY_KEY:
-                    continue
-                kind, actor_id = parse_key(key)
-                if kind == LINKS_KIND:
-                    if actor_id == self.shard:
-                        self.links.restore(value)
-                        self._links_written = value
-                    continue
-                if node.directory.owner(kind, actor_id) != self.shard:
-                    continue
-                image = decode_image(value)
-                old = newest.get((kind, actor_id))
-                if old is None or image.taken_at > old.taken_at:
-                    newest[(kind, actor_id)] = image
-            for image in newest.values():
-                node.adopt(image)
-                self._written[(image.kind, image.actor_id)] = None
-                adopted += 1
+        raw = {} if cfg.store is None else await trio.to_thread.run_sync(cfg.store.load, "")
         channels: list[LiveChannel] = []
         for source in cfg.channel_sources:
             channels += await trio.to_thread.run_sync(source)
+        claims = await trio.to_thread.run_sync(self._peer_claims)
+        adopted = 0
+        newest: dict[tuple[str, str], Any] = {}
+        for key, value in raw.items():
+            if key == DIRECTORY_KEY:
+                continue
+            kind, actor_id = parse_key(key)
+            if kind == LINKS_KIND:
+                if actor_id == self.shard:
+                    self.links.restore(value)
+                    self._links_written = value
+                continue
+            if node.directory.owner(kind, actor_id) != self.shard:
+                continue
+            image = decode_image(value)
+            old = newest.get((kind, actor_id))
+            if old is None or image.taken_at > old.taken_at:
+                newest[(kind, actor_id)] = image
+        for image in newest.values():
+            node.adopt(image)
+            self._written[(image.kind, image.actor_id)] = None
+            adopted += 1
         now = trio.current_time()
         calls, orphans = rebuild_calls(channels, lambda cid: node.directory.owner("call", cid) == self.shard,
                                        node.router, now)
         rt = node.runtime
         for call, effects in calls:
             if not rt.exists("call", call.call_id):
-                node.start_actor("call", call.call_id, call, effects)
+                held = [e for e in effects if type(e) is Send and e.to == "agent"]
+                self._after_hangups += held
+                node.start_actor("call", call.call_id, call, [e for e in effects if e not in held])
         if orphans:
             rt.perform(orphans)
-        talking = {c.agent_id: c.call_id for c in channels if c.leg != "a" and c.answered and c.agent_id}
-        live = {c.call_id for c in channels if c.leg == "a"}
+        legs = [c for c in [*channels, *claims] if c.leg != "a" and c.agent_id]
+        talking = {c.agent_id: c.call_id for c in legs if c.answered}
+        ringing = {c.agent_id: c for c in legs if not c.answered}
+        live = {c.call_id for c in channels if c.leg == "a"} | {c.call_id for c in claims}
         repaired = 0
         for agent_id in rt.ids("agent"):
             agent: Agent = rt.state_of("agent", agent_id)
-            fixed = reconcile_agent(agent, talking.get(agent.agent_id), live, now)
+            fixed, effects = reconcile_agent(agent, talking.get(agent.agent_id), live, now,
+                                             ringing.get(agent.agent_id))
             if fixed is not agent:
-                rt.patch("agent", agent_id, fixed, agent_status(fixed, now))
+                rt.patch("agent", agent_id, fixed, [*effects, *agent_status(fixed, now)])
                 repaired += 1
         self.recovery = {"images": adopted, "link_marks": self.links.links(), "calls": len(calls),
+                         "peer_claims": len(claims),
                          "orphan_legs": len(orphans), "agents_repaired": repaired, "channels": len(channels),
                          "recovery_s": round(time.perf_counter() - t0, 4)}
+
+    def _peer_claims(self) -> list[LiveChannel]:
+        """recovery.py Rule 6: after a restart, every live peer's agent legs for agents owned here
+        (in a worker thread: blocking Ray calls). A peer that does not answer in time adds nothing;
+        the switch's list and the offer timers still hold."""
+        if self._send_override is not None:  # hosts wired without Ray (unit tests)
+            return []
+        try:
+            import ray
+
+            if not ray.get_runtime_context().was_current_actor_reconstructed:
+                return []
+            refs = []
+            for peer in self.node.directory.shards:
+                if peer != self.shard:
+                    handle = self._peers.get(peer) or ray.get_actor(actor_name(self.config, peer),
+                                                                   namespace=self.config.namespace)
+                    self._peers[peer] = handle
+                    refs.append(handle.agent_claims.remote(self.shard))
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.config.peer_claims_timeout_s)
+            return [c for data in ray.get(ready) for c in _claims_decoder.decode(data)]
+        except Exception as exc:  # noqa: BLE001 - no claims: the switch's list and the timers hold
+            self.recovery["peer_claims_error"] = repr(exc)
+            return []
+
+    async def _release_after_hangups(self) -> None:
+        """Free the agents of the ringing legs the rebuild hung up only once those hangups have left
+        this host (the next ``drain_outputs``, or at once when media go straight to a listener):
+        freed earlier, an agent could be offered, and rung, before the switch drops its old leg.
+        ``after_hangups_max_s`` bounds the wait when nobody drains."""
+        if self.media.keep:
+            with trio.move_on_after(self.config.after_hangups_max_s):
+                while self.media.items:
+                    await trio.sleep(0.01)
+        self._flush_after_hangups()
+
+    def _flush_after_hangups(self) -> None:
+        held, self._after_hangups = self._after_hangups, []
+        if held:
+            self.node.runtime.perform(held)
 
     async def _snapshot_loop(self) -> None:
         while True:
@@ -407,6 +468,18 @@ class ShardHostCore:
     def end_handoff(self) -> int:
         return self._call(self.node.end_handoff)
 
+    def agent_claims(self, restarted: str) -> bytes:
+        """recovery.py Rule 6: the agent legs of the calls held here whose agent ``restarted`` owns."""
+        def run() -> bytes:
+            node = self.node
+            rt, directory = node.runtime, node.directory
+
+            def owns(tenant: str, agent_id: str) -> bool:
+                return directory.owner("agent", rt.key("agent", tenant, agent_id)) == restarted
+
+            return _claims_encoder.encode(agent_claims(rt.states("call"), owns))
+        return self._call(run)
+
     def resync(self, restarted: str) -> int:
         """A peer restarted: re-announce what it may have lost (Rule 2)."""
         def run() -> int:
@@ -446,6 +519,8 @@ class ShardHostCore:
         def drain() -> bytes:
             media = list(self.media.items)
             self.media.items.clear()
+            if self._after_hangups and media:
+                self._flush_after_hangups()  # the hangups go out with this drain
             cdrs = list(self.cdrs.items)
             self.cdrs.items.clear()
             out: dict[str, Any] = {"media": media, "cdrs": cdrs}

@@ -9,10 +9,26 @@ Rules
      queue: a ``QueueCall`` for a caller the queue still has is a no-op, so it keeps its place);
    - legs whose caller is gone: hung up.
 3. Agents restored from a snapshot may be up to one snapshot interval old. The switch says which
-   agent is talking to whom, so ``reconcile_agent`` puts an agent that has a live answered leg
-   ON_CALL for that call, and frees an agent that the snapshot has ON_CALL/RESERVED for a call
-   that no longer exists. RESERVED agents otherwise keep their offer safety timer (re-armed at its
-   deadline), so a reservation whose messages died with the shard times out.
+   agent is talking to whom, and which agent's phone is ringing for which offer (the
+   ``callengine_*`` variables of the legs the engine originated), so ``reconcile_agent``:
+   - puts an agent that has a live answered leg ON_CALL for that call;
+   - puts an agent whose phone rings for an offer the image does not hold RESERVED for that offer
+     again (offer timer armed ``RECOVERED_OFFER_S`` ahead). Without this, an image older than the
+     offer restores the agent AVAILABLE while its phone rings, and a queue rings it a second time.
+     The call's ``OfferAnswered`` / ``OfferFailed`` carry that offer id and resolve it as usual;
+   - frees an agent that the image has ON_CALL for a call that no longer exists.
+   RESERVED agents otherwise keep their offer safety timer (re-armed at its deadline), so a
+   reservation whose messages died with the shard times out.
+4. A call rebuilt here whose agent leg was still ringing hangs that leg up and routes the caller
+   again; it tells the leg's queue and agent with ``OfferFailed(reason="failed")``, as the call
+   would have, so the agent (wherever it lives) and the queue let go of that offer at once.
+5. The host calls these with no ``await`` between adopting images, rebuilding calls and
+   reconciling agents: no restored actor runs on a stale image before it is repaired.
+6. The switch's list can lag the calls: a live shard's call may have rung one of the restarted
+   shard's agents by a media command the switch has not run yet (still in that shard's output, or
+   on its way). So the restarted host also asks each live peer for ``agent_claims``: the agent legs
+   of the calls the peer holds, for agents the restarted shard owns. A claim counts as the switch's
+   word for that leg (answered: talking; not answered: ringing for its offer).
 """
 
 from __future__ import annotations
@@ -27,19 +43,26 @@ from engine.fsm.agent import Agent, AgentState
 from engine.fsm.call import Call, CallState, Leg
 from engine.messages import (
     AgentStatus,
+    CancelTimer,
     ChannelCreated,
     Effect,
     HangupCause,
     MediaBridge,
     MediaHangup,
+    OfferFailed,
     QueueCall,
     RoutingMessage,
     Send,
     SendMedia,
+    StartTimer,
 )
 
-__all__ = ["ChannelSource", "LiveChannel", "agent_status", "rebuild_calls", "reconcile_agent",
-           "requeue_message"]
+__all__ = ["RECOVERED_OFFER_S", "ChannelSource", "LiveChannel", "agent_claims", "agent_status", "rebuild_calls",
+           "reconcile_agent", "requeue_message"]
+
+#: the offer timer of an agent found ringing after a restart (Rule 3): longer than any ring timeout
+#: plus grace the queues use by default, so the call's own answer or failure normally comes first
+RECOVERED_OFFER_S = 45.0
 
 replace = msgspec.structs.replace
 
@@ -109,6 +132,11 @@ def _rebuild(a: LiveChannel, others: list[LiveChannel], router: Router | None,
         if c is not talking:
             effects.append(SendMedia(command=MediaHangup(call_id=a.call_id, leg=c.leg, node=c.node,
                                                          cause=HangupCause.LOSE_RACE)))
+            if c.agent_id and c.queue_id and c.offer_id:  # Rule 4
+                failed = OfferFailed(at=now, offer_id=c.offer_id, call_id=a.call_id, agent_id=c.agent_id,
+                                     queue_id=c.queue_id, reason="failed")
+                effects += [Send(to="queue", to_id=c.queue_id, message=failed),
+                            Send(to="agent", to_id=c.agent_id, message=failed)]
     if talking is not None:
         leg = Leg(id=talking.leg, destination=talking.destination,
                   role="agent" if talking.agent_id else "extension", agent_id=talking.agent_id,
@@ -126,23 +154,58 @@ def _rebuild(a: LiveChannel, others: list[LiveChannel], router: Router | None,
     return call, effects
 
 
+def agent_claims(calls: Iterable[Call], owns_agent: Callable[[str, str], bool]) -> list[LiveChannel]:
+    """Rule 6: the agent legs of ``calls`` (live, not ENDED) whose agent ``owns_agent(tenant, id)``."""
+    out = []
+    for call in calls:
+        if call.state is CallState.ENDED:
+            continue
+        for leg in call.legs:
+            if leg.role == "agent" and leg.agent_id and owns_agent(call.tenant, leg.agent_id):
+                out.append(LiveChannel(call_id=call.call_id, leg=leg.id, node=call.node, answered=leg.answered,
+                                       direction="outbound", destination=leg.destination, tenant=call.tenant,
+                                       agent_id=leg.agent_id, queue_id=leg.queue_id, offer_id=leg.offer_id))
+    return out
+
+
 def _leg_seq(leg: str) -> int:
     tail = leg.rpartition("-")[2]
     return int(tail) if tail.isdigit() else 0
 
 
-def reconcile_agent(agent: Agent, talking_on: str | None, live_calls: set[str], now: float) -> Agent:
-    """Repair a snapshot-restored agent against the switch (Rule 3)."""
+def reconcile_agent(agent: Agent, talking_on: str | None, live_calls: set[str], now: float,
+                    ringing: LiveChannel | None = None) -> tuple[Agent, list[Effect]]:
+    """Repair a snapshot-restored agent against the switch (Rule 3): the agent and the timer
+    effects that go with it (the host adds ``agent_status``). ``talking_on``: the call of the
+    agent's live answered leg; ``ringing``: its live unanswered leg (with the offer it rings for)."""
+    t = max(agent.now, now)
     if talking_on:
         if agent.state is AgentState.ON_CALL and agent.call_id == talking_on:
-            return agent
+            return agent, []
+        effects = _cancel(agent, {"offer", "wrap", "probe", "probe_timeout"})
+        effects.append(StartTimer(key="probe", deadline=t + agent.probe_interval_s))
+        timers = agent.timers - {"offer", "wrap", "probe_timeout"} | {"probe"}
         return replace(agent, state=AgentState.ON_CALL, call_id=talking_on, offer_id="", offer_queue="",
-                       state_since=now, now=max(agent.now, now), timers=agent.timers - {"offer", "wrap"})
+                       state_since=now, now=t, timers=timers), effects
+    if ringing is not None and ringing.offer_id and agent.state is not AgentState.LOGGED_OUT:
+        if agent.state is AgentState.RESERVED and agent.offer_id == ringing.offer_id:
+            return agent, []
+        effects = _cancel(agent, {"offer", "wrap", "probe", "probe_timeout"})
+        effects.append(StartTimer(key="offer", deadline=t + RECOVERED_OFFER_S))
+        timers = agent.timers - {"wrap", "probe", "probe_timeout"} | {"offer"}
+        return replace(agent, state=AgentState.RESERVED, offer_id=ringing.offer_id,
+                       offer_queue=ringing.queue_id, call_id=ringing.call_id, expired_offer="",
+                       state_since=now, now=t, timers=timers), effects
     if agent.state is AgentState.ON_CALL and agent.call_id not in live_calls:
         # the call ended while the shard was down and its AgentCallEnded died with it
-        return replace(agent, state=AgentState.AVAILABLE, call_id="", state_since=now, idle_since=now,
-                       now=max(agent.now, now))
-    return agent
+        effects = _cancel(agent, {"probe", "probe_timeout"})
+        return replace(agent, state=AgentState.AVAILABLE, call_id="", state_since=now, idle_since=now, now=t,
+                       timers=agent.timers - {"probe", "probe_timeout"}), effects
+    return agent, []
+
+
+def _cancel(agent: Agent, keys: set[str]) -> list[Effect]:
+    return [CancelTimer(key=k) for k in sorted(keys & agent.timers)]
 
 
 def agent_status(agent: Agent, at: float) -> list[Send]:

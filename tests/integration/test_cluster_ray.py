@@ -169,11 +169,6 @@ def _ids_on_distinct_shards(prefixes, n):
     return sorted(out.values())
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known open race of the Ray issue (#8), seen in CI: after a shard kill, recovery "
-    "(engine/cluster/recovery.py reconcile_agent) can treat an agent whose leg was still ringing as "
-    "AVAILABLE, so it is rung twice; and a batch held by the reorder buffer dies with its host. "
-    "Kept running so a pass shows; make strict when #8 fixes both."))
 def test_shard_killed_mid_traffic_no_call_lost_no_agent_stuck(make):
     agents = [f"k{i}" for i in range(8)]
     queues = [QueueConfig(queue_id="support", ring_timeout_s=2, offer_grace_s=1)]
@@ -196,9 +191,23 @@ def test_shard_killed_mid_traffic_no_call_lost_no_agent_stuck(make):
     ready = cl.wait_ready(victim)
     assert ready["restarted"] and ready["recovery"]["images"] >= 1, ready
     assert sw.bridged >= set(calls), f"{len(set(calls) - sw.bridged)} callers never reached an agent"
-    assert not sw.violations, sw.violations[:5]
+    assert not sw.violations, (sw.violations[:5], _diagnose(cl, sw, victim, killed_at[0]))
     # reservations time out: nobody stays RESERVED / ON_CALL once the switch is quiet
     assert run_until(cl, sw, lambda: all_available(cl, agents) == {}, 15), all_available(cl, agents)
+
+
+def _diagnose(cl: Cluster, sw: FakeSwitch, victim: str, killed_at: float) -> dict:
+    """Who owns what, and each double-rung phone's legs in time order (relative to the kill)."""
+    exts = {v.split(" ")[0] for v in sw.violations}
+    t0 = killed_at - time.monotonic() + sw.clock()
+    out = {"victim": victim, "recovery": cl.wait_ready(victim).get("recovery")}
+    for ext in sorted(exts):
+        agent = ext[2:]
+        hist = sw.history.get(ext, [])
+        out[ext] = {"agent_owner": cl.directory.owner("agent", agent),
+                    "legs": [(round(t - t0, 3), cid[:6], cl.directory.owner("call", cid), leg[-2:], what)
+                             for t, cid, leg, what in hist if t - t0 > -5]}
+    return out
 
 
 def test_add_and_remove_shards_at_run_time(make):

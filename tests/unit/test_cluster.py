@@ -11,7 +11,13 @@ import trio.testing
 from engine.cluster.host import HostConfig, ShardHostCore
 from engine.cluster.outbox import Outbox
 from engine.cluster.placement import Directory, rendezvous, rendezvous_top
-from engine.cluster.recovery import LiveChannel, rebuild_calls, reconcile_agent, requeue_message
+from engine.cluster.recovery import (
+    RECOVERED_OFFER_S,
+    LiveChannel,
+    rebuild_calls,
+    reconcile_agent,
+    requeue_message,
+)
 from engine.cluster.shard import ShardNode
 from engine.cluster.snapshots import FileSnapshotStore, MemorySnapshotStore, entity_key, parse_key
 from engine.cluster.wire import (
@@ -26,20 +32,27 @@ from engine.cluster.wire import (
     state_of,
 )
 from engine.fsm.agent import AgentState, new_agent
+from engine.fsm.agent import step as agent_step
 from engine.fsm.call import CallState
 from engine.fsm.queue import QueueConfig
 from engine.messages import (
     AgentLogin,
     AgentStatus,
+    CancelTimer,
     ChannelCreated,
     Hangup,
     MediaBridge,
     MediaHangup,
+    OfferAnswered,
+    OfferFailed,
     QueueCall,
     Reply,
+    ReservationRejected,
     ReserveAgent,
     RouteToQueue,
+    Send,
     SendMedia,
+    StartTimer,
 )
 
 SHARDS = ("s0", "s1", "s2")
@@ -206,12 +219,51 @@ def test_rebuild_calls_from_channels():
 def test_reconcile_agent_against_the_switch():
     reserved = msgspec.structs.replace(new_agent("a1"), state=AgentState.RESERVED, offer_id="o",
                                        timers=frozenset({"offer"}))
-    on_call = reconcile_agent(reserved, "c1", {"c1"}, 10.0)
+    on_call, effects = reconcile_agent(reserved, "c1", {"c1"}, 10.0)
     assert on_call.state is AgentState.ON_CALL and on_call.call_id == "c1" and "offer" not in on_call.timers
-    assert reconcile_agent(on_call, "c1", {"c1"}, 11.0) is on_call
-    freed = reconcile_agent(on_call, None, set(), 12.0)
-    assert freed.state is AgentState.AVAILABLE and freed.call_id == ""
-    assert reconcile_agent(reserved, None, set(), 12.0) is reserved  # its offer timer frees it
+    # the offer timer is cancelled for real and the ON_CALL probe armed, not only the set edited
+    assert CancelTimer(key="offer") in effects and "probe" in on_call.timers
+    assert any(isinstance(e, StartTimer) and e.key == "probe" for e in effects)
+    assert reconcile_agent(on_call, "c1", {"c1"}, 11.0) == (on_call, [])
+    freed, effects = reconcile_agent(on_call, None, set(), 12.0)
+    assert freed.state is AgentState.AVAILABLE and freed.call_id == "" and "probe" not in freed.timers
+    assert CancelTimer(key="probe") in effects
+    assert reconcile_agent(reserved, None, set(), 12.0) == (reserved, [])  # its offer timer frees it
+
+
+def test_reconcile_agent_found_ringing_is_reserved_for_that_offer():
+    """The image is older than the offer: AVAILABLE while the phone rings. Restored as is, a queue
+    rings the agent a second time (the CI failure of the shard-kill test)."""
+    idle = msgspec.structs.replace(new_agent("a1"), state=AgentState.AVAILABLE, queues=("q1",), now=5.0)
+    leg = LiveChannel(call_id="c1", leg="c1-1", agent_id="a1", queue_id="q1", offer_id="q1-o7")
+    held, effects = reconcile_agent(idle, None, {"c1"}, 10.0, leg)
+    assert held.state is AgentState.RESERVED and not held.offerable
+    assert (held.offer_id, held.offer_queue, held.call_id) == ("q1-o7", "q1", "c1")
+    assert StartTimer(key="offer", deadline=10.0 + RECOVERED_OFFER_S) in effects and "offer" in held.timers
+    # the call's own verdict on that offer resolves it as usual
+    answered, _ = agent_step(held, OfferAnswered(at=11.0, offer_id="q1-o7", call_id="c1", agent_id="a1",
+                                                 queue_id="q1"))
+    assert answered.state is AgentState.ON_CALL and answered.call_id == "c1"
+    failed, _ = agent_step(held, OfferFailed(at=11.0, offer_id="q1-o7", call_id="c1", agent_id="a1",
+                                             queue_id="q1", reason="failed"))
+    assert failed.state is AgentState.AVAILABLE
+    # a second queue's offer meanwhile is refused
+    _, out = agent_step(held, ReserveAgent(agent_id="a1", at=11.0, offer_id="q2-o1", queue_id="q2", call_id="c2"))
+    assert any(isinstance(getattr(e, "message", None), ReservationRejected) for e in out)
+    # already reserved for that very offer: untouched; a logged-out agent is never reserved
+    assert reconcile_agent(held, None, {"c1"}, 12.0, leg) == (held, [])
+    gone = new_agent("a1")
+    assert reconcile_agent(gone, None, {"c1"}, 12.0, leg) == (gone, [])
+
+
+def test_rebuilt_call_releases_the_offer_of_the_leg_it_hangs_up():
+    chans = [LiveChannel(call_id="c1", answered=True),
+             LiveChannel(call_id="c1", leg="c1-2", agent_id="a1", queue_id="q1", offer_id="q1-o3")]
+    [(call, effects)], _ = rebuild_calls(chans, lambda cid: True, _route, now=50.0)
+    failed = OfferFailed(at=50.0, offer_id="q1-o3", call_id="c1", agent_id="a1", queue_id="q1", reason="failed")
+    assert Send(to="agent", to_id="a1", message=failed) in effects
+    assert Send(to="queue", to_id="q1", message=failed) in effects
+    assert SendMedia(command=MediaHangup(call_id="c1", leg="c1-2", cause="LOSE_RACE")) in effects
 
 
 # ---------------------------------------------------------------- two shards, one trio run
@@ -455,3 +507,28 @@ def _members_soon(host, n, timeout=5.0):
         if len(members) >= n or time.monotonic() > end:
             return members
         time.sleep(0.01)
+
+
+def test_agent_claims_are_the_agent_legs_a_live_peer_holds():
+    """recovery.py Rule 6: what a live shard's calls say about the restarted shard's agents."""
+    from engine.cluster.recovery import agent_claims
+    from engine.fsm.call import Call, Leg
+
+    ringing = Call(call_id="c1", state=CallState.RINGING, legs=(
+        Leg(id="c1-1", destination="x-a1", role="agent", agent_id="a1", queue_id="q1", offer_id="q1-o1"),))
+    talking = Call(call_id="c2", tenant="acme", state=CallState.ACTIVE, legs=(
+        Leg(id="c2-1", destination="x-a2", role="agent", agent_id="a2", queue_id="q1", offer_id="q1-o2",
+            answered=True),
+        Leg(id="c2-2", destination="200", role="extension")))
+    ended = Call(call_id="c3", state=CallState.ENDED, legs=(
+        Leg(id="c3-1", destination="x-a1", role="agent", agent_id="a1", queue_id="q1", offer_id="q1-o3"),))
+    elsewhere = Call(call_id="c4", state=CallState.RINGING, legs=(
+        Leg(id="c4-1", destination="x-b1", role="agent", agent_id="b1", queue_id="q1", offer_id="q1-o4"),))
+    mine = {("default", "a1"), ("acme", "a2")}
+    claims = agent_claims([ringing, talking, ended, elsewhere], lambda t, a: (t, a) in mine)
+    assert [(c.call_id, c.leg, c.agent_id, c.offer_id, c.answered, c.tenant) for c in claims] == [
+        ("c1", "c1-1", "a1", "q1-o1", False, "default"), ("c2", "c2-1", "a2", "q1-o2", True, "acme")]
+    # a claim repairs a stale image exactly as the switch's own channel would
+    idle = msgspec.structs.replace(new_agent("a1"), state=AgentState.AVAILABLE, queues=("q1",))
+    held, _ = reconcile_agent(idle, None, set(), 3.0, claims[0])
+    assert held.state is AgentState.RESERVED and held.offer_id == "q1-o1"
