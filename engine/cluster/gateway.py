@@ -51,10 +51,7 @@ Rules
    Inside the shards, calls reach their own tenant's queues and agents (the runtime addresses a
    ``Send`` in the sender's tenant); CTI events carry the tenant of the machine that emits them.
 
-Limits (said plainly): a restarted host's rebuild (host.py ``_recover``) sends the ``OfferFailed``
-of an offer that was ringing without a tenant, i.e. to the default tenant's agent and queue of
-those ids, so a non-default tenant's ones miss it (its peers' ``resync`` is per tenant); the
-state view lags the shards by up to ``refresh_s``; media commands lost with a killed host are not
+Limits (said plainly): the state view lags the shards by up to ``refresh_s``; media commands lost with a killed host are not
 re-issued (the restarted host's rebuild and the calls' own timers take over); a recovered CDR
 carries only what the switch showed (times, answered by which agent, cause), not queue wait or
 hold times; other CTI events a dead host produced (queue, agent state) are not recovered.

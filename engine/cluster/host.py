@@ -158,7 +158,7 @@ class ShardHostCore:
         self.recovery: dict[str, Any] = {}
         #: offers of legs the rebuild hung up, released to their agents once the hangups are handed
         #: over (recovery.py Rule 4)
-        self._after_hangups: list[Send] = []
+        self._after_hangups: list[tuple[str, Send]] = []  # (tenant of the call, send)
         self._written: dict[tuple[str, str], Any] = {}
         self._snapshot_lock: trio.Lock | None = None
         self.snapshots_written = 0
@@ -309,7 +309,7 @@ class ShardHostCore:
         for call, effects in calls:
             if not rt.exists("call", call.call_id):
                 held = [e for e in effects if type(e) is Send and e.to == "agent"]
-                self._after_hangups += held
+                self._after_hangups += [(call.tenant, e) for e in held]
                 node.start_actor("call", call.call_id, call, [e for e in effects if e not in held])
         if orphans:
             rt.perform(orphans)
@@ -367,8 +367,8 @@ class ShardHostCore:
 
     def _flush_after_hangups(self) -> None:
         held, self._after_hangups = self._after_hangups, []
-        if held:
-            self.node.runtime.perform(held)
+        for tenant, send in held:  # addressed in the call's tenant, as the call would have sent it
+            self.node.runtime.perform([send], tenant=tenant)
 
     async def _snapshot_loop(self) -> None:
         while True:
