@@ -313,15 +313,18 @@ class ShardHostCore:
                 node.start_actor("call", call.call_id, call, [e for e in effects if e not in held])
         if orphans:
             rt.perform(orphans)
-        legs = [c for c in [*channels, *claims] if c.leg != "a" and c.agent_id]
-        talking = {c.agent_id: c.call_id for c in legs if c.answered}
-        ringing = {c.agent_id: c for c in legs if not c.answered}
-        live = {c.call_id for c in channels if c.leg == "a"} | {c.call_id for c in claims}
+        # an agent leg's tenant is its call's (the caller's channel says it; a claim carries it)
+        call_tenant = {c.call_id: c.tenant for c in channels if c.leg == "a"}
+        legs = [((call_tenant.get(c.call_id, c.tenant), c.agent_id), c)
+                for c in [*channels, *claims] if c.leg != "a" and c.agent_id]
+        talking = {who: c.call_id for who, c in legs if c.answered}
+        ringing = {who: c for who, c in legs if not c.answered}
+        live = set(call_tenant) | {c.call_id for c in claims}
         repaired = 0
         for agent_id in rt.ids("agent"):
             agent: Agent = rt.state_of("agent", agent_id)
-            fixed, effects = reconcile_agent(agent, talking.get(agent.agent_id), live, now,
-                                             ringing.get(agent.agent_id))
+            who = (agent.tenant, agent.agent_id)
+            fixed, effects = reconcile_agent(agent, talking.get(who), live, now, ringing.get(who))
             if fixed is not agent:
                 rt.patch("agent", agent_id, fixed, [*effects, *agent_status(fixed, now)])
                 repaired += 1

@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from engine.cluster.host import HostConfig, ShardHostCore
+from engine.cluster.host import HostConfig, ShardHostCore, decode_outputs
 from engine.cluster.outbox import Outbox
 from engine.cluster.placement import Directory, rendezvous, rendezvous_top
 from engine.cluster.recovery import (
@@ -532,3 +532,52 @@ def test_agent_claims_are_the_agent_legs_a_live_peer_holds():
     idle = msgspec.structs.replace(new_agent("a1"), state=AgentState.AVAILABLE, queues=("q1",))
     held, _ = reconcile_agent(idle, None, set(), 3.0, claims[0])
     assert held.state is AgentState.RESERVED and held.offer_id == "q1-o1"
+
+
+def test_restart_holds_a_ringing_agent_until_the_hangup_of_its_leg_is_drained():
+    """A host restarts while tenant acme's agent a1 rings for a call it owns: the image (older than
+    the offer) says AVAILABLE. The rebuilt agent is RESERVED for that offer, the call hangs the leg
+    up, and the agent is freed (in acme, where the call lives) only once that hangup is drained."""
+    import time
+
+    store = MemorySnapshotStore()
+    d = Directory(shards=("s0",))
+    first = ShardHostCore("s0", HostConfig(directory=d, store=store, snapshot_interval_s=0),
+                          send=lambda dest, payload: None)
+    try:
+        first.add_entities([], [("a1", "acme"), ("a1", "default")])
+        for tenant in ("acme", "default"):
+            first.call(lambda h, t=tenant: h.node.accept_routed(
+                AgentLogin(agent_id="a1", at=1.0, extension=f"x-{t}", queues=("q1",), ready=True, tenant=t), t))
+        end = time.monotonic() + 5
+        while first.call(lambda h: h.node.state_of("agent", "a1", "acme").state) is not AgentState.AVAILABLE:
+            assert time.monotonic() < end
+            time.sleep(0.01)
+        assert first.snapshot_now() == 2
+    finally:
+        first.stop()
+    channels = [LiveChannel(call_id="c1", tenant="acme", answered=True),
+                LiveChannel(call_id="c1", leg="c1-1", tenant="acme", agent_id="a1", queue_id="q1",
+                            offer_id="q1-o9")]
+    config = HostConfig(directory=d, store=store, snapshot_interval_s=0, channel_sources=(lambda: channels,),
+                        after_hangups_max_s=30.0)
+    rebuilt = ShardHostCore("s0", config, send=lambda dest, payload: None)
+
+    def agent(tenant):
+        return rebuilt.call(lambda h: h.node.state_of("agent", "a1", tenant))
+
+    try:
+        assert rebuilt.recovery["agents_repaired"] == 1 and rebuilt.recovery["calls"] == 1
+        time.sleep(0.1)
+        held = agent("acme")
+        assert held.state is AgentState.RESERVED and held.offer_id == "q1-o9"  # not freed before the drain
+        assert agent("default").state is AgentState.AVAILABLE  # the other tenant's a1 untouched
+        media, _ = decode_outputs(rebuilt.drain_outputs())
+        assert MediaHangup(call_id="c1", leg="c1-1", cause="LOSE_RACE") in media
+        end = time.monotonic() + 5
+        while agent("acme").state is not AgentState.AVAILABLE:
+            assert time.monotonic() < end, agent("acme")
+            time.sleep(0.01)
+        assert agent("default").state is AgentState.AVAILABLE and agent("default").missed_offers == 0
+    finally:
+        rebuilt.stop()
