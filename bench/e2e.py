@@ -14,6 +14,14 @@ Figures (last line, JSON):
   clients; nats-server and PostgreSQL run in their own processes and are not counted).
 Goal (issue): >= 1,000 setups/s per engine core with p99 <= 5 ms.
 
+Also per placed call, counted rather than timed: ``pg_crossings`` (PostgreSQL transactions),
+``cdr_batches`` and ``nats_batches``. They explain why ``cpu_ms_per_call`` moves with the load of
+the host: a busy host batches by itself (fewer, larger batches, less CPU per call), a quiet one
+paid a batch per engine turn (2.6 NATS batches per call at 100 calls/s) until the CDR writer and
+the CTI sender got their lingers. Issue #9 round, 100 calls/s, 200 agents, 4 s, busy shared host,
+9 interleaved runs each: 6.8 -> 4.8 ms per call (median), NATS batches 1.35 -> 0.31 per call, CDR
+batches 0.29 -> 0.13, p99 unchanged (noise: 6-44 ms before, 6-14 ms after).
+
 The actors run in this process by default (the engine core measured alone); ``--ray N`` puts
 them in N Ray shard hosts behind the gateway (engine/cluster/gateway.py), as ``callengine run`` does
 by default: then ``cpu_ms_per_call`` counts the gateway process only.
