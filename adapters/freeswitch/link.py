@@ -71,12 +71,16 @@ from engine.messages import (
 
 __all__ = [
     "ChannelTable",
+    "channel_rows",
     "EslAuthError",
     "EslLink",
     "HeartbeatLost",
     "MediaNode",
     "NodeHealth",
     "Sink",
+    "open_authenticated",
+    "row_answered",
+    "var_value",
 ]
 
 log = logging.getLogger("callengine.freeswitch")
@@ -511,39 +515,14 @@ class EslLink:
         self.conn = None
 
     async def _connect(self) -> EslConnection:
-        c = self.config
         self.state = "connecting"
-        with trio.fail_after(self.connect_timeout_s):
-            stream = await trio.open_tcp_stream(c.host, c.port)
-        conn = EslConnection(stream, name=f"node {c.name!r} ({c.host}:{c.port})",
-                             max_frame=self.max_frame_bytes)
+        conn = await open_authenticated(self.config, timeout_s=self.connect_timeout_s,
+                                        max_frame=self.max_frame_bytes)
         try:
             with trio.fail_after(self.connect_timeout_s):
-                first = await conn.read_frame()
-                if first.content_type == "text/rude-rejection":
-                    raise EslError(f"FreeSWITCH node {c.name!r} at {c.host}:{c.port} refused the "
-                                   "connection (event_socket ACL)")
-                if first.content_type != "auth/request":
-                    raise EslError(f"FreeSWITCH node {c.name!r}: expected auth/request, got "
-                                   f"{first.content_type!r}")
-                try:
-                    auth = codec.auth(c.password.reveal())
-                except ValueError:
-                    raise EslAuthError(f"the ESL password for node {c.name!r} contains CR/LF"
-                                       ) from None
-                try:
-                    reply = await conn.handshake_command(auth)
-                except ConnectionLost:
-                    reply = None
-                if reply is None or not reply.ok:
-                    text = reply.reply_text if reply is not None else "connection closed"
-                    raise EslAuthError(
-                        f"FreeSWITCH node {c.name!r} at {c.host}:{c.port} rejected the ESL "
-                        f"password ({text}); check CALLENGINE_ESL_PASSWORD and "
-                        "event_socket.conf.xml")
                 reply = await conn.handshake_command(codec.event("plain", *SUBSCRIBE_EVENTS))
                 if not reply.ok:
-                    raise EslError(f"FreeSWITCH node {c.name!r}: subscribe failed: "
+                    raise EslError(f"FreeSWITCH node {self.config.name!r}: subscribe failed: "
                                    f"{reply.reply_text}")
         except BaseException:
             await conn.aclose()
@@ -620,7 +599,7 @@ class EslLink:
         known_before = set(table.by_uuid)
         timeout = self.api_timeout_s
         body = await conn.api("show channels as json", timeout)
-        rows = _json_rows(body)
+        rows = channel_rows(body)
         fs = {r["uuid"]: r for r in rows if isinstance(r, dict) and r.get("uuid")}
         now = node.clock()
         out: list[Any] = []
@@ -636,7 +615,7 @@ class EslLink:
         unknown = [u for u in fs if u not in table.by_uuid and not table.gone(u)]
         for uuid, row in fs.items():
             info = table.by_uuid.get(uuid)
-            if info is not None and not info.answered and _answered(row):
+            if info is not None and not info.answered and row_answered(row):
                 info.answered = True
                 out.append(ChannelAnswered(call_id=info.call_id, leg=info.leg, at=now,
                                            node=node.name))
@@ -647,7 +626,7 @@ class EslLink:
             answers = await conn.api_many(cmds, timeout)
             for i, u in enumerate(unknown):
                 row = fs[u]
-                call_id, leg = (_var(answers[2 * i]), _var(answers[2 * i + 1]))
+                call_id, leg = (var_value(answers[2 * i]), var_value(answers[2 * i + 1]))
                 if table.gone(u) or u in table.by_uuid:
                     continue  # its events arrived meanwhile
                 if not call_id:
@@ -664,7 +643,7 @@ class EslLink:
                     caller_id=row.get("cid_num", ""), caller_name=row.get("cid_name", ""),
                     destination=row.get("dest", "")))
                 self.reconciled_created += 1
-                if _answered(row):
+                if row_answered(row):
                     info.answered = True
                     out.append(ChannelAnswered(call_id=call_id, leg=leg, at=now, node=node.name))
         # 3. calls the engine believes live here, with no channel and no originate in flight;
@@ -693,7 +672,45 @@ class EslLink:
                 await node.deliver(state)
 
 
-def _json_rows(body: str) -> list[Any]:
+async def open_authenticated(c: EslNodeConfig, *, timeout_s: float = 5.0,
+                             max_frame: int | None = None) -> EslConnection:
+    """A new inbound connection to node ``c``, authenticated, not subscribed to anything (the link
+    subscribes next; ``channels.EslChannelSource`` only asks). Each step is bounded by ``timeout_s``;
+    a refused password is :class:`EslAuthError`; the connection is closed on any failure."""
+    with trio.fail_after(timeout_s):
+        stream = await trio.open_tcp_stream(c.host, c.port)
+    conn = EslConnection(stream, name=f"node {c.name!r} ({c.host}:{c.port})", max_frame=max_frame)
+    try:
+        with trio.fail_after(timeout_s):
+            first = await conn.read_frame()
+            if first.content_type == "text/rude-rejection":
+                raise EslError(f"FreeSWITCH node {c.name!r} at {c.host}:{c.port} refused the "
+                               "connection (event_socket ACL)")
+            if first.content_type != "auth/request":
+                raise EslError(f"FreeSWITCH node {c.name!r}: expected auth/request, got "
+                               f"{first.content_type!r}")
+            try:
+                auth = codec.auth(c.password.reveal())
+            except ValueError:
+                raise EslAuthError(f"the ESL password for node {c.name!r} contains CR/LF"
+                                   ) from None
+            try:
+                reply = await conn.handshake_command(auth)
+            except ConnectionLost:
+                reply = None
+            if reply is None or not reply.ok:
+                text = reply.reply_text if reply is not None else "connection closed"
+                raise EslAuthError(
+                    f"FreeSWITCH node {c.name!r} at {c.host}:{c.port} rejected the ESL "
+                    f"password ({text}); check CALLENGINE_ESL_PASSWORD and "
+                    "event_socket.conf.xml")
+    except BaseException:
+        await conn.aclose()
+        raise
+    return conn
+
+
+def channel_rows(body: str) -> list[Any]:
     body = body.strip()
     if not body.startswith("{"):
         if body.startswith("-ERR"):
@@ -705,11 +722,11 @@ def _json_rows(body: str) -> list[Any]:
         raise RemoteProtocolError(f"show channels as json: undecodable body: {exc}") from None
 
 
-def _answered(row: dict) -> bool:
+def row_answered(row: dict) -> bool:
     return row.get("callstate") in _ANSWERED_CALLSTATES
 
 
-def _var(text: str) -> str:
+def var_value(text: str) -> str:
     t = text.strip()
     if not t or t == "_undef_" or t.startswith("-ERR") or t.startswith("-USAGE"):
         return ""
