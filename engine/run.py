@@ -118,6 +118,10 @@ class RunOptions:
     #: "local": watchers get this node's events; "nats": also the events other nodes publish for
     #: their tenant (several nodes on one NATS, ``adapters.nats.fanout``)
     fanout: str = "local"
+    #: Ray path: the gateway also mirrors the switch's channels into ``<state>/channels.msgpack``,
+    #: the fallback of a restarted shard host whose ESL question to a node fails (hosts on the
+    #: gateway's machine only; gateway.py Rule 5). False: the hosts only ask FreeSWITCH
+    channel_mirror: bool = True
 
     def nats_credentials(self) -> dict[str, str]:
         """The credentials that are set, by ``NatsSettings`` field."""
@@ -495,12 +499,12 @@ async def _open_cluster_stack(stack: AsyncExitStack, o: RunOptions, *, state: pa
     """The gateway process (engine/cluster/gateway.py): NATS bridge, CTI publisher, the Ray shard
     hosts, the gateway pumps, the API over the gateway's ``ClusterNode``. Registered on ``stack``
     so that on exit the gateway drains the hosts (CDRs, CTI) before anything is stopped."""
+    from adapters.freeswitch.channels import EslChannelSource
     from api.auth import AuditLog, Authenticator, RateLimiter
     from api.dispatch import Api
     from engine.actors import InMemoryCdrs, InMemoryReplies, Ports
     from engine.cluster.cluster import Cluster, default_shards
-    from engine.cluster.fakeswitch import FileChannelSource
-    from engine.cluster.gateway import Gateway, channel_file_for
+    from engine.cluster.gateway import Gateway, SwitchChannelSource, channel_file_for
     from engine.cluster.host import HostConfig
     from engine.cluster.snapshots import FileSnapshotStore
 
@@ -514,8 +518,12 @@ async def _open_cluster_stack(stack: AsyncExitStack, o: RunOptions, *, state: pa
         shutil.rmtree(snapshots, ignore_errors=True)  # a fresh local cluster: no stale images
     channel_file.unlink(missing_ok=True)
     shards = o.shards if o.shards is not None else default_shards()
+    # a restarted host asks each FreeSWITCH node itself; the mirror file only when one cannot answer
+    mirror = str(channel_file) if o.channel_mirror else ""
+    sources = tuple(SwitchChannelSource(EslChannelSource(link.config), link.config.name, mirror)
+                    for link in links.links.values())
     host_config = HostConfig(namespace=f"callengine-{os.getpid()}", store=FileSnapshotStore(snapshots),
-                             channel_sources=(FileChannelSource(str(channel_file)),),
+                             channel_sources=sources,
                              collect_events=True, snapshot_interval_s=o.snapshot_interval_s)
     cluster = Cluster(shards=shards, ray_address=o.ray_address, config=host_config,
                       host_cpus=0.5 if o.ray_address is None else 1.0)
@@ -550,7 +558,8 @@ async def _open_cluster_stack(stack: AsyncExitStack, o: RunOptions, *, state: pa
                 shutil.rmtree(ray_tmp, ignore_errors=True)
 
     stack.push_async_callback(stop_cluster)
-    gateway = Gateway(cluster, ports, name=o.node_name, router=router, channel_file=channel_file,
+    gateway = Gateway(cluster, ports, name=o.node_name, router=router,
+                      channel_file=channel_file if o.channel_mirror else None, sweep=True,
                       refresh_s=o.view_refresh_s)
     nursery = await stack.enter_async_context(trio.open_nursery())
     stack.callback(nursery.cancel_scope.cancel)

@@ -21,13 +21,19 @@ Rules
    ``runtime.states``...) are answered from a view of the shards' states refreshed every
    ``refresh_s`` (plus what this process just created), so they never block on Ray; ``ask`` sends
    the command with a request id of this gateway and waits for the reply to come back in a drain.
-5. Recovery of a killed shard host needs the switch's channels: the gateway mirrors the channels
-   it has seen (created, answered, bridged, agent legs it originated, hung up) into a file that the
-   hosts read (``FileChannelSource``), so a restarted host rebuilds its calls from the switch's view.
-   This works when the hosts share the gateway's filesystem (local Ray, the default).
-   The mirror is a few ms behind the switch, so a restarted host can rebuild a call whose caller
-   hung up meanwhile; the gateway sweeps for those (``_sweep``): a call the shards hold whose
-   caller channel the mirror has not had for ``orphan_after_s`` (and no originate of it in
+5. Recovery of a killed shard host needs the switch's channels. Each host gets one
+   ``SwitchChannelSource`` per media node: it asks that FreeSWITCH node itself over ESL
+   (``adapters.freeswitch.channels.EslChannelSource``: ``show channels as json`` + the
+   ``callengine_*`` variables), so a host rebuilds its calls on any machine of a Ray cluster. Only
+   when a node cannot answer (unreachable, password, timeout) does the source fall back to that
+   node's channels in the gateway's mirror: the channels it has seen (created, answered, bridged,
+   agent legs it originated, hung up), written to a file (``FileChannelSource``), which only a host
+   sharing the gateway's filesystem can read (local Ray). The host records the failure in its
+   ``recovery`` statistics (``channel_source_errors``).
+   The switch's list (and more so the mirror) can be behind the events in flight, so a restarted
+   host can rebuild a call whose caller hung up meanwhile; the gateway sweeps for those
+   (``_sweep``, from the channels it saw, file or not): a call the shards hold whose caller
+   channel the gateway has not had for ``orphan_after_s`` (and no originate of it in
    flight) gets a ``ChannelHangup``, as the ESL link's reconcile does after a reconnect.
    Likewise a queue restored from a snapshot can hold waiters whose ``CallerLeft`` reached the
    dead host after that snapshot (a batch applied and lost with the process is not retried by
@@ -95,7 +101,8 @@ from engine.messages import (
 
 log = logging.getLogger("callengine.gateway")
 
-__all__ = ["ChannelMirror", "ClusterNode", "ClusterRuntimeView", "Gateway", "GatewayError"]
+__all__ = ["ChannelMirror", "ClusterNode", "ClusterRuntimeView", "Gateway", "GatewayError", "SourceFellBack",
+           "SwitchChannelSource"]
 
 
 class GatewayError(RuntimeError):
@@ -261,6 +268,48 @@ class ChannelMirror:
         self.writes += 1
 
 
+class SourceFellBack(Exception):
+    """A media node could not say which channels it has; ``channels`` are its channels from the
+    mirror file instead (maybe none). Raised so the host records why (Rule 5); picklable."""
+
+    def __init__(self, message: str, channels: list[LiveChannel] | None = None) -> None:
+        super().__init__(message, channels or [])
+        self.message = message
+        self.channels: list[LiveChannel] = channels or []
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class SwitchChannelSource:
+    """Rule 5: the ``ChannelSource`` of one media node for the shard hosts (picklable): ``ask``
+    (the node over ESL); when that raises, :class:`SourceFellBack` with this node's channels from
+    the mirror file at ``mirror_path`` ("" or no such file: none)."""
+
+    def __init__(self, ask: Callable[[], list[LiveChannel]], node: str, mirror_path: str = "") -> None:
+        self.ask = ask
+        self.node = node
+        self.mirror_path = mirror_path
+
+    def __repr__(self) -> str:
+        return f"SwitchChannelSource({self.ask!r}, node={self.node!r}, mirror_path={self.mirror_path!r})"
+
+    def __call__(self) -> list[LiveChannel]:
+        try:
+            return self.ask()
+        except Exception as exc:  # noqa: BLE001 - any failure of the node: the mirror stands in
+            from engine.cluster.fakeswitch import FileChannelSource
+
+            try:
+                mirrored = FileChannelSource(self.mirror_path)() if self.mirror_path else []
+            except (OSError, msgspec.DecodeError) as read_error:
+                raise SourceFellBack(f"node {self.node!r}: {exc}; mirror file unreadable: {read_error!r}"
+                                     ) from exc
+            mine = [c for c in mirrored if c.node == self.node]
+            where = f"{len(mine)} channel(s) from the mirror file" if self.mirror_path else "no mirror file"
+            raise SourceFellBack(f"node {self.node!r}: {exc}; {where}", mine) from exc
+
+
 # ------------------------------------------------------------------------------ the Node facade
 
 
@@ -419,7 +468,7 @@ class Gateway:
 
     def __init__(self, cluster: Any, ports: Any, *, name: str = "gateway",
                  router: Callable[[ChannelCreated], Any] | None = None,
-                 channel_file: str | os.PathLike[str] | None = None,
+                 channel_file: str | os.PathLike[str] | None = None, sweep: bool | None = None,
                  busy_poll_s: float = 0.002, idle_poll_s: float = 0.02, refresh_s: float = 0.2,
                  max_batch: int = 4096) -> None:
         if busy_poll_s <= 0 or idle_poll_s < busy_poll_s or refresh_s <= 0:
@@ -429,6 +478,8 @@ class Gateway:
         self.name = name
         self.router = router
         self.mirror = ChannelMirror(channel_file)
+        #: Rule 5's sweep (default: only with a mirror file, i.e. a switch feeding this gateway)
+        self.sweep_orphans = bool(channel_file) if sweep is None else sweep
         self.busy_poll_s, self.idle_poll_s, self.refresh_s = busy_poll_s, idle_poll_s, refresh_s
         self.max_batch = max_batch
         self.node = ClusterNode(self)
@@ -805,7 +856,7 @@ class Gateway:
         return out, stats
 
     def _sweep(self, now: float) -> None:
-        """Rule 5: hang up calls whose caller channel is gone (rebuilt from a stale mirror)."""
+        """Rule 5: hang up calls whose caller channel is gone (rebuilt from a stale channel list)."""
         from engine.fsm.call import CallState
 
         channels = self.mirror.channels
@@ -858,7 +909,7 @@ class Gateway:
         self.shard_statistics = stats
         now = time.time()
         self._note_restarts(stats, now)
-        if self.mirror.path:
+        if self.sweep_orphans:
             self._sweep(now)
         self._repair(now)
 

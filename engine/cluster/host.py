@@ -278,8 +278,13 @@ class ShardHostCore:
         node, cfg = self.node, self.config
         raw = {} if cfg.store is None else await trio.to_thread.run_sync(cfg.store.load, "")
         channels: list[LiveChannel] = []
+        failed: list[str] = []
         for source in cfg.channel_sources:
-            channels += await trio.to_thread.run_sync(source)
+            try:
+                channels += await trio.to_thread.run_sync(source)
+            except Exception as exc:  # noqa: BLE001 - recorded; a fallback's channels (gateway.py Rule 5) count
+                failed.append(str(exc))
+                channels += getattr(exc, "channels", [])
         claims = await trio.to_thread.run_sync(self._peer_claims)
         adopted = 0
         newest: dict[tuple[str, str], Any] = {}
@@ -332,6 +337,8 @@ class ShardHostCore:
                          "peer_claims": len(claims),
                          "orphan_legs": len(orphans), "agents_repaired": repaired, "channels": len(channels),
                          "recovery_s": round(time.perf_counter() - t0, 4)}
+        if failed:
+            self.recovery["channel_source_errors"] = failed
 
     def _peer_claims(self) -> list[LiveChannel]:
         """recovery.py Rule 6: after a restart, every live peer's agent legs for agents owned here

@@ -149,3 +149,103 @@ def test_a_channel_gone_between_the_two_requests_is_left_out() -> None:
             {"uuid": "u2", "direction": "inbound", "callstate": "RINGING"}]
     answers = ["-ERR No such channel!\n"] * len(VARIABLES) + ["_undef_"] * len(VARIABLES)
     assert [(c.call_id, c.leg) for c in live_channels(rows, answers, "fs1")] == [("u2", "a")]
+
+
+# ------------------------------------------------------------------------------ on the Ray path
+
+AGENTS = [("sale000", "7000", ["sales"], {"sales": 80}), ("sale001", "7001", ["sales"], {"sales": 80})]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_killed_shard_host_rebuilds_its_calls_from_esl_without_a_mirror_file(monkeypatch) -> None:
+    """``callengine run`` on 2 Ray shard hosts with NO channel mirror file: the host owning a
+    bridged call is killed; Ray restarts it and it asks the emulator over ESL. The call is rebuilt
+    ACTIVE with its agent and, when the caller hangs up, ends with exactly one CDR written by the
+    rebuilt call itself (node ``fs1``, not the gateway's ``recovered:`` stand-in)."""
+    pytest.importorskip("ray")
+    import os
+    import pathlib
+    import shutil
+    import tempfile
+
+    from adapters.postgres import open_database
+    from adapters.postgres.embedded import EmbeddedPostgres
+    from engine.demo import DID_SALES, _seed
+    from engine.messages import AgentLogin
+    from engine.run import EpochClock, RunOptions, open_engine
+
+    state = pathlib.Path(tempfile.mkdtemp(prefix="callengine-esl-recovery-"))
+    monkeypatch.setenv("CALLENGINE_STATE_DIR", str(state))
+    out: dict = {}
+
+    async def main() -> None:
+        await _seed(state, AGENTS)
+        emu = FreeSwitchEmulator(heartbeat=1.0, answer_delay=0.1, ring_delay=0.02)
+        async with trio.open_nursery() as outer:
+            port = await outer.start(emu.run)
+            for _a, ext, _q, _s in AGENTS:
+                emu.register_phone(ext)
+            options = RunOptions(secret="s" * 32, state_dir=str(state), esl_nodes=[EslNodeConfig(name="fs1", port=port)],
+                                 esl_heartbeat_s=1.0, shards=2, node_name="t", channel_mirror=False)
+            async with open_engine(options) as engine:
+                with trio.fail_after(15):
+                    await engine.links.wait_all_up()
+                for agent, ext, queues, skills in AGENTS:
+                    reply = await engine.stack.api.ask(AgentLogin(agent_id=agent, at=time.time(), extension=ext,
+                                                                  queues=tuple(queues), skills=skills, ready=True),
+                                                       "default")
+                    assert reply.ok, reply
+                channels = [await emu.place_inbound_call(f"+1555000{i}", DID_SALES) for i in range(2)]
+                with trio.fail_after(30):
+                    while not all(ch.peer for ch in channels):
+                        await trio.sleep(0.05)
+                cluster = engine.cluster
+                victim = cluster.directory.owner("call", channels[0].uuid)
+                mine = [ch.uuid for ch in channels if cluster.directory.owner("call", ch.uuid) == victim]
+                out["created"], out["mine"] = [ch.uuid for ch in channels], mine
+                out["mirror_file"] = (state / "channels.msgpack").exists()
+                await trio.sleep(0.6)  # a snapshot pass or two: the agents' ON_CALL images are stored
+                before = await trio.to_thread.run_sync(cluster.wait_ready, victim, 30.0)
+                await trio.to_thread.run_sync(cluster.kill, victim)
+                info = before
+                with trio.fail_after(90):
+                    while info["pid"] == before["pid"]:
+                        await trio.sleep(0.2)
+                        try:
+                            info = await trio.to_thread.run_sync(cluster.wait_ready, victim, 30.0)
+                        except Exception:  # noqa: BLE001 - being restarted
+                            pass
+                out["recovery"] = info["recovery"]
+                with trio.fail_after(10):  # the rebuilt calls show in the gateway's view, talking
+                    while not all(getattr(engine.node.state_of("call", c), "state", None) is not None
+                                  and engine.node.state_of("call", c).state.name == "ACTIVE" for c in mine):
+                        await trio.sleep(0.05)
+                out["agents"] = {c: engine.node.state_of("call", c).agent_id for c in mine}
+                for ch in channels:
+                    await emu.hangup(ch.uuid)
+                await trio.sleep(1.0)
+            outer.cancel_scope.cancel()
+        async with open_database() as pg:
+            out["cdrs"] = await pg.run(lambda conn: conn.fetch(
+                "SELECT call_id, disposition, agent_id, node FROM cdrs WHERE call_id = ANY($1::text[])",
+                out["created"]))
+
+    try:
+        trio.run(main, clock=EpochClock())
+    finally:
+        EmbeddedPostgres(state / "pg").stop()
+        shutil.rmtree(state, ignore_errors=True)
+        os.environ.pop("CALLENGINE_STATE_DIR", None)
+    assert out["mirror_file"] is False
+    rec = out["recovery"]
+    assert "channel_source_errors" not in rec, rec
+    assert rec["calls"] == len(out["mine"]) and rec["channels"] >= 2 * len(out["mine"]), rec
+    assert all(out["agents"].values()), out["agents"]
+    cdrs = {}
+    for row in out["cdrs"]:
+        cdrs.setdefault(row["call_id"], []).append(dict(row))
+    assert sorted(cdrs) == sorted(out["created"]) and all(len(v) == 1 for v in cdrs.values()), cdrs
+    for call_id in out["mine"]:
+        (cdr,) = cdrs[call_id]
+        assert (cdr["disposition"], cdr["node"], cdr["agent_id"]) == ("answered", "fs1", out["agents"][call_id]), cdr
