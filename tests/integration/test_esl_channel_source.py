@@ -249,3 +249,28 @@ def test_a_killed_shard_host_rebuilds_its_calls_from_esl_without_a_mirror_file(m
     for call_id in out["mine"]:
         (cdr,) = cdrs[call_id]
         assert (cdr["disposition"], cdr["node"], cdr["agent_id"]) == ("answered", "fs1", out["agents"][call_id]), cdr
+
+
+def test_a_node_that_cannot_answer_falls_back_to_its_channels_in_the_mirror_file(tmp_path) -> None:
+    from engine.cluster.gateway import ChannelMirror, SourceFellBack, SwitchChannelSource
+    from engine.messages import ChannelCreated
+
+    mirror = ChannelMirror(tmp_path / "channels")
+    for node in ("fs1", "fs2"):
+        mirror.event(ChannelCreated(call_id=f"c-{node}", at=1.0, node=node, caller_id="2001", destination="5000"))
+    mirror.write()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there
+    ask = EslChannelSource(EslNodeConfig(name="fs1", port=port), timeout_s=2.0)
+    source = pickle.loads(pickle.dumps(SwitchChannelSource(ask, "fs1", str(tmp_path / "channels"))))
+    with pytest.raises(SourceFellBack) as info:
+        source()
+    assert [(c.call_id, c.node) for c in info.value.channels] == [("c-fs1", "fs1")]  # fs1's only
+    assert "unreachable" in str(info.value) and "1 channel(s) from the mirror file" in str(info.value)
+    # no mirror file (hosts on other machines, or RunOptions.channel_mirror=False): nothing to fall back on
+    with pytest.raises(SourceFellBack) as info:
+        SwitchChannelSource(ask, "fs1", "")()
+    assert info.value.channels == [] and "no mirror file" in str(info.value)
+    # a node that answers: its own list, the file is not read
+    assert SwitchChannelSource(lambda: [], "fs1", str(tmp_path / "channels"))() == []
