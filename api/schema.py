@@ -62,7 +62,12 @@ def asyncapi() -> dict[str, Any]:
         req, resp = f"{key}_request", f"{key}_reply"
         messages[req] = {"name": req, "contentType": "application/json",
                          "payload": {"$ref": f"#/components/schemas/{method.request.__name__}"},
-                         "headers": {"type": "object", "properties": {"Authorization": {"type": "string"}}}}
+                         "headers": {"type": "object", "properties": {
+                             "Authorization": {"type": "string", "description": "Bearer <jwt>"},
+                             "traceparent": {"type": "string", "description": "W3C trace context the command "
+                                             "continues (e.g. a click-to-call Originate joins the caller's trace); "
+                                             "over WebSocket the request frame's traceparent field, over HTTP "
+                                             "the header"}}}}
         messages[resp] = {"name": resp, "contentType": "application/json", "payload": {"oneOf": [
             {"$ref": f"#/components/schemas/{method.response.__name__}"},
             {"$ref": "#/components/schemas/ErrorBody"}]}}

@@ -10,6 +10,7 @@ Frames (JSON text; binary frames are parsed the same way)::
     -> {"id": 3, "method": "Events/Unwatch"}
     -> {"id": 4, "method": "Events/Watch", "params": {"batch": true}}       (opt-in batching)
     <- {"events": [{"type": "CALL_HELD", "seq": 43, ...}, {"type": "CALL_RETRIEVED", "seq": 44, ...}]}
+    -> {"id": 5, "method": "CallControl/Originate", "params": {...}, "traceparent": "00-<trace>-<span>-01"}
 
 Rules
 1. Authentication at the handshake (``Authorization: Bearer``, or ``?token=`` for browsers) or with
@@ -26,6 +27,8 @@ Rules
    RESOURCE_EXHAUSTED error frame naming the seq to resume from and is closed (1013). The engine
    and the other clients never wait for it. On reconnect, Watch with ``from_seq`` replays the
    missed events from JetStream and continues live.
+5. A request frame may carry ``traceparent`` (W3C trace context, as the HTTP header): the method
+   gets it (``Context.traceparent``), so a click-to-call ``Originate`` continues the caller's trace.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ class Frame(msgspec.Struct, kw_only=True):
     id: int | str | None = None
     method: str = ""
     params: msgspec.Raw = msgspec.Raw(b"{}")
+    #: the caller's W3C trace context, as the HTTP ``traceparent`` header (Rule 5)
+    traceparent: str = ""
 
 
 _frame_decoder = msgspec.json.Decoder(Frame)
@@ -290,7 +295,8 @@ class _Connection:
     async def _call(self, frame: Frame, name: str) -> None:
         try:
             assert self.principal is not None
-            result = await self.api.invoke(self.principal, name, frame.params, "ws")
+            result = await self.api.invoke(self.principal, name, frame.params, "ws",
+                                           traceparent=frame.traceparent)
             self.reply(frame.id, result)
         except ApiError as error:
             self.reply(frame.id, error=error)

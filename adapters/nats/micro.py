@@ -8,6 +8,8 @@ Rules
 2. The token travels in the ``Authorization: Bearer <jwt>`` header. The tenant in the subject must
    be the token's tenant (PERMISSION_DENIED otherwise, audited): a client cannot address another
    tenant even by publishing to its subject.
+   A ``traceparent`` header (W3C trace context) is handed to the method as over HTTP, so a
+   click-to-call ``Originate`` continues the caller's trace.
 3. Success: the JSON response. Failure: a micro error reply (headers ``Nats-Service-Error`` =
    message, ``Nats-Service-Error-Code`` = gRPC status name) whose body is ``{"code","message"}``.
 4. Each request crosses asyncio -> trio once (``trio_as_aio``): commands are rare next to events,
@@ -154,14 +156,15 @@ class WatchRelays:
                 return
 
 
-async def _dispatch(api: Api, tenant: str, method: str, token: str | None, data: bytes) -> tuple[str, bytes, str]:
+async def _dispatch(api: Api, tenant: str, method: str, token: str | None, data: bytes,
+                    traceparent: str = "") -> tuple[str, bytes, str]:
     try:
         principal = api.authenticate(token, method, "nats")
         if subject_token(principal.tenant) != tenant:
             error = ApiError("PERMISSION_DENIED", "the subject's tenant is not the token's")
             api._deny(principal, method, "nats", error)
             raise error
-        body = await api.invoke_json(principal, method, data, "nats")
+        body = await api.invoke_json(principal, method, data, "nats", traceparent=traceparent)
         return "OK", body, ""
     except ApiError as error:
         return error.code, _encoder.encode(error.to_dict()), error.message
@@ -209,7 +212,8 @@ async def start_micro_services(bridge: NatsBridge, api: Api, version: str = "1.0
 
         async def handle(request: Request) -> None:
             tenant, token = credentials(request)
-            code, body, message = await dispatch(api, tenant, full, token, request.data)
+            traceparent = (request.headers or {}).get("traceparent", "")
+            code, body, message = await dispatch(api, tenant, full, token, request.data, traceparent)
             if code == "OK":
                 await request.respond(body)
             else:

@@ -1,5 +1,6 @@
-"""Click-to-call resumes the caller's trace: ``CallControl/Originate`` over the Connect HTTP API with
-a W3C ``traceparent`` header gives a call whose CALL_CREATED CTI event carries that trace context
+"""Click-to-call resumes the caller's trace: ``CallControl/Originate`` with a W3C ``traceparent`` (the
+Connect HTTP header, the WebSocket request frame's ``traceparent`` field, the NATS micro request's
+``traceparent`` header) gives a call whose CALL_CREATED CTI event carries that trace context
 (the publisher and the tracer take the call's trace id from it, engine/tracecontext.py), and the
 CTI event on NATS has the same trace id in its ``traceparent`` header. A malformed header is
 ignored (the call keeps its derived trace id). Real nats-server and hypercorn on loopback."""
@@ -45,8 +46,49 @@ async def _originate(stack, tok: str, traceparent: str | None) -> str:
     return json.loads(body)["call_id"]
 
 
+async def _originate_ws(stack, tok: str, traceparent: str | None) -> str:
+    from trio_websocket import open_websocket_url
+
+    frame: dict = {"id": 1, "method": "CallControl/Originate", "params": {"to": "+15550100"}}
+    if traceparent is not None:
+        frame["traceparent"] = traceparent
+    async with open_websocket_url(stack.ws_url + "/", extra_headers=[("Authorization", f"Bearer {tok}")]) as ws:
+        await ws.send_message(json.dumps(frame))
+        for _ in range(100):
+            reply = json.loads(await ws.get_message())
+            if reply.get("id") == 1:
+                break
+    assert "result" in reply, reply
+    return reply["result"]["call_id"]
+
+
+async def _originate_nats(stack, tok: str, traceparent: str | None) -> str:
+    import nats
+
+    async def go() -> tuple[str, dict]:
+        nc = await nats.connect(stack.nats_url)
+        try:
+            headers = {"Authorization": f"Bearer {tok}"}
+            if traceparent is not None:
+                headers["traceparent"] = traceparent
+            msg = await nc.request("api.t1.CallControl.Originate", json.dumps({"to": "+15550100"}).encode(),
+                                   timeout=5, headers=headers)
+            return (msg.headers or {}).get("Nats-Service-Error-Code", "OK"), json.loads(msg.data)
+        finally:
+            await nc.close()
+
+    code, body = await stack.bridge.aio(go)
+    assert code == "OK", body
+    return body["call_id"]
+
+
+_ORIGINATE = {"http": _originate, "ws": _originate_ws, "nats": _originate_nats}
+
+
 @pytest.mark.slow
-def test_originate_over_http_resumes_the_request_traceparent() -> None:
+@pytest.mark.parametrize("transport", ["http", "ws", "nats"])
+def test_originate_resumes_the_request_traceparent(transport: str) -> None:
+    originate = _ORIGINATE[transport]
     seen = _Seen()
     out: dict = {}
 
@@ -69,8 +111,8 @@ def test_originate_over_http_resumes_the_request_traceparent() -> None:
                 await stack.bridge.aio(subscribe)
                 agent = token(tenant="t1", sub="a1", roles=("agent",))
                 tp = f"00-{TRACE}-{SPAN}-01"
-                out["traced"] = await _originate(stack, agent, tp)
-                out["bad"] = await _originate(stack, agent, "00-not-a-trace-01")
+                out["traced"] = await originate(stack, agent, tp)
+                out["bad"] = await originate(stack, agent, "00-not-a-trace-01")
 
                 def created(call_id: str):
                     return next((e for e in seen.items if e.name == "CALL_CREATED" and e.call_id == call_id), None)
