@@ -8,7 +8,9 @@ Rules
    it meanwhile wait for the new instance instead of failing.
 3. The ingress (``send``) is the media-affinity point: every event of a FreeSWITCH link is routed
    by call id to the shard that owns the call, grouped per shard, one Ray call per shard per batch,
-   so events of one call arrive in the order the link saw them.
+   so events of one call arrive in the order the link saw them. An item that is already an
+   ``Envelope`` (kind, runtime key, message) is sent as addressed: that is how a command for a
+   non-default tenant's agent or queue reaches its key ``"<tenant>/<id>"`` (shard.py Rule 5).
 4. Membership changes are hand-overs (``_rebalance``): every host installs the new directory and
    parks messages for ids it now owns but has not received, the old owners export those actors
    (state, timers, queued mail) to the new owners over the shard links (a later message that overtakes
@@ -29,7 +31,7 @@ from typing import Any
 
 import msgspec
 
-from engine.actors.node import route
+from engine.actors.node import TENANT_SCOPED, route
 from engine.cluster.host import (
     HostConfig,
     ShardHostCore,
@@ -43,7 +45,15 @@ from engine.cluster.wire import Envelope, encode_batch
 from engine.fsm.queue import QueueConfig
 from engine.messages import Cdr, MediaCommand
 
-__all__ = ["Cluster", "default_shards"]
+__all__ = ["Cluster", "default_shards", "runtime_key"]
+
+
+def runtime_key(kind: str, tenant: str | None, actor_id: str) -> str:
+    """The key of an actor on the shards (``Runtime.key``): ``"<tenant>/<id>"`` for a non-default
+    tenant's agent or queue, else the plain id (so the default tenant's keys are unchanged)."""
+    if tenant and tenant != "default" and kind in TENANT_SCOPED:
+        return f"{tenant}/{actor_id}"
+    return actor_id
 
 
 def default_shards() -> int:
@@ -133,21 +143,23 @@ class Cluster:
     # ---------------------------------------------------------------- entities
 
     def add_entities(self, queues: Iterable[QueueConfig] = (), agents: Iterable[tuple[str, str]] = ()) -> None:
-        """Place queues and (agent_id, tenant) pairs tenant-aware, then create them on their shards."""
+        """Place queues and (agent_id, tenant) pairs tenant-aware, then create them on their shards.
+        The directory records each under its runtime key (``"agent/<tenant>/<id>"`` for a
+        non-default tenant, ``runtime_key``), so ``Directory.owner(kind, key)`` finds it."""
         import ray
 
         queues, agents = list(queues), list(agents)
         placed: dict[str, str] = {}
         per_shard: dict[str, tuple[list[QueueConfig], list[tuple[str, str]]]] = {}
         for q in queues:
-            key = f"queue/{q.queue_id}"
-            shard = placed[key] = self.directory.place("queue", q.queue_id, q.tenant)
-            self.tenants[key] = q.tenant
+            rk = runtime_key("queue", q.tenant, q.queue_id)
+            shard = placed[f"queue/{rk}"] = self.directory.place("queue", rk, q.tenant)
+            self.tenants[f"queue/{rk}"] = q.tenant
             per_shard.setdefault(shard, ([], []))[0].append(q)
         for agent_id, tenant in agents:
-            key = f"agent/{agent_id}"
-            shard = placed[key] = self.directory.place("agent", agent_id, tenant)
-            self.tenants[key] = tenant
+            rk = runtime_key("agent", tenant, agent_id)
+            shard = placed[f"agent/{rk}"] = self.directory.place("agent", rk, tenant)
+            self.tenants[f"agent/{rk}"] = tenant
             per_shard.setdefault(shard, ([], []))[1].append((agent_id, tenant))
         self.directory = self.directory.with_entities(placed)
         self._broadcast_directory()
@@ -156,12 +168,16 @@ class Cluster:
     # ---------------------------------------------------------------- ingress (media affinity)
 
     def send(self, messages: Iterable[Any], *, wait: bool = False) -> list[Any]:
-        """Route messages (media events, commands) to their owners' shards, one batch per shard."""
+        """Route messages (media events, commands) to their owners' shards, one batch per shard;
+        an ``Envelope`` goes to the owner of its key as it is (Rule 3)."""
         import ray
 
         groups: dict[str, list[Envelope]] = {}
         owner = self.directory.owner
         for message in messages:
+            if type(message) is Envelope:
+                groups.setdefault(owner(message.kind, message.actor_id), []).append(message)
+                continue
             kind, actor_id = route(message)
             groups.setdefault(owner(kind, actor_id), []).append(Envelope(kind, actor_id, message))
         refs = []

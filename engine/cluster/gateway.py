@@ -52,8 +52,9 @@ Rules
    (``"<tenant>/<id>"``, the plain id for the ``default`` tenant; shard.py Rule 5), so two tenants
    can both have agent ``a1`` and queue ``sales``. A command the API sends for a tenant
    (``ClusterNode.deliver/ask(..., tenant=)``) is addressed to that key, and entities of a
-   non-default tenant are placed and recorded in the directory under it (``send_keyed``,
-   ``add_entities_keyed``: the default tenant's keys are the plain ids, so its path is unchanged).
+   non-default tenant are placed and recorded in the directory under it (``Cluster.send`` of an
+   ``Envelope`` addressed to that key, ``Cluster.add_entities``: the default tenant's keys are the
+   plain ids, so its path is unchanged).
    Inside the shards, calls reach their own tenant's queues and agents (the runtime addresses a
    ``Send`` in the sender's tenant); CTI events carry the tenant of the machine that emits them.
 
@@ -80,7 +81,9 @@ import trio
 
 from engine.actors.errors import ActorExists, AskTimeout
 from engine.actors.node import TENANT_SCOPED, route
+from engine.cluster.cluster import runtime_key
 from engine.cluster.recovery import LiveChannel
+from engine.cluster.wire import Envelope
 from engine.fsm import agent as agent_fsm
 from engine.fsm import queue as queue_fsm
 from engine.messages import (
@@ -109,67 +112,8 @@ class GatewayError(RuntimeError):
     """The gateway cannot do what was asked (not running, bad argument)."""
 
 
-def _key(kind: str, tenant: str | None, actor_id: str) -> str:
-    """The runtime key of an actor on the shards (the same rule as ``Runtime.key``, Rule 8)."""
-    if tenant and tenant != "default" and kind in TENANT_SCOPED:
-        return f"{tenant}/{actor_id}"
-    return actor_id
-
-
-class _Keyed(msgspec.Struct, frozen=True, array_like=True):
-    """An ingress message addressed to a runtime key (a non-default tenant's agent or queue)."""
-
-    kind: str
-    key: str
-    message: Any
-
-
-def send_keyed(cluster: Any, ops: list[Any]) -> list[Any]:
-    """``Cluster.send`` for messages some of which are addressed to a tenant's key (``_Keyed``).
-
-    Same link as ``Cluster.send`` (its ingress name, incarnation and per-shard sequence), so the
-    hosts apply the batches of both in one order. Kept here while ``Cluster.send`` addresses by
-    plain id only (cluster.py belongs to the recovery work); it should move into ``Cluster``."""
-    from engine.cluster.wire import Envelope, encode_batch
-
-    groups: dict[str, list[Envelope]] = {}
-    owner = cluster.directory.owner
-    for op in ops:
-        if type(op) is _Keyed:
-            kind, key, message = op.kind, op.key, op.message
-        else:
-            kind, key = route(op)
-            message = op
-        groups.setdefault(owner(kind, key), []).append(Envelope(kind, key, message))
-    refs = []
-    for shard, items in groups.items():
-        seq = cluster._seq[shard] = cluster._seq.get(shard, 0) + 1
-        refs.append(cluster.hosts[shard].deliver_batch.remote(
-            encode_batch(cluster.ingress_name, items, seq, cluster._incarnation)))
-    return refs
-
-
-def add_entities_keyed(cluster: Any, queues: list[queue_fsm.QueueConfig], agents: list[tuple[str, str]]) -> None:
-    """``Cluster.add_entities`` with directory entries under the runtime keys (``"agent/<tenant>/<id>"``
-    for a non-default tenant), so the shards' ``Directory.owner(kind, key)`` finds them (Rule 8).
-    For the default tenant the keys are the plain ids: the same entries as ``Cluster.add_entities``."""
-    import ray
-
-    placed: dict[str, str] = {}
-    per_shard: dict[str, tuple[list[queue_fsm.QueueConfig], list[tuple[str, str]]]] = {}
-    for q in queues:
-        key = f"queue/{_key('queue', q.tenant, q.queue_id)}"
-        shard = placed[key] = cluster.directory.place("queue", key.partition("/")[2], q.tenant)
-        cluster.tenants[key] = q.tenant
-        per_shard.setdefault(shard, ([], []))[0].append(q)
-    for agent_id, tenant in agents:
-        key = f"agent/{_key('agent', tenant, agent_id)}"
-        shard = placed[key] = cluster.directory.place("agent", key.partition("/")[2], tenant)
-        cluster.tenants[key] = tenant
-        per_shard.setdefault(shard, ([], []))[1].append((agent_id, tenant))
-    cluster.directory = cluster.directory.with_entities(placed)
-    cluster._broadcast_directory()
-    ray.get([cluster.hosts[s].add_entities.remote(qs, ags) for s, (qs, ags) in per_shard.items()], timeout=60)
+#: the runtime key of an actor on the shards (the same rule as ``Runtime.key``, Rule 8)
+_key = runtime_key
 
 
 # ------------------------------------------------------------------------------ channel mirror
@@ -532,7 +476,7 @@ class Gateway:
         if tenant is not None and tenant != "default":
             kind, actor_id = route(message)
             if kind in TENANT_SCOPED:
-                self._ops.append(_Keyed(kind, _key(kind, tenant, actor_id), message))
+                self._ops.append(Envelope(kind, _key(kind, tenant, actor_id), message))
                 self._kick()
                 return
         tp = type(message)
@@ -705,10 +649,7 @@ class Gateway:
                     self._send(run)
                     batches += 1
                     run = []
-                if all(q.tenant == "default" for q in op.queues) and all(t == "default" for _, t in op.agents):
-                    cluster.add_entities(op.queues, op.agents)
-                else:
-                    add_entities_keyed(cluster, op.queues, op.agents)
+                cluster.add_entities(op.queues, op.agents)
             else:
                 run.append(op)
                 if len(run) >= self.max_batch:
@@ -721,10 +662,7 @@ class Gateway:
         return batches
 
     def _send(self, run: list[Any]) -> None:
-        if any(type(op) is _Keyed for op in run):
-            send_keyed(self.cluster, run)
-        else:
-            self.cluster.send(run)
+        self.cluster.send(run)
 
     async def _ingress(self) -> None:
         while True:
