@@ -9,6 +9,8 @@ wiring, and the PostgreSQL dead-letter store on embedded PostgreSQL. Backoffs ar
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 import json
 import random
 import socket
@@ -189,6 +191,10 @@ def test_delivery_with_templated_body_headers_and_a_signature_that_verifies():
     assert h["callengine-webhook-id"] == "crm" and h["callengine-event"] == "CALL_CREATED"
     assert h["callengine-attempt"] == "1" and h["callengine-delivery"]
     verify_signature("s3cret", h["callengine-signature"], req.body, now=time.time())
+    # the documented scheme, recomputed here independently: HMAC-SHA256(secret, t + "." + body)
+    t, v1 = (part.split("=", 1)[1] for part in h["callengine-signature"].split(","))
+    assert v1 == hmac.new(b"s3cret", t.encode() + b"." + req.body, hashlib.sha256).hexdigest()
+    assert abs(int(t) - time.time()) < 30
     with pytest.raises(SignatureError):
         verify_signature("another-secret", h["callengine-signature"], req.body, now=time.time())
     assert store.letters == []
@@ -352,6 +358,48 @@ def test_a_receiver_slower_than_the_timeout_is_retried_then_dead_lettered():
     assert letter.reason == "exhausted" and letter.attempts == 2 and "timeout" in letter.last_error
 
 
+def test_a_receiver_that_drips_its_response_is_cut_at_the_attempt_timeout():
+    """Bytes every 0.1 s never trip a per-read timeout; ``timeout_s`` bounds the whole attempt."""
+    requests = []
+
+    async def drip(stream: trio.SocketStream) -> None:
+        data = b""
+        try:
+            while b"\r\n\r\n" not in data:
+                data += await stream.receive_some(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            while len(body) < length:
+                body += await stream.receive_some(65536)
+            requests.append(body)
+            await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 30\r\n\r\n")
+            for _ in range(30):
+                await trio.sleep(0.1)
+                await stream.send_all(b"x")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await stream.aclose()
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(functools.partial(trio.serve_tcp, host="127.0.0.1"), drip, 0)
+            port = listeners[0].socket.getsockname()[1]
+            cfg = load_config(config(f"http://127.0.0.1:{port}/hook", timeout_s=0.4, max_attempts=2))
+            store = MemoryDeadLetterStore()
+            async with open_webhook_dispatcher(cfg, store) as d:
+                d.offer(created(1))
+                assert await d.wait_idle(timeout_s=20)
+            nursery.cancel_scope.cancel()
+        return store
+
+    store = run(main)
+    assert len(requests) == 2
+    (letter,) = store.letters
+    assert letter.reason == "exhausted" and "timeout" in letter.last_error
+
+
 def test_a_stuck_receiver_never_blocks_offer_and_overflow_is_dead_lettered():
     """10k offers in one synchronous loop (no checkpoint in between: offer never awaits); the
     webhook's queue holds 100, the rest are queue_full dead letters; at shutdown what is still
@@ -468,6 +516,7 @@ def test_postgres_dead_letter_store_round_trip():
 
     acme, crm, beta, latest = run(main)
     assert [x.delivery_id for x in acme] == ["d-1", "d-2"]
+    assert [x.webhook_id for x in crm] == ["crm"]
     got = crm[0]
     assert got.event == '{"type":"CALL_CREATED","caller_id":"a\\u0000b"}'  # stored literally
     assert json.loads(got.event)["caller_id"] == "a\0b"

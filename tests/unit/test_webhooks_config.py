@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 
 import pytest
@@ -114,7 +116,9 @@ def test_rendered_values_are_json_escaped_whatever_they_hold():
 def test_signature_verifies_with_the_secret_only_and_within_tolerance():
     body = b'{"type":"CALL_CREATED"}'
     header = signature_header("s3cret", 1_700_000_000, body)
-    assert header.startswith("t=1700000000,v1=")
+    # the documented scheme, recomputed independently: HMAC-SHA256(secret, "<t>." + body), hex
+    expected = hmac.new(b"s3cret", b"1700000000." + body, hashlib.sha256).hexdigest()
+    assert header == f"t=1700000000,v1={expected}"
     verify_signature("s3cret", header, body, now=1_700_000_100)
     with pytest.raises(SignatureError):
         verify_signature("other", header, body, now=1_700_000_100)
