@@ -4,7 +4,7 @@ Per tenant, webhooks receive CTI events and CDRs as signed JSON POSTs, with retr
 dead letters, without ever blocking the call path. ``config`` (typed configuration and its
 validation), ``signing`` (the HMAC scheme, for senders and receivers), ``dispatcher`` (queues,
 workers, retries), ``deadletter`` (the store port, in memory and PostgreSQL), ``wiring`` (the
-hub subscription and the CDR listener). See docs/webhooks.md.
+hub subscription, the CTI port and the CDR listener). See docs/webhooks.md.
 """
 
 from adapters.webhooks.config import (
@@ -28,12 +28,12 @@ from adapters.webhooks.deadletter import (
 )
 from adapters.webhooks.dispatcher import WebhookDispatcher, open_webhook_dispatcher
 from adapters.webhooks.signing import SignatureError, signature_header, verify_signature
-from adapters.webhooks.wiring import WebhookCdrStore, attach_to_hub, pump_hub
+from adapters.webhooks.wiring import WebhookCdrStore, WebhookCti, attach_to_hub, pump_hub
 
 __all__ = [
     "CDR_EVENT", "BadUrl", "InvalidSetting", "InvalidTemplate", "TenantWebhooks", "UnknownEventType",
     "UnknownPlaceholder", "WebhookConfig", "WebhookConfigError", "WebhooksConfig", "load_config",
     "DeadLetter", "DeadLetterStore", "MemoryDeadLetterStore", "PgDeadLetterStore",
     "WebhookDispatcher", "open_webhook_dispatcher", "SignatureError", "signature_header",
-    "verify_signature", "WebhookCdrStore", "attach_to_hub", "pump_hub",
+    "verify_signature", "WebhookCdrStore", "WebhookCti", "attach_to_hub", "pump_hub",
 ]

@@ -8,7 +8,13 @@ Rules
    If the subscription overflows anyway (the hub drops a slow watcher), the pump logs how many
    events the gap may hold, counts it and subscribes again: events published in between are not
    sent (they are in JetStream; replaying them from the last seq is future work).
-2. CDRs: ``WebhookCdrStore`` wraps the node's ``CdrStore`` (the PostgreSQL ``CdrWriter``): each
+2. Several nodes (``--fanout nats``): a hub subscription makes the node's feed subscribe to the
+   tenant's events from *every* node, so each node with that tenant's webhooks would send them
+   all. Either run a tenant's webhooks only on the node its events are pinned to (docs/api.md:
+   one publisher owns a tenant's seq), or feed the dispatcher from the node's CTI port instead:
+   ``WebhookCti`` (a ``CtiPort`` beside the publisher in a ``TeeCti``) offers this node's own
+   events only, before the publisher assigns their ``seq`` (0 in the webhook body).
+3. CDRs: ``WebhookCdrStore`` wraps the node's ``CdrStore`` (the PostgreSQL ``CdrWriter``): each
    ``write`` goes first to the real store, then to ``offer_cdr``. Both are plain functions, so
    the shard's worker still never blocks; a webhook problem cannot stop a CDR from being stored.
 """
@@ -22,12 +28,12 @@ from typing import Any
 import trio
 
 from adapters.webhooks.dispatcher import WebhookDispatcher
-from api.events import CtiBase, event_name
+from api.events import CtiBase, event_name, to_wire
 from api.hub import EventHub
 from engine.actors.ports import CdrStore
-from engine.messages import Cdr
+from engine.messages import Cdr, CtiEvent
 
-__all__ = ["pump_hub", "attach_to_hub", "WebhookCdrStore"]
+__all__ = ["pump_hub", "attach_to_hub", "WebhookCdrStore", "WebhookCti"]
 
 log = logging.getLogger("callengine.webhooks")
 
@@ -81,3 +87,23 @@ class WebhookCdrStore:
         if name == "inner":  # not set yet (unpickling): no recursion
             raise AttributeError(name)
         return getattr(self.inner, name)
+
+
+class WebhookCti:
+    """A ``CtiPort`` that offers this node's own CTI events to the webhooks (rule 2).
+
+    Plain and non-blocking like every port: events no webhook of their tenant takes cost one
+    lookup; the others are turned into their wire form (``to_wire``) and offered."""
+
+    def __init__(self, dispatcher: WebhookDispatcher) -> None:
+        self.dispatcher = dispatcher
+
+    def publish(self, event: CtiEvent) -> None:
+        if self.dispatcher.wants(event.tenant, event.name):
+            try:
+                wire = to_wire(event)
+            except Exception:  # noqa: BLE001 - never into the engine
+                self.dispatcher.offer_errors += 1
+                log.exception("webhooks: CTI event %s could not be converted", event.name)
+                return
+            self.dispatcher.offer(wire)

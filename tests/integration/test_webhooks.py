@@ -31,6 +31,7 @@ from adapters.webhooks import (
     PgDeadLetterStore,
     SignatureError,
     WebhookCdrStore,
+    WebhookCti,
     WebhookDispatcher,
     attach_to_hub,
     load_config,
@@ -40,7 +41,7 @@ from adapters.webhooks import (
 from api.events import CallCreated, CallEnded, encode_event
 from api.hub import EventHub
 from engine.actors.ports import InMemoryCdrs
-from engine.messages import Cdr
+from engine.messages import Cdr, CtiEvent
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
@@ -245,6 +246,27 @@ def test_hub_events_reach_the_webhook_per_tenant_and_per_type():
     rx = run(main)
     assert [json.loads(r.body)["call_id"] for r in rx.requests] == ["c1"]
     assert json.loads(rx.requests[0].body)["type"] == "CALL_ENDED"
+
+
+def test_the_cti_port_feeds_own_events_in_wire_form():
+    async def main():
+        async with trio.open_nursery() as nursery:
+            rx = await Receiver().start(nursery)
+            cfg = load_config(config(rx.url, events=["AGENT_STATE_CHANGED"],
+                                     body_template='{"agent": $agent_id, "state": $state, "was": $previous}'))
+            async with open_webhook_dispatcher(cfg, MemoryDeadLetterStore()) as d:
+                port = WebhookCti(d)
+                port.publish(CtiEvent(name="AGENT_STATE_CHANGED", tenant="acme", at=1.0, agent_id="a1",
+                                      data={"state": "AVAILABLE", "previous": "LOGGED_OUT"}))
+                port.publish(CtiEvent(name="CALL_CREATED", tenant="acme", at=1.0, call_id="c1"))
+                port.publish(CtiEvent(name="AGENT_STATE_CHANGED", tenant="other", at=1.0, agent_id="a1"))
+                assert await d.wait_idle()
+            nursery.cancel_scope.cancel()
+        return rx
+
+    rx = run(main)
+    assert [json.loads(r.body) for r in rx.requests] == [{"agent": "a1", "state": "AVAILABLE",
+                                                          "was": "LOGGED_OUT"}]
 
 
 # ---- retries and dead letters ----------------------------------------------------------------------
