@@ -50,6 +50,7 @@ from engine.cluster.recovery import (
     agent_status,
     rebuild_calls,
     reconcile_agent,
+    reconcile_queue,
     requeue_message,
 )
 from engine.cluster.shard import ShardNode
@@ -333,9 +334,18 @@ class ShardHostCore:
             if fixed is not agent:
                 rt.patch("agent", agent_id, fixed, [*effects, *agent_status(fixed, now)])
                 repaired += 1
+        rung = {c.offer_id for _, c in legs if c.offer_id}
+        queues_repaired = 0
+        for queue_id in rt.ids("queue"):
+            queue = rt.state_of("queue", queue_id)
+            fixed_queue, effects = reconcile_queue(queue, rung)
+            if fixed_queue is not queue:
+                rt.patch("queue", queue_id, fixed_queue, effects)
+                queues_repaired += 1
         self.recovery = {"images": adopted, "link_marks": self.links.links(), "calls": len(calls),
                          "peer_claims": len(claims),
-                         "orphan_legs": len(orphans), "agents_repaired": repaired, "channels": len(channels),
+                         "orphan_legs": len(orphans), "agents_repaired": repaired, "queues_repaired": queues_repaired,
+                         "channels": len(channels),
                          "recovery_s": round(time.perf_counter() - t0, 4)}
         if failed:
             self.recovery["channel_source_errors"] = failed
@@ -479,13 +489,15 @@ class ShardHostCore:
         return self._call(self.node.end_handoff)
 
     def agent_claims(self, restarted: str) -> bytes:
-        """recovery.py Rule 6: the agent legs of the calls held here whose agent ``restarted`` owns."""
+        """recovery.py Rule 6: the agent legs of the calls held here whose agent or queue
+        ``restarted`` owns."""
         def run() -> bytes:
             node = self.node
             rt, directory = node.runtime, node.directory
 
-            def owns(tenant: str, agent_id: str) -> bool:
-                return directory.owner("agent", rt.key("agent", tenant, agent_id)) == restarted
+            def owns(tenant: str, agent_id: str, queue_id: str) -> bool:
+                return restarted in (directory.owner("agent", rt.key("agent", tenant, agent_id)),
+                                     directory.owner("queue", rt.key("queue", tenant, queue_id)))
 
             return _claims_encoder.encode(agent_claims(rt.states("call"), owns))
         return self._call(run)

@@ -28,7 +28,14 @@ Rules
    shard's agents by a media command the switch has not run yet (still in that shard's output, or
    on its way). So the restarted host also asks each live peer for ``agent_claims``: the agent legs
    of the calls the peer holds, for agents the restarted shard owns. A claim counts as the switch's
-   word for that leg (answered: talking; not answered: ringing for its offer).
+   word for that leg (answered: talking; not answered: ringing for its offer). Peers also claim the
+   agent legs rung for the restarted shard's queues (Rule 7).
+7. A queue restored from an image can hold an offer still "reserving" whose ``ReservationAccepted``
+   was applied after the image and died with the shard, while the call it caused already rings the
+   agent. Left alone, the offer's timer would send the agent ``ReleaseReservation`` and free it with
+   its phone ringing (a queue then rings it a second time). ``reconcile_queue`` moves every such
+   offer whose leg the switch or a peer shows to "ringing" and cancels its timer, as the accepted
+   reservation would have: from there the call's ``OfferAnswered`` / ``OfferFailed`` settle it.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import msgspec
 from engine.fsm import call as call_fsm
 from engine.fsm.agent import Agent, AgentState
 from engine.fsm.call import Call, CallState, Leg
+from engine.fsm.queue import Queue
 from engine.messages import (
     AgentStatus,
     CancelTimer,
@@ -58,7 +66,7 @@ from engine.messages import (
 )
 
 __all__ = ["RECOVERED_OFFER_S", "ChannelSource", "LiveChannel", "agent_claims", "agent_status", "rebuild_calls",
-           "reconcile_agent", "requeue_message"]
+           "reconcile_agent", "reconcile_queue", "requeue_message"]
 
 #: the offer timer of an agent found ringing after a restart (Rule 3): longer than any ring timeout
 #: plus grace the queues use by default, so the call's own answer or failure normally comes first
@@ -154,14 +162,15 @@ def _rebuild(a: LiveChannel, others: list[LiveChannel], router: Router | None,
     return call, effects
 
 
-def agent_claims(calls: Iterable[Call], owns_agent: Callable[[str, str], bool]) -> list[LiveChannel]:
-    """Rule 6: the agent legs of ``calls`` (live, not ENDED) whose agent ``owns_agent(tenant, id)``."""
+def agent_claims(calls: Iterable[Call], owns: Callable[[str, str, str], bool]) -> list[LiveChannel]:
+    """Rule 6: the agent legs of ``calls`` (live, not ENDED) for which ``owns(tenant, agent id,
+    queue id)``: the restarted shard owns the leg's agent or its queue."""
     out = []
     for call in calls:
         if call.state is CallState.ENDED:
             continue
         for leg in call.legs:
-            if leg.role == "agent" and leg.agent_id and owns_agent(call.tenant, leg.agent_id):
+            if leg.role == "agent" and leg.agent_id and owns(call.tenant, leg.agent_id, leg.queue_id):
                 out.append(LiveChannel(call_id=call.call_id, leg=leg.id, node=call.node, answered=leg.answered,
                                        direction="outbound", destination=leg.destination, tenant=call.tenant,
                                        agent_id=leg.agent_id, queue_id=leg.queue_id, offer_id=leg.offer_id))
@@ -202,6 +211,24 @@ def reconcile_agent(agent: Agent, talking_on: str | None, live_calls: set[str], 
         return replace(agent, state=AgentState.AVAILABLE, call_id="", state_since=now, idle_since=now, now=t,
                        timers=agent.timers - {"probe", "probe_timeout"}), effects
     return agent, []
+
+
+def reconcile_queue(queue: Queue, rung_offers: set[str]) -> tuple[Queue, list[Effect]]:
+    """Rule 7: offers still "reserving" in a restored image whose agent leg exists (``rung_offers``:
+    the offer ids of the live agent legs) become "ringing", their timers cancelled."""
+    stale = [o for o in queue.offers.values() if o.phase == "reserving" and o.offer_id in rung_offers]
+    if not stale:
+        return queue, []
+    offers = dict(queue.offers)
+    timers = queue.timers
+    effects: list[Effect] = []
+    for offer in stale:
+        offers[offer.offer_id] = replace(offer, phase="ringing")
+        key = f"offer:{offer.offer_id}"
+        if key in timers:
+            effects.append(CancelTimer(key=key))
+            timers = timers - {key}
+    return replace(queue, offers=offers, timers=timers), effects
 
 
 def _cancel(agent: Agent, keys: set[str]) -> list[Effect]:

@@ -207,6 +207,7 @@ def _diagnose(cl: Cluster, sw: FakeSwitch, victim: str, killed_at: float) -> dic
         out[ext] = {"agent_owner": cl.directory.owner("agent", agent),
                     "legs": [(round(t - t0, 3), cid[:6], cl.directory.owner("call", cid), leg[-2:], what)
                              for t, cid, leg, what in hist if t - t0 > -5]}
+    print("diagnosis:", out)  # shown whole under "Captured stdout" (the assertion text is cut)
     return out
 
 

@@ -46,6 +46,7 @@ from engine.messages import (
     OfferAnswered,
     OfferFailed,
     QueueCall,
+    ReleaseReservation,
     Reply,
     ReservationRejected,
     ReserveAgent,
@@ -53,6 +54,7 @@ from engine.messages import (
     Send,
     SendMedia,
     StartTimer,
+    TimerFired,
 )
 
 SHARDS = ("s0", "s1", "s2")
@@ -524,10 +526,14 @@ def test_agent_claims_are_the_agent_legs_a_live_peer_holds():
         Leg(id="c3-1", destination="x-a1", role="agent", agent_id="a1", queue_id="q1", offer_id="q1-o3"),))
     elsewhere = Call(call_id="c4", state=CallState.RINGING, legs=(
         Leg(id="c4-1", destination="x-b1", role="agent", agent_id="b1", queue_id="q1", offer_id="q1-o4"),))
-    mine = {("default", "a1"), ("acme", "a2")}
-    claims = agent_claims([ringing, talking, ended, elsewhere], lambda t, a: (t, a) in mine)
+    queued_here = Call(call_id="c5", state=CallState.RINGING, legs=(
+        Leg(id="c5-1", destination="x-b2", role="agent", agent_id="b2", queue_id="q9", offer_id="q9-o1"),))
+    mine = {("default", "a1"), ("acme", "a2"), ("default", "q9")}
+    claims = agent_claims([ringing, talking, ended, elsewhere, queued_here],
+                          lambda t, a, q: (t, a) in mine or (t, q) in mine)
     assert [(c.call_id, c.leg, c.agent_id, c.offer_id, c.answered, c.tenant) for c in claims] == [
-        ("c1", "c1-1", "a1", "q1-o1", False, "default"), ("c2", "c2-1", "a2", "q1-o2", True, "acme")]
+        ("c1", "c1-1", "a1", "q1-o1", False, "default"), ("c2", "c2-1", "a2", "q1-o2", True, "acme"),
+        ("c5", "c5-1", "b2", "q9-o1", False, "default")]  # an agent elsewhere, rung for a queue here
     # a claim repairs a stale image exactly as the switch's own channel would
     idle = msgspec.structs.replace(new_agent("a1"), state=AgentState.AVAILABLE, queues=("q1",))
     held, _ = reconcile_agent(idle, None, set(), 3.0, claims[0])
@@ -581,3 +587,25 @@ def test_restart_holds_a_ringing_agent_until_the_hangup_of_its_leg_is_drained():
         assert agent("default").state is AgentState.AVAILABLE and agent("default").missed_offers == 0
     finally:
         rebuilt.stop()
+
+
+def test_reconcile_queue_keeps_an_offer_whose_leg_rings():
+    """recovery.py Rule 7: the image has the offer still reserving (its ReservationAccepted died with
+    the shard) but the call already rings the agent. Its timer must not release the agent."""
+    from engine.cluster.recovery import reconcile_queue
+    from engine.fsm.queue import Offer, Queue
+    from engine.fsm.queue import step as queue_step
+
+    q = Queue(config=QueueConfig(queue_id="q1"), offers={
+        "q1-o1": Offer(offer_id="q1-o1", call_id="c1", agent_id="a1"),
+        "q1-o2": Offer(offer_id="q1-o2", call_id="c2", agent_id="a2")},
+        timers=frozenset({"offer:q1-o1", "offer:q1-o2"}))
+    fixed, effects = reconcile_queue(q, {"q1-o1", "zz-o9"})
+    assert fixed.offers["q1-o1"].phase == "ringing" and fixed.offers["q1-o2"].phase == "reserving"
+    assert effects == [CancelTimer(key="offer:q1-o1")] and fixed.timers == frozenset({"offer:q1-o2"})
+    assert reconcile_queue(fixed, {"q1-o1"}) == (fixed, [])
+    # unrepaired, the timer releases the ringing agent; repaired, the timer is gone with its key
+    _, out = queue_step(q, TimerFired(key="offer:q1-o1", at=5.0))
+    assert any(isinstance(getattr(e, "message", None), ReleaseReservation) for e in out)
+    same, out = queue_step(fixed, TimerFired(key="offer:q1-o1", at=5.0))
+    assert not any(isinstance(getattr(e, "message", None), ReleaseReservation) for e in out)
