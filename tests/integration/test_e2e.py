@@ -4,7 +4,7 @@ exactly one CDR in PostgreSQL and its CTI events on NATS (JetStream), and no age
 with the actors in process (``--in-process``). Then the Ray path with every fault of issue #9: ESL
 drop, NATS restart (same port and store: the publisher reconnects, JetStream dedupes by Nats-Msg-Id),
 PostgreSQL stopped 10 s, and a shard host killed mid-traffic (Ray restarts it; agents and queues come
-back from snapshots, calls from the switch's channels)."""
+back from snapshots, calls from the switch's channels, asked over ESL)."""
 
 from __future__ import annotations
 
@@ -63,6 +63,8 @@ def test_demo_survives_esl_drop_nats_restart_postgres_outage_and_shard_kill() ->
     assert kill, r.faults
     # the restarted host rebuilt its agents/queues from the snapshot store
     assert "'images': 0," not in kill[0], kill
+    # ... and asked FreeSWITCH itself over ESL for its calls (no fallback to the mirror file, #8)
+    assert "channel_source_errors" not in kill[0], kill
     # NATS restart: no CTI event lost, none stored twice (per-tenant seqs 1..N, each once)
     assert r.nats_events == r.nats_distinct_seqs == r.nats_max_seq > 0, (r.nats_events, r.nats_distinct_seqs,
                                                                           r.nats_max_seq)
