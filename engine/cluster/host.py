@@ -52,6 +52,8 @@ from engine.cluster.recovery import (
     reconcile_agent,
     reconcile_queue,
     requeue_message,
+    restored_agent,
+    restored_queue,
 )
 from engine.cluster.shard import ShardNode
 from engine.cluster.snapshots import DIRECTORY_KEY, SnapshotStore, entity_key, parse_key
@@ -159,6 +161,7 @@ class ShardHostCore:
         self.recovery: dict[str, Any] = {}
         #: offers of legs the rebuild hung up, released to their agents once the hangups are handed
         #: over (recovery.py Rule 4)
+        self._peer_claims_error = ""
         self._after_hangups: list[tuple[str, Send]] = []  # (tenant of the call, send)
         self._written: dict[tuple[str, str], Any] = {}
         self._snapshot_lock: trio.Lock | None = None
@@ -331,17 +334,16 @@ class ShardHostCore:
             agent: Agent = rt.state_of("agent", agent_id)
             who = (agent.tenant, agent.agent_id)
             fixed, effects = reconcile_agent(agent, talking.get(who), live, now, ringing.get(who))
-            if fixed is not agent:
-                rt.patch("agent", agent_id, fixed, [*effects, *agent_status(fixed, now)])
-                repaired += 1
+            repaired += fixed is not agent
+            fixed = restored_agent(fixed)  # recovery.py Rule 8; its queues hear it again (seq 0: taken as is)
+            rt.patch("agent", agent_id, fixed, [*effects, *agent_status(fixed, now)])
         rung = {c.offer_id for _, c in legs if c.offer_id}
         queues_repaired = 0
         for queue_id in rt.ids("queue"):
             queue = rt.state_of("queue", queue_id)
             fixed_queue, effects = reconcile_queue(queue, rung)
-            if fixed_queue is not queue:
-                rt.patch("queue", queue_id, fixed_queue, effects)
-                queues_repaired += 1
+            queues_repaired += fixed_queue is not queue
+            rt.patch("queue", queue_id, restored_queue(fixed_queue), effects)
         self.recovery = {"images": adopted, "link_marks": self.links.links(), "calls": len(calls),
                          "peer_claims": len(claims),
                          "orphan_legs": len(orphans), "agents_repaired": repaired, "queues_repaired": queues_repaired,
@@ -349,6 +351,8 @@ class ShardHostCore:
                          "recovery_s": round(time.perf_counter() - t0, 4)}
         if failed:
             self.recovery["channel_source_errors"] = failed
+        if self._peer_claims_error:
+            self.recovery["peer_claims_error"] = self._peer_claims_error
 
     def _peer_claims(self) -> list[LiveChannel]:
         """recovery.py Rule 6: after a restart, every live peer's agent legs for agents owned here
@@ -371,7 +375,7 @@ class ShardHostCore:
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.config.peer_claims_timeout_s)
             return [c for data in ray.get(ready) for c in _claims_decoder.decode(data)]
         except Exception as exc:  # noqa: BLE001 - no claims: the switch's list and the timers hold
-            self.recovery["peer_claims_error"] = repr(exc)
+            self._peer_claims_error = repr(exc)  # shown in ``recovery`` once it is written
             return []
 
     async def _release_after_hangups(self) -> None:

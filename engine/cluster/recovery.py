@@ -36,6 +36,11 @@ Rules
    its phone ringing (a queue then rings it a second time). ``reconcile_queue`` moves every such
    offer whose leg the switch or a peer shows to "ringing" and cancels its timer, as the accepted
    reservation would have: from there the call's ``OfferAnswered`` / ``OfferFailed`` settle it.
+8. An image is older than the actor it restores, so the counters it carries went back in time. A
+   queue would issue again the offer ids it issued after the image (and a late message about the
+   old offer would then settle the new one); an agent would number its statuses below what its
+   queues have seen, and they would ignore them as stale. ``restored_agent`` / ``restored_queue`` move the counters
+   ``RESTORE_SEQ_JUMP`` ahead, past anything one incarnation issues between two snapshots.
 """
 
 from __future__ import annotations
@@ -65,8 +70,12 @@ from engine.messages import (
     StartTimer,
 )
 
-__all__ = ["RECOVERED_OFFER_S", "ChannelSource", "LiveChannel", "agent_claims", "agent_status", "rebuild_calls",
-           "reconcile_agent", "reconcile_queue", "requeue_message"]
+__all__ = ["RECOVERED_OFFER_S", "RESTORE_SEQ_JUMP", "ChannelSource", "LiveChannel", "agent_claims", "agent_status", "rebuild_calls",
+           "reconcile_agent", "reconcile_queue", "requeue_message", "restored_agent",
+           "restored_queue"]
+
+#: how far a restored agent's status numbers and a restored queue's offer numbers jump (Rule 8)
+RESTORE_SEQ_JUMP = 1_000_000
 
 #: the offer timer of an agent found ringing after a restart (Rule 3): longer than any ring timeout
 #: plus grace the queues use by default, so the call's own answer or failure normally comes first
@@ -211,6 +220,16 @@ def reconcile_agent(agent: Agent, talking_on: str | None, live_calls: set[str], 
         return replace(agent, state=AgentState.AVAILABLE, call_id="", state_since=now, idle_since=now, now=t,
                        timers=agent.timers - {"probe", "probe_timeout"}), effects
     return agent, []
+
+
+def restored_agent(agent: Agent) -> Agent:
+    """Rule 8: an agent just adopted from an image, its status numbers moved past the gap."""
+    return replace(agent, status_seq=agent.status_seq + RESTORE_SEQ_JUMP)
+
+
+def restored_queue(queue: Queue) -> Queue:
+    """Rule 8: a queue just adopted from an image, its offer numbers moved past the gap."""
+    return replace(queue, offer_seq=queue.offer_seq + RESTORE_SEQ_JUMP)
 
 
 def reconcile_queue(queue: Queue, rung_offers: set[str]) -> tuple[Queue, list[Effect]]:

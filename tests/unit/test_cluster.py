@@ -37,6 +37,7 @@ from engine.fsm.call import CallState
 from engine.fsm.queue import QueueConfig
 from engine.messages import (
     AgentLogin,
+    AgentNotReady,
     AgentStatus,
     CancelTimer,
     ChannelCreated,
@@ -609,3 +610,30 @@ def test_reconcile_queue_keeps_an_offer_whose_leg_rings():
     assert any(isinstance(getattr(e, "message", None), ReleaseReservation) for e in out)
     same, out = queue_step(fixed, TimerFired(key="offer:q1-o1", at=5.0))
     assert not any(isinstance(getattr(e, "message", None), ReleaseReservation) for e in out)
+
+
+def test_restored_counters_jump_past_what_the_lost_incarnation_issued():
+    """recovery.py Rule 8: an image is older than its actor. Without the jump, a live queue drops
+    the restored agent's statuses as stale, and a restored queue reissues offer ids."""
+    from engine.cluster.recovery import RESTORE_SEQ_JUMP, restored_agent, restored_queue
+    from engine.fsm.agent import step as agent_step_
+    from engine.fsm.queue import Queue
+    from engine.fsm.queue import step as queue_step
+
+    # the queue heard status 50 from a1; the image of a1 was taken at status 10
+    image = msgspec.structs.replace(new_agent("a1"), state=AgentState.AVAILABLE, queues=("q1",), status_seq=10,
+                                    extension="x1")
+    q = Queue(config=QueueConfig(queue_id="q1"))
+    q, _ = queue_step(q, AgentStatus(queue_id="q1", agent_id="a1", at=1.0, logged_in=True, available=False,
+                                     extension="x1", seq=50))
+
+    def next_status(agent):
+        _, out = agent_step_(agent, AgentNotReady(agent_id="a1", at=2.0, reason="break"))
+        return next(e.message for e in out if isinstance(getattr(e, "message", None), AgentStatus))
+
+    stale = next_status(image)
+    assert queue_step(q, stale)[0].members["a1"].seq == 50  # ignored: the queue keeps its newer view
+    fresh = next_status(restored_agent(image))
+    assert fresh.seq > 50 and queue_step(q, fresh)[0].members["a1"].seq == fresh.seq
+    qi = Queue(config=QueueConfig(queue_id="q1"), offer_seq=7)
+    assert restored_queue(qi).offer_seq == 7 + RESTORE_SEQ_JUMP
