@@ -260,6 +260,10 @@ class Api:
             if replaying:
                 if self.bridge is None:
                     raise ApiError("FAILED_PRECONDITION", "replay needs JetStream (no NATS configured)")
+                # what the hub published before we subscribed reaches JetStream up to the publisher's
+                # linger later: replay once it is stored, or it is in neither the replay nor the
+                # live feed (bounded wait; a later live event still triggers the gap fill below)
+                await self.hub.wait_durable(principal.tenant, self.hub.last_seq.get(principal.tenant, 0))
                 # aclosing: a consumer that stops early (max_events) closes the JetStream consumer
                 # here and now, not in a garbage-collector finalizer outside the bridge's loop
                 async with aclosing(self._replay(principal.tenant, req.from_seq, req.since,
