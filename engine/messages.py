@@ -66,6 +66,10 @@ class HangupCause:
     NO_ROUTE_DESTINATION = "NO_ROUTE_DESTINATION"
     UNALLOCATED_NUMBER = "UNALLOCATED_NUMBER"
     NORMAL_TEMPORARY_FAILURE = "NORMAL_TEMPORARY_FAILURE"
+    NORMAL_CIRCUIT_CONGESTION = "NORMAL_CIRCUIT_CONGESTION"
+    SWITCH_CONGESTION = "SWITCH_CONGESTION"
+    GATEWAY_DOWN = "GATEWAY_DOWN"
+    INVALID_GATEWAY = "INVALID_GATEWAY"
     LOSE_RACE = "LOSE_RACE"
     MANAGER_REQUEST = "MANAGER_REQUEST"
     ATTENDED_TRANSFER = "ATTENDED_TRANSFER"
@@ -390,13 +394,29 @@ class RouteToQueue(Msg, tag="route_to_queue", frozen=True, kw_only=True):
     skills: dict[str, int] = {}
 
 
+class TrunkDial(msgspec.Struct, frozen=True, kw_only=True):
+    """One attempt of an outbound call: dial ``number`` through gateway ``gateway`` of trunk
+    ``trunk_id`` (built by ``engine.routing.outbound.plan``)."""
+
+    trunk_id: str
+    gateway: str
+    number: str
+    #: the caller id presented on this trunk ("" keeps the call's own)
+    caller_id: str = ""
+
+
 class RouteToExtension(Msg, tag="route_to_extension", frozen=True, kw_only=True):
-    """Flow/router -> call: ring an extension (or an external number) directly."""
+    """Flow/router -> call: ring an extension (or an external number) directly.
+
+    With ``trunks`` (an outbound dial plan) the call dials them in order: the first one, and on a
+    failover cause (busy, congestion, no route, gateway down) the next; ``target`` is then the
+    dialled number as the caller entered it (the CDR's destination)."""
 
     call_id: str
     at: float
     target: str
     timeout_s: float = 30.0
+    trunks: tuple[TrunkDial, ...] = ()
 
 
 class QueueCall(Msg, tag="queue_call", frozen=True, kw_only=True):
@@ -615,6 +635,8 @@ class MediaOriginate(MediaCommandBase, tag="m_originate", frozen=True, kw_only=T
     timeout_s: float = 30.0
     caller_id: str = ""
     variables: dict[str, str] = {}
+    #: a trunk leg: dial ``destination`` (a number) through this SIP gateway
+    gateway: str = ""
 
 
 class MediaBridge(MediaCommandBase, tag="m_bridge", frozen=True, kw_only=True):
@@ -734,6 +756,8 @@ class Cdr(msgspec.Struct, frozen=True, kw_only=True):
     transfers: int = 0
     node: str = ""
     version: int = 1
+    #: outbound calls: the trunk that carried the call (the last one tried when none answered)
+    trunk: str = ""
 
     @property
     def duration_s(self) -> float:
