@@ -471,6 +471,8 @@ def _var_value(v: str) -> str:
 
 
 _VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_GATEWAY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_NUMBER = re.compile(r"^\+?[0-9*#]{1,32}$")
 
 
 def originate_line(cmd: MediaOriginate, settings: OriginateSettings = DEFAULT_SETTINGS) -> str:
@@ -491,7 +493,15 @@ def originate_line(cmd: MediaOriginate, settings: OriginateSettings = DEFAULT_SE
         if k not in (CALL_VAR, LEG_VAR, "origination_uuid"):
             variables[k] = v
     dest = _word(cmd.destination, "destination")
-    dial = dest if "/" in dest else settings.dial_template.format(dest=dest)
+    if cmd.gateway:
+        # a trunk leg: the number through the SIP gateway of the trunk
+        if not _GATEWAY.match(cmd.gateway):
+            raise CommandError(f"gateway name must be letters, digits, '.', '_' or '-': {cmd.gateway!r}")
+        if not _NUMBER.match(dest):
+            raise CommandError(f"a trunk destination must be a number (digits, * # +): {dest!r}")
+        dial = f"sofia/gateway/{cmd.gateway}/{dest}"
+    else:
+        dial = dest if "/" in dest else settings.dial_template.format(dest=dest)
     vars_text = ",".join(f"{k}={_var_value(str(v))}" for k, v in variables.items())
     return f"originate {{{vars_text}}}{dial} {settings.park_app}"
 
