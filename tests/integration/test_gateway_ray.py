@@ -10,7 +10,6 @@ commands to the fake switch and CTI events / CDRs / replies to in-memory ports.
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
 import trio
@@ -18,30 +17,14 @@ import trio
 ray = pytest.importorskip("ray")
 
 from engine.actors.errors import ActorExists  # noqa: E402
-from engine.actors.node import route_by_destination  # noqa: E402
-from engine.actors.ports import InMemoryCdrs, InMemoryCti, InMemoryReplies, Ports  # noqa: E402
-from engine.cluster.cluster import Cluster  # noqa: E402
-from engine.cluster.fakeswitch import FakeSwitch, FileChannelSource  # noqa: E402
+from engine.cluster.fakeswitch import FakeSwitch  # noqa: E402
 from engine.cluster.gateway import Gateway, GatewayError  # noqa: E402
-from engine.cluster.host import HostConfig  # noqa: E402
-from engine.cluster.snapshots import FileSnapshotStore  # noqa: E402
 from engine.fsm.queue import QueueConfig  # noqa: E402
 from engine.messages import AgentLogin, Hangup, MediaOriginate  # noqa: E402
 from engine.run import EpochClock  # noqa: E402
+from tests.support.raygw import feed_switch, make_cluster, make_gateway, until  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
-
-
-class SwitchMedia:
-    """The gateway's media port: commands to the fake switch."""
-
-    def __init__(self, switch: FakeSwitch) -> None:
-        self.switch = switch
-        self.commands: list = []
-
-    def send(self, command) -> None:
-        self.commands.append(command)
-        self.switch.on_media(command)
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +35,6 @@ def local_ray():
     ray.shutdown()
 
 
-def make_cluster(tmp_path) -> Cluster:
-    config = HostConfig(namespace=f"gw{uuid.uuid4().hex[:8]}", store=FileSnapshotStore(tmp_path / "snap"),
-                        channel_sources=(FileChannelSource(str(tmp_path / "channels")),),
-                        collect_events=True, snapshot_interval_s=0.05)
-    return Cluster(shards=2, config=config, host_cpus=0.5).start()
-
-
 def test_gateway_rejects_bad_poll_settings() -> None:
     with pytest.raises(GatewayError):
         Gateway(object(), object(), busy_poll_s=0.0)
@@ -67,29 +43,14 @@ def test_gateway_rejects_bad_poll_settings() -> None:
 def test_gateway_calls_asks_cti_cdrs_over_ray(local_ray, tmp_path) -> None:
     cluster = make_cluster(tmp_path)
     switch = FakeSwitch(talk_s=60.0, ext_to_agent={"x-a1": "a1", "x-a2": "a2"})
-    media = SwitchMedia(switch)
-    cti, cdrs = InMemoryCti(), InMemoryCdrs()
-    gw = Gateway(cluster, Ports(media, cti, cdrs, InMemoryReplies()), router=route_by_destination({"100": "q1"}),
-                 channel_file=tmp_path / "channels", refresh_s=0.05)
+    gw, media, cti, cdrs = make_gateway(cluster, switch, tmp_path, {"100": "q1"})
     node = gw.node
     out: dict = {}
-
-    async def until(cond, timeout: float = 20.0) -> None:
-        with trio.fail_after(timeout):
-            while not cond():
-                await trio.sleep(0.02)
 
     async def main() -> None:
         async with trio.open_nursery() as n:
             await n.start(gw.run)
-
-            async def switch_events() -> None:
-                while True:
-                    for ev in switch.tick():
-                        gw.put(ev)
-                    await trio.sleep(0.01)
-
-            n.start_soon(switch_events)
+            n.start_soon(feed_switch, gw, switch)
             node.add_queue(QueueConfig(queue_id="q1"))
             node.add_agent("a1")
             node.add_agent("a2")

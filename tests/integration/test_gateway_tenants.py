@@ -11,58 +11,36 @@ host re-announcing its agents to a restarted peer (``resync``) does so in their 
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
 import trio
 
 ray = pytest.importorskip("ray")
 
-from engine.actors.node import route_by_destination  # noqa: E402
-from engine.actors.ports import InMemoryCdrs, InMemoryCti, InMemoryReplies, Ports  # noqa: E402
-from engine.cluster.cluster import Cluster  # noqa: E402
-from engine.cluster.fakeswitch import FakeSwitch, FileChannelSource  # noqa: E402
-from engine.cluster.gateway import Gateway  # noqa: E402
+from engine.cluster.fakeswitch import FakeSwitch  # noqa: E402
 from engine.cluster.host import HostConfig, ShardHostCore  # noqa: E402
-from engine.cluster.snapshots import FileSnapshotStore  # noqa: E402
 from engine.fsm.queue import QueueConfig  # noqa: E402
 from engine.messages import AgentLogin, MediaOriginate  # noqa: E402
 from engine.run import EpochClock  # noqa: E402
+from tests.support.raygw import feed_switch, make_cluster, make_gateway  # noqa: E402
+from tests.support.raygw import until as wait_until  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 TENANTS = ("acme", "globex")
 
 
-class SwitchMedia:
-    def __init__(self, switch: FakeSwitch) -> None:
-        self.switch = switch
-        self.commands: list = []
-
-    def send(self, command) -> None:
-        self.commands.append(command)
-        self.switch.on_media(command)
-
-
 def test_two_tenants_with_the_same_agent_and_queue_ids_stay_apart(tmp_path) -> None:
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024 * 1024,
              log_to_driver=False)
-    config = HostConfig(namespace=f"gt{uuid.uuid4().hex[:8]}", store=FileSnapshotStore(tmp_path / "snap"),
-                        channel_sources=(FileChannelSource(str(tmp_path / "channels")),),
-                        collect_events=True, snapshot_interval_s=0.05)
-    cluster = Cluster(shards=2, config=config, host_cpus=0.5).start()
+    cluster = make_cluster(tmp_path, prefix="gt")
     switch = FakeSwitch(talk_s=60.0, ext_to_agent={f"{t}-a1": "a1" for t in TENANTS})
-    media = SwitchMedia(switch)
-    cti, cdrs = InMemoryCti(), InMemoryCdrs()
-    gw = Gateway(cluster, Ports(media, cti, cdrs, InMemoryReplies()), router=route_by_destination({"100": "q1"}),
-                 channel_file=tmp_path / "channels", refresh_s=0.05)
+    gw, media, cti, cdrs = make_gateway(cluster, switch, tmp_path, {"100": "q1"})
     node = gw.node
     out: dict = {}
 
     async def until(cond, timeout: float = 30.0) -> None:
-        with trio.fail_after(timeout):
-            while not cond():
-                await trio.sleep(0.02)
+        await wait_until(cond, timeout)
 
     def agent_state(tenant: str) -> str:
         state = node.state_of("agent", "a1", tenant)
@@ -71,14 +49,7 @@ def test_two_tenants_with_the_same_agent_and_queue_ids_stay_apart(tmp_path) -> N
     async def main() -> None:
         async with trio.open_nursery() as n:
             await n.start(gw.run)
-
-            async def switch_events() -> None:
-                while True:
-                    for ev in switch.tick():
-                        gw.put(ev)
-                    await trio.sleep(0.01)
-
-            n.start_soon(switch_events)
+            n.start_soon(feed_switch, gw, switch)
             for t in TENANTS:
                 node.add_queue(QueueConfig(queue_id="q1", tenant=t))
                 node.add_agent("a1", t)
