@@ -13,19 +13,10 @@ import pytest
 import trio
 
 from engine.tracecontext import derived_trace_id
-from tests.support.nats import _post, api_stack, setup_tenant, token
+from tests.support.nats import CtiTee, _post, api_stack, setup_tenant, token
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 SPAN = "b7ad6b7169203331"
-
-
-class _Tee:
-    def __init__(self, *ports) -> None:
-        self.ports = ports
-
-    def publish(self, event) -> None:
-        for p in self.ports:
-            p.publish(event)
 
 
 class _Seen:
@@ -94,7 +85,7 @@ def test_originate_resumes_the_request_traceparent(transport: str) -> None:
 
     async def main() -> None:
         with trio.fail_after(60):
-            async with api_stack(ports_wrap=lambda p: p.__class__(p.media, _Tee(p.cti, seen), p.cdr, p.replies)) \
+            async with api_stack(ports_wrap=lambda p: p.__class__(p.media, CtiTee(p.cti, seen), p.cdr, p.replies)) \
                     as stack:
                 await setup_tenant(stack, "t1", agents=("a1",))
                 # the NATS side: the CTI event of the call carries the trace id in its header

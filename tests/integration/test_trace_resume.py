@@ -19,20 +19,10 @@ from engine.messages import AgentLogin
 from engine.telemetry import Telemetry
 from sim.freeswitch import FreeSwitchEmulator
 from tests.integration.test_telemetry import Receiver, _attr
+from tests.support.nats import CtiTee
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"
-
-
-class _Tee:
-    """CTI to the NATS publisher and to an in-memory list (the test reads the call's events)."""
-
-    def __init__(self, *ports) -> None:
-        self.ports = ports
-
-    def publish(self, event) -> None:
-        for p in self.ports:
-            p.publish(event)
 
 
 @pytest.mark.slow
@@ -55,7 +45,7 @@ def test_incoming_traceparent_is_resumed_by_spans_nats_headers_and_originated_le
             emu.register_phone("7001")
             links = MediaLinks([EslNodeConfig(name="fs1", port=port)], heartbeat_s=1.0)
             mem = Ports.in_memory()
-            ports = telemetry.wrap_ports(Ports(links, _Tee(publisher, mem.cti), mem.cdr, mem.replies))
+            ports = telemetry.wrap_ports(Ports(links, CtiTee(publisher, mem.cti), mem.cdr, mem.replies))
             async with open_node(ports=ports, queues=[QueueConfig(queue_id="q")], agents=["a1"],
                                  router=route_by_destination({"5000": "q"}),
                                  media_links=[TaskSpec("esl", links.run)]) as node:

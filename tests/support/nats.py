@@ -157,3 +157,15 @@ async def setup_tenant(stack: Stack, tenant: str = "t1", agents: tuple[str, ...]
         if login:
             status, body = await http_call(stack, "Agents/Login", {"agent_id": agent, "ready": True}, admin)
             assert status == 200, body
+
+
+class CtiTee:
+    """A CTI port that hands every event to several ports (e.g. the NATS publisher and an
+    in-memory list the test reads)."""
+
+    def __init__(self, *ports: Any) -> None:
+        self.ports = ports
+
+    def publish(self, event: Any) -> None:
+        for p in self.ports:
+            p.publish(event)
