@@ -1,0 +1,1 @@
+"""Routing decisions that are pure functions of configuration and counters (outbound trunks)."""
