@@ -4,8 +4,9 @@ The interface (for the Admin API and the engine)
 ------------------------------------------------
 Rows are frozen msgspec Structs, one class per table (``ENTITIES``): ``Tenant``, ``Role``,
 ``User``, ``Extension``, ``Did``, ``Trunk``, ``OutboundRoute``, ``QueueDef``, ``AgentDef``,
-``Skill``, ``AgentSkill``, ``QueueMember``, ``Flow``, ``TimeCondition``, ``Holiday``. Every row has
-``tenant`` and a key (``Kind.KEY``, e.g. ``("extension",)``, ``("agent_id", "skill")``).
+``Skill``, ``AgentSkill``, ``QueueMember``, ``Flow``, ``TimeCondition``, ``Holiday``, and the SIP
+directory's ``SipDomain`` and ``SipCredential`` (migrations/0005). Every row has ``tenant`` and a
+key (``Kind.KEY``, e.g. ``("extension",)``, ``("agent_id", "skill")``).
 
 ``ConfigStore`` (all methods are trio ``async``)::
 
@@ -69,8 +70,8 @@ from engine.fsm.queue import STRATEGIES, QueueConfig, RelaxStep
 __all__ = [
     "Entity", "Tenant", "Role", "User", "Extension", "Did", "Trunk", "OutboundRoute", "QueueDef",
     "AgentDef", "Skill", "AgentSkill", "QueueMember", "Flow", "TimeRule", "TimeCondition", "Holiday",
-    "ENTITIES", "ConfigChange", "ConfigSnapshot", "RowError", "ConfigStore", "InMemoryConfigStore",
-    "PgConfigStore", "ConfigWatcher", "NodeConfig", "validate", "row_name", "CHANNEL",
+    "SipDomain", "SipCredential", "ENTITIES", "ConfigChange", "ConfigSnapshot", "RowError", "ConfigStore",
+    "InMemoryConfigStore", "PgConfigStore", "ConfigWatcher", "NodeConfig", "validate", "row_name", "CHANNEL",
 ]
 
 log = logging.getLogger("callengine.postgres.config")
@@ -335,10 +336,50 @@ class Holiday(Entity, frozen=True, kw_only=True):
         return []
 
 
+_DOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
+_MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
+
+
+class SipDomain(Entity, frozen=True, kw_only=True):
+    """A SIP domain (realm) of the tenant: directory lookups for ``user@domain`` find the tenant
+    by it. A domain reaches one tenant (unique index in migrations/0005); lower case."""
+
+    TABLE: ClassVar[str] = "sip_domains"
+    KEY: ClassVar[tuple[str, ...]] = ("domain",)
+    domain: Id
+
+    def _check(self) -> list[tuple[str, str]]:
+        if not _DOMAIN.match(self.domain):
+            return [("domain", f"a lower-case host name (letters, digits, '.', '-'), got {self.domain!r}")]
+        return []
+
+
+class SipCredential(Entity, frozen=True, kw_only=True):
+    """An extension's SIP password as the digest A1 hash ``md5(extension:realm:password)``
+    (FreeSWITCH's ``a1-hash`` user param), valid for ``realm`` only. Never the password itself."""
+
+    TABLE: ClassVar[str] = "sip_credentials"
+    KEY: ClassVar[tuple[str, ...]] = ("extension",)
+    extension: Id
+    realm: Id
+    a1_hash: str
+
+    def _check(self) -> list[tuple[str, str]]:
+        out = []
+        if not _DOMAIN.match(self.realm):
+            out.append(("realm", f"a lower-case host name (the SIP domain), got {self.realm!r}"))
+        if not _MD5_HEX.match(self.a1_hash):
+            out.append(("a1_hash", "32 lower-case hex digits (md5 of extension:realm:password)"))
+        return out
+
+    def __repr__(self) -> str:  # the hash is password-equivalent for SIP digest: keep it out of logs
+        return f"SipCredential(tenant={self.tenant!r}, extension={self.extension!r}, realm={self.realm!r})"
+
+
 #: every kind, in load order (parents before children)
 ENTITIES: tuple[type[Entity], ...] = (
     Tenant, Role, User, Extension, Skill, QueueDef, AgentDef, AgentSkill, QueueMember, Flow,
-    TimeCondition, Holiday, Did, Trunk, OutboundRoute,
+    TimeCondition, Holiday, Did, Trunk, OutboundRoute, SipDomain, SipCredential,
 )
 BY_TABLE: dict[str, type[Entity]] = {k.TABLE: k for k in ENTITIES}
 
@@ -346,6 +387,7 @@ BY_TABLE: dict[str, type[Entity]] = {k.TABLE: k for k in ENTITIES}
 _PARENTS: dict[type[Entity], list[tuple[type[Entity], tuple[str, ...]]]] = {
     AgentSkill: [(AgentDef, ("agent_id",)), (Skill, ("skill",))],
     QueueMember: [(QueueDef, ("queue_id",)), (AgentDef, ("agent_id",))],
+    SipCredential: [(Extension, ("extension",))],
 }
 # No key is unique across tenants: queue, agent and DID ids are per tenant, like the node's actors
 # (migrations/0003_tenant_keys.sql dropped the global indexes of 0001).
