@@ -120,8 +120,10 @@ from engine.messages import (
     Stop,
     StopRecording,
     TimerFired,
+    TrunkDial,
     WriteCdr,
 )
+from engine.routing.outbound import FAILOVER_CAUSES
 from engine.tracecontext import incoming_traceparent, parse_traceparent
 
 __all__ = ["CallState", "Call", "Leg", "new_call", "originate_call", "step", "MACHINE", "CALL_EVENTS"]
@@ -161,6 +163,8 @@ class Leg(msgspec.Struct, frozen=True, kw_only=True):
     queue_id: str = ""
     offer_id: str = ""
     answered: bool = False
+    #: a trunk leg of an outbound call: the trunk it was dialled through
+    trunk_id: str = ""
 
 
 class Call(msgspec.Struct, frozen=True, kw_only=True):
@@ -205,6 +209,11 @@ class Call(msgspec.Struct, frozen=True, kw_only=True):
     transfers: int = 0
     recording: str = ""
     conference: str = ""
+    #: outbound: the trunk attempts not tried yet (failover order) and the trunk of the current
+    #: (or, when none answered, the last) attempt; the CDR names it
+    trunk_plan: tuple[TrunkDial, ...] = ()
+    trunk: str = ""
+    ring_timeout_s: float = 30.0
     timers: frozenset[str] = frozenset()
     disposition: str = ""
     hangup_cause: str = ""
@@ -287,16 +296,42 @@ def _drop_leg(call: Call, leg: Leg, out: Out, cause: str, t: float, *, hangup: b
     return replace(_without_leg(call, leg.id), timers=timers)
 
 
-def _ring(call: Call, out: Out, t: float, destination: str, timeout_s: float, role: str, **ids: str) -> Call:
+def _ring(call: Call, out: Out, t: float, destination: str, timeout_s: float, role: str, *,
+          gateway: str = "", caller_id: str = "", **ids: str) -> Call:
     call, leg_id = _new_leg_id(call)
     leg = Leg(id=leg_id, destination=destination, role=role, **ids)  # type: ignore[arg-type]
     # the leg carries who and why it rings as channel variables, so after a restart the switch's own
     # channel list tells which agent is on which leg (recovery rebuilds from it)
     variables = {"callengine_role": role, **{f"callengine_{k}": v for k, v in sorted(ids.items()) if v}}
     _media(out, MediaOriginate(call_id=call.call_id, leg=leg_id, node=call.node, destination=destination,
-                               timeout_s=timeout_s, caller_id=call.caller_id, variables=variables))
+                               timeout_s=timeout_s, caller_id=caller_id or call.caller_id, variables=variables,
+                               gateway=gateway))
     timers = start_timer(call.timers, out, f"ring:{leg_id}", t + timeout_s)
     return replace(call, legs=call.legs + (leg,), timers=timers)
+
+
+def _ring_trunk(call: Call, out: Out, t: float, timeout_s: float) -> Call:
+    """Dial the next attempt of the outbound plan (the caller hears ringback meanwhile)."""
+    attempt, rest = call.trunk_plan[0], call.trunk_plan[1:]
+    call = replace(call, trunk_plan=rest, trunk=attempt.trunk_id)
+    call = _ring(call, out, t, attempt.number, timeout_s, "extension", gateway=attempt.gateway,
+                 caller_id=attempt.caller_id, trunk_id=attempt.trunk_id)
+    # trunk usage is counted from this event and CALL_ENDED (engine.routing.usage)
+    out.cti("CALL_TRUNK_SEIZED", call.tenant, t, call_id=call.call_id, trunk=attempt.trunk_id,
+            number=attempt.number)
+    return call
+
+
+def _trunk_failover(call: Call, leg: Leg, out: Out, t: float, cause: str) -> Call | None:
+    """A trunk leg failed before answering: dial the next trunk when the cause allows it and one is
+    left (returns the call), else None (the ordinary ring failure follows)."""
+    if not leg.trunk_id or cause not in FAILOVER_CAUSES or not call.trunk_plan or call.state is not S.RINGING:
+        return None
+    nxt = call.trunk_plan[0]
+    out.cti("CALL_TRUNK_FAILOVER", call.tenant, t, call_id=call.call_id, from_trunk=leg.trunk_id,
+            to_trunk=nxt.trunk_id, cause=cause)
+    timeout_s = max(1.0, call.ring_timeout_s)
+    return _ring_trunk(call, out, t, timeout_s)
 
 
 def _cause_reason(cause: str) -> Literal["busy", "no_answer", "failed"]:
@@ -332,7 +367,7 @@ def _end(call: Call, out: Out, t: float, disposition: Disposition, cause: str, *
         destination=call.destination, created_at=call.created_at, answered_at=call.answered_at,
         ended_at=t, disposition=disposition, hangup_cause=cause, queue_id=call.queue_id,
         agent_id=call.agent_id, wait_s=round(call.wait_s, 6), talk_s=round(call.talk_s, 6),
-        hold_s=round(call.hold_s, 6), transfers=call.transfers, node=call.node)))
+        hold_s=round(call.hold_s, 6), transfers=call.transfers, node=call.node, trunk=call.trunk)))
     out.cti("CALL_ENDED", call.tenant, t, call_id=call.call_id, disposition=disposition, cause=cause,
             queue_id=call.queue_id, agent_id=call.agent_id)
     out.add(Stop(reason=disposition))
@@ -423,6 +458,9 @@ def _on_leg_gone(call: Call, ev: ChannelHangup, out: Out) -> Call:
         return _consult_gone(call, out, t)
     if not leg.answered:
         call = _drop_leg(call, leg, out, cause, t, hangup=False, reason=_cause_reason(cause))
+        failed_over = _trunk_failover(call, leg, out, t, cause)
+        if failed_over is not None:
+            return failed_over
         return _after_ring_failure(call, out, t, cause)
     # the answering party hung up
     call = _without_leg(call, leg.id)
@@ -623,6 +661,12 @@ def _route_to_queue(call: Call, ev: RouteToQueue, out: Out) -> Call:
 @on([S.ROUTING, S.IN_FLOW, S.PARKED], RouteToExtension)
 def _route_to_extension(call: Call, ev: RouteToExtension, out: Out) -> Call:
     call, t = _t(call, ev.at)
+    if ev.trunks:
+        # outbound: the dial plan's first trunk; the rest are the failover order
+        call = replace(call, trunk_plan=ev.trunks, ring_timeout_s=ev.timeout_s)
+        call = _ring_trunk(call, out, t, ev.timeout_s)
+        out.cti("CALL_RINGING", call.tenant, t, call_id=call.call_id, target=ev.target, trunk=call.trunk)
+        return _enter(call, S.RINGING, t)
     call = _ring(call, out, t, ev.target, ev.timeout_s, "extension")
     out.cti("CALL_RINGING", call.tenant, t, call_id=call.call_id, target=ev.target)
     return _enter(call, S.RINGING, t)
