@@ -99,9 +99,12 @@ class EventSink:
     """``CtiPort`` that keeps the statistics' events and pumps them to PostgreSQL in batches."""
 
     def __init__(self, pg: Postgres | None, *, batch: int = 5000, high_water: int = 200_000,
-                 max_backoff_s: float = 5.0) -> None:
+                 max_backoff_s: float = 5.0, linger_s: float = 0.05) -> None:
         self.pg = pg
         self.batch = batch
+        #: after the first event of a batch, wait this long for more (one transaction for many: on a
+        #: quiet node every engine turn was its own transaction); ``flush`` does not wait
+        self.linger_s = linger_s
         self.high_water = high_water
         self.max_backoff_s = max_backoff_s
         self._buffer: deque[CtiEvent] = deque()
@@ -134,6 +137,8 @@ class EventSink:
                 if not self._buffer:
                     await self._lot.park()
                     continue
+                if self.linger_s > 0 and len(self._buffer) < self.batch:
+                    await trio.sleep(self.linger_s)
                 n = min(self.batch, len(self._buffer))
                 self._pending = [self._buffer.popleft() for _ in range(n)]
             if await self._write(self._pending):
