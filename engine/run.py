@@ -122,6 +122,10 @@ class RunOptions:
     #: the fallback of a restarted shard host whose ESL question to a node fails (hosts on the
     #: gateway's machine only; gateway.py Rule 5). False: the hosts only ask FreeSWITCH
     channel_mirror: bool = True
+    #: serve FreeSWITCH's directory and dialplan (mod_xml_curl) on this port of ``host``; None: off.
+    #: ``xml_curl_credentials`` "user:password": Basic auth (adapters/freeswitch/xml_curl.py)
+    xml_curl_port: int | None = None
+    xml_curl_credentials: str = ""
 
     def nats_credentials(self) -> dict[str, str]:
         """The credentials that are set, by ``NatsSettings`` field."""
@@ -163,7 +167,9 @@ class RunOptions:
                    nats_password=_env("CALLENGINE_NATS_PASSWORD", "NATS_PASSWORD"),
                    nats_token=_env("CALLENGINE_NATS_TOKEN", "NATS_TOKEN"),
                    nats_nkey_seed=_env("CALLENGINE_NATS_NKEY_SEED", "NATS_NKEY"),
-                   fanout=env.get("CALLENGINE_FANOUT") or "local")
+                   fanout=env.get("CALLENGINE_FANOUT") or "local",
+                   xml_curl_port=int(env["CALLENGINE_XML_CURL_PORT"]) if env.get("CALLENGINE_XML_CURL_PORT") else None,
+                   xml_curl_credentials=env.get("CALLENGINE_XML_CURL_CREDENTIALS", ""))
 
 
 def _env(*names: str) -> str | None:
@@ -190,6 +196,8 @@ class Engine:
     state_dir: pathlib.Path
     outbound_url: str = ""
     prometheus_url: str = ""
+    #: mod_xml_curl's gateway-url (``--xml-curl-port``), "" when off
+    xml_curl_url: str = ""
     #: the Ray cluster and its gateway (None in process)
     cluster: Any = None
     gateway: Any = None
@@ -394,6 +402,12 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
             engine.outbound_url = f"{o.host}:{port}"
         if telemetry.metrics is not None and telemetry.prometheus_port is not None:
             engine.prometheus_url = await nursery.start(telemetry.serve_prometheus)
+        if o.xml_curl_port is not None:
+            from adapters.freeswitch.xml_curl import XmlCurlApp, serve_xml_curl
+
+            app = XmlCurlApp(lambda: config.snapshot, credentials=o.xml_curl_credentials,
+                             socket=engine.outbound_url)
+            engine.xml_curl_url = await nursery.start(serve_xml_curl, app, o.host, o.xml_curl_port)
         yield engine
 
 
@@ -595,6 +609,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address the API listens on (default 127.0.0.1)")
     p.add_argument("--state-dir", default="", help="CDR spool and embedded PostgreSQL (default .state)")
     p.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0 = until Ctrl-C)")
+    p.add_argument("--xml-curl-port", type=int, default=None, metavar="PORT",
+                   help="serve FreeSWITCH's directory and dialplan to mod_xml_curl on this port of --host "
+                        "(env CALLENGINE_XML_CURL_PORT; Basic auth from CALLENGINE_XML_CURL_CREDENTIALS "
+                        "user:password; default off)")
     add_cluster_arguments(p)
     add_nats_arguments(p)
     p.set_defaults(func=main)
@@ -670,7 +688,8 @@ async def _serve(options: RunOptions, seconds: float) -> None:
                  f"{len(engine.cluster.names)} Ray shard host(s)"
                  + (f" on {options.ray_address}" if options.ray_address else " (local Ray)"))
         print(f"callengine node {engine.node.name} running ({where}): http {s.http_url}  ws {s.ws_url}  "
-              f"nats {s.nats_url}" + (f"  metrics {engine.prometheus_url}" if engine.prometheus_url else ""),
+              f"nats {s.nats_url}" + (f"  metrics {engine.prometheus_url}" if engine.prometheus_url else "")
+              + (f"  xml_curl {engine.xml_curl_url}" if engine.xml_curl_url else ""),
               flush=True)
         if not options.secret:
             print("no CALLENGINE_JWT_SECRET set: a random one was generated for this run", flush=True)
@@ -688,6 +707,8 @@ def main(args: argparse.Namespace) -> int:
     options.host = args.host
     if args.state_dir:
         options.state_dir = args.state_dir
+    if getattr(args, "xml_curl_port", None) is not None:
+        options.xml_curl_port = args.xml_curl_port
     cluster_options(options, args)
     nats_options(options, args)
     from adapters.nats.bridge import NatsConnectError
