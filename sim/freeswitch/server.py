@@ -84,6 +84,34 @@ class Endpoint:
     cause: str | None = None             # hangup cause for reject
 
 
+#: gateway outcomes -> the hangup cause the far end gives
+GATEWAY_CAUSES = {
+    "busy": "USER_BUSY",
+    "congestion": "NORMAL_CIRCUIT_CONGESTION",
+    "no_route": "NO_ROUTE_DESTINATION",
+    "no_answer": "NO_ANSWER",
+}
+
+
+@dataclass
+class Gateway:
+    """An emulated SIP trunk (``sofia/gateway/<name>/<number>``), scripted by a test.
+
+    ``outcome``: answer | busy | congestion | no_route | no_answer | down. ``down`` fails the
+    originate at once with GATEWAY_DOWN (no channel, as a gateway whose registration failed);
+    ``max_calls`` > 0 makes the carrier refuse calls beyond it with NORMAL_CIRCUIT_CONGESTION.
+    Unknown gateways fail with INVALID_GATEWAY, as in FreeSWITCH."""
+
+    name: str
+    outcome: str = "answer"
+    answer_after: float | None = None
+    max_calls: int = 0
+    #: originates that reached this gateway, in order: (number, caller id number)
+    dialled: list[tuple[str, str]] = field(default_factory=list)
+    #: most simultaneous live legs seen
+    peak: int = 0
+
+
 @dataclass
 class Registration:
     user: str
@@ -128,6 +156,9 @@ class FreeSwitchEmulator:
         self.channels: dict[str, Channel] = {}
         self.registrations: dict[str, Registration] = {}
         self.endpoints: dict[str, Endpoint] = {}
+        self.gateways: dict[str, Gateway] = {}
+        #: every gateway originate in order: (gateway, number)
+        self.gateway_log: list[tuple[str, str]] = []
         self.playback_durations: dict[str, float] = {}
         self.global_vars: dict[str, str] = {}
         self.connections: set[EslConnection] = set()
@@ -304,6 +335,22 @@ class FreeSwitchEmulator:
         if outcome not in ("answer", "busy", "no_answer", "reject"):
             raise ValueError(f"unknown outcome {outcome!r}")
         self.endpoints[destination] = Endpoint(answer_after, outcome, cause)
+
+    def set_gateway(self, name: str, *, outcome: str = "answer", answer_after: float | None = None,
+                    max_calls: int = 0) -> Gateway:
+        """Create or re-script an emulated trunk gateway (see :class:`Gateway`)."""
+        if outcome not in ("answer", "down", *GATEWAY_CAUSES):
+            raise ValueError(f"unknown gateway outcome {outcome!r}")
+        gw = self.gateways.get(name)
+        if gw is None:
+            gw = self.gateways[name] = Gateway(name)
+        gw.outcome, gw.answer_after, gw.max_calls = outcome, answer_after, max_calls
+        return gw
+
+    def gateway_calls(self, name: str) -> int:
+        """Live legs on gateway ``name`` now."""
+        return sum(1 for ch in self.channels.values()
+                   if ch.up and ch.variables.get("emulator_gateway") == name)
 
     def _new_channel(self, name: str, direction: str, caller: str, caller_name: str,
                      destination: str, context: str = "public",
@@ -597,6 +644,9 @@ class FreeSwitchEmulator:
             if user not in self.registrations:
                 return None, "USER_NOT_REGISTERED"
             dest = user
+        elif tech == "sofia" and rest.startswith("gateway/"):
+            return await self._originate_gateway(vars_, rest, caller, caller_name, timeout,
+                                                 originator)
         elif tech == "sofia":
             dest = rest.split("@")[0].rsplit("/", 1)[-1]  # sofia/<profile>/<user>@<host>
         else:
@@ -651,6 +701,58 @@ class FreeSwitchEmulator:
             cause = ep.cause or "CALL_REJECTED"
         await self.hangup(ch.uuid, cause)
         return None, cause
+
+    async def _originate_gateway(self, vars_: dict[str, str], rest: str, caller: str,
+                                 caller_name: str, timeout: float,
+                                 originator: Channel | None) -> tuple[Channel | None, str]:
+        """``sofia/gateway/<gw>/<number>``: the scripted trunk decides (see :class:`Gateway`)."""
+        _, gw_name, number = (rest.split("/", 2) + ["", ""])[:3]
+        gw = self.gateways.get(gw_name)
+        self.gateway_log.append((gw_name, number))
+        if gw is None:
+            return None, "INVALID_GATEWAY"
+        gw.dialled.append((number, caller))
+        if gw.outcome == "down":
+            return None, "GATEWAY_DOWN"
+        over = gw.max_calls > 0 and self.gateway_calls(gw.name) >= gw.max_calls
+        want_uuid = vars_.get("origination_uuid") if self.honour_origination_uuid else None
+        if want_uuid and want_uuid in self.channels:
+            return None, "DESTINATION_OUT_OF_ORDER"
+        ch = self._new_channel(f"sofia/{rest}", "outbound", caller, caller_name or caller, number,
+                               context="default", uuid=want_uuid or None)
+        ch.variables.update(vars_)
+        ch.variables["originate_endpoint"] = "sofia"
+        ch.variables["emulator_gateway"] = gw.name
+        gw.peak = max(gw.peak, self.gateway_calls(gw.name))
+        if originator is not None:
+            ch.originator = originator.uuid
+        ch.state = "CS_INIT"
+        self._fire("CHANNEL_CREATE", ch)
+        self._fire("CHANNEL_OUTGOING", ch)
+        self._fire("CHANNEL_ORIGINATE", ch)
+        await trio.sleep(self.ring_delay)
+        if not ch.up:
+            return None, ch.hangup_cause or "ORIGINATOR_CANCEL"
+        if over or gw.outcome != "answer":
+            cause = "NORMAL_CIRCUIT_CONGESTION" if over else GATEWAY_CAUSES[gw.outcome]
+            await trio.sleep(timeout if cause == "NO_ANSWER" else self.answer_delay)
+            await self.hangup(ch.uuid, cause)
+            return None, cause
+        ch.progress_us = self._now_us()
+        ch.call_state = "RINGING"
+        self._fire("CHANNEL_PROGRESS", ch)
+        self._fire("CHANNEL_CALLSTATE", ch, extra={"Original-Channel-Call-State": "DOWN"})
+        delay = self.answer_delay if gw.answer_after is None else gw.answer_after
+        if delay > timeout:
+            await trio.sleep(timeout)
+            await self.hangup(ch.uuid, "NO_ANSWER")
+            return None, "NO_ANSWER"
+        await trio.sleep(delay)
+        if not ch.up:
+            return None, ch.hangup_cause or "ORIGINATOR_CANCEL"
+        ch.state = "CS_EXECUTE"
+        self._answer(ch)
+        return ch, ""
 
     def bridge(self, a: Channel, b: Channel) -> None:
         now = self._now_us()
