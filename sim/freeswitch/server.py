@@ -30,6 +30,7 @@ CHANNEL_HANGUP_COMPLETE and CHANNEL_DESTROY in that order.
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import re
@@ -159,6 +160,8 @@ class FreeSwitchEmulator:
         self.gateways: dict[str, Gateway] = {}
         #: every gateway originate in order: (gateway, number)
         self.gateway_log: list[tuple[str, str]] = []
+        #: api/bgapi lines received over ESL, in arrival order (bounded: the oldest are dropped)
+        self.command_log: collections.deque[str] = collections.deque(maxlen=10_000)
         self.playback_durations: dict[str, float] = {}
         self.global_vars: dict[str, str] = {}
         self.connections: set[EslConnection] = set()
@@ -1418,6 +1421,7 @@ class EslConnection:
         return True
 
     async def _cmd_api(self, cmd: Command, args: str) -> bool:
+        self.emu.command_log.append("api " + args)
         out = await self.emu.api(args, self)
         self._put(codec.api_response(out))
         self.emu.fire_api_event(args)
@@ -1425,6 +1429,7 @@ class EslConnection:
 
     async def _cmd_bgapi(self, cmd: Command, args: str) -> bool:
         job = cmd.header("Job-UUID") or new_uuid()
+        self.emu.command_log.append("bgapi " + args)
         self.reply(f"+OK Job-UUID: {job}", [("Job-UUID", job)])
         assert self.emu._nursery is not None
         self.emu._nursery.start_soon(self._bg_job, job, args)
