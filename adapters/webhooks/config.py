@@ -34,7 +34,8 @@ __all__ = [
     "WebhookConfig", "TenantWebhooks", "WebhooksConfig", "WebhookConfigError", "BadUrl",
     "UnknownEventType", "UnknownPlaceholder", "InvalidTemplate", "InvalidSetting", "CDR_EVENT",
     "SIGNATURE_HEADER", "known_event_types", "fields_of", "load_config", "validate", "render_body",
-    "RESERVED_HEADERS",
+    "RESERVED_HEADERS", "ContactLookupConfig", "validate_contact_lookup", "validate_webhook",
+    "MAX_LOOKUP_TIMEOUT_S",
 ]
 
 #: the event type of call journaling (a ``Cdr`` offered through ``offer_cdr``)
@@ -78,9 +79,24 @@ class WebhookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     enabled: bool = True
 
 
+class ContactLookupConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A tenant's contact lookup (screen pop): ``GET url?caller_id=...`` on each inbound call.
+
+    Its JSON answer rides on the call's CTI events as ``CALL_CONTACT`` (``lookup.py``)."""
+
+    url: str
+    headers: dict[str, str] = {}
+    #: HMAC-SHA256 key; the signature covers the query string (``lookup.py``); None: unsigned
+    secret: str | None = None
+    #: the whole lookup (connect + request + answer); past it the call simply has no contact
+    timeout_s: float = 0.3
+    enabled: bool = True
+
+
 class TenantWebhooks(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     tenant: str
     webhooks: list[WebhookConfig] = []
+    contact_lookup: ContactLookupConfig | None = None
 
 
 class WebhooksConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -91,6 +107,11 @@ class WebhooksConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
     def tenant_names(self) -> list[str]:
         return [t.tenant for t in self.tenants if any(w.enabled for w in t.webhooks)]
+
+    def contact_lookups(self) -> dict[str, ContactLookupConfig]:
+        """tenant -> its enabled contact lookup."""
+        return {t.tenant: t.contact_lookup for t in self.tenants
+                if t.contact_lookup is not None and t.contact_lookup.enabled}
 
 
 # ---- errors ----------------------------------------------------------------------------------
@@ -198,6 +219,23 @@ def validate(config: WebhooksConfig) -> None:
                 raise InvalidSetting("two webhooks share this id", tenant=tw.tenant, webhook_id=hook.id)
             ids.add(hook.id)
             validate_webhook(hook, tenant=tw.tenant)
+        if tw.contact_lookup is not None:
+            validate_contact_lookup(tw.contact_lookup, tenant=tw.tenant)
+
+
+#: the longest a contact lookup may take: it exists to pop a screen while the phone rings
+MAX_LOOKUP_TIMEOUT_S = 5.0
+
+
+def validate_contact_lookup(lookup: ContactLookupConfig, *, tenant: str = "") -> None:
+    where = {"tenant": tenant, "webhook_id": "contact_lookup"}
+    _check_url(lookup.url, where)
+    _check_headers(lookup.headers, where)
+    if not 0 < lookup.timeout_s <= MAX_LOOKUP_TIMEOUT_S:
+        raise InvalidSetting(f"timeout_s must be > 0 and <= {MAX_LOOKUP_TIMEOUT_S:g}, not {lookup.timeout_s}",
+                             **where)
+    if lookup.secret is not None and not lookup.secret:
+        raise InvalidSetting("secret is empty (omit it to send unsigned requests)", **where)
 
 
 def validate_webhook(hook: WebhookConfig, *, tenant: str = "") -> None:

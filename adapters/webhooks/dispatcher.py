@@ -117,6 +117,8 @@ class _Hook:
         self.attempts = 0
         self.retries = 0
         self.dead = 0
+        self.removed = False
+        self.scope = trio.CancelScope()
 
 
 class WebhookDispatcher:
@@ -144,6 +146,7 @@ class WebhookDispatcher:
         self._closing = False
         self._nursery: trio.Nursery | None = None
         self._workers_scope: trio.CancelScope | None = None
+        self._workers_nursery: trio.Nursery | None = None
         self._workers_done = trio.Event()
         self.offered = 0
         self.offer_errors = 0
@@ -250,20 +253,24 @@ class WebhookDispatcher:
         return render_body(template, payload, encoded)
 
     async def _worker(self, hook: _Hook) -> None:
-        while True:
-            while not hook.queue:
-                await hook.lot.park()
-            job = hook.queue[0]
-            hook.busy = True
-            try:
-                await self._deliver(hook, job)
-            except trio.Cancelled:  # shutdown while in flight: the receiver may not have it
-                self._dead_letter(hook, job, "shutdown", job.attempts, job.status,
-                                  job.error or "dispatcher stopped during delivery")
-                raise
-            finally:
-                hook.queue.popleft()
-                hook.busy = False
+        with hook.scope:  # cancelled alone when the webhook is removed (reconfigure)
+            while True:
+                while not hook.queue:
+                    await hook.lot.park()
+                job = hook.queue[0]
+                hook.busy = True
+                try:
+                    await self._deliver(hook, job)
+                except trio.Cancelled:  # shutdown while in flight: the receiver may not have it
+                    self._dead_letter(hook, job, "shutdown", job.attempts, job.status,
+                                      job.error or ("webhook removed during delivery" if hook.removed
+                                                    else "dispatcher stopped during delivery"))
+                    raise
+                finally:
+                    hook.queue.popleft()
+                    hook.busy = False
+        while hook.queue:  # removed: what it still held will not be sent
+            self._dead_letter(hook, hook.queue.popleft(), "shutdown", 0, None, "webhook removed")
 
     async def _deliver(self, hook: _Hook, job: _Job) -> None:
         cfg = hook.config
@@ -339,12 +346,52 @@ class WebhookDispatcher:
             with trio.CancelScope() as scope:
                 self._workers_scope = scope
                 async with trio.open_nursery() as nursery:
+                    self._workers_nursery = nursery
                     for hooks in self._hooks.values():
                         for hook in hooks:
                             nursery.start_soon(self._worker, hook)
                     task_status.started()
+                    await trio.sleep_forever()  # workers of webhooks added later start here too
         finally:
+            self._workers_nursery = None
             self._workers_done.set()
+
+    def reconfigure(self, config: WebhooksConfig) -> dict[str, int]:
+        """Apply a new configuration while running (a change in PostgreSQL, ``pgconfig.py``).
+
+        A webhook that stays (same tenant and id) keeps its queue, its worker and its counters and
+        takes the new settings from its next delivery on; a new one gets a worker; a removed (or
+        disabled) one stops: its in-flight and queued events become ``shutdown`` dead letters.
+        Plain function (no await): validated first, so a bad configuration changes nothing."""
+        validate(config)
+        old = {(h.tenant, h.config.id): h for hooks in self._hooks.values() for h in hooks}
+        hooks_by_tenant: dict[str, list[_Hook]] = {}
+        added = changed = 0
+        for tw in config.tenants:
+            group: list[_Hook] = []
+            for w in tw.webhooks:
+                if not w.enabled:
+                    continue
+                hook = old.pop((tw.tenant, w.id), None)
+                if hook is None:
+                    hook = _Hook(tw.tenant, w)
+                    added += 1
+                    if self._workers_nursery is not None:
+                        self._workers_nursery.start_soon(self._worker, hook)
+                elif hook.config != w:
+                    hook.config, hook.types = w, frozenset(w.events)
+                    changed += 1
+                group.append(hook)
+            hooks_by_tenant[tw.tenant] = group
+        for hook in old.values():
+            hook.removed = True
+            hook.scope.cancel()
+            if self._workers_nursery is None:  # no worker to clean up after itself
+                while hook.queue:
+                    self._dead_letter(hook, hook.queue.popleft(), "shutdown", 0, None, "webhook removed")
+        self._hooks = hooks_by_tenant
+        self.config = config
+        return {"added": added, "changed": changed, "removed": len(old)}
 
     def queued(self) -> int:
         return sum(len(h.queue) for hooks in self._hooks.values() for h in hooks)
