@@ -22,8 +22,10 @@ What ``open_engine`` assembles, in this order (and tears down in reverse, so not
    publisher, PostgreSQL and the API (over the gateway's ``ClusterNode`` facade). ``--in-process``:
    the node runs here (one trio runtime), with the same API servers around it as ``open_stack``
    builds, on the bridge of 3.
-   The ports are ``Ports(media=links, cti=TeeCti(publisher, event_sink), cdr=writer)``, wrapped by
-   telemetry when it is configured (``engine.telemetry``; a no-op otherwise).
+   The ports are ``Ports(media=links, cti=TeeCti(publisher, event_sink), cdr=writer)``, with the
+   webhooks beside them (``adapters.webhooks.node``: this node's CTI events and CDRs to the
+   tenants' webhooks, the contact lookup on inbound calls; configuration from PostgreSQL, live),
+   wrapped by telemetry when it is configured (``engine.telemetry``; a no-op otherwise).
 5. ESL: ``MediaLinks(nodes_from_env())`` as the media port (in process: a supervised task of the
    node; Ray path: a task of the gateway), ``links.attach(node, engine_live_calls(node, links))``;
    an ``OutboundServer`` when ``CALLENGINE_ESL_OUTBOUND_PORT`` is set.
@@ -126,6 +128,8 @@ class RunOptions:
     #: ``xml_curl_credentials`` "user:password": Basic auth (adapters/freeswitch/xml_curl.py)
     xml_curl_port: int | None = None
     xml_curl_credentials: str = ""
+    #: at stop, how long webhook deliveries may drain before the rest become dead letters
+    webhook_drain_s: float = 5.0
 
     def nats_credentials(self) -> dict[str, str]:
         """The credentials that are set, by ``NatsSettings`` field."""
@@ -203,6 +207,8 @@ class Engine:
     gateway: Any = None
     #: the embedded nats-server (``NatsProcess``), None when ``CALLENGINE_NATS_URL`` is used
     nats_server: Any = None
+    #: webhooks, contact lookup and CDR journaling (``adapters.webhooks.node.NodeWebhooks``)
+    webhooks: Any = None
 
 
 def _flow_router(config: Any, flows: dict[str, Any]) -> Any:
@@ -345,11 +351,17 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
         config = NodeConfig(await store.snapshot())
         writer = await stack.enter_async_context(open_cdr_writer(pg, state / "cdr.spool"))
         sink = await stack.enter_async_context(open_event_sink(pg))
+        # webhooks, contact lookup, CDR journaling (adapters/webhooks/node.py): config from
+        # PostgreSQL (live), stopped after the node (drain, then dead letters to PostgreSQL)
+        from adapters.webhooks.node import open_node_webhooks
+
+        webhooks = await stack.enter_async_context(open_node_webhooks(pg, drain_s=o.webhook_drain_s))
         # telemetry spans/metrics export threads stop after everything else has flushed
         stack.callback(telemetry.shutdown)
 
         def wrap(ports: Ports) -> Ports:
-            return telemetry.wrap_ports(Ports(ports.media, TeeCti(ports.cti, sink), writer, ports.replies))
+            cti, cdr = webhooks.ports(TeeCti(ports.cti, sink), writer)
+            return telemetry.wrap_ports(Ports(ports.media, cti, cdr, ports.replies))
 
         # the Admin API writes to PostgreSQL; NOTIFY brings each change back to every node
         admin = ConfigAdminStore(store)
@@ -392,7 +404,8 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
         nursery.start_soon(resync_loop)
         engine = Engine(node=node, stack=api_stack, links=links, pg=pg, store=store, config=config,
                         cdr_writer=writer, event_sink=sink, telemetry=telemetry, secret=secret,
-                        state_dir=state, cluster=cluster, gateway=gateway, nats_server=nats_server)
+                        state_dir=state, cluster=cluster, gateway=gateway, nats_server=nats_server,
+                        webhooks=webhooks)
         del watcher
         if o.outbound_port is not None:
             from adapters.freeswitch.outbound import OutboundServer
