@@ -1,0 +1,110 @@
+"""Outbound routing end to end: the engine's node (outbound_router + ledger) against the FreeSWITCH
+emulator over real ESL on 127.0.0.1, with two emulated trunks (gateways) scripted per test.
+
+Rules: real sockets on port 0, short real time, every wait bounded (``trio.fail_after``/``until``).
+"""
+
+from __future__ import annotations
+
+import trio
+
+from adapters.freeswitch.config import EslNodeConfig
+from adapters.freeswitch.nodes import MediaLinks, engine_live_calls
+from engine.actors import Ports, TaskSpec, open_node
+from engine.actors.ports import InMemoryCdrs, InMemoryCti, InMemoryReplies
+from engine.routing.outbound import OutboundConfig, OutboundRoute, Trunk
+from engine.routing.router import outbound_router
+from engine.routing.usage import LedgerCti, TrunkLedger
+from sim.freeswitch import FreeSwitchEmulator
+from tests.support.esl import until
+
+CONFIG = OutboundConfig(
+    trunks=(Trunk(trunk_id="A", gateway="gw_a", max_concurrent=2),
+            Trunk(trunk_id="B", gateway="gw_b", max_concurrent=2)),
+    routes=(OutboundRoute(route_id="out", pattern="_0.", priority=10, trunks=("A", "B")),),
+)
+
+
+def run(body, *, timeout: float = 20.0) -> None:
+    async def main():
+        emu = FreeSwitchEmulator(heartbeat=0.5, answer_delay=0.01, ring_delay=0.002)
+        async with trio.open_nursery() as n:
+            await n.start(emu.run)
+            links = MediaLinks([EslNodeConfig(name="fs1", port=emu.port)], heartbeat_s=0.5)
+            cdrs, cti, ledger = InMemoryCdrs(), InMemoryCti(), TrunkLedger()
+            ports = Ports(links, LedgerCti(ledger, cti), cdrs, InMemoryReplies())
+            router = outbound_router({"default": CONFIG}, ledger)
+            async with open_node(ports=ports, router=router, media_links=[TaskSpec("esl", links.run)]) as node:
+                links.attach(node, engine_live_calls(node, links))
+                with trio.fail_after(5):
+                    await links.wait_all_up()
+                with trio.fail_after(timeout):
+                    await body(emu, node, cdrs, cti, ledger)
+            n.cancel_scope.cancel()
+    trio.run(main)
+
+
+def _originates(emu) -> list[str]:
+    return [line for line in emu.command_log if "originate " in line]
+
+
+def test_trunk_a_busy_fails_over_to_b_which_answers_and_the_cdr_names_b() -> None:
+    async def body(emu, node, cdrs, cti, ledger):
+        emu.set_gateway("gw_a", outcome="busy")
+        emu.set_gateway("gw_b", outcome="answer")
+        ch = await emu.place_inbound_call("2001", "0044201234")
+        await until(lambda: ch.peer is not None)
+        # the ESL originates the engine sent, in order: trunk A, then trunk B
+        dials = _originates(emu)
+        assert len(dials) == 2, dials
+        assert "sofia/gateway/gw_a/0044201234 " in dials[0] and "callengine_trunk_id=A" in dials[0]
+        assert "sofia/gateway/gw_b/0044201234 " in dials[1]
+        assert emu.gateway_log == [("gw_a", "0044201234"), ("gw_b", "0044201234")]
+        assert emu.channels[ch.peer].variables["emulator_gateway"] == "gw_b"
+        (fo,) = cti.named("CALL_TRUNK_FAILOVER")
+        assert fo.data == {"from_trunk": "A", "to_trunk": "B", "cause": "USER_BUSY"}
+        assert ledger.usage("default") == {"B": 1}
+        await emu.hangup(ch.uuid)
+        await until(lambda: len(cdrs.items) == 1)
+        (cdr,) = cdrs.items
+        assert (cdr.trunk, cdr.disposition, cdr.destination) == ("B", "answered", "0044201234")
+        await until(lambda: not emu.channels)
+        assert ledger.usage("default") == {}
+    run(body)
+
+
+def test_congestion_then_trunk_limits_then_an_emergency_call_over_the_limit() -> None:
+    async def body(emu, node, cdrs, cti, ledger):
+        emu.set_gateway("gw_a", outcome="congestion")
+        emu.set_gateway("gw_b", outcome="answer")
+        # B takes calls up to its limit of 2 (A congested: every call fails over to B)
+        chans = []
+        for i in range(2):
+            chans.append(await emu.place_inbound_call(f"20{i}", "0099887766"))
+            await until(lambda c=chans[-1]: c.peer is not None)
+        assert ledger.usage("default") == {"B": 2}
+        assert len(cti.named("CALL_TRUNK_FAILOVER")) == 2
+        # now A is full too (its own limit): the third ordinary call is refused, never dialled
+        emu.set_gateway("gw_a", outcome="answer")
+        a_calls = [await emu.place_inbound_call(f"21{i}", "0011") for i in range(2)]
+        for c in a_calls:
+            await until(lambda c=c: c.peer is not None)
+        assert ledger.usage("default") == {"A": 2, "B": 2}
+        before = len(_originates(emu))
+        refused = await emu.place_inbound_call("2099", "0055")
+        await until(lambda: any(c.call_id == refused.uuid for c in cdrs.items))
+        (cdr,) = [c for c in cdrs.items if c.call_id == refused.uuid]
+        assert cdr.hangup_cause == "NORMAL_CIRCUIT_CONGESTION" and cdr.trunk == ""
+        assert len(_originates(emu)) == before
+        assert emu.gateways["gw_a"].peak <= 2 and emu.gateways["gw_b"].peak <= 2
+        # an emergency number is never blocked: dialled on trunk A over its limit
+        sos = await emu.place_inbound_call("2098", "112")
+        await until(lambda: sos.peer is not None)
+        assert "sofia/gateway/gw_a/112 " in _originates(emu)[-1]
+        assert ledger.usage("default") == {"A": 3, "B": 2}
+        for c in [*chans, *a_calls, sos]:
+            await emu.hangup(c.uuid)
+        await until(lambda: len(cdrs.items) == 6)
+        assert sorted(c.trunk for c in cdrs.items) == ["", "A", "A", "A", "B", "B"]
+        assert cdrs.by_call() and set(cdrs.by_call().values()) == {1}
+    run(body)
