@@ -99,7 +99,10 @@ def test_directory_serves_an_extension_of_its_tenant_domain() -> None:
 @pytest.mark.parametrize("action", ["sip_auth", "user_call", "message-count"])
 def test_every_directory_action_gets_the_same_user(action: str) -> None:
     doc = ET.fromstring(build_reply(directory("1001", "Acme.Example", action), world()))
-    assert doc.find("section/domain/groups/group/users/user").get("id") == "1001"
+    user = doc.find("section/domain/groups/group/users/user")
+    assert user.get("id") == "1001"
+    # domains compare in lower case (DNS), so the credential's realm still matches
+    assert named(user, "params/param")["a1-hash"] == a1_hash("1001", "acme.example", "s3cret")
 
 
 def test_directory_not_found_for_another_tenants_domain_or_unknown_user_or_domain() -> None:
@@ -203,3 +206,29 @@ def test_parse_form_reads_what_mod_xml_curl_sends() -> None:
         parse_form(b"section=\xff\xfe")
     with pytest.raises(BadRequest, match="NUL"):
         parse_form(b"section=directory&user=10%0001")
+
+
+def test_in_memory_store_ties_a_credential_to_its_extension() -> None:
+    import trio
+
+    from adapters.postgres.config import InMemoryConfigStore
+    from adapters.postgres.errors import FailedPrecondition, InvalidArgument, NotFound
+
+    async def main() -> None:
+        store = InMemoryConfigStore()
+        await store.create(Tenant(tenant="acme"))
+        cred = SipCredential(tenant="acme", extension="1001", realm="acme.example", a1_hash="0" * 32)
+        with pytest.raises(FailedPrecondition):
+            await store.create(cred)  # no such extension
+        await store.create(Extension(tenant="acme", extension="1001"))
+        await store.create(cred)
+        assert "0" * 32 not in repr(cred)  # password-equivalent: not in logs
+        with pytest.raises(InvalidArgument, match="a1_hash"):
+            await store.put(SipCredential(tenant="acme", extension="1001", realm="acme.example", a1_hash="x"))
+        with pytest.raises(InvalidArgument, match="domain"):
+            await store.create(SipDomain(tenant="acme", domain="Acme.Example"))
+        await store.delete(Extension, "acme", "1001")
+        with pytest.raises(NotFound):
+            await store.get(SipCredential, "acme", "1001")
+
+    trio.run(main)
