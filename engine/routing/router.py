@@ -27,7 +27,7 @@ from engine.routing.outbound import (
 )
 from engine.routing.usage import TrunkLedger
 
-__all__ = ["outbound_router", "REFUSAL_CAUSES"]
+__all__ = ["outbound_router", "refusal", "REFUSAL_CAUSES"]
 
 REFUSAL_CAUSES: dict[type, str] = {
     Blocked: "CALL_REJECTED",
@@ -36,10 +36,12 @@ REFUSAL_CAUSES: dict[type, str] = {
 }
 
 
-def _refuse(event: ChannelCreated, error: RouteError) -> EnterFlow:
-    cause = REFUSAL_CAUSES[type(error)]
+def refusal(call_id: str, at: float, error: RouteError, cause: str = "") -> EnterFlow:
+    """The one-node flow that hangs a refused call up with ``cause`` (default: by error type);
+    the call ends "failed" with that cause in its CDR."""
+    cause = cause or REFUSAL_CAUSES[type(error)]
     flow = Flow(id=f"outbound-refused-{error.reason}", start="refuse", nodes={"refuse": HangupNode(cause=cause)})
-    return EnterFlow(call_id=event.call_id, at=event.at, flow_id=flow.id, flow=flow)
+    return EnterFlow(call_id=call_id, at=at, flow_id=flow.id, flow=flow)
 
 
 def outbound_router(configs: Mapping[str, OutboundConfig], ledger: TrunkLedger, *,
@@ -66,7 +68,7 @@ def outbound_router(configs: Mapping[str, OutboundConfig], ledger: TrunkLedger, 
         if isinstance(result, DialPlan):
             return to_route(result, call_id=event.call_id, at=event.at, timeout_s=timeout_s)
         if type(result) in REFUSAL_CAUSES:
-            return _refuse(event, result)
+            return refusal(event.call_id, event.at, result)
         return None  # NoRoute: not an outside number
 
     return router
