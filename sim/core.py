@@ -27,6 +27,10 @@ The outside world:
   a handle time and a patience at birth, press DTMF when a menu prompt ends (by the scenario's
   probabilities), abandon when their patience, counted from entering a queue, runs out, and hang
   up when the conversation has lasted their handle time.
+* *Trunks*: a ``MediaOriginate`` through a gateway reaches the scenario's emulated trunk, which
+  is down (GATEWAY_DOWN), over its carrier limit (congestion), busy or congested by its
+  probabilities, or answers after ``answer_delay_s``. An ``outbound`` DID is planned by
+  ``engine.routing.outbound.plan`` with the trunks' live calls as usage; the call machine fails over.
 * *Agents* log in and out on schedule and come back from NOT_READY(missed_offers) after
   ``recover_s``.
 
@@ -80,7 +84,17 @@ from engine.messages import (
     TimerFired,
     WriteCdr,
 )
-from sim.scenario import AgentSpec, Dist, Scenario, Traffic, expand_agents
+from engine.routing.outbound import DialPlan, plan, to_route
+from engine.routing.router import REFUSAL_CAUSES, refusal
+from sim.scenario import (
+    AgentSpec,
+    Dist,
+    Scenario,
+    SimTrunk,
+    Traffic,
+    expand_agents,
+    outbound_config,
+)
 
 __all__ = ["Simulator", "InvariantViolation", "CallerModel", "Observation"]
 
@@ -181,6 +195,10 @@ class Simulator:
         #: pending "answer" per originated leg, so a hangup of that leg cancels it
         self._leg_tokens: dict[str, int] = {}
         self._leg_dest: dict[str, str] = {}
+        #: trunk legs alive on each gateway (leg -> gateway)
+        self._leg_gateway: dict[str, str] = {}
+        self.outbound = outbound_config(scenario)
+        self._gateways: dict[str, SimTrunk] = {t.gateway or t.id: t for t in scenario.trunks}
         self._playback: dict[str, int] = {}
         #: agent -> call it is connected to (invariant: at most one)
         self._agent_call: dict[str, str] = {}
@@ -197,6 +215,7 @@ class Simulator:
         self._rng_caller = [rng(f"caller:{i}") for i in range(len(scenario.traffic))]
         self._rng_agent = rng("agents")
         self._rng_script = rng("script")
+        self._rng_trunk = rng("trunks")
         self._build(traffic)
 
     # ---- set-up ------------------------------------------------------------------------------
@@ -349,6 +368,8 @@ class Simulator:
                 ev = e.event
                 if ev.name == "QUEUE_LEFT":
                     self.stats.queue_left(ev.queue_id, ev.call_id, ev.at, ev.data)
+                elif ev.name == "CALL_TRUNK_FAILOVER":
+                    self.stats.trunk_failovers += 1
             elif c is StartTimer:
                 key = (kind, ident, e.key)
                 self._seq += 1
@@ -469,6 +490,8 @@ class Simulator:
         self._perform("call", call_id, effects)
         if route is None:
             self.deliver("call", call_id, Hangup(call_id=call_id, at=t, cause=HangupCause.UNALLOCATED_NUMBER))
+        elif route.outbound:
+            self._outbound(t, call_id, did, caller_id, tenant)
         elif route.flow:
             self.deliver("call", call_id, self._enter_flow(call_id, t, route.flow))
         else:
@@ -477,6 +500,53 @@ class Simulator:
                                                        skills=route.skills))
         self._drain()
         return call_id
+
+    def _outbound(self, t: float, call_id: str, number: str, caller_id: str, tenant: str) -> None:
+        """Plan the outside number with the trunks' live calls (the engine's ledger counts the same:
+        one per call, on the trunk of its latest attempt)."""
+        usage: dict[str, int] = {}
+        for other in self.calls.values():
+            if other.trunk and other.tenant == tenant and other.call_id != call_id:
+                usage[other.trunk] = usage.get(other.trunk, 0) + 1
+        result = plan(number, self.outbound, usage, caller_id=caller_id)
+        if isinstance(result, DialPlan):
+            self.stats.outbound_planned += 1
+            self.deliver("call", call_id, to_route(result, call_id=call_id, at=t))
+            return
+        self.stats.outbound_refused[result.reason] = self.stats.outbound_refused.get(result.reason, 0) + 1
+        cause = REFUSAL_CAUSES.get(type(result), HangupCause.NO_ROUTE_DESTINATION)
+        self.deliver("call", call_id, refusal(call_id, t, result, cause))
+
+    def _trunk_leg(self, t: float, cmd: MediaOriginate) -> None:
+        """A gateway leg: the emulated trunk decides (see the module docstring)."""
+        gw = cmd.gateway
+        trunk = self._gateways.get(gw)
+        counts = self.stats.trunk(gw)
+        counts["dialled"] += 1
+        self._leg_dest[cmd.leg] = cmd.destination
+        tok = self._leg_tokens[cmd.leg] = self._token()
+        live = sum(1 for g in self._leg_gateway.values() if g == gw)
+        if trunk is None or trunk.down:
+            cause = HangupCause.INVALID_GATEWAY if trunk is None else HangupCause.GATEWAY_DOWN
+            self._at(t, self._leg_failed, (cmd.call_id, cmd.leg, tok, cause))
+            counts["failed"] += 1
+            return
+        self._leg_gateway[cmd.leg] = gw
+        counts["peak"] = max(counts["peak"], live + 1)
+        u = self._rng_trunk.random()
+        cause = ""
+        if trunk.carrier_max and live >= trunk.carrier_max:
+            cause = HangupCause.NORMAL_CIRCUIT_CONGESTION  # the carrier's own limit
+        elif u < trunk.busy_p:
+            cause = HangupCause.USER_BUSY
+        elif u < trunk.busy_p + trunk.congestion_p:
+            cause = HangupCause.NORMAL_CIRCUIT_CONGESTION
+        if cause:
+            counts["failed"] += 1
+            self._at(t + 0.5, self._leg_failed, (cmd.call_id, cmd.leg, tok, cause))
+            return
+        counts["answered"] += 1
+        self._at(t + trunk.answer_delay_s, self._leg_answered, (cmd.call_id, cmd.leg, tok))
 
     def _enter_flow(self, call_id: str, t: float, flow_id: str) -> EnterFlow:
         return EnterFlow(call_id=call_id, at=t, flow_id=flow_id, flow=self.sc.flow_map[flow_id],  # type: ignore[call-arg]
@@ -545,6 +615,12 @@ class Simulator:
         if c is MediaOriginate:
             if self.check and (caller is None or caller.gone):
                 self._violation(f"call {call_id}: originated {cmd.leg} to {cmd.destination} for a caller who is gone")
+            if cmd.gateway:
+                if caller is not None and caller.log is not None:
+                    caller.log.append(Observation(t, "ringing", {"destination": cmd.destination,
+                                                                 "agent": "", "gateway": cmd.gateway}))
+                self._trunk_leg(t, cmd)
+                return
             spec = self.by_extension.get(cmd.destination)
             self._leg_dest[cmd.leg] = cmd.destination
             if caller is not None and caller.log is not None:
@@ -570,6 +646,7 @@ class Simulator:
                     caller.gone = True
             else:
                 self._leg_tokens.pop(cmd.leg, None)
+                self._leg_gateway.pop(cmd.leg, None)
                 dest = self._leg_dest.pop(cmd.leg, None)
                 spec = self.by_extension.get(dest) if dest else None
                 if spec is not None and self._agent_call.get(spec.id) == call_id:
@@ -616,14 +693,15 @@ class Simulator:
         del self._leg_tokens[leg]
         self.deliver("call", call_id, ChannelAnswered(call_id=call_id, at=t, leg=leg))
 
-    def _leg_failed(self, t: float, arg: tuple[str, str, int]) -> None:
-        call_id, leg, token = arg
+    def _leg_failed(self, t: float, arg: tuple[Any, ...]) -> None:
+        call_id, leg, token = arg[:3]
+        cause = arg[3] if len(arg) > 3 else HangupCause.NORMAL_TEMPORARY_FAILURE
         if self._leg_tokens.get(leg) != token:
             return
         del self._leg_tokens[leg]
         self._leg_dest.pop(leg, None)
-        self.deliver("call", call_id, ChannelHangup(call_id=call_id, at=t, leg=leg,
-                                                    cause=HangupCause.NORMAL_TEMPORARY_FAILURE))
+        self._leg_gateway.pop(leg, None)
+        self.deliver("call", call_id, ChannelHangup(call_id=call_id, at=t, leg=leg, cause=cause))
 
     def _playback_done(self, t: float, arg: tuple[str, str, int]) -> None:
         call_id, file, token = arg

@@ -102,6 +102,18 @@ class Collector:
         self.faults: list[dict[str, Any]] = []
         self.sim_end = 0.0
         self.events = 0
+        #: outbound: calls given a dial plan, refusals by reason, per-gateway leg counts
+        self.outbound_planned = 0
+        self.outbound_refused: dict[str, int] = {}
+        self.trunks: dict[str, dict[str, int]] = {}
+        self.trunk_failovers = 0
+        self.trunk_carried: dict[str, int] = {}
+
+    def trunk(self, gateway: str) -> dict[str, int]:
+        counts = self.trunks.get(gateway)
+        if counts is None:
+            counts = self.trunks[gateway] = {"dialled": 0, "answered": 0, "failed": 0, "peak": 0}
+        return counts
 
     def add_queue(self, cfg: QueueConfig) -> None:
         self.queues[cfg.queue_id] = _QueueStats(cfg, self.n_intervals, self.sc.duration_s)
@@ -181,6 +193,8 @@ class Collector:
 
     def cdr(self, cdr: Cdr) -> None:
         self.cdrs += 1
+        if cdr.trunk and cdr.disposition == "answered":
+            self.trunk_carried[cdr.trunk] = self.trunk_carried.get(cdr.trunk, 0) + 1
         self.dispositions[cdr.disposition] = self.dispositions.get(cdr.disposition, 0) + 1
         if cdr.queue_id and cdr.agent_id and cdr.answered_at is not None and 0.0 <= cdr.created_at < self.end:
             qs = self.queues.get(cdr.queue_id)
@@ -352,6 +366,12 @@ def build_report(stats: Collector, seed: int) -> dict[str, Any]:
                              **_figures(c, _div(*total_iv_handle[i]), with_aht=True)} for i, c in enumerate(total_iv)],
         "queues": queues,
         "agents": agents,
+        # only scenarios with trunks carry this section (older reports stay byte-identical)
+        **({"outbound": {"planned": stats.outbound_planned, "refused": dict(sorted(stats.outbound_refused.items())),
+                         "failovers": stats.trunk_failovers,
+                         "carried_by_trunk": dict(sorted(stats.trunk_carried.items())),
+                         "gateways": {g: dict(c) for g, c in sorted(stats.trunks.items())}}}
+           if sc.trunks else {}),
     }
 
 

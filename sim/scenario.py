@@ -29,10 +29,18 @@ import msgspec
 from engine.flows.loader import FlowError, convert_at, decode_document, parse_flows
 from engine.flows.model import Flow, MenuNode
 from engine.fsm.queue import QueueConfig
+from engine.routing.outbound import (
+    EmergencyNumbers,
+    OutboundConfig,
+    OutboundConfigError,
+    OutboundRoute,
+    Trunk,
+)
 
 __all__ = [
     "ScenarioError", "Dist", "PriorityShare", "Traffic", "AgentGroup", "AgentSpec", "Did", "Fault",
-    "Tenant", "Scenario", "load_scenario", "parse_scenario", "expand_agents",
+    "Tenant", "Scenario", "load_scenario", "parse_scenario", "expand_agents", "SimTrunk",
+    "outbound_config",
 ]
 
 ScenarioError = FlowError
@@ -109,11 +117,14 @@ class AgentSpec(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Did(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """What a dialled number does: run ``flow`` or go straight to ``queue``."""
+    """What a dialled number does: run ``flow``, go straight to ``queue``, or (``outbound``) go out
+    through the scenario's outbound routes and trunks (an internal phone dialling an outside
+    number: the number itself is the dialled destination)."""
 
     tenant: str = "default"
     flow: str = ""
     queue: str = ""
+    outbound: bool = False
     priority: int = 0
     skills: dict[str, int] = {}
 
@@ -132,6 +143,26 @@ class Fault(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     kind: Literal["media_link_lost", "agent_disconnect", "actor_crash"]
     target: str = ""
     duration_s: float = 60.0
+
+
+class SimTrunk(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An emulated trunk: the engine's limit (``max_concurrent``) and how the carrier behind its
+    gateway answers: busy or congested with these probabilities, refusing with congestion beyond
+    ``carrier_max`` live calls (0 = no carrier limit), or ``down`` (GATEWAY_DOWN at once)."""
+
+    id: str
+    gateway: str = ""
+    max_concurrent: int = 0
+    enabled: bool = True
+    busy_p: float = 0.0
+    congestion_p: float = 0.0
+    carrier_max: int = 0
+    down: bool = False
+    answer_delay_s: float = 3.0
+
+    def trunk(self) -> Trunk:
+        return Trunk(trunk_id=self.id, gateway=self.gateway or self.id, max_concurrent=self.max_concurrent,
+                     enabled=self.enabled)
 
 
 class Tenant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -162,6 +193,10 @@ class Scenario(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: transfers to numbers that are not agents: answer probability and delay
     external_answer_p: float = 1.0
     external_answer_delay_s: float = 5.0
+    #: outbound routing, the same for every tenant of the scenario (engine.routing.outbound)
+    trunks: tuple[SimTrunk, ...] = ()
+    outbound_routes: tuple[OutboundRoute, ...] = ()
+    emergency_numbers: tuple[str, ...] = ("112", "911")
     #: set by the loader: decoded flows by id, the file and the epoch of ``start``
     flow_map: dict[str, Flow] = {}
     file: str = "<scenario>"
@@ -196,7 +231,8 @@ def parse_scenario(obj: Any, file: str, base: pathlib.Path | None = None) -> Sce
     doc = dict(obj)
     sections: dict[str, Any] = {}
     for key, typ in (("queues", QueueConfig), ("agents", AgentGroup), ("traffic", Traffic),
-                     ("faults", Fault), ("tenants", Tenant)):
+                     ("faults", Fault), ("tenants", Tenant), ("trunks", SimTrunk),
+                     ("outbound_routes", OutboundRoute)):
         if key in doc:
             sections[key] = tuple(convert_at(item, typ, file, f"$.{key}[{i}]")
                                   for i, item in enumerate(_list(doc, key, file)))
@@ -278,7 +314,21 @@ def _check(sc: Scenario) -> None:
         if a.extension in extensions:
             raise ScenarioError(f, "$.agents", f"unique extensions, {a.extension} belongs to {extensions[a.extension]!r} and {a.id!r}")
         extensions[a.extension] = a.id
+    for i, tk in enumerate(sc.trunks):
+        if not (0 <= tk.busy_p and 0 <= tk.congestion_p and tk.busy_p + tk.congestion_p <= 1):
+            raise ScenarioError(f, f"$.trunks[{i}]", "busy_p and congestion_p >= 0 with a sum <= 1")
+    try:
+        outbound_config(sc)
+    except OutboundConfigError as exc:
+        raise ScenarioError(f, "$.outbound_routes" if exc.what.startswith("route") else "$.trunks",
+                            str(exc)) from None
     for number, did in sc.dids.items():
+        if did.outbound:
+            if did.flow or did.queue:
+                raise ScenarioError(f, f"$.dids.{number}", "exactly one of 'flow', 'queue' or 'outbound'")
+            if not sc.trunks:
+                raise ScenarioError(f, f"$.dids.{number}.outbound", "trunks to dial (the scenario has none)")
+            continue
         if bool(did.flow) == bool(did.queue):
             raise ScenarioError(f, f"$.dids.{number}", "exactly one of 'flow' or 'queue'")
         if did.flow and did.flow not in sc.flow_map:
@@ -321,6 +371,12 @@ def _check(sc: Scenario) -> None:
             ok = (kind == "queue" and ident in queue_ids) or (kind == "agent" and ident in agent_ids) or fault.target == "call:*"
             if not ok:
                 raise ScenarioError(f, f"$.faults[{i}].target", f"'queue:<id>', 'agent:<id>' or 'call:*', got {fault.target!r}")
+
+
+def outbound_config(sc: Scenario) -> OutboundConfig:
+    """The engine's outbound routing for this scenario (raises OutboundConfigError when bad)."""
+    return OutboundConfig(routes=sc.outbound_routes, trunks=tuple(t.trunk() for t in sc.trunks),
+                          emergency=EmergencyNumbers(numbers=frozenset(sc.emergency_numbers)))
 
 
 def load_scenario(path: str | pathlib.Path) -> Scenario:

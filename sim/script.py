@@ -122,6 +122,11 @@ class ScriptedCall:
         return self._expect(f"{destination!r} to ring", within,
                             lambda o: o.kind == "ringing" and o.detail["destination"] == destination)
 
+    def expect_trunk(self, gateway: str, within: float = 10.0) -> Observation:
+        """An outbound call dials out through trunk gateway ``gateway`` (failover included)."""
+        return self._expect(f"a trunk leg through gateway {gateway!r}", within,
+                            lambda o: o.kind == "ringing" and o.detail.get("gateway") == gateway)
+
     def expect_answered(self, within: float = 30.0, *, skill: str | None = None, agent: str | None = None,
                         destination: str | None = None) -> str:
         """Wait until someone answers; return the agent id ("" for a non-agent destination)."""
