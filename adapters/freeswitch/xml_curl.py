@@ -16,7 +16,7 @@ What mod_xml_curl sends (``POST``, ``application/x-www-form-urlencoded``): ``hos
 Rules
 1. ``build_reply(fields, snapshot)`` is pure: form fields + ``ConfigSnapshot`` -> XML text. The
    document is built with ElementTree, so every value from a request or a row is escaped; nothing
-   is glued into markup.
+   is glued into markup. Characters XML cannot carry at all (C0 controls...) become U+FFFD.
 2. Directory: ``user@domain`` is served when ``domain`` is a ``SipDomain`` of an enabled tenant and
    the user an enabled ``Extension`` of that tenant. The user carries the ``a1-hash`` param when
    its ``SipCredential`` is for that realm (no credential: no password param, so FreeSWITCH refuses
@@ -78,6 +78,9 @@ DEFAULT_PATH = "/freeswitch/xml"
 DIAL_STRING = ("{^^:sip_invite_domain=${dialed_domain}:presence_id=${dialed_user}@${dialed_domain}}"
                "${sofia_contact(*/${dialed_user}@${dialed_domain})}")
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.@+-]{1,200}$")
+#: characters XML 1.0 cannot carry at all, even escaped (C0 controls but tab/LF/CR, U+FFFE/FFFF,
+#: surrogates): ElementTree would write them raw and FreeSWITCH's parser would refuse the reply
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 _MAX_FIELDS = 2000
 
 
@@ -113,12 +116,20 @@ def parse_form(body: bytes) -> dict[str, str]:
 # ---- XML -----------------------------------------------------------------------------------------
 
 
+def _xml_safe(value: str) -> str:
+    """``value`` with the characters XML cannot carry replaced by U+FFFD."""
+    return _NOT_XML.sub("\ufffd", value)
+
+
 def _document(section: str) -> tuple[ET.Element, ET.Element]:
     doc = ET.Element("document", type="freeswitch/xml")
     return doc, ET.SubElement(doc, "section", name=section)
 
 
 def _text(doc: ET.Element) -> str:
+    for element in doc.iter():
+        for name, value in element.attrib.items():
+            element.set(name, _xml_safe(value))
     return ET.tostring(doc, encoding="unicode", xml_declaration=False)
 
 

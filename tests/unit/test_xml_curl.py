@@ -7,6 +7,8 @@ import xml.etree.ElementTree as ET
 from urllib.parse import urlencode
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from adapters.freeswitch.xml_curl import (
     BadRequest,
@@ -232,3 +234,18 @@ def test_in_memory_store_ties_a_credential_to_its_extension() -> None:
             await store.get(SipCredential, "acme", "1001")
 
     trio.run(main)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.text(min_size=1, max_size=40).filter(lambda t: "\x00" not in t),
+       context=st.text(min_size=1, max_size=40))
+def test_any_text_gives_xml_that_parses_and_keeps_what_xml_can_carry(name: str, context: str) -> None:
+    import re
+
+    def carried(t: str) -> str:
+        return re.sub("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]", "\ufffd", t)
+
+    user = ET.fromstring(build_reply(directory("1001", "acme.example"), world(name=name))).find(".//user")
+    assert named(user, "variables/variable")["effective_caller_id_name"] == carried(name)
+    doc = ET.fromstring(build_reply(dialplan("100", context=context), world()))
+    assert [c.get("name") for c in doc.iter("context")] == [carried(context)]
