@@ -369,7 +369,7 @@ class Simulator:
                 if ev.name == "QUEUE_LEFT":
                     self.stats.queue_left(ev.queue_id, ev.call_id, ev.at, ev.data)
                 elif ev.name == "CALL_TRUNK_FAILOVER":
-                    self.stats.trunk_failovers += 1
+                    self.stats.trunk_failover(str(ev.data.get("cause", "")))
             elif c is StartTimer:
                 key = (kind, ident, e.key)
                 self._seq += 1

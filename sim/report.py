@@ -107,7 +107,12 @@ class Collector:
         self.outbound_refused: dict[str, int] = {}
         self.trunks: dict[str, dict[str, int]] = {}
         self.trunk_failovers = 0
+        self.failover_causes: dict[str, int] = {}
         self.trunk_carried: dict[str, int] = {}
+
+    def trunk_failover(self, cause: str) -> None:
+        self.trunk_failovers += 1
+        self.failover_causes[cause] = self.failover_causes.get(cause, 0) + 1
 
     def trunk(self, gateway: str) -> dict[str, int]:
         counts = self.trunks.get(gateway)
@@ -369,6 +374,7 @@ def build_report(stats: Collector, seed: int) -> dict[str, Any]:
         # only scenarios with trunks carry this section (older reports stay byte-identical)
         **({"outbound": {"planned": stats.outbound_planned, "refused": dict(sorted(stats.outbound_refused.items())),
                          "failovers": stats.trunk_failovers,
+                         "failover_causes": dict(sorted(stats.failover_causes.items())),
                          "carried_by_trunk": dict(sorted(stats.trunk_carried.items())),
                          "gateways": {g: dict(c) for g, c in sorted(stats.trunks.items())}}}
            if sc.trunks else {}),

@@ -31,7 +31,7 @@ def test_busy_trunk_a_fails_over_to_b_which_carries_the_call() -> None:
     caller.expect_trunk("gw_b", within=2)
     assert caller.expect_answered(within=10, destination="0033142685300") == ""
     caller.expect_ended(within=40, disposition="answered")
-    assert world.sim.stats.trunk_carried == {"B": 1} and world.sim.stats.trunk_failovers == 1
+    assert world.sim.stats.trunk_carried == {"B": 1} and world.sim.stats.failover_causes == {"USER_BUSY": 1}
     assert world.sim.stats.trunks["gw_a"]["failed"] == 1
 
 
@@ -79,6 +79,7 @@ def test_the_example_runs_clean_and_replays_identically() -> None:
     assert reports[0] == reports[1]
     out = build_report(stats, sc.seed)["outbound"]
     assert out["failovers"] > 0 and set(out["carried_by_trunk"]) == {"A", "B"}
+    assert out["failover_causes"]["USER_BUSY"] > 0
     assert out["gateways"]["gw_a"]["peak"] <= 4 and out["gateways"]["gw_b"]["peak"] <= 8
 
 
