@@ -1,5 +1,5 @@
 """Webhooks, contact lookup and call journaling through ``callengine run`` (``open_engine``,
-in process), against the FreeSWITCH emulator over real ESL, embedded PostgreSQL and NATS, with HTTP
+in process, and on the Ray path with 2 shard hosts behind the gateway), against the FreeSWITCH emulator over real ESL, embedded PostgreSQL and NATS, with HTTP
 receivers on 127.0.0.1 (trio TCP + h11, free ports).
 
 The configuration is in PostgreSQL, as migration 0007 defines it. The contact lookup is written
@@ -147,7 +147,9 @@ def _signed(secret: str, header: str, message: bytes) -> bool:
     return hmac.compare_digest(expected, parts["v1"])
 
 
-def test_webhooks_contact_lookup_and_journaling_through_callengine_run(monkeypatch) -> None:
+@pytest.mark.parametrize("in_process", [True, pytest.param(False, marks=pytest.mark.slow)],
+                         ids=["in_process", "ray"])
+def test_webhooks_contact_lookup_and_journaling_through_callengine_run(monkeypatch, in_process: bool) -> None:
     from adapters.freeswitch.config import EslNodeConfig
     from adapters.postgres import open_database
     from adapters.webhooks.pgconfig import PgWebhookConfigStore
@@ -155,6 +157,8 @@ def test_webhooks_contact_lookup_and_journaling_through_callengine_run(monkeypat
     from engine.messages import AgentLogin
     from sim.freeswitch import FreeSwitchEmulator
 
+    if not in_process:
+        pytest.importorskip("ray")
     state = pathlib.Path(tempfile.mkdtemp(prefix="callengine-webhooks-run-"))
     monkeypatch.setenv("CALLENGINE_STATE_DIR", str(state))
     out: dict = {}
@@ -171,7 +175,8 @@ def test_webhooks_contact_lookup_and_journaling_through_callengine_run(monkeypat
             emu = FreeSwitchEmulator(heartbeat=1.0, answer_delay=0.05, ring_delay=0.02)
             port = await outer.start(emu.run)
             emu.register_phone(AGENT[1])
-            options = RunOptions(secret="s" * 32, state_dir=str(state), in_process=True, node_name="t",
+            options = RunOptions(secret="s" * 32, state_dir=str(state), in_process=in_process, node_name="t",
+                                 shards=None if in_process else 2,
                                  esl_nodes=[EslNodeConfig(name="fs1", port=port)], esl_heartbeat_s=1.0,
                                  webhook_drain_s=0.5)
             async with open_engine(options) as engine:
