@@ -175,7 +175,9 @@ def _configs(draw):
                           emergency=EmergencyNumbers(numbers=frozenset({"112", "911"}))), usage
 
 
-_numbers = st.one_of(st.sampled_from(["112", "911", "0044", "100", "9"]),
+# mostly numbers several patterns match (so priority order matters), sometimes anything
+_numbers = st.one_of(st.sampled_from(["112", "911", "0044", "0012", "100", "9", "91"]),
+                     st.sampled_from(["0044", "0099", "00"]),
                      st.text("0123456789", min_size=1, max_size=12))
 
 
@@ -345,3 +347,40 @@ def test_ledger_counts_a_call_once_on_its_latest_trunk_and_rebuilds_from_the_swi
                         {"callengine_trunk_id": "A", "callengine_call_id": "x2", "callengine_tenant": "t1"},
                         {"callengine_call_id": "x3"}])
     assert n == 2 and ledger.usage("default") == {"A": 1} and ledger.usage("t1") == {"A": 1}
+
+
+# ------------------------------------------------------------------------------ the node router
+
+def test_router_plans_emergency_first_else_after_the_fallback_and_refuses_with_a_cause() -> None:
+    from engine.messages import EnterFlow, RouteToExtension, RouteToQueue
+    from engine.routing.router import outbound_router
+
+    ledger = TrunkLedger()
+    tight = OutboundConfig(trunks=(A, B), routes=CONFIG.routes[:1])
+
+    def fallback(ev):
+        return RouteToQueue(call_id=ev.call_id, at=ev.at, queue_id="q") if ev.destination.startswith("0044") else None
+
+    router = outbound_router({"t1": tight}, ledger, fallback=fallback, timeout_s=25)
+
+    def created(number, tenant="t1"):
+        return ChannelCreated(call_id="c1", at=1.0, caller_id="2001", destination=number, tenant=tenant)
+
+    assert isinstance(router(created("0044201234")), RouteToQueue)  # the fallback decides first
+    msg = router(created("0033201234"))
+    assert isinstance(msg, RouteToExtension) and [a.trunk_id for a in msg.trunks] == ["A", "B"]
+    assert msg.timeout_s == 25
+    assert router(created("5000")) is None  # no route: not an outside number
+    assert router(created("0033201234", tenant="other")) is None
+    for call_id in ("x1", "x2"):
+        ledger.observe(CtiEvent(name="CALL_TRUNK_SEIZED", tenant="t1", at=0, call_id=call_id, data={"trunk": "A"}))
+    ledger.observe(CtiEvent(name="CALL_TRUNK_SEIZED", tenant="t1", at=0, call_id="x3", data={"trunk": "B"}))
+    refused = router(created("0033201234"))
+    assert isinstance(refused, EnterFlow) and refused.flow is not None
+    assert refused.flow.nodes["refuse"].cause == "NORMAL_CIRCUIT_CONGESTION"
+
+    def greedy(ev):
+        return RouteToQueue(call_id=ev.call_id, at=ev.at, queue_id="q")
+
+    sos = outbound_router({"t1": tight}, ledger, fallback=greedy)(created("112"))
+    assert isinstance(sos, RouteToExtension) and [a.trunk_id for a in sos.trunks] == ["A", "B"]
