@@ -4,7 +4,9 @@ Per tenant, webhooks receive CTI events and CDRs as signed JSON POSTs, with retr
 dead letters, without ever blocking the call path. ``config`` (typed configuration and its
 validation), ``signing`` (the HMAC scheme, for senders and receivers), ``dispatcher`` (queues,
 workers, retries), ``deadletter`` (the store port, in memory and PostgreSQL), ``wiring`` (the
-hub subscription, the CTI port and the CDR listener). See docs/webhooks.md.
+hub subscription, the CTI port and the CDR listener), ``pgconfig`` (the configuration in
+PostgreSQL, kept live by NOTIFY), ``lookup`` (the contact lookup: screen pop on inbound calls) and
+``node`` (all of it for one ``callengine run`` node). See docs/webhooks.md.
 """
 
 from adapters.webhooks.config import (
