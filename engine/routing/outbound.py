@@ -36,7 +36,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -45,7 +45,7 @@ from engine.messages import HangupCause, RouteToExtension, TrunkDial
 __all__ = [
     "OutboundConfigError", "CallerIdRule", "OutboundRoute", "Trunk", "EmergencyNumbers",
     "OutboundConfig", "DialPlan", "RouteError", "NoRoute", "AllTrunksFull", "Blocked",
-    "InvalidNumber", "plan", "compile_pattern", "FAILOVER_CAUSES", "to_route",
+    "InvalidNumber", "plan", "compile_pattern", "FAILOVER_CAUSES", "to_route", "config_from_entities",
 ]
 
 #: hangup causes of a trunk leg after which the next trunk is tried. Not NO_ANSWER / USER_BUSY's
@@ -319,6 +319,30 @@ def _emergency(number: str, config: OutboundConfig, usage: Mapping[str, int],
             number=via.transform(number) if via else number,
             caller_id=via.caller_id.apply(caller_id) if via else caller_id))
     return DialPlan(number=number, attempts=tuple(attempts), emergency=True)
+
+
+def config_from_entities(trunks: Iterable[Any], routes: Iterable[Any],
+                         emergency: EmergencyNumbers | None = None) -> OutboundConfig:
+    """A tenant's OutboundConfig from its stored rows (``adapters.postgres.config.Trunk`` and
+    ``OutboundRoute``, read by attribute so the engine does not import the adapter).
+
+    The FreeSWITCH gateway of a trunk is named after the trunk (``trunk_id``); ``max_channels`` is
+    its limit. A stored pattern that is neither a dial pattern (``_``) nor anchored is a regex that
+    must match in full, so it is anchored here. The stored rows carry no caller-id rule yet: keep."""
+    out_trunks = tuple(Trunk(trunk_id=t.trunk_id, gateway=t.trunk_id,
+                             max_concurrent=t.max_channels, enabled=t.enabled)
+                       for t in trunks)
+    out_routes = []
+    for r in routes:
+        pattern: str = r.pattern
+        if not pattern.startswith(("_", "^")) and not _NUMBER.match(pattern):
+            pattern = f"^(?:{pattern})$"
+        elif pattern.startswith("^") and not pattern.endswith("$"):
+            pattern = f"^(?:{pattern[1:]})$"
+        out_routes.append(OutboundRoute(
+            route_id=r.route_id, pattern=pattern, priority=r.priority,
+            trunks=tuple(r.trunks), strip=r.strip, prepend=r.prepend))
+    return OutboundConfig(trunks=out_trunks, routes=tuple(out_routes), emergency=emergency or EmergencyNumbers())
 
 
 def to_route(dial_plan: DialPlan, *, call_id: str, at: float, timeout_s: float = 60.0) -> RouteToExtension:

@@ -384,3 +384,27 @@ def test_router_plans_emergency_first_else_after_the_fallback_and_refuses_with_a
 
     sos = outbound_router({"t1": tight}, ledger, fallback=greedy)(created("112"))
     assert isinstance(sos, RouteToExtension) and [a.trunk_id for a in sos.trunks] == ["A", "B"]
+
+
+def test_config_from_stored_rows() -> None:
+    from adapters.postgres import config as pg
+    from engine.routing.outbound import config_from_entities
+
+    trunks = [pg.Trunk(tenant="t", trunk_id="carrier1", host="sip.example.net", max_channels=3),
+              pg.Trunk(tenant="t", trunk_id="carrier2", host="sip2.example.net", enabled=False)]
+    routes = [pg.OutboundRoute(tenant="t", route_id="uk", pattern="0[1-9][0-9]{9}", priority=5,
+                               trunks=("carrier1", "carrier2"), strip=1, prepend="+44"),
+              pg.OutboundRoute(tenant="t", route_id="intl", pattern="^00[0-9]+", trunks=("carrier2",)),
+              pg.OutboundRoute(tenant="t", route_id="short", pattern="^99", trunks=("carrier1",)),
+              pg.OutboundRoute(tenant="t", route_id="dp", pattern="_1XX", trunks=("carrier1",))]
+    cfg = config_from_entities(trunks, routes)
+    assert cfg.trunk("carrier1") == Trunk(trunk_id="carrier1", gateway="carrier1", max_concurrent=3)
+    assert not cfg.trunk("carrier2").enabled
+    p = plan("01134960000", cfg, {"carrier1": 2})
+    assert isinstance(p, DialPlan) and [(a.gateway, a.number) for a in p.attempts] == [("carrier1", "+441134960000")]
+    assert plan("011349600001", cfg, {}) == NoRoute(number="011349600001")  # matched in full only
+    assert plan("0049", cfg, {}) == AllTrunksFull(number="0049", trunks=("carrier2",))
+    assert plan("991", cfg, {}) == NoRoute(number="991")  # "^99" means the whole number is 99
+    assert isinstance(plan("99", cfg, {}), DialPlan)
+    assert plan("0049", config_from_entities(trunks[:1], []), {}) == NoRoute(number="0049")
+    assert isinstance(plan("123", cfg, {}), DialPlan)
