@@ -726,7 +726,8 @@ class FreeSwitchEmulator:
         ch.variables.update(vars_)
         ch.variables["originate_endpoint"] = "sofia"
         ch.variables["emulator_gateway"] = gw.name
-        gw.peak = max(gw.peak, self.gateway_calls(gw.name))
+        if not over:  # a call the carrier refuses never counts towards its peak
+            gw.peak = max(gw.peak, self.gateway_calls(gw.name))
         if originator is not None:
             ch.originator = originator.uuid
         ch.state = "CS_INIT"
