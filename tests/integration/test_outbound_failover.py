@@ -108,3 +108,39 @@ def test_congestion_then_trunk_limits_then_an_emergency_call_over_the_limit() ->
         assert sorted(c.trunk for c in cdrs.items) == ["", "A", "A", "A", "B", "B"]
         assert cdrs.by_call() and set(cdrs.by_call().values()) == {1}
     run(body)
+
+
+def test_emulated_gateways_answer_refuse_and_count_over_esl() -> None:
+    """What the engine relies on from the emulator's trunks, seen through a plain ESL link."""
+    from adapters.freeswitch.link import EslLink, MediaNode
+    from tests.support.esl import Sink
+
+    async def main():
+        emu = FreeSwitchEmulator(heartbeat=0.5, answer_delay=0.01, ring_delay=0.002)
+        async with trio.open_nursery() as n:
+            await n.start(emu.run)
+            link = EslLink(EslNodeConfig(name="fs1", port=emu.port), MediaNode("fs1", Sink()), heartbeat_s=0.5)
+            await n.start(link.run)
+            with trio.fail_after(10):
+                await link.wait_up()
+                emu.set_gateway("gw_busy", outcome="busy")
+                emu.set_gateway("gw_cong", outcome="congestion")
+                emu.set_gateway("gw_noroute", outcome="no_route")
+                emu.set_gateway("gw_down", outcome="down")
+                emu.set_gateway("gw_two", max_calls=2)
+                expect = {"gw_busy": "-ERR USER_BUSY\n", "gw_cong": "-ERR NORMAL_CIRCUIT_CONGESTION\n",
+                          "gw_noroute": "-ERR NO_ROUTE_DESTINATION\n", "gw_down": "-ERR GATEWAY_DOWN\n",
+                          "gw_unknown": "-ERR INVALID_GATEWAY\n"}
+                for gw, reply in expect.items():
+                    assert await link.bgapi(f"originate sofia/gateway/{gw}/0044 &park()", timeout=5) == reply
+                assert not emu.gateways["gw_down"].peak  # down: no channel at all
+                results = [await link.bgapi("originate {origination_caller_id_number=2001}"
+                                            f"sofia/gateway/gw_two/00{i} &park()", timeout=5) for i in range(3)]
+                assert [r[:3] for r in results] == ["+OK", "+OK", "-ER"]
+                assert results[2] == "-ERR NORMAL_CIRCUIT_CONGESTION\n"  # the carrier's own limit
+                assert emu.gateway_calls("gw_two") == 2 and emu.gateways["gw_two"].peak == 2
+                assert emu.gateways["gw_two"].dialled == [("000", "2001"), ("001", "2001"), ("002", "2001")]
+                assert [g for g, _ in emu.gateway_log] == [*expect, "gw_two", "gw_two", "gw_two"]
+            n.cancel_scope.cancel()
+
+    trio.run(main)
