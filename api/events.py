@@ -61,6 +61,8 @@ class CallCreated(CtiBase, tag="CALL_CREATED", frozen=True, kw_only=True):
 class CallRinging(CtiBase, tag="CALL_RINGING", frozen=True, kw_only=True):
     #: extension or number ringing
     target: str = ""
+    #: outbound calls: the trunk of the first attempt ("" otherwise)
+    trunk: str = ""
 
 
 class CallAnswered(CtiBase, tag="CALL_ANSWERED", frozen=True, kw_only=True):
@@ -217,6 +219,22 @@ class ActorError(CtiBase, tag="ACTOR_ERROR", frozen=True, kw_only=True):
     restarts: int = 0
 
 
+class CallTrunkSeized(CtiBase, tag="CALL_TRUNK_SEIZED", frozen=True, kw_only=True):
+    """An outbound call dials out through ``trunk`` (first attempt or failover)."""
+
+    trunk: str = ""
+    #: the number as sent to the trunk (after the route's strip/prepend)
+    number: str = ""
+
+
+class CallTrunkFailover(CtiBase, tag="CALL_TRUNK_FAILOVER", frozen=True, kw_only=True):
+    """``from_trunk`` failed with ``cause`` before answering; the call now dials ``to_trunk``."""
+
+    from_trunk: str = ""
+    to_trunk: str = ""
+    cause: str = ""
+
+
 class CtiUnknown(CtiBase, tag="UNKNOWN", frozen=True, kw_only=True):
     """An event whose name this version of the contract does not know."""
 
@@ -227,7 +245,7 @@ CtiWireEvent = (
     CallCreated | CallRinging | CallAnswered | CallHeld | CallRetrieved | CallTransferred
     | CallConsultStarted | CallConsultAnswered | CallConsultEnded | CallParked | CallPickedUp
     | CallConferenced | CallRecordingStarted | CallRecordingStopped | CallInFlow | CallFlowEnded
-    | CallOverflowed
+    | CallOverflowed | CallTrunkSeized | CallTrunkFailover
     | CallEnded | QueueEntered | QueueLeft | AgentStateChanged | AgentDeviceChanged
     | AgentOfferMissed | AgentLateAnswer | AgentCallLost | QueueOfferLost | QueueConfigChanged | ActorError | CtiUnknown
 )
