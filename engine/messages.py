@@ -216,6 +216,9 @@ class Originate(CallCommandBase, tag="originate", frozen=True, kw_only=True):
     timeout_s: float = 30.0
     #: W3C trace context of the request that originated the call: the call resumes that trace
     traceparent: str = ""
+    #: ``to`` is an outside number: dial it through these trunks in order, with failover
+    #: (``engine.routing.outbound.plan``), once ``from_extension`` answers
+    trunks: tuple[TrunkDial, ...] = ()
 
 
 class Answer(CallCommandBase, tag="answer", frozen=True, kw_only=True):
@@ -236,6 +239,8 @@ class Retrieve(CallCommandBase, tag="retrieve", frozen=True, kw_only=True):
 
 class BlindTransfer(CallCommandBase, tag="blind_transfer", frozen=True, kw_only=True):
     target: str
+    #: ``target`` is an outside number: dial it through these trunks in order, with failover
+    trunks: tuple[TrunkDial, ...] = ()
 
 
 class AttendedTransferStart(CallCommandBase, tag="attended_transfer_start", frozen=True, kw_only=True):
