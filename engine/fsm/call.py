@@ -407,7 +407,8 @@ def originate_call(cmd: Originate) -> tuple[Call, list[Effect]]:
     t = cmd.at
     call = Call(call_id=cmd.call_id, tenant=cmd.tenant, direction="outbound",
                 caller_id=cmd.caller_id or cmd.from_extension, destination=cmd.to, created_at=t,
-                state=CallState.RINGING, state_since=t, now=t, a_up=False, pending_target=cmd.to)
+                state=CallState.RINGING, state_since=t, now=t, a_up=False, pending_target=cmd.to,
+                trunk_plan=cmd.trunks)
     _media(out, MediaOriginate(call_id=call.call_id, leg="a", destination=cmd.from_extension,
                                timeout_s=cmd.timeout_s, caller_id=cmd.to))
     timers = start_timer(call.timers, out, "ring:a", t + cmd.timeout_s)
@@ -497,6 +498,9 @@ def _on_answered(call: Call, ev: ChannelAnswered, out: Out) -> Call:
             timers = cancel_timer(call.timers, out, "ring:a")
             call = replace(call, a_up=True, timers=timers)
             target, call = call.pending_target, replace(call, pending_target="")
+            if call.trunk_plan:
+                # an outside number: its dial plan's first trunk (failover as any outbound call)
+                return _ring_trunk(call, out, t, call.ring_timeout_s)
             return _ring(call, out, t, target, 30.0, "extension")
         return call
     leg = call.leg(ev.leg)
@@ -524,7 +528,8 @@ def _connect(call: Call, leg: Leg, out: Out, t: float) -> Call:
         if other.id != leg.id:
             call = _drop_leg(call, other, out, HangupCause.LOSE_RACE, t, hangup=True, reason="answered_elsewhere")
     legs = tuple(replace(x, answered=True) if x.id == leg.id else x for x in call.legs)
-    call = replace(call, legs=legs, connected=leg.id, answered_at=call.answered_at if call.answered_at is not None else t)
+    call = replace(call, legs=legs, connected=leg.id, trunk_plan=(),
+                   answered_at=call.answered_at if call.answered_at is not None else t)
     _media(out, MediaBridge(call_id=call.call_id, leg="a", node=call.node, other_leg=leg.id))
     if leg.role == "agent":
         msg = dict(at=t, offer_id=leg.offer_id, call_id=call.call_id, agent_id=leg.agent_id, queue_id=leg.queue_id)
@@ -825,7 +830,12 @@ def _blind_transfer(call: Call, cmd: BlindTransfer, out: Out) -> Call:
         _media(out, MediaUnhold(call_id=call.call_id, leg="a", node=call.node))
     call = _release_connected(call, out, t, HangupCause.BLIND_TRANSFER)
     call = replace(call, transfers=call.transfers + 1)
-    call = _ring(call, out, t, cmd.target, 30.0, "extension")
+    if cmd.trunks:
+        # to an outside number: through its dial plan, with failover
+        call = replace(call, trunk_plan=cmd.trunks, ring_timeout_s=30.0)
+        call = _ring_trunk(call, out, t, 30.0)
+    else:
+        call = _ring(call, out, t, cmd.target, 30.0, "extension")
     out.cti("CALL_TRANSFERRED", call.tenant, t, call_id=call.call_id, target=cmd.target, kind="blind")
     out.reply(cmd.request_id)
     return _enter(call, S.RINGING, t)
