@@ -408,3 +408,47 @@ def test_config_from_stored_rows() -> None:
     assert isinstance(plan("99", cfg, {}), DialPlan)
     assert plan("0049", config_from_entities(trunks[:1], []), {}) == NoRoute(number="0049")
     assert isinstance(plan("123", cfg, {}), DialPlan)
+
+
+def test_click_to_call_to_an_outside_number_dials_its_plan_after_the_users_phone_answers() -> None:
+    from engine.messages import Originate
+
+    p = plan("0044201234", CONFIG, {}, caller_id="2001")
+    assert isinstance(p, DialPlan)
+    call, fx = C.originate_call(Originate(call_id="c1", at=0.0, from_extension="2001", to="0044201234",
+                                          trunks=p.attempts))
+    (own,) = _media(fx, MediaOriginate)
+    assert own.leg == "a" and own.destination == "2001" and not own.gateway
+    call, fx = C.step(call, ChannelAnswered(call_id="c1", leg="a", at=1.0))
+    (orig,) = _media(fx, MediaOriginate)
+    assert orig.gateway == "gw_a" and orig.destination == "0044201234"
+    call, fx = C.step(call, ChannelHangup(call_id="c1", leg=orig.leg, at=2.0, cause="NORMAL_CIRCUIT_CONGESTION"))
+    (orig_b,) = _media(fx, MediaOriginate)
+    assert orig_b.gateway == "gw_b" and _cti(fx, "CALL_TRUNK_FAILOVER")
+    call, fx = C.step(call, ChannelAnswered(call_id="c1", leg=orig_b.leg, at=3.0))
+    assert call.state is S.ACTIVE and call.trunk_plan == ()
+    call, fx = C.step(call, ChannelHangup(call_id="c1", leg="a", at=5.0))
+    (cdr,) = [e.cdr for e in fx if isinstance(e, WriteCdr)]
+    assert cdr.trunk == "B" and cdr.direction == "outbound"
+
+
+def test_blind_transfer_to_an_outside_number_fails_over_across_trunks() -> None:
+    from engine.messages import BlindTransfer
+
+    call, fx = _outbound_call("0123456789")  # national: B first
+    (orig,) = _media(fx, MediaOriginate)
+    call, fx = C.step(call, ChannelAnswered(call_id="c1", leg=orig.leg, at=2.0))
+    assert call.state is S.ACTIVE and call.trunk == "B"
+    p = plan("0044201234", CONFIG, {"B": 1})
+    assert isinstance(p, DialPlan)
+    call, fx = C.step(call, BlindTransfer(call_id="c1", at=3.0, target="0044201234", trunks=p.attempts))
+    (hang,) = _media(fx, MediaHangup)
+    (orig_a,) = _media(fx, MediaOriginate)
+    assert hang.leg == orig.leg and orig_a.gateway == "gw_a" and call.state is S.RINGING
+    call, fx = C.step(call, ChannelHangup(call_id="c1", leg=orig_a.leg, at=4.0, cause="GATEWAY_DOWN"))
+    (orig_x,) = _media(fx, MediaOriginate)
+    assert orig_x.gateway == "gw_x"  # B was full when the transfer was planned
+    call, fx = C.step(call, ChannelAnswered(call_id="c1", leg=orig_x.leg, at=5.0))
+    call, fx = C.step(call, ChannelHangup(call_id="c1", leg="a", at=9.0))
+    (cdr,) = [e.cdr for e in fx if isinstance(e, WriteCdr)]
+    assert cdr.trunk == "X" and cdr.transfers == 1
