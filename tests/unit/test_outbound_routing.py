@@ -452,3 +452,64 @@ def test_blind_transfer_to_an_outside_number_fails_over_across_trunks() -> None:
     call, fx = C.step(call, ChannelHangup(call_id="c1", leg="a", at=9.0))
     (cdr,) = [e.cdr for e in fx if isinstance(e, WriteCdr)]
     assert cdr.trunk == "X" and cdr.transfers == 1
+
+
+# ------------------------------------------------------------------------------ call machine: properties
+
+_LEG_OUTCOMES = st.sampled_from(["USER_BUSY", "NORMAL_CIRCUIT_CONGESTION", "GATEWAY_DOWN", "NO_ROUTE_DESTINATION",
+                                 "CALL_REJECTED", "timeout", "answer", "caller_hangup", "dup_hangup"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 4), st.lists(_LEG_OUTCOMES, min_size=1, max_size=8))
+def test_property_trunk_failover_in_the_call_machine(n_trunks, outcomes) -> None:
+    """Whatever the trunks do: one trunk leg rings at a time, trunks are dialled in plan order
+    (each once), failover only on a failover cause, nothing is dialled after the end, exactly
+    one CDR naming the last trunk dialled."""
+    from engine.messages import Hangup, RouteToExtension, TrunkDial
+    from engine.routing.outbound import FAILOVER_CAUSES
+
+    attempts = tuple(TrunkDial(trunk_id=f"T{i}", gateway=f"gw{i}", number="0044") for i in range(n_trunks))
+    call, _ = C.new_call(ChannelCreated(call_id="c1", at=0.0, caller_id="2001", destination="0044", node="fs1"))
+    call, fx = C.step(call, RouteToExtension(call_id="c1", at=1.0, target="0044", timeout_s=20, trunks=attempts))
+    dialled = [o for o in _media(fx, MediaOriginate)]
+    cdrs = []
+    t = 1.0
+    last_failed = None
+    for outcome in outcomes:
+        t += 1.0
+        ringing = [leg for leg in call.legs if not leg.answered]
+        assert len(ringing) <= 1
+        if call.state is S.ENDED:
+            break
+        current = dialled[-1]
+        before = len(dialled)
+        if outcome == "answer":
+            ev = ChannelAnswered(call_id="c1", leg=current.leg, at=t)
+        elif outcome == "timeout":
+            ev = TimerFired(key=f"ring:{current.leg}", at=t)
+        elif outcome == "caller_hangup":
+            ev = ChannelHangup(call_id="c1", leg="a", at=t)
+        elif outcome == "dup_hangup" and last_failed is not None:
+            ev = ChannelHangup(call_id="c1", leg=last_failed, at=t, cause="USER_BUSY")
+        elif outcome == "dup_hangup":
+            continue
+        else:
+            ev = ChannelHangup(call_id="c1", leg=current.leg, at=t, cause=outcome)
+        was_ringing = call.state is S.RINGING and call.leg(current.leg) is not None and not call.leg(current.leg).answered
+        call, fx = C.step(call, ev)
+        new = _media(fx, MediaOriginate)
+        dialled += new
+        cdrs += [e.cdr for e in fx if isinstance(e, WriteCdr)]
+        fails_over = (isinstance(ev, ChannelHangup) and ev.leg == current.leg and was_ringing
+                      and ev.cause in FAILOVER_CAUSES and before < n_trunks)
+        assert len(new) == (1 if fails_over else 0), (outcome, new)
+        if isinstance(ev, ChannelHangup) and ev.leg == current.leg:
+            last_failed = current.leg
+    assert [o.gateway for o in dialled] == [a.gateway for a in attempts[:len(dialled)]]
+    assert len({o.leg for o in dialled}) == len(dialled)
+    if call.state is not S.ENDED:
+        call, fx = C.step(call, Hangup(call_id="c1", at=t + 1))
+        cdrs += [e.cdr for e in fx if isinstance(e, WriteCdr)]
+        assert not _media(fx, MediaOriginate)
+    assert len(cdrs) == 1 and cdrs[0].trunk == attempts[len(dialled) - 1].trunk_id
