@@ -6,6 +6,7 @@ Rules: real sockets on port 0, short real time, every wait bounded (``trio.fail_
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from adapters.freeswitch.config import EslNodeConfig
@@ -48,9 +49,11 @@ def _originates(emu) -> list[str]:
     return [line for line in emu.command_log if "originate " in line]
 
 
-def test_trunk_a_busy_fails_over_to_b_which_answers_and_the_cdr_names_b() -> None:
+@pytest.mark.parametrize("outcome,cause", [("busy", "USER_BUSY"), ("down", "GATEWAY_DOWN"),
+                                           ("no_route", "NO_ROUTE_DESTINATION")])
+def test_trunk_a_fails_over_to_b_which_answers_and_the_cdr_names_b(outcome, cause) -> None:
     async def body(emu, node, cdrs, cti, ledger):
-        emu.set_gateway("gw_a", outcome="busy")
+        emu.set_gateway("gw_a", outcome=outcome)
         emu.set_gateway("gw_b", outcome="answer")
         ch = await emu.place_inbound_call("2001", "0044201234")
         await until(lambda: ch.peer is not None)
@@ -62,7 +65,7 @@ def test_trunk_a_busy_fails_over_to_b_which_answers_and_the_cdr_names_b() -> Non
         assert emu.gateway_log == [("gw_a", "0044201234"), ("gw_b", "0044201234")]
         assert emu.channels[ch.peer].variables["emulator_gateway"] == "gw_b"
         (fo,) = cti.named("CALL_TRUNK_FAILOVER")
-        assert fo.data == {"from_trunk": "A", "to_trunk": "B", "cause": "USER_BUSY"}
+        assert fo.data == {"from_trunk": "A", "to_trunk": "B", "cause": cause}
         assert ledger.usage("default") == {"B": 1}
         await emu.hangup(ch.uuid)
         await until(lambda: len(cdrs.items) == 1)
