@@ -253,6 +253,10 @@ def test_webhooks_contact_lookup_and_journaling_through_callengine_run(monkeypat
                         with trio.fail_after(15):
                             while not (len(good.posts("CDR")) >= CALLS and len(good.posts("CALL_ENDED")) >= CALLS):
                                 await trio.sleep(0.02)
+                        with trio.fail_after(10):  # the dead port's events have used their 2 attempts
+                            while hooks.dispatcher.statistics()["webhooks"][f"{TENANT}/dead"]["dead_lettered"] \
+                                    < 3 * CALLS:
+                                await trio.sleep(0.02)
                         inner.cancel_scope.cancel()
                 out["ids"] = ids
                 out["contact_events"] = [(e.call_id, e.agent_id, dict(e.data)) for e in seen
