@@ -102,6 +102,18 @@ class CallParked(CtiBase, tag="CALL_PARKED", frozen=True, kw_only=True):
 
 class CallPickedUp(CtiBase, tag="CALL_PICKED_UP", frozen=True, kw_only=True):
     extension: str = ""
+    #: the park slot it was picked up from ("" for a directed or group pickup of a ringing call)
+    slot: str = ""
+    #: "slot" (parked call), "directed" (a call ringing one extension) or "group" (a pickup group)
+    kind: str = ""
+
+
+class CallParkTimeout(CtiBase, tag="CALL_PARK_TIMEOUT", frozen=True, kw_only=True):
+    """Nobody picked the parked call up in time: it rings ``target`` (the parker, or later the
+    fallback destination)."""
+
+    slot: str = ""
+    target: str = ""
 
 
 class CallConferenced(CtiBase, tag="CALL_CONFERENCED", frozen=True, kw_only=True):
@@ -243,7 +255,7 @@ class CtiUnknown(CtiBase, tag="UNKNOWN", frozen=True, kw_only=True):
 
 CtiWireEvent = (
     CallCreated | CallRinging | CallAnswered | CallHeld | CallRetrieved | CallTransferred
-    | CallConsultStarted | CallConsultAnswered | CallConsultEnded | CallParked | CallPickedUp
+    | CallConsultStarted | CallConsultAnswered | CallConsultEnded | CallParked | CallPickedUp | CallParkTimeout
     | CallConferenced | CallRecordingStarted | CallRecordingStopped | CallInFlow | CallFlowEnded
     | CallOverflowed | CallTrunkSeized | CallTrunkFailover
     | CallEnded | QueueEntered | QueueLeft | AgentStateChanged | AgentDeviceChanged
