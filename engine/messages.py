@@ -257,13 +257,25 @@ class AttendedTransferCancel(CallCommandBase, tag="attended_transfer_cancel", fr
 
 
 class Park(CallCommandBase, tag="park", frozen=True, kw_only=True):
+    """Park the caller in ``slot`` (claimed beforehand from the tenant's ``engine.parking.ParkingLot``;
+    "" parks under the call id). After ``timeout_s`` unanswered the call rings ``return_to`` (default:
+    the party that parked it); if that is not answered, ``fallback`` (an extension) or, when "",
+    the call hangs up. See docs/parking.md."""
+
     slot: str = ""
+    timeout_s: float = 60.0
+    return_to: str = ""
+    fallback: str = ""
 
 
 class Pickup(CallCommandBase, tag="pickup", frozen=True, kw_only=True):
-    """Pick a parked call up at ``extension``."""
+    """Pick a call up at ``extension``: a parked call (``kind="slot"``), or a call that is ringing
+    ``target`` (``kind="directed"``) or a member of the picker's pickup group (``kind="group"``)."""
 
     extension: str
+    kind: Literal["slot", "directed", "group"] = "slot"
+    #: directed pickup: the ringing extension whose call is taken ("" = any ringing leg)
+    target: str = ""
 
 
 class JoinConference(CallCommandBase, tag="join_conference", frozen=True, kw_only=True):
