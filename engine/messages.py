@@ -74,6 +74,8 @@ class HangupCause:
     MANAGER_REQUEST = "MANAGER_REQUEST"
     ATTENDED_TRANSFER = "ATTENDED_TRANSFER"
     BLIND_TRANSFER = "BLIND_TRANSFER"
+    #: a ringing leg cancelled because another extension picked the call up (directed/group pickup)
+    PICKED_OFF = "PICKED_OFF"
 
 
 # --------------------------------------------------------------------------------------------
