@@ -106,6 +106,8 @@ class CallPickedUp(CtiBase, tag="CALL_PICKED_UP", frozen=True, kw_only=True):
     slot: str = ""
     #: "slot" (parked call), "directed" (a call ringing one extension) or "group" (a pickup group)
     kind: str = ""
+    #: directed/group pickup: the extension that was ringing
+    picked_from: str = ""
 
 
 class CallParkTimeout(CtiBase, tag="CALL_PARK_TIMEOUT", frozen=True, kw_only=True):
