@@ -214,6 +214,13 @@ class Call(msgspec.Struct, frozen=True, kw_only=True):
     trunk_plan: tuple[TrunkDial, ...] = ()
     trunk: str = ""
     ring_timeout_s: float = 30.0
+    #: parking: the slot while PARKED (and while the timed-out park rings back), who is rung when
+    #: the park times out, and the fallback after that ("" = hang up); ``park_stage`` is
+    #: "parked", "return" (ringing the parker), "fallback" (ringing the fallback) or ""
+    park_slot: str = ""
+    park_return_to: str = ""
+    park_fallback: str = ""
+    park_stage: str = ""
     timers: frozenset[str] = frozenset()
     disposition: str = ""
     hangup_cause: str = ""
@@ -481,6 +488,12 @@ def _after_ring_failure(call: Call, out: Out, t: float, cause: str) -> Call:
         return call
     if call.in_queue:
         return _enter(call, S.QUEUED, t)  # back in line; the queue offers again
+    if call.park_stage == "return" and call.park_fallback:
+        # a timed-out park: the parker did not answer either; ring the fallback once
+        out.cti("CALL_PARK_TIMEOUT", call.tenant, t, call_id=call.call_id, slot=call.park_slot,
+                target=call.park_fallback)
+        call = replace(call, park_stage="fallback")
+        return _ring(call, out, t, call.park_fallback, call.ring_timeout_s, "extension")
     # a caller who already talked to someone (then was transferred) still had an answered call
     disposition = "answered" if call.answered_at is not None else _disposition_for(cause)
     return _end(call, out, t, disposition, cause, hang_up_a=True)
@@ -528,7 +541,8 @@ def _connect(call: Call, leg: Leg, out: Out, t: float) -> Call:
         if other.id != leg.id:
             call = _drop_leg(call, other, out, HangupCause.LOSE_RACE, t, hangup=True, reason="answered_elsewhere")
     legs = tuple(replace(x, answered=True) if x.id == leg.id else x for x in call.legs)
-    call = replace(call, legs=legs, connected=leg.id, trunk_plan=(),
+    call = replace(call, legs=legs, connected=leg.id, trunk_plan=(), park_slot="", park_stage="",
+                   park_return_to="", park_fallback="",
                    answered_at=call.answered_at if call.answered_at is not None else t)
     _media(out, MediaBridge(call_id=call.call_id, leg="a", node=call.node, other_leg=leg.id))
     if leg.role == "agent":
@@ -749,6 +763,8 @@ def _timer(call: Call, ev: TimerFired, out: Out) -> Call:
             return _consult_gone(call, out, t, hang_up=True)
         call = _drop_leg(call, leg, out, HangupCause.ORIGINATOR_CANCEL, t, hangup=True, reason="no_answer")
         return _after_ring_failure(call, out, t, HangupCause.NO_ANSWER)
+    if ev.key == PARK_TIMER and call.state is S.PARKED:
+        return _park_timeout(call, out, t)
     if ev.key == flows.FLOW_TIMER and call.state is S.IN_FLOW and call.flow is not None:
         return _flow_event(call, ev, out)
     return call
@@ -917,30 +933,94 @@ def _consult_gone(call: Call, out: Out, t: float, *, hang_up: bool = False) -> C
     return _enter(call, S.ACTIVE, t)
 
 
+#: the park timeout's timer key
+PARK_TIMER = "park"
+
+
 @on(_TALKING, Park)
 def _park(call: Call, cmd: Park, out: Out) -> Call:
+    if not cmd.timeout_s > 0:
+        out.reply(cmd.request_id, "INVALID_ARGUMENT", f"park timeout must be > 0 s, not {cmd.timeout_s!r}")
+        return call
     call, t = _t(call, cmd.at)
+    connected = call.leg(call.connected)
+    # the park times out back to whoever parked it: the party the caller was talking to
+    return_to = cmd.return_to or (connected.destination if connected is not None else "")
     call = _release_connected(call, out, t, HangupCause.NORMAL_CLEARING)
     slot = cmd.slot or call.call_id
     _media(out, MediaPark(call_id=call.call_id, leg="a", node=call.node, slot=slot))
+    timers = start_timer(call.timers, out, PARK_TIMER, t + cmd.timeout_s)
     out.cti("CALL_PARKED", call.tenant, t, call_id=call.call_id, slot=slot)
     out.reply(cmd.request_id, slot=slot)
+    call = replace(call, timers=timers, park_slot=slot, park_return_to=return_to, park_fallback=cmd.fallback,
+                   park_stage="parked")
     return _enter(call, S.PARKED, t)
 
 
 on([s for s in LIVE if s not in _TALKING], Park)(_refuse)
 
 
-@on([S.PARKED], Pickup)
-def _pickup(call: Call, cmd: Pickup, out: Out) -> Call:
-    call, t = _t(call, cmd.at)
-    call = _ring(call, out, t, cmd.extension, 30.0, "extension")
-    out.cti("CALL_PICKED_UP", call.tenant, t, call_id=call.call_id, extension=cmd.extension)
-    out.reply(cmd.request_id)
+def _park_timeout(call: Call, out: Out, t: float) -> Call:
+    """Nobody picked the call up: ring the parker (once); if there is none, the fallback; else hang up."""
+    target, stage = call.park_return_to, "return"
+    if not target:
+        target, stage = call.park_fallback, "fallback"
+    if not target:
+        out.cti("CALL_PARK_TIMEOUT", call.tenant, t, call_id=call.call_id, slot=call.park_slot, target="")
+        return _end(call, out, t, _unanswered_disposition(call), HangupCause.NO_ANSWER, hang_up_a=True)
+    out.cti("CALL_PARK_TIMEOUT", call.tenant, t, call_id=call.call_id, slot=call.park_slot, target=target)
+    call = _ring(replace(call, park_stage=stage), out, t, target, call.ring_timeout_s, "extension")
+    out.cti("CALL_RINGING", call.tenant, t, call_id=call.call_id, target=target)
     return _enter(call, S.RINGING, t)
 
 
-on([s for s in LIVE if s is not S.PARKED], Pickup)(_refuse)
+@on([S.PARKED], Pickup)
+def _pickup(call: Call, cmd: Pickup, out: Out) -> Call:
+    if cmd.kind != "slot":
+        out.reply(cmd.request_id, "FAILED_PRECONDITION",
+                  f"call {call.call_id} is PARKED: pick it up by slot, not {cmd.kind}")
+        return call
+    call, t = _t(call, cmd.at)
+    timers = cancel_timer(call.timers, out, PARK_TIMER)
+    slot = call.park_slot
+    call = replace(call, timers=timers, park_slot="", park_stage="", park_return_to="", park_fallback="")
+    call = _ring(call, out, t, cmd.extension, call.ring_timeout_s, "extension")
+    out.cti("CALL_PICKED_UP", call.tenant, t, call_id=call.call_id, extension=cmd.extension, slot=slot,
+            kind="slot")
+    out.reply(cmd.request_id, slot=slot)
+    return _enter(call, S.RINGING, t)
+
+
+@on([S.RINGING], Pickup)
+def _pickup_ringing(call: Call, cmd: Pickup, out: Out) -> Call:
+    """Directed or group pickup: the picker takes a call that rings someone else. The ringing legs
+    are cancelled (agents told ``answered_elsewhere``) and the picker's extension is rung instead,
+    like a click-to-call to the picker's own phone. Which call to take (who rings where, pickup
+    groups) is decided outside the machine, by ``engine.parking.RingingView``."""
+    ringing = call.ringing
+    if cmd.kind == "slot" or not ringing or (cmd.target and all(leg.destination != cmd.target for leg in ringing)):
+        out.reply(cmd.request_id, "FAILED_PRECONDITION",
+                  f"call {call.call_id} is not ringing {cmd.target or 'anyone'} for a {cmd.kind} pickup")
+        return call
+    if any(leg.destination == cmd.extension for leg in ringing):
+        out.reply(cmd.request_id, "FAILED_PRECONDITION", f"call {call.call_id} already rings {cmd.extension}")
+        return call
+    call, t = _t(call, cmd.at)
+    taken = ringing[0].destination if not cmd.target else cmd.target
+    for leg in ringing:
+        call = _drop_leg(call, leg, out, HangupCause.PICKED_OFF, t, hangup=True, reason="answered_elsewhere")
+    if call.in_queue:
+        # a queued caller taken by a pickup leaves its queue (the agents were released above)
+        out.send("queue", call.queue_id, CallerLeft(queue_id=call.queue_id, call_id=call.call_id, at=t))
+        call = replace(call, in_queue=False)
+    call = _ring(call, out, t, cmd.extension, call.ring_timeout_s, "extension")
+    out.cti("CALL_PICKED_UP", call.tenant, t, call_id=call.call_id, extension=cmd.extension, slot="",
+            kind=cmd.kind, picked_from=taken)
+    out.reply(cmd.request_id)
+    return call
+
+
+on([s for s in LIVE if s not in (S.PARKED, S.RINGING)], Pickup)(_refuse)
 
 
 @on(_TALKING, JoinConference)
