@@ -32,7 +32,9 @@ What ``open_engine`` assembles, in this order (and tears down in reverse, so not
 6. Configuration into the node: ``NodeConfig(snapshot).start(node)``, the router (DIDs -> queue
    or flow; flows are handed to the call as their graph so the IVR runs; on the Ray path the
    gateway routes each new call), ``ConfigWatcher`` (LISTEN/NOTIFY) applying changes and resyncing
-   after reconnects.
+   after reconnects. Outbound calls: ``engine.routing.router.outbound_router`` in front of that
+   router (emergency numbers first, then DIDs, then the tenant's ``outbound_routes``/``trunks`` rows
+   via ``OutboundConfigs``, live), with a ``TrunkLedger`` fed by ``LedgerCti`` in the CTI ports.
 7. API login goes through ``PresenceBridge`` (the agent learns whether its phone is registered
    before any offer).
 
@@ -58,7 +60,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -209,6 +211,10 @@ class Engine:
     nats_server: Any = None
     #: webhooks, contact lookup and CDR journaling (``adapters.webhooks.node.NodeWebhooks``)
     webhooks: Any = None
+    #: per-trunk concurrent calls (``engine.routing.usage.TrunkLedger``), fed by the node's CTI events
+    trunk_ledger: Any = None
+    #: the tenants' outbound routing, read from the live configuration (``OutboundConfigs``)
+    outbound: Any = None
 
 
 def _flow_router(config: Any, flows: dict[str, Any]) -> Any:
@@ -243,6 +249,55 @@ def _flow_router(config: Any, flows: dict[str, Any]) -> Any:
         return decision
 
     return route
+
+
+class OutboundConfigs(Mapping[str, Any]):
+    """tenant -> ``engine.routing.outbound.OutboundConfig``, built by ``config_from_entities``
+    from the live snapshot's ``trunks``/``outbound_routes`` rows (``NodeConfig.snapshot``, which
+    LISTEN/NOTIFY keeps current): rebuilt when the snapshot changes, so a route or trunk written
+    while the node runs applies to the next call. A tenant whose rows do not build (an
+    ``OutboundConfigError``) has no outbound routing; the error is logged and kept in ``errors``."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.errors: dict[str, str] = {}
+        self._version: Any = None
+        self._configs: dict[str, Any] = {}
+
+    def _current(self) -> dict[str, Any]:
+        version = (id(self.config.snapshot), self.config.applied)
+        if version != self._version:
+            from adapters.postgres.config import OutboundRoute as RouteRow
+            from adapters.postgres.config import Trunk as TrunkRow
+            from engine.routing.outbound import OutboundConfigError, config_from_entities
+
+            snapshot = self.config.snapshot
+            trunks: dict[str, list[Any]] = {}
+            routes: dict[str, list[Any]] = {}
+            for t in snapshot.of(TrunkRow):
+                trunks.setdefault(t.tenant, []).append(t)
+            for r in snapshot.of(RouteRow):
+                routes.setdefault(r.tenant, []).append(r)
+            configs: dict[str, Any] = {}
+            errors: dict[str, str] = {}
+            for tenant in sorted(set(trunks) | set(routes)):
+                try:
+                    configs[tenant] = config_from_entities(trunks.get(tenant, ()), routes.get(tenant, ()))
+                except OutboundConfigError as exc:
+                    errors[tenant] = str(exc)
+                    if self.errors.get(tenant) != errors[tenant]:
+                        log.error("tenant %s: outbound routing refused: %s", tenant, exc)
+            self._configs, self.errors, self._version = configs, errors, version
+        return self._configs
+
+    def __getitem__(self, tenant: str) -> Any:
+        return self._current()[tenant]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._current())
+
+    def __len__(self) -> int:
+        return len(self._current())
 
 
 class NatsProcess:
@@ -359,14 +414,23 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
         # telemetry spans/metrics export threads stop after everything else has flushed
         stack.callback(telemetry.shutdown)
 
+        # outbound calls: the trunk ledger counts each trunk's calls from this node's CTI events
+        # (both paths publish through these ports, the Ray gateway for its shards)
+        from engine.routing.router import outbound_router
+        from engine.routing.usage import LedgerCti, TrunkLedger
+
+        ledger = TrunkLedger()
+
         def wrap(ports: Ports) -> Ports:
-            cti, cdr = webhooks.ports(TeeCti(ports.cti, sink), writer)
+            cti, cdr = webhooks.ports(LedgerCti(ledger, TeeCti(ports.cti, sink)), writer)
             return telemetry.wrap_ports(Ports(ports.media, cti, cdr, ports.replies))
 
         # the Admin API writes to PostgreSQL; NOTIFY brings each change back to every node
         admin = ConfigAdminStore(store)
         await admin.prime()
-        router = _flow_router(config, o.flows)
+        # an emergency number is planned first; then DIDs (queue/flow); then the outbound routes
+        outbound = OutboundConfigs(config)
+        router = outbound_router(outbound, ledger, fallback=_flow_router(config, o.flows))
         cluster: Any = None
         gateway: Any = None
         api_stack: Any
@@ -405,7 +469,7 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
         engine = Engine(node=node, stack=api_stack, links=links, pg=pg, store=store, config=config,
                         cdr_writer=writer, event_sink=sink, telemetry=telemetry, secret=secret,
                         state_dir=state, cluster=cluster, gateway=gateway, nats_server=nats_server,
-                        webhooks=webhooks)
+                        webhooks=webhooks, trunk_ledger=ledger, outbound=outbound)
         del watcher
         if o.outbound_port is not None:
             from adapters.freeswitch.outbound import OutboundServer
