@@ -946,9 +946,11 @@ def _park(call: Call, cmd: Park, out: Out) -> Call:
     connected = call.leg(call.connected)
     # the park times out back to whoever parked it: the party the caller was talking to
     return_to = cmd.return_to or (connected.destination if connected is not None else "")
-    call = _release_connected(call, out, t, HangupCause.NORMAL_CLEARING)
     slot = cmd.slot or call.call_id
+    # move the caller into the slot first (that unbridges it), then hang the parker's leg up: the
+    # other order lets the switch end the caller with its bridged partner
     _media(out, MediaPark(call_id=call.call_id, leg="a", node=call.node, slot=slot))
+    call = _release_connected(call, out, t, HangupCause.NORMAL_CLEARING)
     timers = start_timer(call.timers, out, PARK_TIMER, t + cmd.timeout_s)
     out.cti("CALL_PARKED", call.tenant, t, call_id=call.call_id, slot=slot)
     out.reply(cmd.request_id, slot=slot)
