@@ -160,6 +160,12 @@ class FreeSwitchEmulator:
         self.gateways: dict[str, Gateway] = {}
         #: every gateway originate in order: (gateway, number)
         self.gateway_log: list[tuple[str, str]] = []
+        #: valet parking (mod_valet_parking): (lot, slot) -> uuid of the parked channel
+        self.valet: dict[tuple[str, str], str] = {}
+        #: every valet_parking::info Action in order: (action, lot, slot, uuid)
+        self.valet_log: list[tuple[str, str, str, str]] = []
+        #: every intercept in order: (picker uuid, target uuid, the leg the picker was bridged to)
+        self.intercept_log: list[tuple[str, str, str]] = []
         #: api/bgapi lines received over ESL, in arrival order (bounded: the oldest are dropped)
         self.command_log: collections.deque[str] = collections.deque(maxlen=10_000)
         self.playback_durations: dict[str, float] = {}
@@ -505,6 +511,10 @@ class FreeSwitchEmulator:
             return "_none_"
         if app == "park":
             return await self._park(ch)
+        if app == "valet_park":
+            return await self._valet_park(ch, arg)
+        if app == "intercept":
+            return await self._intercept(ch, arg)
         if app == "playback":
             return await self._playback(ch, arg)
         if app == "play_and_get_digits":
@@ -538,6 +548,79 @@ class FreeSwitchEmulator:
         finally:
             ch.parked = False
             self._fire("CHANNEL_UNPARK", ch)
+        return "_none_"
+
+    #: music a valet-parked channel hears unless it has ``valet_hold_music`` / ``hold_music``
+    VALET_MUSIC = "local_stream://moh"
+
+    async def _valet_park(self, ch: Channel, arg: str) -> str:
+        """mod_valet_parking's ``valet_park <lot> <slot>``: the first channel in a slot waits there
+        on hold music (answered, parked: queued apps still run); the next one into the same slot is
+        bridged to it and the slot is free again. ``valet_parking::info`` reports Action hold/bridge/exit."""
+        words = arg.split()
+        if len(words) < 2:
+            return "_none_"  # FS: "Usage: <lot> <extension>"
+        key = (words[0], words[1])
+        parked = self.channels.get(self.valet.get(key, ""))
+        self._answer(ch)
+        if parked is not None and parked.up and parked.uuid != ch.uuid:
+            self._valet_leave(parked, "bridge")
+            ch.originator = parked.uuid
+            self.bridge(parked, ch)
+            return "_none_"
+        self.valet[key] = ch.uuid
+        ch.variables.update(valet_lot_name=key[0], valet_extension=key[1],
+                            emulator_music=ch.variables.get("valet_hold_music")
+                            or ch.variables.get("hold_music") or self.VALET_MUSIC)
+        self._valet_event("hold", ch, *key)
+        try:
+            return await self._park(ch)
+        finally:
+            self._valet_leave(ch, "exit")
+
+    def _valet_event(self, action: str, ch: Channel, lot: str, slot: str) -> None:
+        self.valet_log.append((action, lot, slot, ch.uuid))
+        self._fire("CUSTOM", ch, subclass="valet_parking::info",
+                   extra={"Action": action, "Valet-Lot-Name": lot, "Valet-Extension": slot})
+
+    def _valet_leave(self, ch: Channel, action: str) -> None:
+        """The channel leaves its valet slot (bridged away, transferred or hung up); idempotent."""
+        for key, uuid in list(self.valet.items()):
+            if uuid == ch.uuid:
+                del self.valet[key]
+                ch.variables.pop("emulator_music", None)
+                self._valet_event(action, ch, *key)
+
+    async def _intercept(self, ch: Channel, arg: str) -> str:
+        """mod_dptools ``intercept [-bleg] <uuid>``: ``ch`` (the picker) takes the call of ``uuid``.
+        The target's partner (the caller it rings for, or its bridged peer) is bridged to the picker
+        and the target is hung up with PICKED_OFF; a target with no partner (a leg the engine
+        originated on its own and parked) is answered and bridged to the picker itself.
+        ``intercept_unanswered_only=true`` on the picker refuses an answered target."""
+        words = arg.split()
+        bleg = bool(words) and words[0] == "-bleg"
+        words = words[1:] if bleg else words
+        target = self.channels.get(words[0]) if words else None
+        if target is not None and bleg:
+            target = self.channels.get(target.peer or "")
+        if target is None or not target.up or target.uuid == ch.uuid:
+            return "_none_"  # FS logs "Cannot locate channel" and the picker carries on
+        if ch.variables.get("intercept_unanswered_only") == "true" and target.answer_state == "answered":
+            return "_none_"
+        partner = self.channels.get(target.peer or target.originator or "")
+        self._answer(ch)
+        if partner is not None and partner.up:
+            if partner.peer:
+                self._unbridge(partner)
+            self._valet_leave(partner, "exit")
+            self.bridge(partner, ch)
+            self.intercept_log.append((ch.uuid, target.uuid, partner.uuid))
+            await self.hangup(target.uuid, "PICKED_OFF")
+            return "_none_"
+        self._valet_leave(target, "exit")
+        self._answer(target)
+        self.bridge(target, ch)
+        self.intercept_log.append((ch.uuid, target.uuid, target.uuid))
         return "_none_"
 
     def _answer(self, ch: Channel) -> None:
@@ -987,6 +1070,7 @@ class FreeSwitchEmulator:
         for c in (a, b):
             if c.peer:
                 self._unbridge(c)
+            self._valet_leave(c, "exit")
             self._answer(c)
         b.originator = a.uuid
         self.bridge(a, b)
@@ -1004,6 +1088,10 @@ class FreeSwitchEmulator:
             legs = [self.channels[ch.peer]]
             rest = rest[1:]
         dest = rest[0] if rest else ch.destination
+        # the few destinations the emulator's built-in dialplan knows: the valet parking context of
+        # docs/freeswitch.md (park+<slot> -> valet_park callengine <slot>) and inline intercept:<uuid>
+        valet = re.fullmatch(r"park\+(\d+)", dest)
+        inline_app = dest.partition(":") if len(rest) > 1 and rest[1] == "inline" else ("", "", "")
         for leg in legs:
             if leg.peer:
                 self._unbridge(leg)
@@ -1011,7 +1099,12 @@ class FreeSwitchEmulator:
                 scope.cancel()
             leg.destination = dest
             leg.transfer_us = self._now_us()
-            self.queue_app(leg.uuid, "park", "")
+            if valet:
+                self.queue_app(leg.uuid, "valet_park", f"callengine {valet.group(1)}")
+            elif inline_app[0] == "intercept" and inline_app[2]:
+                self.queue_app(leg.uuid, "intercept", inline_app[2])
+            else:
+                self.queue_app(leg.uuid, "park", "")
         return "+OK\n"
 
     async def _api_uuid_hold(self, arg: str) -> str:
