@@ -72,6 +72,8 @@ from engine.messages import (
     MediaPlay,
     MediaRecordStart,
     MediaStopPlayback,
+    Park,
+    Pickup,
     PlaybackFinished,
     PublishCti,
     QueueCall,
@@ -84,6 +86,7 @@ from engine.messages import (
     TimerFired,
     WriteCdr,
 )
+from engine.parking import ParkingLot, RingingView
 from engine.routing.outbound import DialPlan, plan, to_route
 from engine.routing.router import REFUSAL_CAUSES, refusal
 from sim.scenario import (
@@ -97,6 +100,10 @@ from sim.scenario import (
 )
 
 __all__ = ["Simulator", "InvariantViolation", "CallerModel", "Observation"]
+
+_PARKING_EVENTS = frozenset({"CALL_PARKED", "CALL_PARK_TIMEOUT", "CALL_PICKED_UP"})
+_RINGING_EVENTS = frozenset({"CALL_RINGING", "CALL_ANSWERED", "CALL_PICKED_UP", "CALL_PARKED", "CALL_ENDED",
+                             "CALL_TRANSFERRED"})
 
 
 #: after the last arrival, calls in progress get this long (virtual) to finish
@@ -209,6 +216,10 @@ class Simulator:
         self.call_seq = 0
         self.events = 0
         self.stats = Collector(scenario)
+        #: parking (#10 part 4): the tenants' park slots and who rings where (engine.parking),
+        #: fed from the machines' CTI events as a node's view would be
+        self.parking = ParkingLot()
+        self.ringing_view = RingingView()
         self.violations: list[InvariantViolation] = []
         rng = _rngs(self.seed)
         self._rng_arrival = [rng(f"arrival:{i}") for i in range(len(scenario.traffic))]
@@ -370,6 +381,10 @@ class Simulator:
                     self.stats.queue_left(ev.queue_id, ev.call_id, ev.at, ev.data)
                 elif ev.name == "CALL_TRUNK_FAILOVER":
                     self.stats.trunk_failover(str(ev.data.get("cause", "")))
+                elif ev.name in _PARKING_EVENTS:
+                    self._parking_event(ev)
+                if ev.name in _RINGING_EVENTS:
+                    self.ringing_view.observe(ev)
             elif c is StartTimer:
                 key = (kind, ident, e.key)
                 self._seq += 1
@@ -754,6 +769,58 @@ class Simulator:
     def hangup(self, call_id: str) -> None:
         """Scripted caller hangs up now."""
         self._at(self.now, lambda t, cid: self._caller_hangs_up(t, cid), call_id)
+
+    # ---- parking and pickup (#10 part 4) ----------------------------------------------------
+
+    def _parking_event(self, ev: Any) -> None:
+        self.parking.observe(ev)
+        self.stats.parking_event(ev.name, ev.call_id, ev.at, ev.data)
+        caller = self.callers.get(ev.call_id)
+        if caller is not None and caller.log is not None:
+            kind = {"CALL_PARKED": "parked", "CALL_PARK_TIMEOUT": "park_timeout"}.get(ev.name, "picked_up")
+            caller.log.append(Observation(ev.at, kind, dict(ev.data)))
+            if kind == "parked":
+                caller.connected = False
+
+    def _command(self, t: float, arg: tuple[str, Any]) -> None:
+        call_id, cmd = arg
+        if call_id in self.calls:
+            self.deliver("call", call_id, cmd)
+
+    def _tenant_of(self, call_id: str) -> str:
+        call = self.calls.get(call_id)
+        return call.tenant if call is not None else "default"
+
+    def park(self, call_id: str, slot: str = "", *, timeout_s: float = 60.0, fallback: str = "") -> str:
+        """Park the call now in ``slot`` (or the tenant's lowest free one); returns the slot.
+        Raises ``engine.parking.ParkingError`` (e.g. ``SlotTaken``) as the API would."""
+        slot = self.parking.claim(self._tenant_of(call_id), call_id, slot)
+        self._at(self.now, self._command, (call_id, Park(call_id=call_id, at=self.now, slot=slot,
+                                                         timeout_s=timeout_s, fallback=fallback)))
+        return slot
+
+    def pickup_slot(self, slot: str, extension: str, tenant: str = "default") -> str:
+        """Pick the call parked in ``slot`` up at ``extension`` now; returns its call id ("" if none)."""
+        call_id = self.parking.call_in(tenant, slot)
+        if call_id:
+            self._at(self.now, self._command, (call_id, Pickup(call_id=call_id, at=self.now, extension=extension)))
+        return call_id
+
+    def pickup_directed(self, target: str, extension: str, tenant: str = "default") -> str:
+        """``extension`` takes the call ringing ``target`` now; returns its call id ("" if none)."""
+        call_id = self.ringing_view.directed(tenant, target)
+        if call_id:
+            self._at(self.now, self._command, (call_id, Pickup(call_id=call_id, at=self.now, extension=extension,
+                                                               kind="directed", target=target)))
+        return call_id
+
+    def pickup_group(self, extension: str, tenant: str = "default") -> str:
+        """``extension`` takes the oldest call ringing a member of its pickup group now."""
+        call_id, target = self.ringing_view.group(tenant, extension)
+        if call_id:
+            self._at(self.now, self._command, (call_id, Pickup(call_id=call_id, at=self.now, extension=extension,
+                                                               kind="group", target=target)))
+        return call_id
 
     # ---- faults ------------------------------------------------------------------------------
 

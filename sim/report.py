@@ -109,6 +109,32 @@ class Collector:
         self.trunk_failovers = 0
         self.failover_causes: dict[str, int] = {}
         self.trunk_carried: dict[str, int] = {}
+        #: parking: counts and time parked (sum/max over calls that left their slot)
+        self.parking: dict[str, Any] = {"parked": 0, "timed_out": 0, "fallbacks": 0, "picked_up": {},
+                                        "parked_s_sum": 0.0, "parked_s_max": 0.0, "parked_n": 0}
+        self._parked_at: dict[str, float] = {}
+
+    def parking_event(self, name: str, call_id: str, at: float, data: Any) -> None:
+        """CALL_PARKED / CALL_PARK_TIMEOUT / CALL_PICKED_UP: parks, timeouts, pickups by kind and
+        how long calls stayed parked (until picked up or timed out)."""
+        p = self.parking
+        if name == "CALL_PARKED":
+            p["parked"] += 1
+            self._parked_at[call_id] = at
+            return
+        if name == "CALL_PARK_TIMEOUT":
+            if data.get("target") and call_id not in self._parked_at:
+                p["fallbacks"] += 1  # the second timeout event: the parker did not answer either
+                return
+            p["timed_out"] += 1
+        else:
+            kind = str(data.get("kind") or "slot")
+            p["picked_up"][kind] = p["picked_up"].get(kind, 0) + 1
+        since = self._parked_at.pop(call_id, None)
+        if since is not None:
+            p["parked_s_sum"] += at - since
+            p["parked_s_max"] = max(p["parked_s_max"], at - since)
+            p["parked_n"] += 1
 
     def trunk_failover(self, cause: str) -> None:
         self.trunk_failovers += 1
@@ -378,6 +404,13 @@ def build_report(stats: Collector, seed: int) -> dict[str, Any]:
                          "carried_by_trunk": dict(sorted(stats.trunk_carried.items())),
                          "gateways": {g: dict(c) for g, c in sorted(stats.trunks.items())}}}
            if sc.trunks else {}),
+        # only runs that parked a call carry this section (older reports stay byte-identical)
+        **({"parking": {"parked": stats.parking["parked"], "timed_out": stats.parking["timed_out"],
+                        "fallbacks": stats.parking["fallbacks"],
+                        "picked_up": dict(sorted(stats.parking["picked_up"].items())),
+                        "mean_parked_s": _r(_div(stats.parking["parked_s_sum"], stats.parking["parked_n"])),
+                        "max_parked_s": _r(stats.parking["parked_s_max"])}}
+           if stats.parking["parked"] or stats.parking["picked_up"] else {}),
     }
 
 

@@ -64,6 +64,33 @@ class World:
     def agent(self, agent_id: str) -> Any:
         return self.sim.agents[agent_id]
 
+    # ---- parking and pickup (#10 part 4) --------------------------------------------------------
+
+    def pickup_groups(self, groups: dict[str, list[str]], tenant: str = "default") -> None:
+        """The tenant's pickup groups: group name -> member extensions."""
+        self.sim.ringing_view.set_groups(tenant, groups)
+
+    def pick_up_slot(self, slot: str, extension: str, tenant: str = "default") -> str:
+        """``extension`` picks up the call parked in ``slot`` now; returns its call id."""
+        call_id = self.sim.pickup_slot(slot, extension, tenant)
+        assert call_id, f"no call is parked in slot {slot} of tenant {tenant}"
+        self.sim.run_until(self.sim.now)
+        return call_id
+
+    def pick_up_directed(self, target: str, extension: str, tenant: str = "default") -> str:
+        """``extension`` takes the call ringing ``target`` now; returns its call id."""
+        call_id = self.sim.pickup_directed(target, extension, tenant)
+        assert call_id, f"nothing is ringing {target} in tenant {tenant}"
+        self.sim.run_until(self.sim.now)
+        return call_id
+
+    def pick_up_group(self, extension: str, tenant: str = "default") -> str:
+        """``extension`` takes the oldest call ringing another member of its pickup group now."""
+        call_id = self.sim.pickup_group(extension, tenant)
+        assert call_id, f"nothing rings the pickup group of {extension} in tenant {tenant}"
+        self.sim.run_until(self.sim.now)
+        return call_id
+
 
 class ScriptedCall:
     def __init__(self, world: World, call_id: str, caller: CallerModel) -> None:
@@ -151,6 +178,23 @@ class ScriptedCall:
     def expect_ended(self, within: float = 10.0, disposition: str | None = None) -> Observation:
         return self._expect(f"the call to end{f' as {disposition!r}' if disposition else ''}", within,
                             lambda o: o.kind == "ended" and (disposition is None or o.detail["disposition"] == disposition))
+
+    def park(self, slot: str = "", *, timeout_s: float = 60.0, fallback: str = "") -> str:
+        """The party talking to this caller parks it now; returns the slot."""
+        slot = self.world.sim.park(self.call_id, slot, timeout_s=timeout_s, fallback=fallback)
+        self.world.sim.run_until(self.world.sim.now)
+        return slot
+
+    def expect_parked(self, within: float = 5.0) -> Observation:
+        return self._expect("to be parked", within, lambda o: o.kind == "parked")
+
+    def expect_park_timeout(self, target: str, within: float = 120.0) -> Observation:
+        """The park timed out and rings ``target`` (the parker, then the fallback)."""
+        return self._expect(f"the park to time out to {target!r}", within,
+                            lambda o: o.kind == "park_timeout" and o.detail["target"] == target)
+
+    def expect_picked_up(self, kind: str = "slot", within: float = 5.0) -> Observation:
+        return self._expect(f"a {kind} pickup", within, lambda o: o.kind == "picked_up" and o.detail["kind"] == kind)
 
     def press(self, digits: str) -> None:
         """Press ``digits`` now, 0.3 s apart."""
