@@ -131,6 +131,83 @@ def _now(ctx: Context) -> float:
 # --------------------------------------------------------------------------------------------
 
 
+class OutboundRefused(ApiError):
+    """A click-to-call or blind transfer to an outside number the tenant's outbound routing refuses
+    (``engine.routing.outbound.plan``); ``reason`` is the plan's (``no_route``, ``blocked``,
+    ``all_trunks_full``), and the message starts with it."""
+
+    CODE = "UNKNOWN"
+    reason = ""
+
+    def __init__(self, number: str, detail: str) -> None:
+        super().__init__(self.CODE, f"{self.reason}: {detail} (number {number!r})")
+        self.number = number
+
+
+class NoOutboundRoute(OutboundRefused):
+    """No outbound route takes the number (and it is no internal extension)."""
+
+    CODE, reason = "FAILED_PRECONDITION", "no_route"
+
+
+class OutboundBlocked(OutboundRefused):
+    """Routes take the number, but the caller's class of service allows none of them."""
+
+    CODE, reason = "PERMISSION_DENIED", "blocked"
+
+
+class AllTrunksBusy(OutboundRefused):
+    """Routes take the number, but each of their trunks is disabled or at its limit."""
+
+    CODE, reason = "RESOURCE_EXHAUSTED", "all_trunks_full"
+
+
+class OutboundPlanner:
+    """How the API dials an outside number (click-to-call's ``to``, a blind transfer's ``target``):
+    the tenant's outbound routing (``configs``: tenant -> ``OutboundConfig``, read at each request,
+    so a live change applies) and trunk usage (``ledger``: ``TrunkLedger``), as the node router
+    plans an outside number a phone dials. ``callengine run`` sets one as ``Api.outbound``.
+
+    Order (as the node router): an emergency number is always planned; a number ``is_internal``
+    says is an extension of the tenant is dialled as before (``user/<n>``); otherwise the plan
+    decides: its trunks, or a typed refusal (:class:`NoOutboundRoute`, :class:`OutboundBlocked`,
+    :class:`AllTrunksBusy`). A tenant without outbound routing, and a target that is not a phone
+    number at all (``InvalidNumber``), are dialled as before."""
+
+    def __init__(self, configs: Any, ledger: Any,
+                 is_internal: Callable[[str, str], bool] = lambda tenant, number: False) -> None:
+        self.configs = configs
+        self.ledger = ledger
+        self.is_internal = is_internal
+
+    def trunks(self, tenant: str, number: str, caller_id: str) -> tuple[m.TrunkDial, ...]:
+        from engine.routing.outbound import AllTrunksFull, Blocked, DialPlan, NoRoute, plan
+
+        config = self.configs.get(tenant)
+        if config is None:
+            return ()
+        if number not in config.emergency and self.is_internal(tenant, number):
+            return ()
+        result = plan(number, config, self.ledger.usage(tenant), caller_id=caller_id)
+        if isinstance(result, DialPlan):
+            return result.attempts
+        if isinstance(result, NoRoute):
+            raise NoOutboundRoute(number, "no outbound route takes this number")
+        if isinstance(result, Blocked):
+            raise OutboundBlocked(number, f"the caller may not use route(s) {', '.join(result.routes)}")
+        if isinstance(result, AllTrunksFull):
+            raise AllTrunksBusy(number, f"every trunk is full or disabled: {', '.join(result.trunks)}")
+        return ()  # InvalidNumber: not a phone number, dialled as before
+
+
+def _outbound_trunks(ctx: Context, number: str, caller_id: str) -> tuple[m.TrunkDial, ...]:
+    planner = getattr(ctx.api, "outbound", None)
+    if planner is None:
+        return ()
+    trunks: tuple[m.TrunkDial, ...] = planner.trunks(ctx.principal.tenant, number, caller_id)
+    return trunks
+
+
 async def originate(ctx: Context, req: t.OriginateRequest) -> t.OriginateResponse:
     p = ctx.principal
     own = ctx.api.agent_extension(p.tenant, p.agent_id)
@@ -139,11 +216,13 @@ async def originate(ctx: Context, req: t.OriginateRequest) -> t.OriginateRespons
         raise ApiError("INVALID_ARGUMENT", "from_extension is required (the caller has no extension)")
     if not p.sees_tenant and from_extension != own:
         raise ApiError("PERMISSION_DENIED", "an agent may click-to-call only from its own extension")
+    # an outside number: through the tenant's trunks (typed refusal before anything rings)
+    trunks = _outbound_trunks(ctx, req.to, req.caller_id or from_extension)
     call_id = uuid.uuid4().hex
     ctx.api.remember_originator(call_id, p.agent_id)
     await _ask(ctx, m.Originate(call_id=call_id, at=_now(ctx), request_id=uuid.uuid4().hex,
                                 from_extension=from_extension, to=req.to, tenant=p.tenant,
-                                caller_id=req.caller_id, timeout_s=req.timeout_s,
+                                caller_id=req.caller_id, timeout_s=req.timeout_s, trunks=trunks,
                                 # the request's trace context: the call's spans and CTI resume it
                                 traceparent=ctx.traceparent if parse_traceparent(ctx.traceparent) else ""))
     return t.OriginateResponse(call_id=call_id)
@@ -168,6 +247,7 @@ _CALL_METHODS: list[tuple[str, type, Callable[[Any, float, str], Any], str]] = [
      lambda r, at, rid: m.Hangup(call_id=r.call_id, at=at, request_id=rid, cause=r.cause), "hang up"),
     ("Hold", t.CallRequest, _simple(m.Hold), "hold an active call (FAILED_PRECONDITION otherwise)"),
     ("Retrieve", t.CallRequest, _simple(m.Retrieve), "retrieve a held call"),
+    # BlindTransfer: registered below with its own handler (blind_transfer), same place
     ("BlindTransfer", t.TransferRequest,
      lambda r, at, rid: m.BlindTransfer(call_id=r.call_id, at=at, request_id=rid, target=r.target),
      "transfer the caller to target"),
@@ -392,6 +472,21 @@ _add(Method("CallControl", "Originate", t.OriginateRequest, t.OriginateResponse,
             doc="click-to-call: ring from_extension, then dial to"))
 for _name, _req, _build, _doc in _CALL_METHODS:
     _add(Method("CallControl", _name, _req, t.CallResponse, _call_command(_build), ALL, doc=_doc))
+
+
+async def blind_transfer(ctx: Context, req: t.TransferRequest) -> t.CallResponse:
+    """An outside ``target`` goes through the tenant's trunks (``OutboundPlanner``), with the
+    transferred caller's number as the caller id the plan starts from."""
+    call = _call(ctx, req.call_id)
+    trunks = _outbound_trunks(ctx, req.target, getattr(call, "caller_id", "") or "")
+    reply = await _ask(ctx, m.BlindTransfer(call_id=req.call_id, at=_now(ctx), request_id=uuid.uuid4().hex,
+                                            target=req.target, trunks=trunks))
+    return t.CallResponse(call_id=req.call_id, message=reply.message, data=dict(reply.data))
+
+
+# same place in METHODS, planned through the trunks
+_add(Method("CallControl", "BlindTransfer", t.TransferRequest, t.CallResponse, blind_transfer, ALL,
+            doc="transfer the caller to target (an outside number through the tenant's trunks)"))
 
 _add(Method("Agents", "Login", t.LoginRequest, t.AgentResponse, login, ALL, doc="log an agent in"))
 _add(Method("Agents", "Logout", t.AgentRequest, t.AgentResponse, _agent_command(m.AgentLogout), ALL,
