@@ -300,6 +300,19 @@ class OutboundConfigs(Mapping[str, Any]):
         return len(self._current())
 
 
+def _api_outbound(config: Any, outbound: Any, ledger: Any, registry: Any) -> Any:
+    """``api.services.OutboundPlanner`` over the live routes: a number is internal (dialled as an
+    extension, not planned) when the tenant has that ``extensions`` row or a phone registered
+    under it."""
+    from adapters.postgres.config import Extension as ExtensionRow
+    from api.services import OutboundPlanner
+
+    def is_internal(tenant: str, number: str) -> bool:
+        return config.snapshot.get(ExtensionRow, tenant, number) is not None or registry.registered(number)
+
+    return OutboundPlanner(outbound, ledger, is_internal)
+
+
 class NatsProcess:
     """An embedded JetStream nats-server on a fixed port and store directory that can be stopped
     and started again (``restart``): clients reconnect to the same URL and find their stream."""
@@ -450,6 +463,8 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
         config.start(node)
         presence = PresenceBridge(links.registry, node)
         api_stack.api.on_login = presence.on_login
+        # click-to-call and blind transfers to outside numbers: the same routes and trunk counts
+        api_stack.api.outbound = _api_outbound(config, outbound, ledger, links.registry)
         telemetry.bind(node=node, links=links, cdr_writer=writer, publisher=api_stack.publisher)
         nursery = await stack.enter_async_context(trio.open_nursery())
         stack.callback(nursery.cancel_scope.cancel)
