@@ -1,0 +1,144 @@
+"""Click-to-call (CallControl/Originate) and blind transfers (CallControl/BlindTransfer) to outside
+numbers over the HTTP API of ``callengine run`` (in process): they dial the tenant's trunks through
+the outbound plan (``api.services.OutboundPlanner``), with failover, not ``user/<n>``; numbers the
+plan refuses get typed errors (no route: FAILED_PRECONDITION, all trunks full: RESOURCE_EXHAUSTED)
+before anything rings; an internal extension is dialled as before. Trunks and routes are rows in
+embedded PostgreSQL; FreeSWITCH is the emulator over real ESL on 127.0.0.1; every wait is bounded."""
+
+from __future__ import annotations
+
+import pathlib
+import tempfile
+import warnings
+
+import pytest
+import trio
+
+from api.auth import issue_token
+from engine.run import EpochClock, RunOptions, open_engine
+from tests.support.nats import http_call
+
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+TENANT = "default"
+SECRET = "s" * 32
+
+
+async def _until(predicate, timeout: float = 10.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.02)
+
+
+@pytest.mark.timeout(120)
+def test_click_to_call_and_blind_transfer_dial_trunks_over_http(monkeypatch) -> None:
+    from adapters.freeswitch.config import EslNodeConfig
+    from sim.freeswitch import FreeSwitchEmulator
+
+    state = pathlib.Path(tempfile.mkdtemp(prefix="callengine-api-outbound-"))
+    monkeypatch.setenv("CALLENGINE_STATE_DIR", str(state))
+    monkeypatch.delenv("CALLENGINE_PG_DSN", raising=False)
+    out: dict = {}
+
+    async def main() -> None:
+        emu = FreeSwitchEmulator(heartbeat=1.0, answer_delay=0.01, ring_delay=0.002)
+        async with trio.open_nursery() as outer:
+            port = await outer.start(emu.run)
+            emu.register_phone("2001")
+            emu.register_phone("2002")
+            options = RunOptions(secret=SECRET, state_dir=str(state), in_process=True, node_name="t",
+                                 esl_nodes=[EslNodeConfig(name="fs1", port=port)], esl_heartbeat_s=1.0,
+                                 webhook_drain_s=0.2)
+            async with open_engine(options) as engine:
+                try:
+                    await _exercise(engine, emu, out)
+                except Exception as exc:  # noqa: BLE001 - shown as itself, not in nested groups
+                    out["error"] = exc
+            outer.cancel_scope.cancel()
+
+    trio.run(main, clock=EpochClock())
+    if "error" in out:
+        raise out["error"]
+    _check(out)
+
+
+async def _exercise(engine, emu, out: dict) -> None:
+    from adapters.postgres.config import OutboundRoute, Tenant, Trunk
+    from adapters.postgres.errors import AlreadyExists
+
+    admin = issue_token(SECRET, tenant=TENANT, sub="root", roles=("admin",))
+    store = engine.store
+    try:
+        await store.create(Tenant(tenant=TENANT))
+    except AlreadyExists:
+        pass
+    await store.create(Trunk(tenant=TENANT, trunk_id="A", host="carrier-a.example", max_channels=4))
+    await store.create(Trunk(tenant=TENANT, trunk_id="B", host="carrier-b.example", max_channels=4))
+    await store.create(Trunk(tenant=TENANT, trunk_id="C", host="carrier-c.example", enabled=False))
+    await store.create(OutboundRoute(tenant=TENANT, route_id="intl", pattern="00[0-9]+", priority=10,
+                                     trunks=("A", "B")))
+    await store.create(OutboundRoute(tenant=TENANT, route_id="premium", pattern="09[0-9]+",
+                                     priority=20, trunks=("C",)))
+    await _until(lambda: TENANT in engine.outbound and len(engine.outbound[TENANT].routes) == 2)
+    emu.set_gateway("A", outcome="busy")
+    emu.set_gateway("B", outcome="answer")
+    with trio.fail_after(15):
+        await engine.links.wait_all_up()
+
+    async def api(method: str, params: dict) -> tuple[int, dict]:
+        return await http_call(engine.stack, f"CallControl/{method}", params, admin)
+
+    # typed refusals, before anything rings
+    out["no_route"] = await api("Originate", {"to": "5551234", "from_extension": "2001"})
+    out["full"] = await api("Originate", {"to": "0900123", "from_extension": "2001"})
+    out["dialled_after_refusals"] = len([c for c in emu.command_log if "originate " in c])
+    # click-to-call to an outside number: the user's phone, then trunk A (busy), then B
+    status, body = await api("Originate", {"to": "0044201234", "from_extension": "2001"})
+    assert status == 200, body
+    call_id = body["call_id"]
+    await _until(lambda: engine.trunk_ledger.usage(TENANT) == {"B": 1}, 10)
+    out["click_log"] = list(emu.gateway_log)
+    await _until(lambda: getattr(engine.node.runtime.state_of("call", call_id), "state", None)
+                 is not None and engine.node.runtime.state_of("call", call_id).state.name == "ACTIVE")
+    # blind transfer to another outside number: an inbound call from phone 2003 out on
+    # trunk B (A busy); transferring it to a number no route takes is refused, typed,
+    # and the call goes on; to an outside number it dials trunk A again, not user/<n>.
+    # (The emulator then hangs the caller up with the released bridged leg, as
+    # FreeSWITCH does after uuid_bridge: a blind transfer over ESL ends the call, for any
+    # target; not this test's subject, so the failover after it is not asserted here.)
+    inbound = await emu.place_inbound_call("2003", "0044209999")
+    await _until(lambda: inbound.peer is not None, 10)
+    await _until(lambda: engine.trunk_ledger.usage(TENANT) == {"B": 2}, 10)
+    out["transfer_refused"] = await api("BlindTransfer", {"call_id": inbound.uuid, "target": "5551234"})
+    out["still_up"] = inbound.up and emu.channels[inbound.peer].up
+    with engine.stack.hub.subscribe(TENANT, capacity=10000) as sub:
+        out["transfer"] = await api("BlindTransfer", {"call_id": inbound.uuid, "target": "0033142685300"})
+        await _until(lambda: len(emu.gateway_log) == 5, 10)
+        await _until(lambda: any(type(e[0]).__name__ == "CallTrunkSeized" for e in sub.buffer), 10)
+        out["seized"] = [(e[0].trunk, e[0].number) for e in sub.buffer
+                         if type(e[0]).__name__ == "CallTrunkSeized"]
+    out["transfer_log"] = list(emu.gateway_log[2:])
+    out["transfer_dial"] = [c for c in emu.command_log if "originate " in c][-1]
+    # an internal extension is dialled as an extension, not planned
+    out["internal"] = await api("Originate", {"to": "2002", "from_extension": "2001"})
+    await _until(lambda: any("user/2002" in c for c in emu.command_log), 10)
+    out["gateway_log_end"] = list(emu.gateway_log)
+
+
+def _check(out: dict) -> None:
+    status, body = out["no_route"]
+    assert status == 400 and body["code"] == "failed_precondition" and body["message"].startswith("no_route"), body
+    status, body = out["full"]
+    assert status == 429 and body["code"] == "resource_exhausted", body
+    assert body["message"].startswith("all_trunks_full") and "C" in body["message"], body
+    assert out["dialled_after_refusals"] == 0
+    assert out["click_log"] == [("A", "0044201234"), ("B", "0044201234")]
+    status, body = out["transfer_refused"]
+    assert status == 400 and body["message"].startswith("no_route"), body
+    assert out["still_up"]
+    assert out["transfer"][0] == 200, out["transfer"]
+    assert out["transfer_log"] == [("A", "0044209999"), ("B", "0044209999"), ("A", "0033142685300")]
+    assert "sofia/gateway/A/0033142685300 " in out["transfer_dial"], out["transfer_dial"]
+    assert out["seized"][:1] == [("A", "0033142685300")], out["seized"]
+    assert out["internal"][0] == 200, out["internal"]
+    assert out["gateway_log_end"] == out["click_log"] + out["transfer_log"]
