@@ -1090,7 +1090,7 @@ class FreeSwitchEmulator:
         dest = rest[0] if rest else ch.destination
         # the few destinations the emulator's built-in dialplan knows: the valet parking context of
         # docs/freeswitch.md (park+<slot> -> valet_park callengine <slot>) and inline intercept:<uuid>
-        valet = re.fullmatch(r"park\+(\d+)", dest)
+        valet = re.fullmatch(r"park\+(\S+)", dest)
         inline_app = dest.partition(":") if len(rest) > 1 and rest[1] == "inline" else ("", "", "")
         for leg in legs:
             if leg.peer:
