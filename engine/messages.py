@@ -697,6 +697,15 @@ class MediaPark(MediaCommandBase, tag="m_park", frozen=True, kw_only=True):
     slot: str = ""
 
 
+class MediaIntercept(MediaCommandBase, tag="m_intercept", frozen=True, kw_only=True):
+    """Feature-code pickup: the picker's channel (``call_id``/``leg``) takes the call of leg
+    ``other_leg`` of call ``other_call_id`` (FreeSWITCH ``intercept``: the target's partner is
+    bridged to the picker and the target hung up with PICKED_OFF)."""
+
+    other_call_id: str
+    other_leg: str
+
+
 class MediaConference(MediaCommandBase, tag="m_conference", frozen=True, kw_only=True):
     room: str
 
@@ -725,6 +734,7 @@ MediaCommand = (
     | MediaCollectDigits
     | MediaTransfer
     | MediaPark
+    | MediaIntercept
     | MediaConference
     | MediaSendDtmf
     | MediaRecordStart
