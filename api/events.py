@@ -249,6 +249,15 @@ class CallTrunkFailover(CtiBase, tag="CALL_TRUNK_FAILOVER", frozen=True, kw_only
     cause: str = ""
 
 
+class CallContact(CtiBase, tag="CALL_CONTACT", frozen=True, kw_only=True):
+    """Who is calling, by the tenant's CRM (the contact lookup, ``adapters/webhooks/lookup.py``):
+    published once the answer arrives, and again with ``agent_id`` for each agent the call rings.
+    The contact is ``data``: the answer's scalar keys as the CRM chose them (at most 32, strings
+    cut at 1,024 characters, nested values dropped), its ``name`` as ``contact_name``. They stay
+    in ``data`` on purpose: the keys are the CRM's, not the contract's, and one place holds them
+    all (a declared field would move its key out of ``data``)."""
+
+
 class CtiUnknown(CtiBase, tag="UNKNOWN", frozen=True, kw_only=True):
     """An event whose name this version of the contract does not know."""
 
@@ -259,7 +268,7 @@ CtiWireEvent = (
     CallCreated | CallRinging | CallAnswered | CallHeld | CallRetrieved | CallTransferred
     | CallConsultStarted | CallConsultAnswered | CallConsultEnded | CallParked | CallPickedUp | CallParkTimeout
     | CallConferenced | CallRecordingStarted | CallRecordingStopped | CallInFlow | CallFlowEnded
-    | CallOverflowed | CallTrunkSeized | CallTrunkFailover
+    | CallOverflowed | CallTrunkSeized | CallTrunkFailover | CallContact
     | CallEnded | QueueEntered | QueueLeft | AgentStateChanged | AgentDeviceChanged
     | AgentOfferMissed | AgentLateAnswer | AgentCallLost | QueueOfferLost | QueueConfigChanged | ActorError | CtiUnknown
 )
