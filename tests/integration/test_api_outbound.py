@@ -142,3 +142,25 @@ def _check(out: dict) -> None:
     assert out["seized"][:1] == [("A", "0033142685300")], out["seized"]
     assert out["internal"][0] == 200, out["internal"]
     assert out["gateway_log_end"] == out["click_log"] + out["transfer_log"]
+
+
+def test_call_contact_is_a_typed_wire_event() -> None:
+    """The contact lookup's CALL_CONTACT (adapters/webhooks/lookup.py) reaches clients typed, not as
+    UNKNOWN: its type on the wire, the CRM's keys in ``data`` (``name`` as ``contact_name``), a
+    round trip through the typed decoder, and a webhook may take it. (Kept in this file: the
+    contract's own test file belongs to another part of the work.)"""
+    from adapters.webhooks.config import fields_of, known_event_types
+    from adapters.webhooks.lookup import CONTACT_EVENT, _contact
+    from api.events import CallContact, CtiUnknown, decode_event, encode_event, event_name, to_wire
+    from engine.messages import CtiEvent
+
+    contact = _contact(b'{"name": "Ada Lovelace", "crm_id": 42, "url": "https://crm/42", "tags": ["x"]}')
+    assert contact == {"contact_name": "Ada Lovelace", "crm_id": 42, "url": "https://crm/42"}
+    wire = to_wire(CtiEvent(name=CONTACT_EVENT, tenant="acme", at=1.0, call_id="c1", agent_id="a1",
+                            data=contact), seq=5)
+    assert isinstance(wire, CallContact) and not isinstance(wire, CtiUnknown)
+    assert event_name(wire) == "CALL_CONTACT" and wire.data == contact and wire.agent_id == "a1"
+    raw = encode_event(wire)
+    assert raw.startswith(b'{"type":"CALL_CONTACT"') and b'"name"' not in raw
+    assert decode_event(raw) == wire
+    assert "CALL_CONTACT" in known_event_types() and "data" in fields_of("CALL_CONTACT")
