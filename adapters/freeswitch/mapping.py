@@ -66,6 +66,7 @@ from engine.messages import (
     MediaEvent,
     MediaHangup,
     MediaHold,
+    MediaIntercept,
     MediaOriginate,
     MediaPark,
     MediaPlay,
@@ -597,6 +598,13 @@ def _record_stop_cmd(cmd: MediaRecordStop, t: Target, s: OriginateSettings,
     return [codec.api(f"uuid_record {t.uuid} stop {path}")]
 
 
+def _intercept(cmd: MediaIntercept, t: Target, s: OriginateSettings, job: str | None,
+               other: Target | None = None) -> list[bytes]:
+    """The picker's channel runs ``intercept <target uuid>`` (inline, as a dialplan would)."""
+    assert other is not None
+    return [codec.api(f"uuid_transfer {t.uuid} intercept:{_word(other.uuid, 'intercept target')} inline")]
+
+
 #: media command type -> encoder(command, target, settings, job_uuid) -> ESL commands
 COMMAND_TABLE: dict[type, Callable[..., list[bytes]]] = {
     MediaAnswer: _answer,
@@ -610,6 +618,7 @@ COMMAND_TABLE: dict[type, Callable[..., list[bytes]]] = {
     MediaCollectDigits: _collect,
     MediaTransfer: _transfer,
     MediaPark: _park,
+    MediaIntercept: _intercept,
     MediaConference: _conference_cmd,
     MediaSendDtmf: _send_dtmf,
     MediaRecordStart: _record_start_cmd,
@@ -640,6 +649,9 @@ def map_command(cmd: MediaCommand, resolve: Resolver = default_target, *,
         if isinstance(cmd, MediaBridge):
             return _bridge_cmd(cmd, target, settings, job_uuid,
                                other=resolve(cmd.call_id, cmd.other_leg))
+        if isinstance(cmd, MediaIntercept):
+            return _intercept(cmd, target, settings, job_uuid,
+                              other=resolve(cmd.other_call_id, cmd.other_leg))
         return enc(cmd, target, settings, job_uuid)
     except CommandError:
         raise

@@ -182,3 +182,38 @@ def test_emulator_valet_park_and_intercept_over_plain_esl() -> None:
             n.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_media_intercept_mapped_to_esl_picks_a_ringing_leg_off_in_the_emulator() -> None:
+    """MediaIntercept through the mapping, over a plain ESL link: the picker gets the caller."""
+    from adapters.freeswitch.link import EslLink, MediaNode
+    from adapters.freeswitch.mapping import Target, map_command
+    from engine.messages import MediaIntercept
+    from tests.support.esl import Sink
+
+    async def main():
+        emu = FreeSwitchEmulator(heartbeat=0.5, answer_delay=0.01, ring_delay=0.002)
+        async with trio.open_nursery() as n:
+            await n.start(emu.run)
+            link = EslLink(EslNodeConfig(name="fs1", port=emu.port), MediaNode("fs1", Sink()), heartbeat_s=0.5)
+            await n.start(link.run)
+            with trio.fail_after(10):
+                await link.wait_up()
+                emu.register_phone("1001")
+                emu.set_endpoint("1001", outcome="no_answer")
+                caller = await emu.place_inbound_call("2002", "1001")
+                emu.queue_app(caller.uuid, "bridge", "user/1001")
+                await until(lambda: any(x.originator == caller.uuid for x in emu.channels.values()))
+                (ringing,) = [u for u, x in emu.channels.items() if x.originator == caller.uuid]
+                picker = await emu.place_inbound_call("1002", "**1001")
+                uuids = {("pick", "a"): picker.uuid, ("target", "t1"): ringing}
+                (line,) = map_command(MediaIntercept(call_id="pick", other_call_id="target", other_leg="t1"),
+                                      lambda call, leg: Target(uuids[(call, leg)]))
+                assert line == f"api uuid_transfer {picker.uuid} intercept:{ringing} inline\n\n".encode()
+                assert await link.api(line.decode()[4:].strip()) == "+OK\n"
+                await until(lambda: picker.peer == caller.uuid)
+                await until(lambda: ringing not in emu.channels or emu.channels[ringing].hangup_cause == "PICKED_OFF")
+                assert emu.intercept_log == [(picker.uuid, ringing, caller.uuid)]
+            n.cancel_scope.cancel()
+
+    trio.run(main)
