@@ -75,12 +75,12 @@ def test_run_fails_over_from_a_busy_trunk_to_the_next(monkeypatch, in_process: b
                 out["usage"] = engine.trunk_ledger.usage(TENANT)
                 await emu.hangup(ch.uuid)
                 await _until(lambda: not engine.trunk_ledger.usage(TENANT), 10)
-                # the CDR names the trunk that carried the call
+                # the CDR stored in PostgreSQL names the trunk that carried the call (cdrs.trunk, 0008)
                 rows: list = []
 
                 async def cdr_rows() -> None:
                     rows[:] = await engine.pg.run(lambda conn: conn.fetch(
-                        "SELECT disposition, destination FROM cdrs WHERE call_id = $1", ch.uuid))
+                        "SELECT disposition, destination, trunk FROM cdrs WHERE call_id = $1", ch.uuid))
                 with trio.fail_after(15):
                     while not rows:
                         await engine.cdr_writer.flush()
@@ -95,5 +95,5 @@ def test_run_fails_over_from_a_busy_trunk_to_the_next(monkeypatch, in_process: b
     assert "sofia/gateway/B/0044201234 " in out["originates"][1]
     assert out["answered_on"] == "B"
     assert out["usage"] == {"B": 1}
-    assert out["cdr"] == [("answered", "0044201234")]
+    assert out["cdr"] == [("answered", "0044201234", "B")]
 
