@@ -46,6 +46,12 @@ Rules
    calls that host owned: a missing CALL_CREATED is published, and a call that is gone from the
    shards and the switch without its CALL_ENDED / CDR gets them, built from the ledger and marked
    ``recovered`` (CTI ``data.recovered``; the CDR's ``node`` says ``recovered:<media node>``).
+   The other way round, a restarted host can rebuild a call that had already ended: its CDR was
+   drained before the kill, but the switch still listed the channel (its hangup in flight). That
+   phantom ends again, so the gateway lets one CDR and one CALL_ENDED per call through (a bounded
+   memory of the last ``finished_memory`` calls) and counts the rest (``duplicates_dropped``).
+   PostgreSQL's key (call id, start time) cannot catch it: the switch gives the rebuilt call's
+   start to the second only.
 7. Stop: ``drain`` flushes the ingress, then drains the hosts until two passes in a row bring
    nothing back, so every CDR and CTI event produced before the stop reaches its writer.
 8. Tenants: the shards key agents and queues per tenant as ``engine.actors.Node`` does
@@ -467,6 +473,11 @@ class Gateway:
         self._repairs: dict[str, float] = {}
         self.repair_after_s = 3.0
         self.recovered = {"cti": 0, "cdrs": 0}
+        #: calls whose CDR / CALL_ENDED went out (Rule 6: a rebuilt phantom's second ones are dropped)
+        self._cdr_done: OrderedDict[str, None] = OrderedDict()
+        self._ended_done: OrderedDict[str, None] = OrderedDict()
+        self.finished_memory = 200_000
+        self.duplicates_dropped = {"cdrs": 0, "cti": 0}
 
     # ---------------------------------------------------------------- ingress (Rule 1, 2)
 
@@ -542,6 +553,15 @@ class Gateway:
                 if "CALL_ENDED" in entry.cti:
                     del ledger[cdr.call_id]
 
+    def _first(self, seen: OrderedDict[str, None], call_id: str) -> bool:
+        """True the first time ``call_id`` is seen here (bounded memory, oldest forgotten first)."""
+        if call_id in seen:
+            return False
+        seen[call_id] = None
+        if len(seen) > self.finished_memory:
+            seen.popitem(last=False)
+        return True
+
     def _track_agents(self, cti: list[Any]) -> None:
         """call id -> (tenant, agent) from CALL_ANSWERED / CALL_PICKED_UP until CALL_ENDED."""
         hints = self.call_agents
@@ -588,12 +608,12 @@ class Gateway:
         alive = call_id in self.view["call"] or (call_id, "a") in self.mirror.channels
         if alive or entry.ended_at is None:
             return  # the rebuilt call will report its own end
-        if "CALL_ENDED" not in entry.cti:
+        if "CALL_ENDED" not in entry.cti and self._first(self._ended_done, call_id):
             self.recovered["cti"] += 1
             self._guard(self.ports.cti.publish, CtiEvent(
                 name="CALL_ENDED", tenant=ev.tenant, at=entry.ended_at, call_id=call_id,
                 data={"cause": entry.cause, **base}))
-        if not entry.cdr:
+        if not entry.cdr and self._first(self._cdr_done, call_id):
             self.recovered["cdrs"] += 1
             answered = entry.agent_id != ""
             self._guard(self.ports.cdr.write, Cdr(
@@ -724,12 +744,19 @@ class Gateway:
             # what the hosts handed over is gone from them: a port that raises must not lose the rest
             names = self.cti_names
             for ev in cti:
+                if ev.name == "CALL_ENDED" and ev.call_id and not self._first(self._ended_done, ev.call_id):
+                    self.duplicates_dropped["cti"] += 1
+                    continue
                 names[ev.name] = names.get(ev.name, 0) + 1
                 self._guard(ports.cti.publish, ev)
             for cmd in media:
                 self.mirror.command(cmd)
                 self._guard(ports.media.send, cmd)
             for cdr in cdrs:
+                if not self._first(self._cdr_done, cdr.call_id):
+                    self.duplicates_dropped["cdrs"] += 1
+                    log.warning("dropped a second CDR of call %s (a call rebuilt after it ended)", cdr.call_id)
+                    continue
                 self._guard(ports.cdr.write, cdr)
             for reply in replies:
                 waiter = self._waiters.get(reply.request_id)
@@ -916,7 +943,9 @@ class Gateway:
                 "channels": len(self.mirror.channels), "mirror_writes": self.mirror.writes,
                 "orphans_hung_up": self.orphans_hung_up, "waiters_removed": self.waiters_removed,
                 "ledger": len(self.ledger), "recovered_cti": self.recovered["cti"],
-                "recovered_cdrs": self.recovered["cdrs"], "cti_names": dict(sorted(self.cti_names.items()))}
+                "recovered_cdrs": self.recovered["cdrs"], "duplicate_cdrs_dropped": self.duplicates_dropped["cdrs"],
+                "duplicate_call_ended_dropped": self.duplicates_dropped["cti"],
+                "cti_names": dict(sorted(self.cti_names.items()))}
 
 
 @dataclass

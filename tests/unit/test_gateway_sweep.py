@@ -163,3 +163,37 @@ def test_a_call_is_the_answering_agents_before_the_view_knows_it() -> None:
     assert rt.state_of("call", "c1").agent_id == "a7" and rt.state_of("call", "c1").destination == "100"
     gw._dispatch([([], [], [CtiEvent(name="CALL_ENDED", tenant="default", at=3.0, call_id="c1")], [])])
     assert rt.state_of("call", "c1") is old
+
+
+def test_one_cdr_and_one_call_ended_per_call_leave_the_gateway() -> None:
+    """Rule 6: a host restarted after a call's CDR was drained can rebuild that call from a switch
+    that still lists its channel; the phantom's second CDR and CALL_ENDED are dropped here (the
+    PostgreSQL key includes the start time, which differs for the rebuilt call)."""
+    from engine.messages import Cdr, CtiEvent
+
+    gw = gateway()
+    ports = gw.ports
+
+    def cdr(started: float) -> Cdr:
+        return Cdr(call_id="c1", tenant="default", direction="inbound", caller_id="+1", destination="100",
+                   created_at=started, answered_at=started + 1, ended_at=started + 5, disposition="answered",
+                   hangup_cause="NORMAL_CLEARING")
+
+    ended = CtiEvent(name="CALL_ENDED", tenant="default", at=6.0, call_id="c1")
+    other = CtiEvent(name="CALL_ANSWERED", tenant="default", at=2.0, call_id="c1")
+    gw._dispatch([([], [cdr(1.0)], [other, ended], [])])
+    gw._dispatch([([], [cdr(3.0)], [other, ended], [])])  # the phantom rebuilt from the switch
+    assert [c.created_at for c in ports.cdr.items] == [1.0]
+    assert [e.name for e in ports.cti.items] == ["CALL_ANSWERED", "CALL_ENDED", "CALL_ANSWERED"]
+    assert gw.duplicates_dropped == {"cdrs": 1, "cti": 1}
+    # the memory is bounded: the oldest call is forgotten first
+    gw.finished_memory = 2
+    for i in range(3):
+        gw._dispatch([([], [msgspec_replace(cdr(1.0), call_id=f"x{i}")], [], [])])
+    assert "c1" not in gw._cdr_done and len(gw._cdr_done) == 2
+
+
+def msgspec_replace(struct, **changes):
+    import msgspec
+
+    return msgspec.structs.replace(struct, **changes)
