@@ -240,6 +240,10 @@ async def start_micro_services(bridge: NatsBridge, api: Api, version: str = "1.0
                                        metadata={"request": m.request.__name__, "response": m.response.__name__,
                                                  "roles": ",".join(sorted(m.roles))})
             services.append(svc)
+        # the endpoints' SUBs are buffered by the client: a PING/PONG round trip makes sure the
+        # server has them all before we say the services are up (else an early request from
+        # another connection gets "no responders")
+        await bridge.nc.flush()
         return services
 
     return await bridge.aio(start)

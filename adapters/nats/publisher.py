@@ -15,7 +15,10 @@ Rules
    the ack shows the stream's sequence moved by less than the batch's size (a message was not
    stored); with other writers on the stream the gap can only be larger, so a loss among
    interleaved writes is not detected (the stream-state check is best effort there).
-   The sender lingers ``linger_s`` (default 20 ms) after the first batch that reaches it and
+   OFF BY DEFAULT (``linger_s=0``): with it on, tests/integration/test_api_transports.py failed
+   about one run in two with "no responders" from the NATS micro services on the same connection
+   (the connection is disturbed; not yet understood), so the figures below are not the default's.
+   With ``linger_s > 0`` the sender lingers that long after the first batch that reaches it and
    writes every batch waiting by then as ONE NATS batch (their last messages become plain frames,
    the last one's ack is the barrier of all): a NATS batch costs a crossing, a JetStream publish
    and an ack whatever its size, and on a quiet host the pump makes a batch per engine turn (2.6
@@ -70,7 +73,7 @@ class CtiPublisher:
     """``CtiPort`` for the engine's runtime; run ``run`` as a supervised task."""
 
     def __init__(self, bridge: NatsBridge | None = None, hub: EventHub | None = None, *,
-                 batch: int = 512, high_water: int = 200_000, window: int = 16, linger_s: float = 0.02,
+                 batch: int = 512, high_water: int = 200_000, window: int = 16, linger_s: float = 0.0,
                  listeners: tuple[Callable[[list[tuple[CtiBase, str]]], None], ...] = ()) -> None:
         self.bridge = bridge
         self.hub = hub
@@ -175,7 +178,7 @@ class CtiPublisher:
                     batches.append(receive.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-            if bridge is not None and len(batches) > 1:
+            if bridge is not None and self.linger_s > 0 and len(batches) > 1:
                 batches = [_merge(batches)]
             wired = [b for b in batches if b.last is not None]
             if bridge is not None and wired:
