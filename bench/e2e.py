@@ -20,7 +20,8 @@ the host: a busy host batches by itself (fewer, larger batches, less CPU per cal
 paid a batch per engine turn (2.6 NATS batches per call at 100 calls/s) until the CDR writer and
 the CTI sender got their lingers. Issue #9 round, 100 calls/s, 200 agents, 4 s, busy shared host,
 9 interleaved runs each: 6.8 -> 4.8 ms per call (median), NATS batches 1.35 -> 0.31 per call, CDR
-batches 0.29 -> 0.13, p99 unchanged (noise: 6-44 ms before, 6-14 ms after).
+batches 0.29 -> 0.13, p99 unchanged (noise: 6-44 ms before, 6-14 ms after). The CTI sender's
+linger has been off by default since (it disturbed the NATS connection: adapters/nats/publisher.py).
 
 The actors run in this process by default (the engine core measured alone); ``--ray N`` puts
 them in N Ray shard hosts behind the gateway (engine/cluster/gateway.py), as ``callengine run`` does
