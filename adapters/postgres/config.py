@@ -861,66 +861,31 @@ class ConfigWatcher:
         self.connected = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        import asyncpg
-        import trio_asyncio
+        from adapters.postgres.listen import listen_forever
 
-        send, recv = trio.open_memory_channel[str | None](10_000)
-        delay = 0.1
-        started = False
-        first = True
-        while True:
-            conn = None
-            try:
-                conn = await trio_asyncio.aio_as_trio(asyncpg.connect)(self.store.pg.dsn)
+        def overflow() -> None:
+            self._overflow = True  # too far behind: reconnect and resync
 
-                def on_notify(_c: Any, _pid: int, _channel: str, payload: str) -> None:
-                    try:
-                        send.send_nowait(payload)
-                    except trio.WouldBlock:
-                        self._overflow = True  # too far behind: reconnect and resync
+        def closed() -> None:
+            self.connected = trio.Event()
 
-                def on_lost(_c: Any) -> None:
-                    try:
-                        send.send_nowait(None)
-                    except trio.WouldBlock:
-                        pass
+        async def listening(reconnected: bool) -> None:
+            self._overflow = False
+            self.connected.set()
+            if reconnected:
+                self.reconnects += 1
+                log.warning("config watcher: listening again; reloading the configuration")
+                self.store._emit(ConfigChange(table="*", op="RESYNC", tenant="", key=()))
 
-                await trio_asyncio.aio_as_trio(conn.add_listener)(CHANNEL, on_notify)
-                conn.add_termination_listener(on_lost)
-                self._overflow = False
-                self.connected.set()
-                if not first:
-                    self.reconnects += 1
-                    log.warning("config watcher: listening again; reloading the configuration")
-                    self.store._emit(ConfigChange(table="*", op="RESYNC", tenant="", key=()))
-                first = False
-                delay = 0.1
-                if not started:
-                    task_status.started()
-                    started = True
-                async for payload in recv:
-                    if payload is None or self._overflow:
-                        break
-                    await self._handle(payload)
-            except Exception as exc:  # noqa: BLE001 - connection problems: retry
-                from adapters.postgres.bridge import is_connection_error
+        async def consume(recv: trio.MemoryReceiveChannel[str | None]) -> None:
+            async for payload in recv:
+                if payload is None or self._overflow:
+                    return
+                await self._handle(payload)
 
-                if not is_connection_error(exc) and not isinstance(exc, Unavailable):
-                    raise
-                log.warning("config watcher: postgres unavailable (%s); retrying in %.2f s", exc, delay)
-            finally:
-                self.connected = trio.Event()
-                if conn is not None:
-                    with trio.CancelScope(shield=True):
-                        try:
-                            await trio_asyncio.aio_as_trio(conn.close)(timeout=1)
-                        except Exception:  # noqa: BLE001
-                            conn.terminate()
-            if not started:
-                task_status.started()
-                started = True
-            await trio.sleep(delay)
-            delay = min(self.max_backoff_s, delay * 2)
+        await listen_forever(self.store.pg.dsn, CHANNEL, name="config watcher", consume=consume,
+                             on_listening=listening, on_overflow=overflow, on_closed=closed, capacity=10_000,
+                             max_backoff_s=self.max_backoff_s, logger=log, task_status=task_status)
 
     async def _handle(self, payload: str) -> None:
         self.received += 1

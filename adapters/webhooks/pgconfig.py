@@ -207,77 +207,37 @@ class WebhookConfigWatcher:
         return config
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        import asyncpg
-        import trio_asyncio
+        from adapters.postgres.listen import listen_forever
 
-        send, recv = trio.open_memory_channel[str | None](1000)
-        delay = 0.1
-        started = False
-        first = True
-        while True:
-            conn = None
-            try:
-                conn = await trio_asyncio.aio_as_trio(asyncpg.connect)(self.store.pg.dsn)
+        async def listening(reconnected: bool) -> None:
+            if reconnected:
+                self.reconnects += 1
+                log.warning("webhook config watcher: listening again; reloading")
+                await self.reload()
 
-                def on_notify(_c: Any, _pid: int, _channel: str, payload: str) -> None:
+        async def consume(recv: trio.MemoryReceiveChannel[str | None]) -> None:
+            while True:
+                payload = await recv.receive()
+                if payload is None:
+                    return
+                self.received += 1
+                while True:  # a burst of changes: one reload
                     try:
-                        send.send_nowait(payload)
+                        extra = recv.receive_nowait()
                     except trio.WouldBlock:
-                        pass  # a reload is pending anyway: it will read everything
-
-                def on_lost(_c: Any) -> None:
-                    try:
-                        send.send_nowait(None)
-                    except trio.WouldBlock:
-                        pass
-
-                await trio_asyncio.aio_as_trio(conn.add_listener)(CHANNEL, on_notify)
-                conn.add_termination_listener(on_lost)
-                if not first:
-                    self.reconnects += 1
-                    log.warning("webhook config watcher: listening again; reloading")
-                    await self.reload()
-                first = False
-                delay = 0.1
-                if not started:
-                    task_status.started()
-                    started = True
-                while True:
-                    payload = await recv.receive()
-                    if payload is None:
+                        break
+                    if extra is None:
+                        payload = None
                         break
                     self.received += 1
-                    while True:  # a burst of changes: one reload
-                        try:
-                            extra = recv.receive_nowait()
-                        except trio.WouldBlock:
-                            break
-                        if extra is None:
-                            payload = None
-                            break
-                        self.received += 1
-                    await self.reload()
-                    if payload is None:
-                        break
-            except Exception as exc:  # noqa: BLE001 - connection problems: retry
-                from adapters.postgres.bridge import is_connection_error
-                from adapters.postgres.errors import Unavailable
+                await self.reload()
+                if payload is None:
+                    return
 
-                if not is_connection_error(exc) and not isinstance(exc, Unavailable):
-                    raise
-                log.warning("webhook config watcher: postgres unavailable (%s); retrying in %.2f s", exc, delay)
-            finally:
-                if conn is not None:
-                    with trio.CancelScope(shield=True):
-                        try:
-                            await trio_asyncio.aio_as_trio(conn.close)(timeout=1)
-                        except Exception:  # noqa: BLE001
-                            conn.terminate()
-            if not started:
-                task_status.started()
-                started = True
-            await trio.sleep(delay)
-            delay = min(self.max_backoff_s, delay * 2)
+        # a full channel needs nothing: a reload is pending anyway, and it reads everything
+        await listen_forever(self.store.pg.dsn, CHANNEL, name="webhook config watcher", consume=consume,
+                             on_listening=listening, capacity=1000, max_backoff_s=self.max_backoff_s,
+                             logger=log, task_status=task_status)
 
 
 @asynccontextmanager
