@@ -33,12 +33,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import msgspec  # noqa: E402
 import ray  # noqa: E402
 
-from engine.cluster.cluster import Cluster  # noqa: E402
+from engine.cluster.cluster import Cluster, runtime_key  # noqa: E402
 from engine.cluster.fakeswitch import FakeSwitch, FileChannelSource  # noqa: E402
 from engine.cluster.host import HostConfig  # noqa: E402
 from engine.cluster.loadgen import local_switch  # noqa: E402
 from engine.cluster.placement import Directory  # noqa: E402
 from engine.cluster.snapshots import FileSnapshotStore  # noqa: E402
+from engine.cluster.wire import Envelope  # noqa: E402
 from engine.fsm.queue import QueueConfig  # noqa: E402
 from engine.messages import AgentLogin, AgentStatus  # noqa: E402
 
@@ -78,9 +79,11 @@ def throughput(shards: int, *, agents_per_shard: int, queues_per_shard: int, con
     queues = [QueueConfig(queue_id=f"bq{i}") for i in range(n_queues)]
     routes = {f"9{i}": q.queue_id for i, q in enumerate(queues)}
     ns = f"bench{shards}{transport}{int(tenants)}{int(local_queues)}"
+    # with tenants, queue i belongs to tenant t<i>, and so do the callers dialling it
+    dest_tenant = {d: f"t{i}" for i, d in enumerate(routes)} if tenants else {}
     config = HostConfig(namespace=ns, prefix=f"{ns}-", routes=routes, snapshot_interval_s=0,
                         collect_outputs=False, max_delay_s=max_delay_s,
-                        local_switch=local_switch(tuple(routes), concurrency, local_queues),
+                        local_switch=local_switch(tuple(routes), concurrency, local_queues, dest_tenant),
                         transport=transport, nats_url=nats_url, max_batch=max_batch)
     if tenants:
         # one tenant per shard's worth of queues and agents, spread 1: a queue and its agents
@@ -94,8 +97,14 @@ def throughput(shards: int, *, agents_per_shard: int, queues_per_shard: int, con
         cl.add_entities(queues, [(a, f"t{i % n_queues}" if tenants else "default") for i, a in enumerate(agents)])
         # each agent serves one queue (as in most contact centres): an agent's status then goes to
         # one queue, and queues do not compete for every agent
-        cl.send([AgentLogin(agent_id=a, at=time.time(), extension=f"x{a}", queues=(queues[i % n_queues].queue_id,),
-                            ready=True) for i, a in enumerate(agents)], wait=True)
+        # agents of a tenant are keyed "<tenant>/<id>" on the shards: their logins go as keyed envelopes
+        logins = []
+        for i, a in enumerate(agents):
+            tenant = f"t{i % n_queues}" if tenants else "default"
+            login = AgentLogin(agent_id=a, at=time.time(), extension=f"x{a}", queues=(queues[i % n_queues].queue_id,),
+                               ready=True, tenant=tenant)
+            logins.append(Envelope("agent", runtime_key("agent", tenant, a), login) if tenants else login)
+        cl.send(logins, wait=True)
         time.sleep(0.5)
         ray.get([h.call.remote(lambda host: host.switch.start()) for h in cl.hosts.values()])
         time.sleep(warmup_s)

@@ -27,9 +27,11 @@ __all__ = ["LocalSwitch", "local_switch"]
 
 class LocalSwitch:
     def __init__(self, host: Any, *, destinations: tuple[str, ...], concurrency: int,
-                 local_queues: bool = False) -> None:
+                 local_queues: bool = False, tenants: dict[str, str] | None = None) -> None:
         self.host = host
         self.destinations = destinations
+        #: destination -> tenant of the caller (and of the queue it dials); "default" when absent
+        self.tenants = tenants or {}
         self.concurrency = concurrency
         #: dial only the destinations whose queue lives on this shard (a media node whose
         #: tenants' queues are placed with its calls); the benchmark's "no cross-shard" ceiling
@@ -51,7 +53,9 @@ class LocalSwitch:
     def start(self) -> None:
         if self.local_queues:
             node, routes = self.host.node, self.host.config.routes
-            mine = tuple(d for d in self.destinations if node.directory.owner("queue", routes[d]) == node.name)
+            rt = node.runtime
+            mine = tuple(d for d in self.destinations if node.directory.owner(
+                "queue", rt.key("queue", self.tenants.get(d, "default"), routes[d])) == node.name)
             self.destinations = mine or self.destinations
         self.running = True
         for _ in range(self.concurrency):
@@ -71,7 +75,8 @@ class LocalSwitch:
                 break
         dest = self.destinations[self.seq % len(self.destinations)]
         self.started += 1
-        self.pending.append(ChannelCreated(call_id=call_id, at=trio.current_time(), destination=dest))
+        self.pending.append(ChannelCreated(call_id=call_id, at=trio.current_time(), destination=dest,
+                                           tenant=self.tenants.get(dest, "default")))
 
     def on_media(self, cmd: Any) -> None:
         t = trio.current_time()
@@ -105,11 +110,13 @@ class LocalSwitch:
 
 
 class local_switch:  # noqa: N801 - a picklable factory, used like a function
-    def __init__(self, destinations: tuple[str, ...], concurrency: int = 200, local_queues: bool = False) -> None:
+    def __init__(self, destinations: tuple[str, ...], concurrency: int = 200, local_queues: bool = False,
+                 tenants: dict[str, str] | None = None) -> None:
         self.destinations = destinations
         self.concurrency = concurrency
         self.local_queues = local_queues
+        self.tenants = dict(tenants or {})
 
     def __call__(self, host: Any) -> LocalSwitch:
         return LocalSwitch(host, destinations=self.destinations, concurrency=self.concurrency,
-                           local_queues=self.local_queues)
+                           local_queues=self.local_queues, tenants=self.tenants)
