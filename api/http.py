@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 import trio
 
+from api.asgi import BodyTooLarge, ClientGone, lifespan, read_body
 from api.dispatch import Api
 from api.errors import HTTP_STATUS, ApiError, connect_code
 
@@ -39,10 +40,6 @@ HTTP_DEFAULT_MAX_EVENTS = 1000
 HTTP_DEFAULT_TIMEOUT_S = 60.0
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class ConnectApp:
     def __init__(self, api: Api, *, max_body: int = 1 << 20) -> None:
         self.api = api
@@ -50,13 +47,8 @@ class ConnectApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         path: str = scope.get("path", "")
@@ -74,9 +66,11 @@ class ConnectApp:
                     {"code": "invalid_argument", "message": "Content-Type must be application/json"}))
                 return
             try:
-                body = await _read_body(receive, self.max_body)
-            except _TooLarge:
+                body = await read_body(receive, self.max_body)
+            except BodyTooLarge:
                 raise ApiError("RESOURCE_EXHAUSTED", f"request body larger than {self.max_body} bytes") from None
+            except ClientGone:
+                raise ApiError("CANCELED", "client went away") from None
             token = _bearer(headers.get("authorization", ""))
             method = path.lstrip("/")
             if streaming:
@@ -128,22 +122,6 @@ def _connect_error(error: ApiError) -> dict[str, str]:
 def _bearer(value: str) -> str | None:
     scheme, _, token = value.partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ApiError("CANCELED", "client went away")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 def _envelope_raw(flags: int, data: bytes) -> bytes:

@@ -65,6 +65,7 @@ from adapters.postgres.config import (
     SipDomain,
     Tenant,
 )
+from api.asgi import BodyTooLarge, ClientGone, lifespan, read_body
 
 __all__ = [
     "BadRequest", "XmlCurlApp", "XmlCurlStats", "a1_hash", "build_reply", "dialplan_xml", "directory_xml",
@@ -298,29 +299,17 @@ class XmlCurlApp:
         length = headers.get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_body:
             raise _Refused(413, f"body larger than {self.max_body} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Refused(400, "client went away")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                raise _Refused(413, f"body larger than {self.max_body} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+        try:
+            return await read_body(receive, self.max_body)
+        except BodyTooLarge:
+            raise _Refused(413, f"body larger than {self.max_body} bytes") from None
+        except ClientGone:
+            raise _Refused(400, "client went away") from None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         headers = {k.lower(): v for k, v in scope.get("headers", [])}
