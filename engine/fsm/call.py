@@ -844,6 +844,10 @@ def _blind_transfer(call: Call, cmd: BlindTransfer, out: Out) -> Call:
     call, t = _t(call, cmd.at)
     if call.state is S.HELD:
         _media(out, MediaUnhold(call_id=call.call_id, leg="a", node=call.node))
+    if call.connected:
+        # out of the bridge first: hanging the party up while bridged lets the switch end the
+        # caller with it (hangup_after_bridge); parked, the caller waits for the target's leg
+        _media(out, MediaPark(call_id=call.call_id, leg="a", node=call.node))
     call = _release_connected(call, out, t, HangupCause.BLIND_TRANSFER)
     call = replace(call, transfers=call.transfers + 1)
     if cmd.trunks:
@@ -882,6 +886,9 @@ def _att_complete(call: Call, cmd: AttendedTransferComplete, out: Out) -> Call:
         out.reply(cmd.request_id, "FAILED_PRECONDITION", "the transfer target has not answered yet")
         return call
     call, t = _t(call, cmd.at)
+    if call.connected:
+        # out of the agent's bridge before its leg is hung up (see _blind_transfer)
+        _media(out, MediaPark(call_id=call.call_id, leg="a", node=call.node))
     call = _release_connected(call, out, t, HangupCause.ATTENDED_TRANSFER)
     return _complete_transfer(call, consult, out, t, cmd.request_id)
 
