@@ -102,10 +102,9 @@ async def _exercise(engine, emu, out: dict) -> None:
                  is not None and engine.node.runtime.state_of("call", call_id).state.name == "ACTIVE")
     # blind transfer to another outside number: an inbound call from phone 2003 out on
     # trunk B (A busy); transferring it to a number no route takes is refused, typed,
-    # and the call goes on; to an outside number it dials trunk A again, not user/<n>.
-    # (The emulator then hangs the caller up with the released bridged leg, as
-    # FreeSWITCH does after uuid_bridge: a blind transfer over ESL ends the call, for any
-    # target; not this test's subject, so the failover after it is not asserted here.)
+    # and the call goes on; to an outside number it dials trunk A again (busy), not
+    # user/<n>, then fails over to B, and the caller (parked out of its old bridge before
+    # that leg was hung up) is bridged to the trunk B leg.
     inbound = await emu.place_inbound_call("2003", "0044209999")
     await _until(lambda: inbound.peer is not None, 10)
     await _until(lambda: engine.trunk_ledger.usage(TENANT) == {"B": 2}, 10)
@@ -113,12 +112,15 @@ async def _exercise(engine, emu, out: dict) -> None:
     out["still_up"] = inbound.up and emu.channels[inbound.peer].up
     with engine.stack.hub.subscribe(TENANT, capacity=10000) as sub:
         out["transfer"] = await api("BlindTransfer", {"call_id": inbound.uuid, "target": "0033142685300"})
-        await _until(lambda: len(emu.gateway_log) == 5, 10)
+        await _until(lambda: len(emu.gateway_log) == 6, 10)
         await _until(lambda: any(type(e[0]).__name__ == "CallTrunkSeized" for e in sub.buffer), 10)
         out["seized"] = [(e[0].trunk, e[0].number) for e in sub.buffer
                          if type(e[0]).__name__ == "CallTrunkSeized"]
     out["transfer_log"] = list(emu.gateway_log[2:])
-    out["transfer_dial"] = [c for c in emu.command_log if "originate " in c][-1]
+    await _until(lambda: inbound.peer is not None, 10)
+    out["after_transfer"] = inbound.up and any(f"origination_uuid={inbound.peer}," in c
+                                               and "sofia/gateway/B/0033142685300" in c for c in emu.command_log)
+    out["transfer_dials"] = [c for c in emu.command_log if "originate " in c and "0033142685300" in c]
     # an internal extension is dialled as an extension, not planned
     out["internal"] = await api("Originate", {"to": "2002", "from_extension": "2001"})
     await _until(lambda: any("user/2002" in c for c in emu.command_log), 10)
@@ -137,8 +139,11 @@ def _check(out: dict) -> None:
     assert status == 400 and body["message"].startswith("no_route"), body
     assert out["still_up"]
     assert out["transfer"][0] == 200, out["transfer"]
-    assert out["transfer_log"] == [("A", "0044209999"), ("B", "0044209999"), ("A", "0033142685300")]
-    assert "sofia/gateway/A/0033142685300 " in out["transfer_dial"], out["transfer_dial"]
+    assert out["transfer_log"] == [("A", "0044209999"), ("B", "0044209999"), ("A", "0033142685300"),
+                                   ("B", "0033142685300")]
+    assert out["after_transfer"]
+    assert ["sofia/gateway/A/0033142685300 " in d for d in out["transfer_dials"]] == [True, False], out
+    assert "sofia/gateway/B/0033142685300 " in out["transfer_dials"][1], out["transfer_dials"]
     assert out["seized"][:1] == [("A", "0033142685300")], out["seized"]
     assert out["internal"][0] == 200, out["internal"]
     assert out["gateway_log_end"] == out["click_log"] + out["transfer_log"]
