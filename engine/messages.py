@@ -708,6 +708,53 @@ class MediaIntercept(MediaCommandBase, tag="m_intercept", frozen=True, kw_only=T
 
 class MediaConference(MediaCommandBase, tag="m_conference", frozen=True, kw_only=True):
     room: str
+    #: mod_conference member flags, e.g. ("moderator",) -> ``+flags{moderator}``
+    flags: tuple[str, ...] = ()
+
+
+# ---- conferences (#10 part 3): the room machine's inputs and its one media effect ----------
+#: the conference::maintenance actions the room machine acts on (others are not delivered)
+ConferenceAction = Literal["conference-create", "conference-destroy", "add-member", "del-member",
+                           "mute-member", "unmute-member", "kick-member", "floor-change"]
+
+
+class ConferenceMaintenance(Msg, tag="conference_maintenance", frozen=True, kw_only=True):
+    """One CUSTOM conference::maintenance event of mod_conference, as the adapter maps it."""
+
+    room: str  #: Conference-Name
+    action: ConferenceAction  #: Action
+    at: float
+    node: str = ""
+    room_uuid: str = ""  #: Conference-Unique-ID
+    member_id: int = 0  #: Member-ID (0: a room-level event)
+    channel: str = ""  #: Unique-ID of the member's channel
+    call_id: str = ""  #: the member's call (from callengine_call_id, or resolved by the host)
+    caller_id: str = ""  #: Caller-Caller-ID-Number
+    moderator: bool = False  #: Member-Type == "moderator"
+    size: int = -1  #: Conference-Size after the event (-1: not reported)
+    floor: int = 0  #: floor-change: New-ID (0 = nobody holds the floor)
+
+
+class ConferenceControl(Msg, tag="conference_control", frozen=True, kw_only=True):
+    """Mute, unmute or kick one member (API or a moderator's DTMF)."""
+
+    room: str
+    action: Literal["mute", "unmute", "kick"]
+    member_id: int
+    at: float
+    #: the member asking (a moderator's DTMF, or an API caller who is a member); 0 = a
+    #: supervisor/admin whose role the API already checked
+    by_member: int = 0
+    request_id: str = ""
+
+
+class MediaConferenceMember(Msg, tag="m_conference_member", frozen=True, kw_only=True):
+    """``api conference <room> mute|unmute|kick <member id>`` on the room's node."""
+
+    room: str
+    action: Literal["mute", "unmute", "kick"]
+    member_id: int
+    node: str = ""
 
 
 class MediaSendDtmf(MediaCommandBase, tag="m_send_dtmf", frozen=True, kw_only=True):
