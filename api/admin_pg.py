@@ -11,8 +11,8 @@ to ``NodeConfig.apply`` on every node (new queues and agents start, a changed qu
 
 Rules
 1. Records map to rows (adapters/postgres/config.py):
-   - ``Extension(id, name, sip_user, voicemail, enabled)`` <-> ``Extension(extension=id, name,
-     user_id=sip_user, voicemail, enabled)``; ``caller_id`` is kept from the stored row.
+   - ``Extension(id, name, sip_user, voicemail, enabled, pickup_groups)`` <-> ``Extension(extension=id,
+     name, user_id=sip_user, voicemail, enabled, pickup_groups)``; ``caller_id`` is kept from the stored row.
    - ``QueueRecord`` <-> ``QueueDef`` (same field names, ``queue_id=id``); ``offer_grace_s``,
      ``short_abandon_s``, ``relax_steps`` are kept from the stored row.
    - ``AgentRecord(id, name, extension, queues, skills)`` <-> ``AgentDef`` + one ``QueueMember``
@@ -74,12 +74,13 @@ def _api_errors() -> Iterator[None]:
 
 def _extension_row(tenant: str, r: Extension, old: c.Extension | None) -> c.Extension:
     return c.Extension(tenant=tenant, extension=r.id, name=r.name, user_id=r.sip_user,
-                       caller_id=old.caller_id if old else "", voicemail=r.voicemail, enabled=r.enabled)
+                       caller_id=old.caller_id if old else "", voicemail=r.voicemail, enabled=r.enabled,
+                       pickup_groups=tuple(r.pickup_groups))
 
 
 def _extension_record(row: c.Extension) -> Extension:
     return Extension(id=row.extension, name=row.name, sip_user=row.user_id, voicemail=row.voicemail,
-                     enabled=row.enabled)
+                     enabled=row.enabled, pickup_groups=list(row.pickup_groups))
 
 
 def _queue_row(tenant: str, r: QueueRecord, old: c.QueueDef | None) -> c.QueueDef:

@@ -27,6 +27,7 @@ from api.http import serve_http
 from api.hub import EventHub
 from api.ws import WsServer
 from engine.actors import InMemoryCdrs, InMemoryMedia, InMemoryReplies, Node, Ports, open_node
+from engine.parking import ParkingCti, ParkingViews
 
 __all__ = ["Stack", "open_stack"]
 
@@ -89,7 +90,9 @@ async def open_stack(*, secret: str | bytes, nats: bool = True, nats_url: str | 
         hub = EventHub()
         publisher = CtiPublisher(bridge, hub, **(publisher_options or {}))
         media = media if media is not None else InMemoryMedia()
-        ports = Ports(media, publisher, InMemoryCdrs(), InMemoryReplies())
+        # parking's lot and ringing view follow the machines' CTI events (docs/parking.md)
+        parking = ParkingViews()
+        ports = Ports(media, ParkingCti(parking, publisher), InMemoryCdrs(), InMemoryReplies())
         if ports_wrap is not None:
             ports = ports_wrap(ports)
         async with trio.open_nursery() as nursery:
@@ -103,6 +106,7 @@ async def open_stack(*, secret: str | bytes, nats: bool = True, nats_url: str | 
             async with open_node(ports=ports, **(node_options or {})) as node:
                 api = Api(node, Authenticator(secret, algorithms=jwt_algorithms), store=store, hub=hub, bridge=bridge,
                           limiter=RateLimiter(rate, burst), audit=AuditLog(), presence=presence)
+                api.parking = parking
                 result = Stack(node=node, api=api, publisher=publisher, hub=hub, media=media,
                                bridge=bridge, nats_url=url, fanout=feed)
                 if http:

@@ -85,6 +85,10 @@ class Api:
         #: whether its phone is registered BEFORE the AgentLogin (so no offer can reach an agent
         #: whose phone is not registered), Agents.Logout stops watching its extension
         self.presence = presence
+        #: ``engine.parking.ParkingViews`` fed from this node's CTI stream (``open_stack`` and
+        #: ``callengine run`` wire it): Park claims its slot there, Pickup finds its call there;
+        #: None = parking methods answer UNIMPLEMENTED
+        self.parking: Any = None
 
     # ---------------------------------------------------------------- unary
 

@@ -259,20 +259,15 @@ _CALL_METHODS: list[tuple[str, type, Callable[[Any, float, str], Any], str]] = [
      "connect the caller to the consulted party"),
     ("AttendedTransferCancel", t.CallRequest, _simple(m.AttendedTransferCancel),
      "drop the consultation, back to the caller"),
-    ("Park", t.ParkRequest,
-     lambda r, at, rid: m.Park(call_id=r.call_id, at=at, request_id=rid, slot=r.slot), "park the caller"),
-    ("Pickup", t.PickupRequest,
-     lambda r, at, rid: m.Pickup(call_id=r.call_id, at=at, request_id=rid, extension=r.extension),
-     "pick a parked call up at extension"),
+    # Park and Pickup: registered below with their own handlers (park, pickup), same place
     ("JoinConference", t.JoinConferenceRequest,
      lambda r, at, rid: m.JoinConference(call_id=r.call_id, at=at, request_id=rid, room=r.room),
      "move the call into a conference room"),
     ("SendDtmf", t.SendDtmfRequest,
      lambda r, at, rid: m.SendDtmf(call_id=r.call_id, at=at, request_id=rid, digits=r.digits),
      "send DTMF digits"),
-    # the recording path is the engine's choice: a client must not name files on the media server
-    ("StartRecording", t.CallRequest, _simple(m.StartRecording), "start recording the call"),
-    ("StopRecording", t.CallRequest, _simple(m.StopRecording), "stop recording"),
+    # Start/Stop/Pause/ResumeRecording: registered below from api/recordings.py (the tenant's
+    # recording policy decides; the recording path is the engine's choice, never a client's)
 ]
 
 
@@ -488,6 +483,90 @@ async def blind_transfer(ctx: Context, req: t.TransferRequest) -> t.CallResponse
 _add(Method("CallControl", "BlindTransfer", t.TransferRequest, t.CallResponse, blind_transfer, ALL,
             doc="transfer the caller to target (an outside number through the tenant's trunks)"))
 
+
+# ---- parking and pickup (docs/parking.md): the node's lot and ringing view (``Api.parking``) -----
+
+
+def _parking(ctx: Context) -> Any:
+    views = getattr(ctx.api, "parking", None)
+    if views is None:
+        raise ApiError("UNIMPLEMENTED", "parking is not enabled on this node")
+    return views
+
+
+async def park(ctx: Context, req: t.ParkRequest) -> t.CallResponse:
+    """Claim the slot first (typed refusals: ALREADY_EXISTS taken, INVALID_ARGUMENT outside the
+    range, RESOURCE_EXHAUSTED full), then tell the call; a refused Park frees the claim."""
+    from engine.parking import ParkingError
+
+    _call(ctx, req.call_id)
+    views, tenant = _parking(ctx), ctx.principal.tenant
+    try:
+        slot = views.lot.claim(tenant, req.call_id, req.slot)
+    except ParkingError as exc:
+        raise ApiError(exc.code, str(exc)) from None
+    try:
+        reply = await _ask(ctx, m.Park(call_id=req.call_id, at=_now(ctx), request_id=uuid.uuid4().hex, slot=slot,
+                                       timeout_s=req.timeout_s, return_to=req.return_to, fallback=req.fallback))
+    except BaseException:
+        views.lot.release(tenant, req.call_id)
+        raise
+    return t.CallResponse(call_id=req.call_id, message=reply.message, data=dict(reply.data))
+
+
+async def pickup(ctx: Context, req: t.PickupRequest) -> t.CallResponse:
+    """Find the call (slot -> the lot; directed/group -> the ringing view), then send it Pickup.
+    An agent picks up only at its own extension; the call need not be its own (that is the point)."""
+    views, p = _parking(ctx), ctx.principal
+    extension = req.extension
+    if not p.sees_tenant:
+        own = ctx.api.agent_extension(p.tenant, p.agent_id)
+        if not own:
+            raise ApiError("FAILED_PRECONDITION", "this agent has no extension to pick up at")
+        if extension and extension != own:
+            raise ApiError("PERMISSION_DENIED", "an agent picks up at its own extension")
+        extension = own
+    if not extension:
+        raise ApiError("INVALID_ARGUMENT", "extension is required")
+    call_id, target = req.call_id, req.target
+    if req.kind == "slot":
+        if not call_id:
+            if not req.slot:
+                raise ApiError("INVALID_ARGUMENT", "slot (or call_id) is required for a pickup by slot")
+            call_id = views.lot.call_in(p.tenant, req.slot)
+            if not call_id:
+                raise ApiError("NOT_FOUND", f"no call is parked in slot {req.slot}")
+    elif req.kind == "directed":
+        if not target:
+            raise ApiError("INVALID_ARGUMENT", "target (the ringing extension) is required for a directed pickup")
+        call_id = call_id or views.ringing.directed(p.tenant, target)
+        if not call_id:
+            raise ApiError("NOT_FOUND", f"no call is ringing extension {target}")
+    else:
+        if not call_id:
+            call_id, target = views.group(p.tenant, extension)
+            if not call_id:
+                raise ApiError("NOT_FOUND", f"no call is ringing a member of {extension}'s pickup groups")
+    call = ctx.node.runtime.state_of("call", call_id)
+    if call is None or call.tenant != p.tenant:
+        raise ApiError("NOT_FOUND", f"call {call_id} not found")
+    reply = await _ask(ctx, m.Pickup(call_id=call_id, at=_now(ctx), request_id=uuid.uuid4().hex,
+                                     extension=extension, kind=req.kind, target=target))
+    return t.CallResponse(call_id=call_id, message=reply.message, data=dict(reply.data))
+
+
+async def list_parked(ctx: Context, req: t.ParkedRequest) -> t.ParkedList:
+    slots = _parking(ctx).lot.slots(ctx.principal.tenant)
+    return t.ParkedList(items=[t.ParkedCall(slot=s, call_id=c) for s, c in slots.items()])
+
+
+_add(Method("CallControl", "Park", t.ParkRequest, t.CallResponse, park, ALL,
+            doc="park the caller in a slot (or the lowest free one); rings back after timeout_s"))
+_add(Method("CallControl", "Pickup", t.PickupRequest, t.CallResponse, pickup, ALL,
+            doc="take a call at extension: parked in slot, ringing target (directed), or the group's"))
+_add(Method("Parking", "List", t.ParkedRequest, t.ParkedList, list_parked, ALL,
+            doc="the tenant's parked calls by slot"))
+
 _add(Method("Agents", "Login", t.LoginRequest, t.AgentResponse, login, ALL, doc="log an agent in"))
 _add(Method("Agents", "Logout", t.AgentRequest, t.AgentResponse, _agent_command(m.AgentLogout), ALL,
             doc="log out (after the current call)"))
@@ -512,6 +591,12 @@ _add(Method("Queues", "Leave", t.QueueMembershipRequest, t.MembershipResponse, _
 
 _add(Method("Events", "Watch", t.WatchRequest, t.WatchEvent, None, ALL, streaming=True,
             doc="stream CTI events (server-streaming), filtered, optionally from a seq or a time"))
+
+# recordings (docs/recordings.md): the call commands and the Recordings service, gated by the policy
+from api.recordings import recording_methods  # noqa: E402  (it imports the helpers above)
+
+for _m in recording_methods():
+    _add(_m)
 
 for _m in _admin_methods():
     _add(_m)

@@ -41,6 +41,8 @@ class Extension(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     sip_user: str = ""
     voicemail: bool = False
     enabled: bool = True
+    #: pickup groups (a group pickup by this extension takes a call ringing another member)
+    pickup_groups: list[str] = []
 
 
 class QueueRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -9,7 +9,7 @@ Rules
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -68,13 +68,78 @@ class AttendedTransferStartRequest(Req, frozen=True, kw_only=True):
 
 
 class ParkRequest(Req, frozen=True, kw_only=True):
+    """Park the caller in ``slot`` ("" = the lowest free slot of the tenant); unanswered after
+    ``timeout_s`` it rings ``return_to`` (default: who parked it), then ``fallback`` ("" = hang up)."""
+
     call_id: Id
     slot: OptId = ""
+    timeout_s: Timeout = 60.0
+    return_to: OptId = ""
+    fallback: OptId = ""
 
 
 class PickupRequest(Req, frozen=True, kw_only=True):
-    call_id: Id
-    extension: Id
+    """Take a call at ``extension`` (an agent: its own, the default). ``kind`` "slot": the call
+    parked in ``slot`` (or ``call_id``); "directed": the call ringing ``target``; "group": the
+    oldest call ringing another member of the picker's pickup groups."""
+
+    extension: OptId = ""
+    kind: Literal["slot", "directed", "group"] = "slot"
+    slot: OptId = ""
+    target: OptId = ""
+    call_id: OptId = ""
+
+
+class ParkedRequest(Req, frozen=True, kw_only=True):
+    pass
+
+
+class ParkedCall(Resp, frozen=True, kw_only=True):
+    slot: str
+    call_id: str
+
+
+class ParkedList(Resp, frozen=True, kw_only=True):
+    items: list[ParkedCall]
+
+
+# ---- Recordings (docs/recordings.md) ---------------------------------------------------------------
+
+
+class RecordingRequest(Req, frozen=True, kw_only=True):
+    recording_id: Id
+
+
+class ListRecordingsRequest(Req, frozen=True, kw_only=True):
+    #: only this call's recordings ("" = all the caller may see)
+    call_id: OptId = ""
+    limit: Annotated[int, Meta(ge=1, le=1000)] = 100
+
+
+class RecordingInfo(Resp, frozen=True, kw_only=True):
+    """A recording's metadata and where to fetch its audio. The file name was chosen by the engine
+    (never by a client); ``audio_url`` is the media store's address for it ("" when none is
+    configured: the file is then only on the media server, ``path``)."""
+
+    recording_id: str
+    call_id: str
+    path: str
+    audio_url: str = ""
+    started_at: float
+    stopped_at: float | None = None
+    duration_s: float = 0.0
+    paused_s: float = 0.0
+    started_by: str = ""
+    compliance: bool = False
+    queue_id: str = ""
+    agent_id: str = ""
+    extension: str = ""
+    stop_reason: str = ""
+    retain_until: float = 0.0
+
+
+class RecordingList(Resp, frozen=True, kw_only=True):
+    items: list[RecordingInfo]
 
 
 class SendDtmfRequest(Req, frozen=True, kw_only=True):

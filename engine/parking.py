@@ -22,10 +22,14 @@ oldest ringing call at a member of Y's group, ties by call id).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["ParkingError", "SlotTaken", "NoFreeSlot", "BadSlot", "ParkingLot", "RingingView"]
+if TYPE_CHECKING:
+    from engine.actors.ports import CtiPort
+
+__all__ = ["ParkingError", "SlotTaken", "NoFreeSlot", "BadSlot", "ParkingLot", "RingingView", "ParkingViews",
+           "ParkingCti"]
 
 
 class ParkingError(Exception):
@@ -189,3 +193,39 @@ class RingingView:
                 if ext in members and (best is None or (since, call, ext) < best):
                     best = (since, call, ext)
         return (best[1], best[2]) if best else ("", "")
+
+
+class ParkingViews:
+    """The node's lot and ringing view together, as the API uses them (``Api.parking``).
+
+    ``groups_of(tenant) -> {group: member extensions}`` is read at each group pickup (the live
+    configuration: ``callengine run`` reads the extensions' ``pickup_groups``), so a group changed
+    while the node runs applies to the next pickup."""
+
+    def __init__(self, lot: ParkingLot | None = None, ringing: RingingView | None = None,
+                 groups_of: Callable[[str], Mapping[str, Iterable[str]]] | None = None) -> None:
+        self.lot = lot if lot is not None else ParkingLot()
+        self.ringing = ringing if ringing is not None else RingingView()
+        self.groups_of = groups_of
+
+    def observe(self, event: Any) -> None:
+        self.lot.observe(event)
+        self.ringing.observe(event)
+
+    def group(self, tenant: str, picker: str) -> tuple[str, str]:
+        if self.groups_of is not None:
+            self.ringing.set_groups(tenant, self.groups_of(tenant))
+        return self.ringing.group(tenant, picker)
+
+
+class ParkingCti:
+    """A ``CtiPort`` that feeds the views and passes every event on to ``inner`` (as
+    ``engine.routing.usage.LedgerCti`` does for the trunk ledger)."""
+
+    def __init__(self, views: ParkingViews, inner: CtiPort) -> None:
+        self.views = views
+        self.inner = inner
+
+    def publish(self, event: Any) -> None:
+        self.views.observe(event)
+        self.inner.publish(event)

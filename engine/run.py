@@ -251,6 +251,19 @@ def _flow_router(config: Any, flows: dict[str, Any]) -> Any:
     return route
 
 
+def pickup_groups(snapshot: Any, tenant: str) -> dict[str, list[str]]:
+    """group -> member extensions of ``tenant``, from the live ``extensions`` rows' ``pickup_groups``
+    (disabled extensions are in no group)."""
+    from adapters.postgres.config import Extension as ExtensionRow
+
+    groups: dict[str, list[str]] = {}
+    for row in snapshot.of(ExtensionRow):
+        if row.tenant == tenant and row.enabled:
+            for group in row.pickup_groups:
+                groups.setdefault(group, []).append(row.extension)
+    return groups
+
+
 class OutboundConfigs(Mapping[str, Any]):
     """tenant -> ``engine.routing.outbound.OutboundConfig``, built by ``config_from_entities``
     from the live snapshot's ``trunks``/``outbound_routes`` rows (``NodeConfig.snapshot``, which
@@ -433,9 +446,14 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
         from engine.routing.usage import LedgerCti, TrunkLedger
 
         ledger = TrunkLedger()
+        # parking: the slots and the "who rings where" view follow the same CTI events; pickup
+        # groups are read from the live extensions (docs/parking.md)
+        from engine.parking import ParkingCti, ParkingViews
+
+        parking = ParkingViews(groups_of=lambda tenant: pickup_groups(config.snapshot, tenant))
 
         def wrap(ports: Ports) -> Ports:
-            cti, cdr = webhooks.ports(LedgerCti(ledger, TeeCti(ports.cti, sink)), writer)
+            cti, cdr = webhooks.ports(ParkingCti(parking, LedgerCti(ledger, TeeCti(ports.cti, sink))), writer)
             return telemetry.wrap_ports(Ports(ports.media, cti, cdr, ports.replies))
 
         # the Admin API writes to PostgreSQL; NOTIFY brings each change back to every node
@@ -465,6 +483,7 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
         api_stack.api.on_login = presence.on_login
         # click-to-call and blind transfers to outside numbers: the same routes and trunk counts
         api_stack.api.outbound = _api_outbound(config, outbound, ledger, links.registry)
+        api_stack.api.parking = parking
         telemetry.bind(node=node, links=links, cdr_writer=writer, publisher=api_stack.publisher)
         nursery = await stack.enter_async_context(trio.open_nursery())
         stack.callback(nursery.cancel_scope.cancel)

@@ -85,6 +85,7 @@ NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 _DIGITS = re.compile(r"^[0-9*#+]{1,32}$")
+_GROUP = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _DATE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$|^24:00$")
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -144,11 +145,17 @@ class Extension(Entity, frozen=True, kw_only=True):
     caller_id: str = ""
     voicemail: bool = False
     enabled: bool = True
+    #: pickup groups this extension belongs to (docs/parking.md; migration 0012)
+    pickup_groups: tuple[str, ...] = ()
 
     def _check(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
         if not _DIGITS.match(self.extension):
-            return [("extension", f"digits, * # or + (1 to 32), got {self.extension!r}")]
-        return []
+            out.append(("extension", f"digits, * # or + (1 to 32), got {self.extension!r}"))
+        bad = [g for g in self.pickup_groups if not _GROUP.match(g)]
+        if bad:
+            out.append(("pickup_groups", f"names of 1 to 64 letters, digits, '.', '_' or '-', got {bad!r}"))
+        return out
 
 
 class Did(Entity, frozen=True, kw_only=True):
@@ -161,7 +168,7 @@ class Did(Entity, frozen=True, kw_only=True):
     time_condition: str = ""
 
     def _check(self) -> list[tuple[str, str]]:
-        out = []
+        out: list[tuple[str, str]] = []
         if not _DIGITS.match(self.number):
             out.append(("number", f"digits, * # or + (1 to 32), got {self.number!r}"))
         kind, _, target = self.destination.partition(":")
@@ -194,7 +201,7 @@ class OutboundRoute(Entity, frozen=True, kw_only=True):
     strip: NonNegInt = 0
 
     def _check(self) -> list[tuple[str, str]]:
-        out = []
+        out: list[tuple[str, str]] = []
         try:
             re.compile(self.pattern)
         except re.error as exc:
@@ -223,7 +230,7 @@ class QueueDef(Entity, frozen=True, kw_only=True):
     relax_steps: tuple[RelaxStep, ...] = ()
 
     def _check(self) -> list[tuple[str, str]]:
-        out = []
+        out: list[tuple[str, str]] = []
         if self.strategy not in STRATEGIES:
             out.append(("strategy", f"one of {', '.join(STRATEGIES)}, got {self.strategy!r}"))
         if any(r.after_s < 0 or r.lower_by < 0 for r in self.relax_steps):
@@ -311,7 +318,7 @@ class TimeCondition(Entity, frozen=True, kw_only=True):
     calendar: str = ""
 
     def _check(self) -> list[tuple[str, str]]:
-        out = []
+        out: list[tuple[str, str]] = []
         try:
             zoneinfo.ZoneInfo(self.timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -365,7 +372,7 @@ class SipCredential(Entity, frozen=True, kw_only=True):
     a1_hash: str
 
     def _check(self) -> list[tuple[str, str]]:
-        out = []
+        out: list[tuple[str, str]] = []
         if not _DOMAIN.match(self.realm):
             out.append(("realm", f"a lower-case host name (the SIP domain), got {self.realm!r}"))
         if not _MD5_HEX.match(self.a1_hash):
@@ -663,7 +670,7 @@ class _Table:
         self.order = " ORDER BY " + ", ".join(self.key)
 
     def params(self, obj: Entity) -> list[Any]:
-        out = []
+        out: list[tuple[str, str]] = []
         for c in self.columns:
             v = getattr(obj, c)
             out.append(msgspec.json.encode(v).decode() if c in self.json else v)
@@ -743,7 +750,7 @@ class PgConfigStore(_WriteVerbs):
             return await conn.fetch(sql, *(() if tenant is None else (tenant,)))
 
         recs = await self._run(kind.TABLE, go)
-        out = []
+        out: list[tuple[str, str]] = []
         for rec in recs:
             raw = t.raw(rec)
             out.append(_convert(kind, raw, row_name(kind, raw["tenant"], tuple(str(raw[k]) for k in kind.KEY))))
@@ -1068,8 +1075,10 @@ class NodeConfig:
         return self._did_index
 
     def router(self) -> Callable[[Any], Any]:
-        """A node router: the dialled number's DID decides (queue or flow)."""
-        from engine.messages import EnterFlow, RouteToQueue
+        """A node router: the dialled number's DID decides (queue, flow or extension); a number
+        that is no DID but an enabled extension of the call's tenant rings that extension (a
+        phone dialling another)."""
+        from engine.messages import EnterFlow, RouteToExtension, RouteToQueue
 
         def route(event: Any) -> Any:
             # DIDs are per tenant: the call's tenant first, else the number when one tenant has it
@@ -1081,6 +1090,11 @@ class NodeConfig:
                     return RouteToQueue(call_id=event.call_id, at=event.at, queue_id=target)
                 if kind == "flow":
                     return EnterFlow(call_id=event.call_id, at=event.at, flow_id=target)
+                if kind == "extension":
+                    return RouteToExtension(call_id=event.call_id, at=event.at, target=target)
+            ext = self.snapshot.get(Extension, getattr(event, "tenant", "") or "default", event.destination)
+            if ext is not None and ext.enabled:
+                return RouteToExtension(call_id=event.call_id, at=event.at, target=ext.extension)
             return None
 
         return route

@@ -139,6 +139,8 @@ async def exercise(stack, call: Call, tenant: str) -> set[str]:
     await ok("CallControl/AttendedTransferComplete", {"call_id": call_id}, agent, expect="FAILED_PRECONDITION")
     parked = await ok("CallControl/Park", {"call_id": call_id}, agent)
     assert parked["data"]["slot"]
+    listed = await ok("Parking/List", {}, agent)
+    assert listed["items"] == [{"slot": parked["data"]["slot"], "call_id": call_id}], listed
     await ok("CallControl/Pickup", {"call_id": call_id, "extension": "555"}, sup)
     # picked up = ringing the extension: a transfer must wait for the answer
     await ok("CallControl/BlindTransfer", {"call_id": call_id, "target": "400"}, sup, expect="FAILED_PRECONDITION")
@@ -170,7 +172,7 @@ def test_every_unary_method_on_every_transport():
         async with api_stack(node_options={"router": router}) as stack:
             unary = {m.full_name.removeprefix("callengine.v1.") for m in METHODS.values() if not m.streaming}
             called = await exercise(stack, via_http(stack), "th")
-            assert "Admin/DeleteAgent" in called and len(unary) == 47, sorted(unary - called)
+            assert "Admin/DeleteAgent" in called and len(unary) == 48, sorted(unary - called)
             assert unary <= called, unary - called
             assert unary <= await exercise(stack, via_nats(stack, "tn"), "tn")
             async with ws_client(stack) as ws:
@@ -210,7 +212,7 @@ def test_micro_services_are_discoverable_with_stats():
             infos, stats = await stack.bridge.aio(discover)
             names = {i["name"] for i in infos}
             assert names == {"callengine-CallControl", "callengine-Agents", "callengine-Queues", "callengine-Admin",
-                             "callengine-Events"}
+                             "callengine-Events", "callengine-Parking"}
             events = next(i for i in infos if i["name"] == "callengine-Events")
             assert {e["subject"] for e in events["endpoints"]} == {"api.*.Events.Watch"}
             queues = next(i for i in infos if i["name"] == "callengine-Queues")

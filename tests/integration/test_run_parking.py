@@ -1,0 +1,139 @@
+"""Parking and pickup through ``callengine run`` (``open_engine``, in process): the API's Park claims a
+slot from the node's lot, Pickup finds its call in the lot (by slot) or in the ringing view
+(directed, group), both fed by the machines' CTI events; pickup groups are the extensions'
+``pickup_groups`` rows in (embedded) PostgreSQL, written while the node runs; the FreeSWITCH
+emulator (real ESL on 127.0.0.1) rings and bridges. Typed refusals for a taken slot, a slot out of
+range, an empty slot, nothing ringing, and an agent picking up at someone else's extension.
+Every wait is bounded."""
+
+from __future__ import annotations
+
+import pathlib
+import tempfile
+import warnings
+
+import pytest
+import trio
+
+from api.auth import issue_token
+from engine.run import EpochClock, RunOptions, open_engine
+from tests.support.nats import http_call
+
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+TENANT = "default"
+SECRET = "s" * 32
+
+
+async def _until(predicate, timeout: float = 10.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.02)
+
+
+def _dialled(emu, leg: str) -> str:
+    """The dial string of the originate that created ``leg``."""
+    return next((line for line in emu.command_log if f"origination_uuid={leg}," in line), "")
+
+
+@pytest.mark.timeout(120)
+def test_park_and_pickups_through_the_api_of_callengine_run(monkeypatch) -> None:
+    from adapters.freeswitch.config import EslNodeConfig
+    from adapters.postgres.config import Extension, Tenant
+    from adapters.postgres.errors import AlreadyExists
+    from sim.freeswitch import FreeSwitchEmulator
+
+    state = pathlib.Path(tempfile.mkdtemp(prefix="callengine-run-parking-"))
+    monkeypatch.setenv("CALLENGINE_STATE_DIR", str(state))
+    monkeypatch.delenv("CALLENGINE_PG_DSN", raising=False)
+    out: dict = {}
+
+    async def main() -> None:
+        emu = FreeSwitchEmulator(heartbeat=1.0, answer_delay=0.01, ring_delay=0.002)
+        async with trio.open_nursery() as outer:
+            port = await outer.start(emu.run)
+            for phone in ("1001", "1002", "1005"):
+                emu.register_phone(phone)
+            options = RunOptions(secret=SECRET, state_dir=str(state), in_process=True, node_name="t",
+                                 esl_nodes=[EslNodeConfig(name="fs1", port=port)], esl_heartbeat_s=1.0,
+                                 webhook_drain_s=0.2)
+            async with open_engine(options) as engine:
+                store = engine.store
+                try:
+                    await store.create(Tenant(tenant=TENANT))
+                except AlreadyExists:
+                    pass
+                # written while the node runs: NOTIFY brings them to the router and the groups
+                await store.create(Extension(tenant=TENANT, extension="1001", pickup_groups=("sales",)))
+                await store.create(Extension(tenant=TENANT, extension="1002", pickup_groups=("sales",)))
+                await store.create(Extension(tenant=TENANT, extension="1005"))
+                await _until(lambda: engine.config.snapshot.get(Extension, TENANT, "1005") is not None)
+                with trio.fail_after(15):
+                    await engine.links.wait_all_up()
+                admin = issue_token(SECRET, tenant=TENANT, sub="root", roles=("admin",))
+
+                async def api(method: str, params: dict, tok: str = admin) -> tuple[int, dict]:
+                    return await http_call(engine.stack, f"CallControl/{method}", params, tok)
+
+                # nothing rings a member of 1002's group yet
+                out["group_none"] = await api("Pickup", {"kind": "group", "extension": "1002"})
+                # a caller dials 1001 (a phone that does not answer): group pickup by 1002
+                emu.set_endpoint("1001", outcome="no_answer")
+                ch = await emu.place_inbound_call("2001", "1001")
+                await _until(lambda: any("user/1001" in line for line in emu.command_log))
+                await trio.sleep(0.05)
+                out["group"] = await api("Pickup", {"kind": "group", "extension": "1002"})
+                await _until(lambda: ch.peer is not None and "user/1002" in _dialled(emu, ch.peer))
+                out["group_picked"] = ch.up
+                call_id = out["group"][1].get("call_id", "")
+                # park it: the lowest free slot; listed; a second park into 701 by another call refused
+                out["park"] = await api("Park", {"call_id": call_id, "timeout_s": 30})
+                await _until(lambda: engine.node.runtime.state_of("call", call_id).state.name == "PARKED")
+                out["listed"] = await http_call(engine.stack, "Parking/List", {}, admin)
+                out["bad_slot"] = await api("Park", {"call_id": call_id, "slot": "abc"})
+                # a second caller rings 1001; 1005 takes it by directed pickup
+                ch2 = await emu.place_inbound_call("2002", "1001")
+                await _until(lambda: sum("user/1001" in line for line in emu.command_log) == 2)
+                await trio.sleep(0.05)
+                call2 = ch2.uuid
+                out["taken"] = await api("Park", {"call_id": call2, "slot": "701"})
+                out["directed"] = await api("Pickup", {"kind": "directed", "target": "1001", "extension": "1005"})
+                await _until(lambda: ch2.peer is not None and "user/1005" in _dialled(emu, ch2.peer))
+                # an agent at 1005 may pick up only at its own extension
+                status, body = await http_call(engine.stack, "Admin/CreateAgent", {"id": "a1", "extension": "1005"},
+                                               admin)
+                assert status == 200, body
+                agent = issue_token(SECRET, tenant=TENANT, sub="a1", roles=("agent",), agent_id="a1")
+                out["agent_other_ext"] = await api("Pickup", {"slot": "701", "extension": "1002"}, agent)
+                out["empty_slot"] = await api("Pickup", {"slot": "702"}, agent)
+                # the agent picks the parked call up by slot at its own extension (the default)
+                out["slot"] = await api("Pickup", {"slot": "701"}, agent)
+                await _until(lambda: ch.peer is not None and "user/1005" in _dialled(emu, ch.peer), 10)
+                out["listed_after"] = await http_call(engine.stack, "Parking/List", {}, admin)
+                await emu.hangup(ch.uuid)
+                await emu.hangup(ch2.uuid)
+                await _until(lambda: not emu.channels, 10)
+            outer.cancel_scope.cancel()
+
+    trio.run(main, clock=EpochClock())
+    status, body = out["group_none"]
+    assert status == 404 and body["code"] == "not_found", body
+    status, body = out["group"]
+    assert status == 200 and body["call_id"], body
+    assert out["group_picked"]
+    status, body = out["park"]
+    assert status == 200 and body["data"] == {"slot": "701"}, body
+    assert out["listed"] == (200, {"items": [{"slot": "701", "call_id": body["call_id"]}]}), out["listed"]
+    status, body = out["bad_slot"]
+    assert status == 400 and body["code"] == "invalid_argument", body
+    status, body = out["taken"]
+    assert status == 409 and body["code"] == "already_exists", body
+    status, body = out["directed"]
+    assert status == 200, body
+    status, body = out["agent_other_ext"]
+    assert status == 403 and body["code"] == "permission_denied", body
+    status, body = out["empty_slot"]
+    assert status == 404 and "702" in body["message"], body
+    status, body = out["slot"]
+    assert status == 200 and body["data"] == {"slot": "701"}, body
+    assert out["listed_after"] == (200, {"items": []}), out["listed_after"]
