@@ -258,6 +258,64 @@ class CallContact(CtiBase, tag="CALL_CONTACT", frozen=True, kw_only=True):
     all (a declared field would move its key out of ``data``)."""
 
 
+# ---- conference rooms (#10 part 3; engine/fsm/conference.py, docs/conferences.md) -----------
+# Filed under "call" subjects: member events carry the member's call_id (room-level ones "-").
+
+
+class ConferenceStarted(CtiBase, tag="CONFERENCE_STARTED", frozen=True, kw_only=True):
+    room: str = ""
+    room_uuid: str = ""
+
+
+class ConferenceEnded(CtiBase, tag="CONFERENCE_ENDED", frozen=True, kw_only=True):
+    room: str = ""
+    room_uuid: str = ""
+    #: most members at once, members joined in all, whether it ever ran (a moderator came)
+    peak: int = 0
+    joined: int = 0
+    started: bool = False
+    duration_s: float = 0.0
+
+
+class ConferenceMemberJoined(CtiBase, tag="CONFERENCE_MEMBER_JOINED", frozen=True, kw_only=True):
+    room: str = ""
+    member_id: int = 0
+    moderator: bool = False
+    caller_id: str = ""
+    #: members in the room after the join
+    members: int = 0
+
+
+class ConferenceMemberLeft(CtiBase, tag="CONFERENCE_MEMBER_LEFT", frozen=True, kw_only=True):
+    room: str = ""
+    member_id: int = 0
+    kicked: bool = False
+    #: time in the room
+    seconds: float = 0.0
+
+
+class ConferenceMemberMuted(CtiBase, tag="CONFERENCE_MEMBER_MUTED", frozen=True, kw_only=True):
+    room: str = ""
+    member_id: int = 0
+
+
+class ConferenceMemberUnmuted(CtiBase, tag="CONFERENCE_MEMBER_UNMUTED", frozen=True, kw_only=True):
+    room: str = ""
+    member_id: int = 0
+
+
+class ConferenceMemberKicked(CtiBase, tag="CONFERENCE_MEMBER_KICKED", frozen=True, kw_only=True):
+    room: str = ""
+    member_id: int = 0
+    seconds: float = 0.0
+
+
+class ConferenceFloorChanged(CtiBase, tag="CONFERENCE_FLOOR_CHANGED", frozen=True, kw_only=True):
+    room: str = ""
+    #: the member holding the floor now (0: nobody)
+    member_id: int = 0
+
+
 class CtiUnknown(CtiBase, tag="UNKNOWN", frozen=True, kw_only=True):
     """An event whose name this version of the contract does not know."""
 
@@ -271,6 +329,8 @@ CtiWireEvent = (
     | CallOverflowed | CallTrunkSeized | CallTrunkFailover | CallContact
     | CallEnded | QueueEntered | QueueLeft | AgentStateChanged | AgentDeviceChanged
     | AgentOfferMissed | AgentLateAnswer | AgentCallLost | QueueOfferLost | QueueConfigChanged | ActorError | CtiUnknown
+    | ConferenceStarted | ConferenceEnded | ConferenceMemberJoined | ConferenceMemberLeft
+    | ConferenceMemberMuted | ConferenceMemberUnmuted | ConferenceMemberKicked | ConferenceFloorChanged
 )
 
 #: name -> Struct class

@@ -282,6 +282,10 @@ class Pickup(CallCommandBase, tag="pickup", frozen=True, kw_only=True):
 
 class JoinConference(CallCommandBase, tag="join_conference", frozen=True, kw_only=True):
     room: str
+    #: mod_conference member flags of the caller's leg (e.g. ("moderator",)) and of the leg it
+    #: talks to (engine.conference.join_check decides them from the room and the PIN)
+    flags: tuple[str, ...] = ()
+    connected_flags: tuple[str, ...] = ()
 
 
 class SendDtmf(CallCommandBase, tag="send_dtmf", frozen=True, kw_only=True):

@@ -56,6 +56,7 @@ from engine.messages import (
     ChannelProgress,
     ChannelUnbridged,
     ChannelUnheld,
+    ConferenceMaintenance,
     DtmfReceived,
     HangupCause,
     MediaAnswer,
@@ -63,6 +64,7 @@ from engine.messages import (
     MediaCollectDigits,
     MediaCommand,
     MediaConference,
+    MediaConferenceMember,
     MediaEvent,
     MediaHangup,
     MediaHold,
@@ -338,6 +340,45 @@ def _conference(ev: EslEvent, now: float, node: str, legs: LegLookup | None) -> 
                                 response="del-member")
 
 
+#: the conference::maintenance actions the room machine follows (play-file, start-talking, ... are not)
+CONFERENCE_ACTIONS = frozenset({"conference-create", "conference-destroy", "add-member",
+                                "del-member", "mute-member", "unmute-member", "kick-member",
+                                "floor-change"})
+
+
+def _int(value: str) -> int:
+    return int(value) if value.isdigit() else 0
+
+
+def map_conference(ev: EslEvent, now: float, node: str = "") -> ConferenceMaintenance | None:
+    """A CUSTOM conference::maintenance event -> the room machine's input (#10 part 3), or None for
+    the actions it does not follow. Header names as FreeSWITCH 1.10.12 sends them (capture
+    04_conference): Conference-Name, Conference-Unique-ID, Conference-Size, Member-ID, Member-Type
+    ("moderator" | "member"), Unique-ID, Caller-Caller-ID-Number, floor-change's New-ID ("none")."""
+    if event_key(ev) != "CUSTOM::conference::maintenance":
+        return None
+    action = _s(ev, "Action")
+    room = _s(ev, "Conference-Name")
+    if action not in CONFERENCE_ACTIONS or not room:
+        return None
+    ident = identify(ev)  # callengine_call_id when the profile sends verbose events
+    size = _s(ev, "Conference-Size")
+    return ConferenceMaintenance(
+        room=room, action=action, at=now, node=node,  # type: ignore[arg-type]
+        room_uuid=_s(ev, "Conference-Unique-ID"), member_id=_int(_s(ev, "Member-ID")),
+        channel=_s(ev, "Unique-ID"), call_id=ident.call_id if ident is not None else "",
+        caller_id=_s(ev, "Caller-Caller-ID-Number"),
+        moderator=_s(ev, "Member-Type") == "moderator",
+        size=int(size) if size.isdigit() else -1, floor=_int(_s(ev, "New-ID")))
+
+
+def conference_command(cmd: MediaConferenceMember) -> str:
+    """``conference <room> mute|unmute|kick <member id>`` (the api command's text)."""
+    if cmd.action not in ("mute", "unmute", "kick") or cmd.member_id <= 0:
+        raise CommandError(f"not a conference member command: {cmd.action} {cmd.member_id}")
+    return f"conference {_word(cmd.room, 'room')} {cmd.action} {cmd.member_id}"
+
+
 def _contact_uri(contact: str) -> str:
     lt, gt = contact.find("<"), contact.rfind(">")
     return contact[lt + 1:gt] if 0 <= lt < gt else contact
@@ -576,7 +617,12 @@ def _park(cmd: MediaPark, t: Target, s: OriginateSettings, job: str | None) -> l
 def _conference_cmd(cmd: MediaConference, t: Target, s: OriginateSettings,
                     job: str | None) -> list[bytes]:
     room = _word(cmd.room, "room")
-    return [codec.api(f"uuid_transfer {t.uuid} conference:{room}@default inline")]
+    flags = ""
+    if cmd.flags:  # mod_conference: <room>@<profile>+flags{a|b}
+        if not all(re.fullmatch(r"[a-z][a-z0-9_-]*", f) for f in cmd.flags):
+            raise CommandError(f"bad conference member flags: {cmd.flags!r}")
+        flags = "+flags{" + "|".join(cmd.flags) + "}"
+    return [codec.api(f"uuid_transfer {t.uuid} conference:{room}@default{flags} inline")]
 
 
 def _send_dtmf(cmd: MediaSendDtmf, t: Target, s: OriginateSettings,

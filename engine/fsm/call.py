@@ -1035,9 +1035,11 @@ on([s for s in LIVE if s not in (S.PARKED, S.RINGING)], Pickup)(_refuse)
 @on(_TALKING, JoinConference)
 def _conference(call: Call, cmd: JoinConference, out: Out) -> Call:
     call, t = _t(call, cmd.at)
-    _media(out, MediaConference(call_id=call.call_id, leg="a", node=call.node, room=cmd.room))
+    _media(out, MediaConference(call_id=call.call_id, leg="a", node=call.node, room=cmd.room,
+                                flags=cmd.flags))
     if call.connected:
-        _media(out, MediaConference(call_id=call.call_id, leg=call.connected, node=call.node, room=cmd.room))
+        _media(out, MediaConference(call_id=call.call_id, leg=call.connected, node=call.node,
+                                    room=cmd.room, flags=cmd.connected_flags))
     out.cti("CALL_CONFERENCED", call.tenant, t, call_id=call.call_id, room=cmd.room)
     out.reply(cmd.request_id)
     return replace(call, conference=cmd.room)

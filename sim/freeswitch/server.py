@@ -44,6 +44,7 @@ from adapters.freeswitch import codec
 from adapters.freeswitch.codec import Command, CommandParser, RemoteProtocolError
 
 from .channels import Channel, channel_values, new_uuid, other_leg_values, show_call_row, show_row
+from .conference import EmuConferences
 from .templates import TEMPLATES
 
 VERSION = "1.10.12-release~64bit"
@@ -154,6 +155,8 @@ class FreeSwitchEmulator:
         self.originate_timeout = originate_timeout
         self.calls_per_second = calls_per_second
         self.core_uuid = new_uuid()
+        #: mod_conference rooms, member ids and the maintenance log (sim/freeswitch/conference.py)
+        self.conferences = EmuConferences(self)
         self.channels: dict[str, Channel] = {}
         self.registrations: dict[str, Registration] = {}
         self.endpoints: dict[str, Endpoint] = {}
@@ -449,6 +452,8 @@ class FreeSwitchEmulator:
             ch.dtmf_buffer.append(d)
             self._fire("DTMF", ch, extra={"DTMF-Digit": d, "DTMF-Duration": str(duration_ms * 8),
                                           "DTMF-Source": source})
+            if ch.conference:
+                self.conferences.dtmf(ch, d)  # mod_conference's caller controls
             await trio.sleep(gap)
 
     def _get(self, uuid: str) -> Channel:
@@ -691,17 +696,8 @@ class FreeSwitchEmulator:
                                             "Record-Completion-Cause": cause})
 
     async def _conference(self, ch: Channel, arg: str) -> str:
-        room = arg.split("@")[0] or "default"
-        ch.conference = room
-        members = [c for c in self.channels.values() if c.conference == room and c.up]
-        info = {"Conference-Name": room, "Conference-Domain": "127.0.0.1",
-                "Conference-Size": str(len(members)), "Conference-Ghosts": "0",
-                "Conference-Profile-Name": "default", "Conference-Unique-ID": room,
-                "Member-ID": str(len(members)), "Member-Type": "member", "Action": "add-member"}
-        self._answer(ch)
-        self._fire("CUSTOM", ch, subclass="conference::maintenance", extra=info)
-        await trio.sleep_forever()
-        return "_none_"  # pragma: no cover - only left by cancellation
+        """mod_conference's ``conference`` app: sim/freeswitch/conference.py."""
+        return await self.conferences.join(ch, arg)
 
     # ------------------------------------------------------------------ originate / bridge
     def _parse_dial(self, dial: str) -> tuple[dict[str, str], str]:
@@ -930,12 +926,7 @@ class FreeSwitchEmulator:
         for leg in legs:
             self._record_stop(leg)
             if leg.conference:
-                self._fire("CUSTOM", leg, subclass="conference::maintenance", extra={
-                    "Conference-Name": leg.conference, "Conference-Domain": "127.0.0.1",
-                    "Conference-Size": "0", "Conference-Ghosts": "0",
-                    "Conference-Profile-Name": "default", "Conference-Unique-ID": leg.conference,
-                    "Member-ID": "1", "Member-Type": "member", "Action": "del-member"})
-                leg.conference = None
+                self.conferences.leave(leg)  # del-member before the hangup, as FreeSWITCH
             for scope in self._scopes.get(leg.uuid, []):
                 scope.cancel()
         # the cancelled apps report CHANNEL_EXECUTE_COMPLETE from their own task; give them
@@ -1042,6 +1033,10 @@ class FreeSwitchEmulator:
         ch = self.channels.get(words[0])
         return (ch if ch is not None and ch.up else None), words[1:]
 
+    async def _api_conference(self, arg: str) -> str:
+        """``conference [<room>] list|mute|unmute|kick ...``: sim/freeswitch/conference.py."""
+        return await self.conferences.api(arg)
+
     async def _api_uuid_kill(self, arg: str) -> str:
         ch, rest = self._uuid_arg(arg)
         if ch is None:
@@ -1103,6 +1098,8 @@ class FreeSwitchEmulator:
                 self.queue_app(leg.uuid, "valet_park", f"callengine {valet.group(1)}")
             elif inline_app[0] == "intercept" and inline_app[2]:
                 self.queue_app(leg.uuid, "intercept", inline_app[2])
+            elif inline_app[0] == "conference" and inline_app[2]:
+                self.queue_app(leg.uuid, "conference", inline_app[2])
             else:
                 self.queue_app(leg.uuid, "park", "")
         return "+OK\n"

@@ -1,0 +1,224 @@
+"""Conferences end to end (#10 part 3): the engine's node and the conference service against the
+FreeSWITCH emulator over real ESL on 127.0.0.1: the ESL commands sent (uuid_transfer into the
+room with the member flags, ``conference <room> mute|unmute|kick <id>``), the conference::maintenance
+events turned into typed CTI, the moderator PIN, the switch's ``-ERR`` as a failed reply, and one
+CDR per call in a conference.
+
+Rules: real sockets on port 0, short real time, every wait bounded (``trio.fail_after``/``until``).
+"""
+
+from __future__ import annotations
+
+import trio
+
+from adapters.freeswitch.config import EslNodeConfig
+from adapters.freeswitch.link import open_authenticated
+from adapters.freeswitch.nodes import MediaLinks, engine_live_calls
+from api.events import ConferenceMemberJoined, ConferenceMemberLeft, to_wire
+from engine.actors import Ports, TaskSpec, open_node
+from engine.actors.ports import InMemoryCdrs, InMemoryCti, InMemoryReplies
+from engine.conference import ConferenceEsl, ConferenceService, RoomConfig, hash_pin, switch_room
+from engine.messages import JoinConference, RouteToExtension
+from sim.freeswitch import FreeSwitchEmulator
+from tests.support.esl import until
+
+ROOM = switch_room("default", "3000")
+SALT = b"0123456789abcdef"
+
+
+def _router(event):
+    return RouteToExtension(call_id=event.call_id, at=event.at, target=event.destination, timeout_s=5.0)
+
+
+def run(body, *, timeout: float = 20.0) -> None:
+    async def main():
+        emu = FreeSwitchEmulator(heartbeat=0.5, answer_delay=0.01, ring_delay=0.002)
+        async with trio.open_nursery() as n:
+            await n.start(emu.run)
+            for phone in ("1001", "1002", "1003"):
+                emu.register_phone(phone)
+            cfg = EslNodeConfig(name="fs1", port=emu.port)
+            links = MediaLinks([cfg], heartbeat_s=0.5)
+            cdrs, cti = InMemoryCdrs(), InMemoryCti()
+            ports = Ports(links, cti, cdrs, InMemoryReplies())
+
+            def call_of(uuid: str) -> str:
+                info = links.nodes["fs1"].table.by_uuid.get(uuid)
+                return info.call_id if info is not None else ""
+
+            service = ConferenceService(cti.publish, [RoomConfig(
+                tenant="default", number="3000", moderator_pin_hash=hash_pin("4321", SALT),
+                member_pin_hash=hash_pin("1111", SALT))], call_of=call_of)
+            esl = ConferenceEsl([cfg], service)
+            async with open_node(ports=ports, router=_router, media_links=[TaskSpec("esl", links.run)]) as node:
+                links.attach(node, engine_live_calls(node, links))
+                await n.start(esl.run)
+                with trio.fail_after(5):
+                    await links.wait_all_up()
+                    await esl.wait_all_up()
+                with trio.fail_after(timeout):
+                    await body(emu, node, cdrs, cti, service)
+            n.cancel_scope.cancel()
+    trio.run(main)
+
+
+async def _talking(emu, cti, caller, ext):
+    before = len(cti.named("CALL_CREATED"))
+    ch = await emu.place_inbound_call(caller, ext)
+    await until(lambda: ch.peer is not None)
+    created = cti.named("CALL_CREATED")[before]
+    return ch, created.call_id
+
+
+async def _join(node, service, call_id, pin=""):
+    d = service.join_check("default", "3000", pin)
+    reply = await node.ask(JoinConference(call_id=call_id, at=trio.current_time(), room=d.room,
+                                          flags=d.flags))
+    assert reply.ok, reply
+    return d
+
+
+def _lines(emu, word):
+    return [line for line in emu.command_log if word in line]
+
+
+def test_join_mute_kick_over_esl_becomes_cti_and_one_cdr_per_call() -> None:
+    async def body(emu, node, cdrs, cti, service):
+        a, call_a = await _talking(emu, cti, "2001", "1001")
+        b, call_b = await _talking(emu, cti, "2002", "1002")
+        d = await _join(node, service, call_a, pin="4321")  # the moderator PIN
+        assert d.moderator and d.flags == ("moderator",)
+        await until(lambda: _lines(emu, f"api uuid_transfer {a.uuid} conference:{ROOM}@default+flags{{moderator}} inline"))
+        await _join(node, service, call_b, pin="1111")
+        await until(lambda: _lines(emu, f"api uuid_transfer {b.uuid} conference:{ROOM}@default inline"))
+        # four members: each caller and the extension it talked to; the first is the moderator
+        await until(lambda: len(cti.named("CONFERENCE_MEMBER_JOINED")) == 4)
+        assert len(cti.named("CONFERENCE_STARTED")) == 1
+        joined = [to_wire(e, seq=1) for e in cti.named("CONFERENCE_MEMBER_JOINED")]
+        assert all(isinstance(j, ConferenceMemberJoined) and j.room == ROOM for j in joined)
+        by_call = {j.call_id: j for j in joined}
+        assert set(by_call) == {call_a, call_b}  # both legs of a call are that call's members
+        moderators = [j.member_id for j in joined if j.moderator]
+        assert len(moderators) == 1  # caller A (the PIN's flags are for the caller's leg)
+        members = service.members("default", "3000")
+        assert [m.member_id for m in members] == sorted(j.member_id for j in joined)
+        victim = next(m for m in members if m.channel == b.uuid)
+        # a plain member may not kick; the server's -ERR for an unknown id is a failed reply
+        plain = next(m for m in members if not m.moderator)
+        r = await service.control("default", "3000", "kick", victim.member_id, at=1.0,
+                                  by_member=plain.member_id)
+        assert r.code == "PERMISSION_DENIED" and not _lines(emu, "conference " + ROOM + " kick")
+        r = await service.control("default", "3000", "mute", victim.member_id, at=1.0,
+                                  by_member=moderators[0])
+        assert r.ok, r
+        assert _lines(emu, f"api conference {ROOM} mute {victim.member_id}")
+        await until(lambda: len(cti.named("CONFERENCE_MEMBER_MUTED")) == 1)
+        assert cti.named("CONFERENCE_MEMBER_MUTED")[0].data["member_id"] == victim.member_id
+        r = await service.control("default", "3000", "unmute", victim.member_id, at=1.0)
+        assert r.ok
+        await until(lambda: len(cti.named("CONFERENCE_MEMBER_UNMUTED")) == 1)
+        r = await service.control("default", "3000", "kick", victim.member_id, at=1.0)
+        assert r.ok
+        assert _lines(emu, f"api conference {ROOM} kick {victim.member_id}")
+        await until(lambda: len(cti.named("CONFERENCE_MEMBER_KICKED")) == 1)
+        await until(lambda: any(e.data.get("kicked") for e in cti.named("CONFERENCE_MEMBER_LEFT")))
+        left = to_wire(cti.named("CONFERENCE_MEMBER_LEFT")[0], seq=1)
+        assert isinstance(left, ConferenceMemberLeft) and left.kicked and left.call_id == call_b
+        assert victim.member_id not in [m.member_id for m in service.members("default", "3000")]
+        # the kicked caller's channel hangs up: its call ends with exactly one CDR
+        await until(lambda: len(cdrs.items) == 1)
+        assert cdrs.items[0].call_id == call_b
+        # everyone else leaves: the room is destroyed, every call has one CDR
+        for ch in list(emu.channels.values()):
+            if ch.up:
+                await emu.hangup(ch.uuid)
+        await until(lambda: len(cti.named("CONFERENCE_ENDED")) == 1)
+        await until(lambda: len(cdrs.items) == 2)
+        assert sorted(c.call_id for c in cdrs.items) == sorted([call_a, call_b])
+        ended = cti.named("CONFERENCE_ENDED")[0].data
+        assert ended["peak"] == 4 and ended["joined"] == 4 and ended["started"] is True
+        assert len(cti.named("CONFERENCE_MEMBER_LEFT")) == 4
+        assert not service.live and service.errors == 0
+        await until(lambda: not emu.channels)
+    run(body)
+
+
+def test_pins_room_full_and_switch_errors() -> None:
+    async def body(emu, node, cdrs, cti, service):
+        import pytest
+
+        from engine.conference import ConferenceError
+
+        with pytest.raises(ConferenceError) as e:
+            service.join_check("default", "3000", "9999")
+        assert e.value.code == "PERMISSION_DENIED"
+        with pytest.raises(ConferenceError) as e:
+            service.join_check("default", "3999", "1111")
+        assert e.value.code == "NOT_FOUND"
+        with pytest.raises(ConferenceError) as e:
+            service.join_check("other", "3000", "1111")  # another tenant's room 3000 does not exist
+        assert e.value.code == "NOT_FOUND"
+        # not running: NOT_FOUND from the machine, nothing sent
+        r = await service.control("default", "3000", "kick", 1, at=1.0)
+        assert r.code == "NOT_FOUND" and not _lines(emu, "api conference")
+        # the switch answering -ERR (member gone meanwhile): a failed reply, not an OK
+        esl = service.send_api
+        assert esl is not None
+        assert (await esl("fs1", "conference nosuchroom list")).startswith("-ERR Conference nosuchroom not found")
+    run(body)
+
+
+def test_the_emulator_speaks_mod_conference_over_plain_esl() -> None:
+    """The emulator's side alone, as FreeSWITCH 1.10.12 does it in the capture: event order and
+    headers, member ids from one pool, list rows, replies, caller controls (0 = mute toggle)."""
+    async def main():
+        emu = FreeSwitchEmulator(heartbeat=None, answer_delay=0.01, ring_delay=0.002)
+        async with trio.open_nursery() as n:
+            await n.start(emu.run)
+            conn = await open_authenticated(EslNodeConfig(name="fs1", port=emu.port))
+            seen = []
+
+            async def on_event(ev):
+                if ev.get("Event-Subclass") == "conference::maintenance":
+                    seen.append(ev)
+
+            conn.on_event = on_event
+            n.start_soon(conn.serve)
+            from adapters.freeswitch import codec
+            await conn.command(codec.event("plain", "CUSTOM", "conference::maintenance"))
+            with trio.fail_after(10):
+                a = await emu.place_inbound_call("1001", "7704")
+                b = await emu.place_inbound_call("1002", "7704")
+                assert (await conn.api(f"uuid_transfer {a.uuid} conference:r9@default+flags{{moderator}} inline")) == "+OK\n"
+                assert (await conn.api(f"uuid_transfer {b.uuid} conference:r9@default inline")) == "+OK\n"
+                await until(lambda: len(seen) == 4)
+                assert [e.get("Action") for e in seen] == ["conference-create", "add-member",
+                                                           "floor-change", "add-member"]
+                ids = [int(e.get("Member-ID")) for e in seen if e.get("Action") == "add-member"]
+                assert ids[1] == ids[0] + 1
+                assert [e.get("Member-Type") for e in seen if e.get("Action") == "add-member"] == [
+                    "moderator", "member"]
+                assert seen[2].get("Old-ID") == "none" and seen[2].get("New-ID") == str(ids[0])
+                assert seen[3].get("Unique-ID") == b.uuid and seen[3].get("Conference-Size") == "2"
+                assert seen[3].get("Caller-Caller-ID-Number") == "1002"
+                rows = (await conn.api("conference r9 list")).splitlines()
+                assert [r.split(";")[0] for r in rows] == [str(ids[1]), str(ids[0])]
+                assert rows[1].split(";")[5] == "hear|speak|floor|moderator"
+                assert await conn.api(f"conference r9 mute {ids[1]}") == f"+OK mute {ids[1]}\n"
+                assert (await conn.api("conference r9 list")).splitlines()[0].split(";")[5] == "hear"
+                assert await conn.api("conference r9 kick 999") == "-ERR Non-Existant ID 999\n"
+                assert await conn.api("conference nosuch list") == "-ERR Conference nosuch not found\n"
+                await emu.send_dtmf(b.uuid, "0")  # caller controls: unmute itself
+                await until(lambda: seen[-1].get("Action") == "unmute-member")
+                assert seen[-2].get("Action") == "mute-member" and seen[-2].get("Speak") == "false"
+                assert await conn.api(f"conference r9 kick {ids[1]}") == f"+OK kicked {ids[1]}\n"
+                await until(lambda: seen[-1].get("Action") == "del-member")
+                assert [e.get("Action") for e in seen[-2:]] == ["kick-member", "del-member"]
+                await until(lambda: b.uuid not in emu.channels or not emu.channels[b.uuid].up)
+                await emu.hangup(a.uuid)
+                await until(lambda: seen[-1].get("Action") == "conference-destroy")
+                assert [e.get("Action") for e in seen[-3:]] == ["del-member", "floor-change",
+                                                                "conference-destroy"]
+                assert seen[-2].get("New-ID") == "none" and not emu.conferences.rooms
+            n.cancel_scope.cancel()
+    trio.run(main)
