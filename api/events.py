@@ -122,12 +122,45 @@ class CallConferenced(CtiBase, tag="CALL_CONFERENCED", frozen=True, kw_only=True
     room: str = ""
 
 
-class CallRecordingStarted(CtiBase, tag="CALL_RECORDING_STARTED", frozen=True, kw_only=True):
+class _RecordingEvent(CtiBase, frozen=True, kw_only=True):
+    """Fields of every recording event (docs/recordings.md)."""
+
+    recording_id: str = ""
+    #: the file on the media server (the engine chose it; clients fetch audio via GetRecording)
     path: str = ""
+    #: who started it: "agent:<id>", "user:<subject>", "auto:queue:<id>", "auto:extension:<ext>"
+    by: str = ""
+    #: always-on (compliance) recording
+    compliance: bool = False
+    #: the extension the caller talks to ("" when none)
+    extension: str = ""
 
 
-class CallRecordingStopped(CtiBase, tag="CALL_RECORDING_STOPPED", frozen=True, kw_only=True):
-    path: str = ""
+class CallRecordingConsent(_RecordingEvent, tag="CALL_RECORDING_CONSENT", frozen=True, kw_only=True):
+    """The consent announcement plays; recording starts when it finished (CALL_RECORDING_STARTED)."""
+
+    file: str = ""
+
+
+class CallRecordingStarted(_RecordingEvent, tag="CALL_RECORDING_STARTED", frozen=True, kw_only=True):
+    pass
+
+
+class CallRecordingPaused(_RecordingEvent, tag="CALL_RECORDING_PAUSED", frozen=True, kw_only=True):
+    pass
+
+
+class CallRecordingResumed(_RecordingEvent, tag="CALL_RECORDING_RESUMED", frozen=True, kw_only=True):
+    #: masked seconds so far
+    paused_s: float = 0.0
+
+
+class CallRecordingStopped(_RecordingEvent, tag="CALL_RECORDING_STOPPED", frozen=True, kw_only=True):
+    #: "stopped" (a command), "call_ended", or the media server's Record-Completion-Cause
+    reason: str = ""
+    started_at: float = 0.0
+    duration_s: float = 0.0
+    paused_s: float = 0.0
 
 
 class CallInFlow(CtiBase, tag="CALL_IN_FLOW", frozen=True, kw_only=True):
@@ -325,7 +358,8 @@ class CtiUnknown(CtiBase, tag="UNKNOWN", frozen=True, kw_only=True):
 CtiWireEvent = (
     CallCreated | CallRinging | CallAnswered | CallHeld | CallRetrieved | CallTransferred
     | CallConsultStarted | CallConsultAnswered | CallConsultEnded | CallParked | CallPickedUp | CallParkTimeout
-    | CallConferenced | CallRecordingStarted | CallRecordingStopped | CallInFlow | CallFlowEnded
+    | CallConferenced | CallRecordingConsent | CallRecordingStarted | CallRecordingPaused
+    | CallRecordingResumed | CallRecordingStopped | CallInFlow | CallFlowEnded
     | CallOverflowed | CallTrunkSeized | CallTrunkFailover | CallContact
     | CallEnded | QueueEntered | QueueLeft | AgentStateChanged | AgentDeviceChanged
     | AgentOfferMissed | AgentLateAnswer | AgentCallLost | QueueOfferLost | QueueConfigChanged | ActorError | CtiUnknown

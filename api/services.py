@@ -266,9 +266,8 @@ _CALL_METHODS: list[tuple[str, type, Callable[[Any, float, str], Any], str]] = [
     ("SendDtmf", t.SendDtmfRequest,
      lambda r, at, rid: m.SendDtmf(call_id=r.call_id, at=at, request_id=rid, digits=r.digits),
      "send DTMF digits"),
-    # the recording path is the engine's choice: a client must not name files on the media server
-    ("StartRecording", t.CallRequest, _simple(m.StartRecording), "start recording the call"),
-    ("StopRecording", t.CallRequest, _simple(m.StopRecording), "stop recording"),
+    # Start/Stop/Pause/ResumeRecording: registered below from api/recordings.py (the tenant's
+    # recording policy decides; the recording path is the engine's choice, never a client's)
 ]
 
 
@@ -592,6 +591,12 @@ _add(Method("Queues", "Leave", t.QueueMembershipRequest, t.MembershipResponse, _
 
 _add(Method("Events", "Watch", t.WatchRequest, t.WatchEvent, None, ALL, streaming=True,
             doc="stream CTI events (server-streaming), filtered, optionally from a seq or a time"))
+
+# recordings (docs/recordings.md): the call commands and the Recordings service, gated by the policy
+from api.recordings import recording_methods  # noqa: E402  (it imports the helpers above)
+
+for _m in recording_methods():
+    _add(_m)
 
 for _m in _admin_methods():
     _add(_m)

@@ -103,6 +103,45 @@ class ParkedList(Resp, frozen=True, kw_only=True):
     items: list[ParkedCall]
 
 
+# ---- Recordings (docs/recordings.md) ---------------------------------------------------------------
+
+
+class RecordingRequest(Req, frozen=True, kw_only=True):
+    recording_id: Id
+
+
+class ListRecordingsRequest(Req, frozen=True, kw_only=True):
+    #: only this call's recordings ("" = all the caller may see)
+    call_id: OptId = ""
+    limit: Annotated[int, Meta(ge=1, le=1000)] = 100
+
+
+class RecordingInfo(Resp, frozen=True, kw_only=True):
+    """A recording's metadata and where to fetch its audio. The file name was chosen by the engine
+    (never by a client); ``audio_url`` is the media store's address for it ("" when none is
+    configured: the file is then only on the media server, ``path``)."""
+
+    recording_id: str
+    call_id: str
+    path: str
+    audio_url: str = ""
+    started_at: float
+    stopped_at: float | None = None
+    duration_s: float = 0.0
+    paused_s: float = 0.0
+    started_by: str = ""
+    compliance: bool = False
+    queue_id: str = ""
+    agent_id: str = ""
+    extension: str = ""
+    stop_reason: str = ""
+    retain_until: float = 0.0
+
+
+class RecordingList(Resp, frozen=True, kw_only=True):
+    items: list[RecordingInfo]
+
+
 class SendDtmfRequest(Req, frozen=True, kw_only=True):
     call_id: Id
     digits: Digits

@@ -293,10 +293,31 @@ class SendDtmf(CallCommandBase, tag="send_dtmf", frozen=True, kw_only=True):
 
 
 class StartRecording(CallCommandBase, tag="start_recording", frozen=True, kw_only=True):
+    """Record the call (docs/recordings.md). With ``consent`` the announcement plays to both parties
+    first and recording starts only when it finished (PLAYBACK_STOP)."""
+
     path: str = ""
+    #: who asked: "agent:<id>" / "user:<subject>" from the API, "auto:queue:<id>" for always-on
+    by: str = ""
+    #: the consent announcement (a sound file on the media server); "" = none
+    consent: str = ""
+    #: an always-on (compliance) recording: pausing or stopping it needs ``override``
+    compliance: bool = False
 
 
 class StopRecording(CallCommandBase, tag="stop_recording", frozen=True, kw_only=True):
+    #: the caller's policy allows stopping a compliance recording
+    override: bool = False
+
+
+class PauseRecording(CallCommandBase, tag="pause_recording", frozen=True, kw_only=True):
+    """Mask the recording (the paused part is silence in the file: ``uuid_record mask``)."""
+
+    #: the caller's policy allows pausing a compliance recording
+    override: bool = False
+
+
+class ResumeRecording(CallCommandBase, tag="resume_recording", frozen=True, kw_only=True):
     pass
 
 
@@ -316,6 +337,8 @@ CallCommand = (
     | SendDtmf
     | StartRecording
     | StopRecording
+    | PauseRecording
+    | ResumeRecording
 )
 
 
@@ -440,6 +463,9 @@ class RouteToExtension(Msg, tag="route_to_extension", frozen=True, kw_only=True)
     target: str
     timeout_s: float = 30.0
     trunks: tuple[TrunkDial, ...] = ()
+    #: the extension records every call (always-on); the announcement to play first ("" = none)
+    record: bool = False
+    record_consent: str = ""
 
 
 class QueueCall(Msg, tag="queue_call", frozen=True, kw_only=True):
@@ -553,6 +579,9 @@ class ConnectAgent(Msg, tag="connect_agent", frozen=True, kw_only=True):
     agent_id: str
     extension: str
     ring_timeout_s: float = 20.0
+    #: the queue records every call (always-on); the announcement to play first ("" = none)
+    record: bool = False
+    record_consent: str = ""
 
 
 class OfferAnswered(Msg, tag="offer_answered", frozen=True, kw_only=True):
@@ -773,6 +802,19 @@ class MediaRecordStop(MediaCommandBase, tag="m_record_stop", frozen=True, kw_onl
     path: str = ""
 
 
+class MediaRecordMask(MediaCommandBase, tag="m_record_mask", frozen=True, kw_only=True):
+    """Pause (``mask``) or resume (not ``mask``) the recording ``path``: silence is written meanwhile."""
+
+    path: str
+    mask: bool = True
+
+
+class MediaBroadcast(MediaCommandBase, tag="m_broadcast", frozen=True, kw_only=True):
+    """Play ``file`` to the channel and, when bridged, to its partner too (a consent announcement)."""
+
+    file: str
+
+
 MediaCommand = (
     MediaAnswer
     | MediaHangup
@@ -790,6 +832,8 @@ MediaCommand = (
     | MediaSendDtmf
     | MediaRecordStart
     | MediaRecordStop
+    | MediaRecordMask
+    | MediaBroadcast
 )
 
 

@@ -61,6 +61,7 @@ from engine.messages import (
     HangupCause,
     MediaAnswer,
     MediaBridge,
+    MediaBroadcast,
     MediaCollectDigits,
     MediaCommand,
     MediaConference,
@@ -72,6 +73,7 @@ from engine.messages import (
     MediaOriginate,
     MediaPark,
     MediaPlay,
+    MediaRecordMask,
     MediaRecordStart,
     MediaRecordStop,
     MediaSendDtmf,
@@ -644,6 +646,21 @@ def _record_stop_cmd(cmd: MediaRecordStop, t: Target, s: OriginateSettings,
     return [codec.api(f"uuid_record {t.uuid} stop {path}")]
 
 
+def _record_mask_cmd(cmd: MediaRecordMask, t: Target, s: OriginateSettings,
+                     job: str | None) -> list[bytes]:
+    # FreeSWITCH fires no event for mask/unmask (switch_ivr_record_session_mask only flags the
+    # media bug): the engine's CTI event is the only record of a pause (docs/recordings.md)
+    action = "mask" if cmd.mask else "unmask"
+    return [codec.api(f"uuid_record {t.uuid} {action} {_word(cmd.path, 'path')}")]
+
+
+def _broadcast_cmd(cmd: MediaBroadcast, t: Target, s: OriginateSettings,
+                   job: str | None) -> list[bytes]:
+    # "both": the caller and, when bridged, its partner hear it (a consent announcement); each
+    # channel reports its own PLAYBACK_STOP
+    return [codec.api(f"uuid_broadcast {t.uuid} {_word(cmd.file, 'file')} both")]
+
+
 def _intercept(cmd: MediaIntercept, t: Target, s: OriginateSettings, job: str | None,
                other: Target | None = None) -> list[bytes]:
     """The picker's channel runs ``intercept <target uuid>`` (inline, as a dialplan would)."""
@@ -669,6 +686,8 @@ COMMAND_TABLE: dict[type, Callable[..., list[bytes]]] = {
     MediaSendDtmf: _send_dtmf,
     MediaRecordStart: _record_start_cmd,
     MediaRecordStop: _record_stop_cmd,
+    MediaRecordMask: _record_mask_cmd,
+    MediaBroadcast: _broadcast_cmd,
 }
 
 

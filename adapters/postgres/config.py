@@ -147,6 +147,10 @@ class Extension(Entity, frozen=True, kw_only=True):
     enabled: bool = True
     #: pickup groups this extension belongs to (docs/parking.md; migration 0012)
     pickup_groups: tuple[str, ...] = ()
+    #: always-on recording of every call this extension answers, after the announcement
+    #: ``record_consent`` ("" = none) (docs/recordings.md; migration 0010)
+    record: bool = False
+    record_consent: str = ""
 
     def _check(self) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
@@ -228,6 +232,9 @@ class QueueDef(Entity, frozen=True, kw_only=True):
     sl_threshold_s: NonNegFloat = 20.0
     short_abandon_s: NonNegFloat = 5.0
     relax_steps: tuple[RelaxStep, ...] = ()
+    #: always-on recording of every call answered from this queue (docs/recordings.md; migration 0010)
+    record: bool = False
+    record_consent: str = ""
 
     def _check(self) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
@@ -243,7 +250,7 @@ class QueueDef(Entity, frozen=True, kw_only=True):
             ring_timeout_s=self.ring_timeout_s, offer_grace_s=self.offer_grace_s, wrap_up_s=self.wrap_up_s,
             max_wait_s=self.max_wait_s, max_length=self.max_length, overflow_target=self.overflow_target,
             sl_threshold_s=self.sl_threshold_s, short_abandon_s=self.short_abandon_s,
-            relax_steps=self.relax_steps)
+            relax_steps=self.relax_steps, record=self.record, record_consent=self.record_consent)
 
 
 class AgentDef(Entity, frozen=True, kw_only=True):
@@ -1091,10 +1098,16 @@ class NodeConfig:
                 if kind == "flow":
                     return EnterFlow(call_id=event.call_id, at=event.at, flow_id=target)
                 if kind == "extension":
-                    return RouteToExtension(call_id=event.call_id, at=event.at, target=target)
+                    return ring(event, target, self.snapshot.get(Extension, did.tenant, target))
             ext = self.snapshot.get(Extension, getattr(event, "tenant", "") or "default", event.destination)
             if ext is not None and ext.enabled:
-                return RouteToExtension(call_id=event.call_id, at=event.at, target=ext.extension)
+                return ring(event, ext.extension, ext)
             return None
+
+        def ring(event: Any, target: str, ext: Extension | None) -> Any:
+            # an extension that records every call (always-on, docs/recordings.md) says so to the call
+            record = ext is not None and ext.record
+            return RouteToExtension(call_id=event.call_id, at=event.at, target=target, record=record,
+                                    record_consent=ext.record_consent if ext is not None and record else "")
 
         return route

@@ -86,12 +86,14 @@ from engine.messages import (
     JoinConference,
     MediaAnswer,
     MediaBridge,
+    MediaBroadcast,
     MediaConference,
     MediaEvent,
     MediaHangup,
     MediaHold,
     MediaOriginate,
     MediaPark,
+    MediaRecordMask,
     MediaRecordStart,
     MediaRecordStop,
     MediaSendDtmf,
@@ -101,6 +103,7 @@ from engine.messages import (
     OfferFailed,
     Originate,
     Park,
+    PauseRecording,
     Pickup,
     PlaybackFinished,
     PlaybackStarted,
@@ -110,6 +113,7 @@ from engine.messages import (
     QueueOverflow,
     RecordingStarted,
     RecordingStopped,
+    ResumeRecording,
     Retrieve,
     RouteToExtension,
     RouteToQueue,
@@ -126,7 +130,7 @@ from engine.messages import (
 from engine.routing.outbound import FAILOVER_CAUSES
 from engine.tracecontext import incoming_traceparent, parse_traceparent
 
-__all__ = ["CallState", "Call", "Leg", "new_call", "originate_call", "step", "MACHINE", "CALL_EVENTS"]
+__all__ = ["CallState", "Call", "Leg", "Recording", "new_call", "originate_call", "step", "MACHINE", "CALL_EVENTS"]
 
 
 class CallState(enum.Enum):
@@ -165,6 +169,31 @@ class Leg(msgspec.Struct, frozen=True, kw_only=True):
     answered: bool = False
     #: a trunk leg of an outbound call: the trunk it was dialled through
     trunk_id: str = ""
+    #: always-on recording once this leg answers (its queue or extension records), and the
+    #: consent announcement played first ("" = none)
+    record: bool = False
+    record_consent: str = ""
+
+
+class Recording(msgspec.Struct, frozen=True, kw_only=True):
+    """The call's recording (at most one at a time; docs/recordings.md).
+
+    ``stage`` "consent": the consent announcement plays and nothing is recorded yet; the
+    ``uuid_record start`` goes out only on the announcement's PlaybackFinished. "recording": the
+    media server records ``path``; ``paused`` while masked (silence in the file)."""
+
+    id: str
+    path: str
+    by: str = ""
+    compliance: bool = False
+    stage: Literal["consent", "recording"] = "recording"
+    consent: str = ""
+    #: when the media server was told to start (after the announcement)
+    started_at: float = 0.0
+    paused: bool = False
+    paused_at: float = 0.0
+    #: masked time of the pauses already ended
+    paused_s: float = 0.0
 
 
 class Call(msgspec.Struct, frozen=True, kw_only=True):
@@ -207,7 +236,11 @@ class Call(msgspec.Struct, frozen=True, kw_only=True):
     talk_s: float = 0.0
     hold_s: float = 0.0
     transfers: int = 0
+    #: the path being recorded ("" when none; also "" while a consent announcement plays)
     recording: str = ""
+    #: the recording (see ``Recording``) and how many this call has had (their ids and paths)
+    rec: Recording | None = None
+    rec_seq: int = 0
     conference: str = ""
     #: outbound: the trunk attempts not tried yet (failover order) and the trunk of the current
     #: (or, when none answered, the last) attempt; the CDR names it
@@ -317,6 +350,14 @@ def _ring(call: Call, out: Out, t: float, destination: str, timeout_s: float, ro
     return replace(call, legs=call.legs + (leg,), timers=timers)
 
 
+def _mark_record(call: Call, record: bool, consent: str) -> Call:
+    """The leg just rung records the call once it answers (always-on queue or extension)."""
+    if not record:
+        return call
+    leg = replace(call.legs[-1], record=True, record_consent=consent)
+    return replace(call, legs=call.legs[:-1] + (leg,))
+
+
 def _ring_trunk(call: Call, out: Out, t: float, timeout_s: float) -> Call:
     """Dial the next attempt of the outbound plan (the caller hears ringback meanwhile)."""
     attempt, rest = call.trunk_plan[0], call.trunk_plan[1:]
@@ -365,6 +406,7 @@ def _end(call: Call, out: Out, t: float, disposition: Disposition, cause: str, *
                                                          queue_id=call.queue_id))
     if hang_up_a and call.a_up:
         _media(out, MediaHangup(call_id=call.call_id, leg="a", node=call.node, cause=cause))
+    call = _finish_recording(call, out, t, "call_ended", command=False)
     timers = cancel_timers(call.timers, out)
     call = _enter(call, CallState.ENDED, t)
     call = replace(call, timers=timers, a_up=False, in_queue=False, connected="", consult="",
@@ -552,7 +594,12 @@ def _connect(call: Call, leg: Leg, out: Out, t: float) -> Call:
         call = replace(call, agent_id=leg.agent_id, in_queue=False)
     out.cti("CALL_ANSWERED", call.tenant, t, call_id=call.call_id, agent_id=leg.agent_id,
             queue_id=leg.queue_id, answered_by=leg.destination)
-    return _enter(call, S.ACTIVE, t)
+    call = _enter(call, S.ACTIVE, t)
+    if leg.record and call.rec is None:
+        # always-on: the queue or extension that answered records every call
+        by = f"auto:queue:{leg.queue_id}" if leg.role == "agent" else f"auto:extension:{leg.destination}"
+        call = _begin_recording(call, out, t, by=by, consent=leg.record_consent, compliance=True)
+    return call
 
 
 @on(LIVE, ChannelHeld)
@@ -590,18 +637,30 @@ def _on_playback_finished(call: Call, ev: PlaybackFinished, out: Out) -> Call:
     return call  # an external flow driver listens to the switch itself
 
 
-# outside a flow a finished prompt changes nothing
-on([s for s in LIVE if s is not S.IN_FLOW], PlaybackFinished)(ignore)
+@on(_TALKING + (S.TRANSFERRING, S.ROUTING, S.QUEUED, S.RINGING, S.PARKED), PlaybackFinished)
+def _on_playback_done(call: Call, ev: PlaybackFinished, out: Out) -> Call:
+    """Outside a flow a finished prompt changes nothing, except the end of a consent announcement:
+    the recording waiting for it starts now."""
+    rec = call.rec
+    if rec is None or rec.stage != "consent" or ev.leg != "a" or (ev.file and ev.file != rec.consent):
+        return call
+    call, t = _t(call, ev.at)
+    return _record_now(call, rec, out, t)
 
 
-@on(LIVE, RecordingStarted)
-def _on_rec_started(call: Call, ev: RecordingStarted, out: Out) -> Call:
-    return replace(call, recording=ev.path or call.recording)
+# RECORD_START confirms what the engine asked (the engine's CTI event already went out)
+on(LIVE, RecordingStarted)(ignore)
 
 
 @on(LIVE, RecordingStopped)
 def _on_rec_stopped(call: Call, ev: RecordingStopped, out: Out) -> Call:
-    return replace(call, recording="")
+    """The media server stopped the recording by itself (limit, error, the leg went): only a
+    RECORD_STOP of the current recording's file counts (a late one of an earlier recording does not)."""
+    rec = call.rec
+    if rec is None or rec.stage != "recording" or (ev.path and ev.path != rec.path):
+        return call
+    call, t = _t(call, ev.at)
+    return _finish_recording(call, out, t, ev.cause or "media", command=False)
 
 
 # ---- routing ---------------------------------------------------------------------------------
@@ -686,7 +745,7 @@ def _route_to_extension(call: Call, ev: RouteToExtension, out: Out) -> Call:
         call = _ring_trunk(call, out, t, ev.timeout_s)
         out.cti("CALL_RINGING", call.tenant, t, call_id=call.call_id, target=ev.target, trunk=call.trunk)
         return _enter(call, S.RINGING, t)
-    call = _ring(call, out, t, ev.target, ev.timeout_s, "extension")
+    call = _mark_record(_ring(call, out, t, ev.target, ev.timeout_s, "extension"), ev.record, ev.record_consent)
     out.cti("CALL_RINGING", call.tenant, t, call_id=call.call_id, target=ev.target)
     return _enter(call, S.RINGING, t)
 
@@ -725,6 +784,7 @@ def _connect_agent(call: Call, ev: ConnectAgent, out: Out) -> Call:
     if call.state in _WAIT and call.in_queue and ev.queue_id == call.queue_id:
         call = _ring(call, out, t, ev.extension, ev.ring_timeout_s, "agent", agent_id=ev.agent_id,
                      queue_id=ev.queue_id, offer_id=ev.offer_id)
+        call = _mark_record(call, ev.record, ev.record_consent)
         out.cti("CALL_RINGING", call.tenant, t, call_id=call.call_id, agent_id=ev.agent_id,
                 queue_id=ev.queue_id, target=ev.extension)
         return _enter(call, S.RINGING, t) if call.state is S.QUEUED else call
@@ -1061,30 +1121,132 @@ def _send_dtmf(call: Call, cmd: SendDtmf, out: Out) -> Call:
 on([s for s in LIVE if s not in (S.IN_FLOW, S.ACTIVE, S.HELD)], SendDtmf)(_refuse)
 
 
-@on([S.ACTIVE, S.HELD, S.TRANSFERRING], StartRecording)
+# ---- recordings (docs/recordings.md) -----------------------------------------------------------
+#
+# At most one recording at a time. Consent: with an announcement the recording waits in stage
+# "consent" until the announcement's PlaybackFinished on leg "a"; only then does ``uuid_record
+# start`` go out, so nothing is recorded before the parties heard it. Pause/resume mask the media
+# bug (silence in the file) and are allowed only while recording. A compliance (always-on)
+# recording is paused or stopped only with ``override`` (the API sets it when the tenant's policy
+# allows). The call's end ends the recording (the media server closes the file with the channel):
+# CALL_RECORDING_STOPPED(reason="call_ended") is the last word on it, and every recording that
+# started gets exactly one CALL_RECORDING_STOPPED (the metadata row's end).
+
+_REC_STATES = [S.ACTIVE, S.HELD, S.TRANSFERRING]
+
+
+def _rec_data(call: Call, rec: Recording) -> dict[str, str | bool | float]:
+    connected = call.leg(call.connected)
+    return dict(call_id=call.call_id, recording_id=rec.id, path=rec.path, by=rec.by,
+                compliance=rec.compliance, queue_id=call.queue_id, agent_id=call.agent_id,
+                extension=connected.destination if connected is not None else "")
+
+
+def _begin_recording(call: Call, out: Out, t: float, *, by: str, consent: str, compliance: bool,
+                     path: str = "") -> Call:
+    seq = call.rec_seq + 1
+    path = path or (f"{call.call_id}.wav" if seq == 1 else f"{call.call_id}-{seq}.wav")
+    rec = Recording(id=f"{call.call_id}-r{seq}", path=path, by=by, compliance=compliance, consent=consent,
+                    stage="consent" if consent else "recording")
+    call = replace(call, rec=rec, rec_seq=seq)
+    if consent:
+        _media(out, MediaBroadcast(call_id=call.call_id, leg="a", node=call.node, file=consent))
+        out.cti("CALL_RECORDING_CONSENT", call.tenant, t, **_rec_data(call, rec), file=consent)
+        return call
+    return _record_now(call, rec, out, t)
+
+
+def _record_now(call: Call, rec: Recording, out: Out, t: float) -> Call:
+    rec = replace(rec, stage="recording", started_at=t)
+    _media(out, MediaRecordStart(call_id=call.call_id, leg="a", node=call.node, path=rec.path))
+    out.cti("CALL_RECORDING_STARTED", call.tenant, t, **_rec_data(call, rec))
+    return replace(call, rec=rec, recording=rec.path)
+
+
+def _finish_recording(call: Call, out: Out, t: float, reason: str, *, command: bool) -> Call:
+    """The recording ends: tell the media server (``command``) and CTI; a recording still waiting
+    for its consent announcement never started and simply goes."""
+    rec = call.rec
+    if rec is None:
+        return call
+    if rec.stage == "recording":
+        if command:
+            _media(out, MediaRecordStop(call_id=call.call_id, leg="a", node=call.node, path=rec.path))
+        paused_s = rec.paused_s + (max(0.0, t - rec.paused_at) if rec.paused else 0.0)
+        out.cti("CALL_RECORDING_STOPPED", call.tenant, t, **_rec_data(call, rec), reason=reason,
+                started_at=rec.started_at, duration_s=round(max(0.0, t - rec.started_at), 6),
+                paused_s=round(paused_s, 6))
+    return replace(call, rec=None, recording="")
+
+
+@on(_REC_STATES, StartRecording)
 def _start_rec(call: Call, cmd: StartRecording, out: Out) -> Call:
-    if call.recording:
+    if call.rec is not None:
         out.reply(cmd.request_id, "FAILED_PRECONDITION", f"call {call.call_id} is already recording")
         return call
-    path = cmd.path or f"{call.call_id}.wav"
-    _media(out, MediaRecordStart(call_id=call.call_id, leg="a", node=call.node, path=path))
-    out.cti("CALL_RECORDING_STARTED", call.tenant, call.now, call_id=call.call_id, path=path)
-    out.reply(cmd.request_id, path=path)
-    return replace(call, recording=path)
+    call, t = _t(call, cmd.at)
+    call = _begin_recording(call, out, t, by=cmd.by, consent=cmd.consent, compliance=cmd.compliance,
+                            path=cmd.path)
+    assert call.rec is not None
+    out.reply(cmd.request_id, path=call.rec.path, recording_id=call.rec.id, stage=call.rec.stage)
+    return call
 
 
-@on([S.ACTIVE, S.HELD, S.TRANSFERRING], StopRecording)
+def _compliance_refused(call: Call, cmd: StopRecording | PauseRecording, out: Out, what: str) -> bool:
+    if call.rec is not None and call.rec.compliance and not cmd.override:
+        out.reply(cmd.request_id, "PERMISSION_DENIED",
+                  f"call {call.call_id} has an always-on recording: the policy does not allow to {what} it")
+        return True
+    return False
+
+
+@on(_REC_STATES, StopRecording)
 def _stop_rec(call: Call, cmd: StopRecording, out: Out) -> Call:
-    if not call.recording:
+    rec = call.rec
+    if rec is None:
         out.reply(cmd.request_id, "FAILED_PRECONDITION", f"call {call.call_id} is not recording")
         return call
-    _media(out, MediaRecordStop(call_id=call.call_id, leg="a", node=call.node, path=call.recording))
-    out.cti("CALL_RECORDING_STOPPED", call.tenant, call.now, call_id=call.call_id, path=call.recording)
-    out.reply(cmd.request_id)
-    return replace(call, recording="")
+    if _compliance_refused(call, cmd, out, "stop"):
+        return call
+    call, t = _t(call, cmd.at)
+    call = _finish_recording(call, out, t, "stopped", command=True)
+    out.reply(cmd.request_id, recording_id=rec.id, started=rec.stage == "recording")
+    return call
 
 
-on([S.ROUTING, S.IN_FLOW, S.QUEUED, S.RINGING, S.PARKED], StartRecording, StopRecording)(_refuse)
+@on(_REC_STATES, PauseRecording)
+def _pause_rec(call: Call, cmd: PauseRecording, out: Out) -> Call:
+    rec = call.rec
+    if rec is None or rec.stage != "recording" or rec.paused:
+        state = "paused" if rec is not None and rec.paused else "not recording"
+        out.reply(cmd.request_id, "FAILED_PRECONDITION", f"call {call.call_id} is {state}")
+        return call
+    if _compliance_refused(call, cmd, out, "pause"):
+        return call
+    call, t = _t(call, cmd.at)
+    rec = replace(rec, paused=True, paused_at=t)
+    _media(out, MediaRecordMask(call_id=call.call_id, leg="a", node=call.node, path=rec.path, mask=True))
+    out.cti("CALL_RECORDING_PAUSED", call.tenant, t, **_rec_data(call, rec))
+    out.reply(cmd.request_id, recording_id=rec.id)
+    return replace(call, rec=rec)
+
+
+@on(_REC_STATES, ResumeRecording)
+def _resume_rec(call: Call, cmd: ResumeRecording, out: Out) -> Call:
+    rec = call.rec
+    if rec is None or not rec.paused:
+        out.reply(cmd.request_id, "FAILED_PRECONDITION", f"call {call.call_id} has no paused recording")
+        return call
+    call, t = _t(call, cmd.at)
+    rec = replace(rec, paused=False, paused_at=0.0, paused_s=rec.paused_s + max(0.0, t - rec.paused_at))
+    _media(out, MediaRecordMask(call_id=call.call_id, leg="a", node=call.node, path=rec.path, mask=False))
+    out.cti("CALL_RECORDING_RESUMED", call.tenant, t, **_rec_data(call, rec), paused_s=round(rec.paused_s, 6))
+    out.reply(cmd.request_id, recording_id=rec.id)
+    return replace(call, rec=rec)
+
+
+on([S.ROUTING, S.IN_FLOW, S.QUEUED, S.RINGING, S.PARKED], StartRecording, StopRecording, PauseRecording,
+   ResumeRecording)(_refuse)
 
 
 def step(call: Call, event: Message) -> tuple[Call, list[Effect]]:

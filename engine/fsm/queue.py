@@ -90,6 +90,10 @@ class QueueConfig(msgspec.Struct, frozen=True, kw_only=True):
     sl_threshold_s: float = 20.0
     short_abandon_s: float = 5.0
     relax_steps: tuple[RelaxStep, ...] = ()
+    #: always-on recording (docs/recordings.md): every call an agent answers from this queue is
+    #: recorded, after the announcement ``record_consent`` ("" = none)
+    record: bool = False
+    record_consent: str = ""
 
 
 class Waiter(msgspec.Struct, frozen=True, kw_only=True):
@@ -391,7 +395,8 @@ def _accepted(q: Queue, msg: ReservationAccepted, out: Out) -> Queue:
     extension = msg.extension or (member.extension if member else "")
     out.send("call", offer.call_id, ConnectAgent(call_id=offer.call_id, at=t, queue_id=q.queue_id,
                                                  offer_id=offer.offer_id, agent_id=msg.agent_id,
-                                                 extension=extension, ring_timeout_s=q.config.ring_timeout_s))
+                                                 extension=extension, ring_timeout_s=q.config.ring_timeout_s,
+                                                 record=q.config.record, record_consent=q.config.record_consent))
     return replace(q, offers=offers)
 
 

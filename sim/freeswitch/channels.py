@@ -63,6 +63,8 @@ class Channel:
     variables: dict[str, str] = field(default_factory=dict)
     dtmf_buffer: list[str] = field(default_factory=list)
     recording: str | None = None
+    #: uuid_record mask: the recording runs but writes silence (no event, as in FreeSWITCH)
+    record_masked: bool = False
     conference: str | None = None
     alive: bool = True
 

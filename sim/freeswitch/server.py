@@ -169,6 +169,8 @@ class FreeSwitchEmulator:
         self.valet_log: list[tuple[str, str, str, str]] = []
         #: every intercept in order: (picker uuid, target uuid, the leg the picker was bridged to)
         self.intercept_log: list[tuple[str, str, str]] = []
+        #: every accepted uuid_record mask/unmask in order: (uuid, path, "mask" | "unmask")
+        self.record_masks: list[tuple[str, str, str]] = []
         #: api/bgapi lines received over ESL, in arrival order (bounded: the oldest are dropped)
         self.command_log: collections.deque[str] = collections.deque(maxlen=10_000)
         self.playback_durations: dict[str, float] = {}
@@ -691,7 +693,7 @@ class FreeSwitchEmulator:
     def _record_stop(self, ch: Channel, cause: str = "success") -> None:
         if ch.recording is None:
             return
-        path, ch.recording = ch.recording, None
+        path, ch.recording, ch.record_masked = ch.recording, None, False
         self._fire("RECORD_STOP", ch, extra={"Record-File-Path": path,
                                             "Record-Completion-Cause": cause})
 
@@ -1141,6 +1143,14 @@ class FreeSwitchEmulator:
             if ch.recording is None:
                 return "-ERR Cannot stop record session!\n"
             self._record_stop(ch)
+            return "+OK Success\n"
+        if action in ("mask", "unmask"):
+            # switch_ivr_record_session_mask only flags the media bug of that file: no event fires,
+            # the masked part is silence in the file; an unknown file is an error
+            if ch.recording is None or path != ch.recording:
+                return f"-ERR Cannot {action} recording session!\n"
+            ch.record_masked = action == "mask"
+            self.record_masks.append((ch.uuid, path, action))
             return "+OK Success\n"
         return "-ERR Invalid action\n"
 

@@ -96,7 +96,7 @@ def test_method_table_covers_every_command_and_names_roles():
     call_methods = {name for name, _ in ((x.name, x) for x in SERVICES["CallControl"])}
     expected = {"Originate", "Answer", "Hangup", "Hold", "Retrieve", "BlindTransfer", "AttendedTransferStart",
                 "AttendedTransferComplete", "AttendedTransferCancel", "Park", "Pickup", "SendDtmf",
-                "StartRecording", "StopRecording", "JoinConference"}
+                "StartRecording", "StopRecording", "PauseRecording", "ResumeRecording", "JoinConference"}
     assert call_methods == expected == call_commands
     assert {x.name for x in SERVICES["Agents"]} == {"Login", "Logout", "SetReady", "SetNotReady", "EndWrapUp", "Get", "List"}
     assert {x.name for x in SERVICES["Queues"]} == {"Get", "List", "Stats", "Join", "Leave"}

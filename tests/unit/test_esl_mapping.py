@@ -43,6 +43,7 @@ from engine.messages import (
     DtmfReceived,
     MediaAnswer,
     MediaBridge,
+    MediaBroadcast,
     MediaCollectDigits,
     MediaConference,
     MediaHangup,
@@ -51,6 +52,7 @@ from engine.messages import (
     MediaOriginate,
     MediaPark,
     MediaPlay,
+    MediaRecordMask,
     MediaRecordStart,
     MediaRecordStop,
     MediaSendDtmf,
@@ -334,6 +336,12 @@ COMMANDS = [
     (MediaRecordStop(call_id="c1"), [f"api uuid_record {A} stop all\n\n".encode()]),
     (MediaRecordStop(call_id="c1", path="/rec/c1.wav"),
      [f"api uuid_record {A} stop /rec/c1.wav\n\n".encode()]),
+    (MediaRecordMask(call_id="c1", path="/rec/c1.wav"),
+     [f"api uuid_record {A} mask /rec/c1.wav\n\n".encode()]),
+    (MediaRecordMask(call_id="c1", path="/rec/c1.wav", mask=False),
+     [f"api uuid_record {A} unmask /rec/c1.wav\n\n".encode()]),
+    (MediaBroadcast(call_id="c1", file="/snd/consent.wav"),
+     [f"api uuid_broadcast {A} /snd/consent.wav both\n\n".encode()]),
 ]
 
 
