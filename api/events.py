@@ -291,6 +291,29 @@ class CallContact(CtiBase, tag="CALL_CONTACT", frozen=True, kw_only=True):
     all (a declared field would move its key out of ``data``)."""
 
 
+class VoicemailNew(CtiBase, tag="VOICEMAIL_NEW", frozen=True, kw_only=True):
+    """A caller left a message (docs/voicemail.md); ``message_id`` is the call id, ``path`` the file
+    on the media server; ``ended``: why recording stopped (silence/limit/hangup: the switch's
+    Record-Completion-Cause, "hangup" or "timeout")."""
+
+    box: str = ""
+    message_id: str = ""
+    caller_id: str = ""
+    duration_s: float = 0.0
+    path: str = ""
+    ended: str = ""
+
+
+class VoicemailAbandoned(CtiBase, tag="VOICEMAIL_ABANDONED", frozen=True, kw_only=True):
+    """The caller reached a mailbox but left no message (hung up before or at the beep, or recorded
+    less than the node's ``min_length_s``)."""
+
+    box: str = ""
+    caller_id: str = ""
+    duration_s: float = 0.0
+    reason: str = ""
+
+
 # ---- conference rooms (#10 part 3; engine/fsm/conference.py, docs/conferences.md) -----------
 # Filed under "call" subjects: member events carry the member's call_id (room-level ones "-").
 
@@ -360,7 +383,7 @@ CtiWireEvent = (
     | CallConsultStarted | CallConsultAnswered | CallConsultEnded | CallParked | CallPickedUp | CallParkTimeout
     | CallConferenced | CallRecordingConsent | CallRecordingStarted | CallRecordingPaused
     | CallRecordingResumed | CallRecordingStopped | CallInFlow | CallFlowEnded
-    | CallOverflowed | CallTrunkSeized | CallTrunkFailover | CallContact
+    | CallOverflowed | CallTrunkSeized | CallTrunkFailover | CallContact | VoicemailNew | VoicemailAbandoned
     | CallEnded | QueueEntered | QueueLeft | AgentStateChanged | AgentDeviceChanged
     | AgentOfferMissed | AgentLateAnswer | AgentCallLost | QueueOfferLost | QueueConfigChanged | ActorError | CtiUnknown
     | ConferenceStarted | ConferenceEnded | ConferenceMemberJoined | ConferenceMemberLeft

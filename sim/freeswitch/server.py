@@ -169,6 +169,8 @@ class FreeSwitchEmulator:
         self.valet_log: list[tuple[str, str, str, str]] = []
         #: every intercept in order: (picker uuid, target uuid, the leg the picker was bridged to)
         self.intercept_log: list[tuple[str, str, str]] = []
+        #: every ``record`` app run: (uuid, path, time limit, silence threshold, silence hits)
+        self.record_log: list[tuple[str, str, int, int, int]] = []
         #: every accepted uuid_record mask/unmask in order: (uuid, path, "mask" | "unmask")
         self.record_masks: list[tuple[str, str, str]] = []
         #: api/bgapi lines received over ESL, in arrival order (bounded: the oldest are dropped)
@@ -531,6 +533,8 @@ class FreeSwitchEmulator:
         if app == "record_session":
             self._record_start(ch, arg)
             return "_none_"
+        if app == "record":
+            return await self._record_app(ch, arg)
         if app == "conference":
             return await self._conference(ch, arg)
         if app == "socket":
@@ -684,6 +688,35 @@ class FreeSwitchEmulator:
             if len(digits) >= mn and re.fullmatch(regexp, digits or ""):
                 ch.variables[var] = digits
                 return "_none_"
+        return "_none_"
+
+    #: how long a caller talks into ``record`` before falling silent (None: until the time limit);
+    #: a channel's ``emulator_record_talk_s`` variable overrides it
+    RECORD_TALK_S: float | None = None
+
+    async def _record_app(self, ch: Channel, arg: str) -> str:
+        """mod_dptools ``record <path> [<time_limit_secs>] [<silence_thresh>] [<silence_hits>]``
+        (a voicemail message): RECORD_START, then the caller talks ``emulator_record_talk_s``
+        seconds and falls silent; ``silence_hits`` seconds of silence end it (Record-Completion-Cause
+        success-silence), else the time limit does (success-maxtime); a hangup ends it too.
+        Every run is in ``emu.record_log`` as (uuid, path, limit, threshold, hits)."""
+        words = arg.split()
+        path = words[0] if words else ""
+        nums = [int(w) if w.isdigit() else 0 for w in words[1:4]] + [0, 0, 0]
+        limit, thresh, hits = nums[0], nums[1], nums[2]
+        self.record_log.append((ch.uuid, path, limit, thresh, hits))
+        talk_var = ch.variables.get("emulator_record_talk_s")
+        talk = float(talk_var) if talk_var else self.RECORD_TALK_S
+        wait, cause = (float(limit) if limit > 0 else 3600.0), "success-maxtime"
+        if talk is not None and hits > 0 and talk + hits < wait:
+            wait, cause = talk + hits, "success-silence"
+        self._record_start(ch, path)
+        try:
+            await trio.sleep(wait)
+        finally:
+            if ch.recording == path and ch.up:
+                with trio.CancelScope(shield=True):
+                    self._record_stop(ch, cause)
         return "_none_"
 
     def _record_start(self, ch: Channel, path: str) -> None:
