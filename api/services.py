@@ -260,9 +260,7 @@ _CALL_METHODS: list[tuple[str, type, Callable[[Any, float, str], Any], str]] = [
     ("AttendedTransferCancel", t.CallRequest, _simple(m.AttendedTransferCancel),
      "drop the consultation, back to the caller"),
     # Park and Pickup: registered below with their own handlers (park, pickup), same place
-    ("JoinConference", t.JoinConferenceRequest,
-     lambda r, at, rid: m.JoinConference(call_id=r.call_id, at=at, request_id=rid, room=r.room),
-     "move the call into a conference room"),
+    # JoinConference: registered below from api/conferences.py (the tenant's rooms and PINs decide)
     ("SendDtmf", t.SendDtmfRequest,
      lambda r, at, rid: m.SendDtmf(call_id=r.call_id, at=at, request_id=rid, digits=r.digits),
      "send DTMF digits"),
@@ -599,6 +597,12 @@ for _m in recording_methods():
     _add(_m)
 
 for _m in _admin_methods():
+    _add(_m)
+
+# conferences (docs/conferences.md): JoinConference with the room's checks, the Conferences service
+from api.conferences import conference_methods  # noqa: E402  (it imports the helpers above lazily)
+
+for _m in conference_methods():
     _add(_m)
 
 #: service name -> its methods

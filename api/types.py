@@ -149,7 +149,58 @@ class SendDtmfRequest(Req, frozen=True, kw_only=True):
 
 class JoinConferenceRequest(Req, frozen=True, kw_only=True):
     call_id: Id
+    #: the room number (docs/conferences.md); the tenant's rooms only
     room: Id
+    #: the room's moderator PIN (joins as moderator) or member PIN
+    pin: Annotated[str, Meta(max_length=12, pattern=r"^[0-9]*$")] = ""
+    #: staff only: join as moderator without the PIN
+    moderator: bool = False
+
+
+# ---- Conferences (docs/conferences.md) ---------------------------------------------------------
+
+
+class ListConferencesRequest(Req, frozen=True, kw_only=True):
+    pass
+
+
+class ConferenceRoomRequest(Req, frozen=True, kw_only=True):
+    room: Id
+
+
+class ConferenceMemberRequest(Req, frozen=True, kw_only=True):
+    room: Id
+    #: FreeSWITCH's Member-ID (Conferences/Get lists them)
+    member_id: Annotated[int, Meta(ge=1, le=2**31)]
+
+
+class ConferenceMemberInfo(Resp, frozen=True, kw_only=True):
+    member_id: int
+    call_id: str = ""
+    caller_id: str = ""
+    moderator: bool = False
+    muted: bool = False
+    joined_at: float = 0.0
+
+
+class ConferenceRoomInfo(Resp, frozen=True, kw_only=True):
+    room: str
+    name: str = ""
+    #: RUNNING (a moderator came, or the room does not wait for one) / members waiting for one
+    running: bool = False
+    waiting: bool = False
+    max_members: int = 0
+    members: list[ConferenceMemberInfo] = []
+
+
+class ConferenceList(Resp, frozen=True, kw_only=True):
+    items: list[ConferenceRoomInfo]
+
+
+class ConferenceResponse(Resp, frozen=True, kw_only=True):
+    room: str
+    member_id: int
+    action: str
 
 
 class CallResponse(Resp, frozen=True, kw_only=True):

@@ -133,6 +133,15 @@ async def exercise(stack, call: Call, tenant: str) -> set[str]:
                            ("CallControl/AttendedTransferCancel", {}),
                            ("CallControl/JoinConference", {"room": "r1"})]:
         await ok(method, {"call_id": call_id, **params}, agent)
+    # Conferences: this stack has no conference service (engine/conference.py): typed UNIMPLEMENTED,
+    # and the role gate first (Get/List are staff only); tests/integration/test_conference_esl.py
+    # drives them against the emulator
+    await ok("Conferences/List", {}, agent, expect="PERMISSION_DENIED")
+    for method, params in [("Conferences/List", {}), ("Conferences/Get", {"room": "3000"}),
+                           ("Conferences/Mute", {"room": "3000", "member_id": 1}),
+                           ("Conferences/Unmute", {"room": "3000", "member_id": 1}),
+                           ("Conferences/Kick", {"room": "3000", "member_id": 1})]:
+        await ok(method, params, sup, expect="UNIMPLEMENTED")
     await ok("CallControl/Hold", {"call_id": call_id}, sup)
     await ok("CallControl/Hold", {"call_id": call_id}, sup, expect="FAILED_PRECONDITION")
     await ok("CallControl/Retrieve", {"call_id": call_id}, sup)
@@ -172,7 +181,7 @@ def test_every_unary_method_on_every_transport():
         async with api_stack(node_options={"router": router}) as stack:
             unary = {m.full_name.removeprefix("callengine.v1.") for m in METHODS.values() if not m.streaming}
             called = await exercise(stack, via_http(stack), "th")
-            assert "Admin/DeleteAgent" in called and len(unary) == 48, sorted(unary - called)
+            assert "Admin/DeleteAgent" in called and len(unary) == 57, sorted(unary - called)
             assert unary <= called, unary - called
             assert unary <= await exercise(stack, via_nats(stack, "tn"), "tn")
             async with ws_client(stack) as ws:
@@ -212,7 +221,7 @@ def test_micro_services_are_discoverable_with_stats():
             infos, stats = await stack.bridge.aio(discover)
             names = {i["name"] for i in infos}
             assert names == {"callengine-CallControl", "callengine-Agents", "callengine-Queues", "callengine-Admin",
-                             "callengine-Events", "callengine-Parking"}
+                             "callengine-Events", "callengine-Parking", "callengine-Conferences"}
             events = next(i for i in infos if i["name"] == "callengine-Events")
             assert {e["subject"] for e in events["endpoints"]} == {"api.*.Events.Watch"}
             queues = next(i for i in infos if i["name"] == "callengine-Queues")

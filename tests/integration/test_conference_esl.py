@@ -57,7 +57,15 @@ def run(body, *, timeout: float = 20.0) -> None:
                     await links.wait_all_up()
                     await esl.wait_all_up()
                 with trio.fail_after(timeout):
-                    await body(emu, node, cdrs, cti, service)
+                    if body.__code__.co_argcount == 6:
+                        from api.auth import Authenticator
+                        from api.dispatch import Api
+
+                        api = Api(node, Authenticator("s" * 40))
+                        api.conferences = service
+                        await body(emu, node, cdrs, cti, service, api)
+                    else:
+                        await body(emu, node, cdrs, cti, service)
             n.cancel_scope.cancel()
     trio.run(main)
 
@@ -222,3 +230,76 @@ def test_the_emulator_speaks_mod_conference_over_plain_esl() -> None:
                 assert seen[-2].get("New-ID") == "none" and not emu.conferences.rooms
             n.cancel_scope.cancel()
     trio.run(main)
+
+
+def _who(role, tenant="default", agent_id=""):
+    from api.auth import Principal
+
+    return Principal(tenant=tenant, subject=f"{role}-{tenant}", roles=frozenset({role}), agent_id=agent_id)
+
+
+async def _invoke(api, who, method, **params):
+    import json
+
+    from api.errors import ApiError
+
+    try:
+        return "OK", await api.invoke(who, method, json.dumps(params).encode(), "test")
+    except ApiError as exc:
+        return exc.code, str(exc)
+
+
+def test_api_join_by_pin_then_moderator_controls_with_roles_and_tenants() -> None:
+    async def body(emu, node, cdrs, cti, service, api):
+        sup, agent, other = _who("supervisor"), _who("agent", agent_id="a9"), _who("supervisor", "t2")
+        a, call_a = await _talking(emu, cti, "2001", "1001")
+        partner = a.peer
+        code, _ = await _invoke(api, sup, "CallControl/JoinConference", call_id=call_a, room="3000", pin="0000")
+        assert code == "PERMISSION_DENIED"  # wrong PIN: nothing sent
+        code, _ = await _invoke(api, agent, "CallControl/JoinConference", call_id=call_a, room="3000",
+                                moderator=True)
+        assert code in ("PERMISSION_DENIED", "NOT_FOUND")  # not its call, and no PIN-less moderator
+        code, _ = await _invoke(api, other, "CallControl/JoinConference", call_id=call_a, room="3000",
+                                pin="4321")
+        assert code == "NOT_FOUND"  # another tenant sees neither the call nor the room
+        assert not _lines(emu, "conference:")
+        code, resp = await _invoke(api, sup, "CallControl/JoinConference", call_id=call_a, room="3000",
+                                   pin="4321")
+        assert code == "OK" and resp.data["room"] == "3000", resp
+        # the moderator flag goes to the leg the caller talks to (the extension acting), not the caller
+        await until(lambda: _lines(emu, f"uuid_transfer {partner} conference:{ROOM}@default+flags{{moderator}} inline"))
+        await until(lambda: _lines(emu, f"uuid_transfer {a.uuid} conference:{ROOM}@default inline"))
+        await until(lambda: len(service.members("default", "3000")) == 2)
+        code, room = await _invoke(api, sup, "Conferences/Get", room="3000")
+        assert code == "OK" and room.running and [mb.moderator for mb in room.members] == [False, True]
+        caller = next(mb for mb in room.members if mb.call_id == call_a and not mb.moderator)
+        code, _ = await _invoke(api, other, "Conferences/Get", room="3000")
+        assert code == "NOT_FOUND"
+        code, _ = await _invoke(api, agent, "Conferences/Get", room="3000")
+        assert code == "PERMISSION_DENIED"  # the role gate: staff only
+        code, _ = await _invoke(api, agent, "Conferences/Kick", room="3000", member_id=caller.member_id)
+        assert code == "PERMISSION_DENIED"  # an agent without a moderating call in the room
+        code, _ = await _invoke(api, other, "Conferences/Kick", room="3000", member_id=caller.member_id)
+        assert code == "NOT_FOUND"
+        code, _ = await _invoke(api, sup, "Conferences/Kick", room="3000", member_id=0)
+        assert code == "INVALID_ARGUMENT"
+        code, _ = await _invoke(api, sup, "Conferences/Mute", room="3000", member_id=999)
+        assert code == "NOT_FOUND"
+        assert not _lines(emu, "api conference ")
+        code, resp = await _invoke(api, sup, "Conferences/Mute", room="3000", member_id=caller.member_id)
+        assert code == "OK" and resp.action == "mute"
+        await until(lambda: len(cti.named("CONFERENCE_MEMBER_MUTED")) == 1)
+        code, room = await _invoke(api, sup, "Conferences/List")
+        assert code == "OK" and [r.room for r in room.items] == ["3000"]
+        assert [mb.muted for mb in room.items[0].members if mb.member_id == caller.member_id] == [True]
+        code, _ = await _invoke(api, sup, "Conferences/Kick", room="3000", member_id=caller.member_id)
+        assert code == "OK"
+        await until(lambda: len(cti.named("CONFERENCE_MEMBER_KICKED")) == 1)
+        # the kicked caller hangs up; its partner is alone in the room until it leaves too
+        await until(lambda: not a.up)
+        for ch in list(emu.channels.values()):
+            if ch.up:
+                await emu.hangup(ch.uuid)
+        await until(lambda: len(cdrs.items) == 1 and len(cti.named("CONFERENCE_ENDED")) == 1)
+        assert cdrs.items[0].call_id == call_a
+    run(body)
