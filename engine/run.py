@@ -4,8 +4,10 @@ What ``open_engine`` assembles, in this order (and tears down in reverse, so not
 
 1. PostgreSQL: ``open_database()`` (``CALLENGINE_PG_DSN``, or the embedded pgserver in
    ``<state>/pg``), migrations applied; the configuration snapshot (``PgConfigStore``).
-2. ``CdrWriter`` (spool ``<state>/cdr.spool``) and ``EventSink``: opened first, so they flush
-   after everything else has stopped and written its last CDRs and events.
+2. ``CdrWriter`` (spool ``<state>/cdr.spool``), ``EventSink`` and the ``RecordingWriter``
+   (recording metadata from the recording CTI events, docs/recordings.md): opened first, so they
+   flush after everything else has stopped and written its last CDRs and events. The API reads
+   recordings through ``PgRecordings``; the retention job runs every ``recording_retention_s``.
 3. NATS: ``--nats-url`` / ``CALLENGINE_NATS_URL`` with its credentials (``--nats-creds``,
    ``--nats-user``/``--nats-password``, ``--nats-token``, ``--nats-nkey-seed`` or the ``NATS_*``
    variables, see ``add_parser``), or our own nats-server (``NatsProcess``: fixed port and store
@@ -132,6 +134,8 @@ class RunOptions:
     xml_curl_credentials: str = ""
     #: at stop, how long webhook deliveries may drain before the rest become dead letters
     webhook_drain_s: float = 5.0
+    #: how often the recordings' retention job runs (docs/recordings.md)
+    recording_retention_s: float = 3600.0
 
     def nats_credentials(self) -> dict[str, str]:
         """The credentials that are set, by ``NatsSettings`` field."""
@@ -432,6 +436,10 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
         config = NodeConfig(await store.snapshot())
         writer = await stack.enter_async_context(open_cdr_writer(pg, state / "cdr.spool"))
         sink = await stack.enter_async_context(open_event_sink(pg))
+        # recordings' metadata from the recording CTI events (docs/recordings.md), flushed after the node
+        from adapters.postgres.recordings import PgRecordings, open_recording_writer, run_retention
+
+        recordings = await stack.enter_async_context(open_recording_writer(pg))
         # webhooks, contact lookup, CDR journaling (adapters/webhooks/node.py): config from
         # PostgreSQL (live), stopped after the node (drain, then dead letters to PostgreSQL)
         from adapters.webhooks.node import open_node_webhooks
@@ -453,7 +461,8 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
         parking = ParkingViews(groups_of=lambda tenant: pickup_groups(config.snapshot, tenant))
 
         def wrap(ports: Ports) -> Ports:
-            cti, cdr = webhooks.ports(ParkingCti(parking, LedgerCti(ledger, TeeCti(ports.cti, sink))), writer)
+            cti, cdr = webhooks.ports(ParkingCti(parking, LedgerCti(ledger, TeeCti(ports.cti, sink, recordings))),
+                                      writer)
             return telemetry.wrap_ports(Ports(ports.media, cti, cdr, ports.replies))
 
         # the Admin API writes to PostgreSQL; NOTIFY brings each change back to every node
@@ -484,6 +493,9 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
         # click-to-call and blind transfers to outside numbers: the same routes and trunk counts
         api_stack.api.outbound = _api_outbound(config, outbound, ledger, links.registry)
         api_stack.api.parking = parking
+        # recordings: the tenant's policy and the rows for the API; audio is fetched from the media
+        # store at CALLENGINE_RECORDINGS_URL (+ the file name), when the operator runs one
+        api_stack.api.recordings = PgRecordings(pg, audio_base=os.environ.get("CALLENGINE_RECORDINGS_URL", ""))
         telemetry.bind(node=node, links=links, cdr_writer=writer, publisher=api_stack.publisher)
         nursery = await stack.enter_async_context(trio.open_nursery())
         stack.callback(nursery.cancel_scope.cancel)
@@ -500,6 +512,8 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
                         log.warning("configuration resync failed (%r); retrying", exc)
 
         nursery.start_soon(resync_loop)
+        # retention: expired recording rows are marked hourly (the audio is the media server's to delete)
+        nursery.start_soon(lambda: run_retention(pg, interval_s=o.recording_retention_s))
         engine = Engine(node=node, stack=api_stack, links=links, pg=pg, store=store, config=config,
                         cdr_writer=writer, event_sink=sink, telemetry=telemetry, secret=secret,
                         state_dir=state, cluster=cluster, gateway=gateway, nats_server=nats_server,

@@ -292,6 +292,9 @@ async def run_retention(pg: Postgres, *, interval_s: float = 3600.0, limit: int 
                 log.warning("recording retention: postgres unavailable (%s)", exc)
                 break
             total += len(rows)
+            if rows:
+                log.info("recording retention: %d recordings expired (their audio files are the media "
+                         "server's to delete): %s", len(rows), ", ".join(r.path for r in rows[:10]))
             if rows and on_expired is not None:
                 on_expired(rows)
             if len(rows) < limit:

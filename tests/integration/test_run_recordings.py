@@ -1,0 +1,130 @@
+"""Recordings through ``callengine run`` (``open_engine``, in process; docs/recordings.md): an
+extension whose row says ``record`` (written while the node runs, in embedded PostgreSQL) records
+every call it answers after the consent announcement; the API starts, pauses and stops an on-demand
+recording under the tenant's policy row; the rows land in ``recordings`` (the node's recordings
+writer) and Recordings/List and Get return them with the media store's URL. The FreeSWITCH emulator
+(real ESL on 127.0.0.1) plays, records and masks. Every wait is bounded."""
+
+from __future__ import annotations
+
+import pathlib
+import tempfile
+import warnings
+
+import pytest
+import trio
+
+from api.auth import issue_token
+from engine.run import EpochClock, RunOptions, open_engine
+from tests.support.nats import http_call
+
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+TENANT = "default"
+SECRET = "s" * 32
+CONSENT = "/snd/recorded.wav"
+
+
+async def _until(predicate, timeout: float = 10.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.02)
+
+
+@pytest.mark.timeout(120)
+def test_always_on_extension_and_on_demand_recording_through_callengine_run(monkeypatch) -> None:
+    from adapters.freeswitch.config import EslNodeConfig
+    from adapters.postgres.config import Extension, Tenant
+    from adapters.postgres.errors import AlreadyExists
+    from adapters.postgres.recordings import save_policy
+    from engine.recordings import RecordingPolicy
+    from sim.freeswitch import FreeSwitchEmulator
+
+    state = pathlib.Path(tempfile.mkdtemp(prefix="callengine-run-recordings-"))
+    monkeypatch.setenv("CALLENGINE_STATE_DIR", str(state))
+    monkeypatch.setenv("CALLENGINE_RECORDINGS_URL", "https://media.example/rec")
+    monkeypatch.delenv("CALLENGINE_PG_DSN", raising=False)
+    out: dict = {}
+
+    async def main() -> None:
+        emu = FreeSwitchEmulator(heartbeat=1.0, answer_delay=0.01, ring_delay=0.002)
+        emu.playback_durations[CONSENT] = 0.1
+        async with trio.open_nursery() as outer:
+            port = await outer.start(emu.run)
+            for phone in ("1001", "1002"):
+                emu.register_phone(phone)
+            options = RunOptions(secret=SECRET, state_dir=str(state), in_process=True, node_name="t",
+                                 esl_nodes=[EslNodeConfig(name="fs1", port=port)], esl_heartbeat_s=1.0,
+                                 webhook_drain_s=0.2)
+            async with open_engine(options) as engine:
+                store = engine.store
+                try:
+                    await store.create(Tenant(tenant=TENANT))
+                except AlreadyExists:
+                    pass
+                await store.create(Extension(tenant=TENANT, extension="1001"))
+                await store.create(Extension(tenant=TENANT, extension="1002", record=True, record_consent=CONSENT))
+                await save_policy(engine.pg, RecordingPolicy(tenant=TENANT, retention_days=7))
+                await _until(lambda: engine.config.snapshot.get(Extension, TENANT, "1002") is not None)
+                with trio.fail_after(15):
+                    await engine.links.wait_all_up()
+                admin = issue_token(SECRET, tenant=TENANT, sub="root", roles=("admin",))
+
+                async def api(method: str, params: dict, tok: str = admin) -> tuple[int, dict]:
+                    return await http_call(engine.stack, method, params, tok)
+
+                # always-on: a call to 1002 is recorded after the announcement, until it ends
+                ch = await emu.place_inbound_call("2001", "1002")
+                await _until(lambda: ch.recording is not None)
+                out["broadcast_first"] = any(f"uuid_broadcast {ch.uuid} {CONSENT} both" in line
+                                             for line in emu.command_log)
+                out["stop_compliance"] = await api("CallControl/StopRecording", {"call_id": ch.uuid})
+                await emu.hangup(ch.uuid)
+                # on demand: a call to 1001, started, paused, resumed and stopped through the API
+                ch2 = await emu.place_inbound_call("2002", "1001")
+                await _until(lambda: ch2.peer is not None)
+                await _until(lambda: engine.node.runtime.state_of("call", ch2.uuid) is not None
+                             and engine.node.runtime.state_of("call", ch2.uuid).state.name == "ACTIVE")
+                out["start"] = await api("CallControl/StartRecording", {"call_id": ch2.uuid})
+                await _until(lambda: ch2.recording is not None)
+                out["pause"] = await api("CallControl/PauseRecording", {"call_id": ch2.uuid})
+                await _until(lambda: ch2.record_masked)
+                await trio.sleep(0.2)
+                out["resume"] = await api("CallControl/ResumeRecording", {"call_id": ch2.uuid})
+                out["stop"] = await api("CallControl/StopRecording", {"call_id": ch2.uuid})
+                await _until(lambda: ch2.recording is None)
+                await emu.hangup(ch2.uuid)
+                await _until(lambda: not emu.channels, 10)
+
+                async def rows() -> int:
+                    return len((await api("Recordings/List", {}))[1].get("items", []))
+
+                with trio.fail_after(10):
+                    while await rows() < 2 or any(i["stopped_at"] is None for i in
+                                                  (await api("Recordings/List", {}))[1]["items"]):
+                        await trio.sleep(0.05)
+                out["list"] = await api("Recordings/List", {})
+                rid = out["start"][1]["data"]["recording_id"]
+                out["get"] = await api("Recordings/Get", {"recording_id": rid})
+                other = issue_token(SECRET, tenant="other", sub="root", roles=("admin",))
+                out["other_tenant"] = await api("Recordings/Get", {"recording_id": rid}, other)
+            outer.cancel_scope.cancel()
+
+    trio.run(main, clock=EpochClock())
+    assert out["broadcast_first"]
+    status, body = out["stop_compliance"]
+    assert status == 403 and body["code"] == "permission_denied", body
+    for step in ("start", "pause", "resume", "stop"):
+        assert out[step][0] == 200, (step, out[step])
+    status, body = out["list"]
+    items = {i["extension"]: i for i in body["items"]}
+    assert set(items) == {"1001", "1002"}, body
+    always = items["1002"]
+    assert always["compliance"] and always["started_by"] == "auto:extension:1002"
+    assert always["stop_reason"] == "call_ended"
+    status, got = out["get"]
+    assert status == 200 and got["started_by"] == "user:root" and got["stop_reason"] == "stopped", got
+    assert got["paused_s"] >= 0.15 and got["audio_url"] == f"https://media.example/rec/{got['path']}"
+    assert abs(got["retain_until"] - got["started_at"] - 7 * 86_400) < 1e-3
+    status, body = out["other_tenant"]
+    assert status == 404 and body["code"] == "not_found", body
