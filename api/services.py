@@ -605,6 +605,12 @@ from api.conferences import conference_methods  # noqa: E402  (it imports the he
 for _m in conference_methods():
     _add(_m)
 
+# voicemail (docs/voicemail.md): mailboxes, PINs, messages and GDPR erasure over the node's service
+from api.voicemail import voicemail_methods  # noqa: E402  (it imports the helpers above lazily)
+
+for _m in voicemail_methods():
+    _add(_m)
+
 #: service name -> its methods
 SERVICES: dict[str, list[Method]] = {}
 for _m in METHODS.values():

@@ -103,6 +103,80 @@ class ParkedList(Resp, frozen=True, kw_only=True):
     items: list[ParkedCall]
 
 
+# ---- Voicemail (docs/voicemail.md) -----------------------------------------------------------------
+
+Pin = Annotated[str, Meta(min_length=4, max_length=12, pattern=r"^[0-9]+$")]
+
+
+class MailboxRequest(Req, frozen=True, kw_only=True):
+    box: Id
+
+
+class SetMailboxRequest(Req, frozen=True, kw_only=True):
+    """Create or update the mailbox of extension ``box`` (a new one needs its PIN set with SetPin
+    first or in the same breath: SetPin creates it with the defaults)."""
+
+    box: Id
+    greeting: Text = ""
+    max_length_s: Annotated[int, Meta(ge=1, le=3600)] = 120
+    #: 0 keeps messages until deleted
+    retention_days: Annotated[int, Meta(ge=0, le=3650)] = 30
+
+
+class SetPinRequest(Req, frozen=True, kw_only=True):
+    """Set a mailbox's PIN (creating the mailbox with defaults when it has none). Not audited with
+    its body, so the PIN never reaches the audit log; the PIN is stored only as a hash."""
+
+    box: Id
+    pin: Pin
+
+
+class MailboxInfo(Resp, frozen=True, kw_only=True):
+    box: str
+    greeting: str = ""
+    max_length_s: int = 120
+    retention_days: int = 30
+    new: int = 0
+    saved: int = 0
+
+
+class ListMessagesRequest(Req, frozen=True, kw_only=True):
+    box: Id
+    #: "" = both folders
+    folder: Literal["", "new", "saved"] = ""
+
+
+class VoicemailMessageInfo(Resp, frozen=True, kw_only=True):
+    message_id: str
+    box: str
+    caller_id: str
+    created_at: float
+    duration_s: float
+    path: str
+    folder: str
+    expires_at: float | None = None
+
+
+class VoicemailMessageList(Resp, frozen=True, kw_only=True):
+    items: list[VoicemailMessageInfo]
+
+
+class MessageRequest(Req, frozen=True, kw_only=True):
+    box: Id
+    message_id: Id
+
+
+class EraseCallerRequest(Req, frozen=True, kw_only=True):
+    """GDPR: delete every message this number left in the tenant's mailboxes."""
+
+    caller_id: Id
+
+
+class ErasedResponse(Resp, frozen=True, kw_only=True):
+    #: messages deleted now (their audio files are listed for removal on the media server)
+    erased: int = 0
+
+
 # ---- Recordings (docs/recordings.md) ---------------------------------------------------------------
 
 
@@ -140,6 +214,21 @@ class RecordingInfo(Resp, frozen=True, kw_only=True):
 
 class RecordingList(Resp, frozen=True, kw_only=True):
     items: list[RecordingInfo]
+
+
+class RecordingPolicyRequest(Req, frozen=True, kw_only=True):
+    pass
+
+
+class RecordingPolicyRecord(Req, frozen=True, kw_only=True):
+    """The tenant's recording policy (``engine.recordings.RecordingPolicy``; docs/recordings.md)."""
+
+    #: the announcement played before an API-started recording (a file on the media server; "" = none)
+    consent: Annotated[str, Meta(max_length=256, pattern=r"^[^\s]*$")] = ""
+    retention_days: Annotated[int, Meta(ge=1, le=36_500)] = 90
+    agent_control: bool = True
+    agent_listen: bool = False
+    compliance_stop_roles: list[Literal["admin", "supervisor", "agent"]] = []
 
 
 class SendDtmfRequest(Req, frozen=True, kw_only=True):

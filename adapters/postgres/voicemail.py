@@ -122,6 +122,23 @@ class VoicemailStore:
         return Mailbox(tenant=tenant, box=box, greeting=row["greeting"], max_length_s=row["max_length_s"],
                        retention_days=row["retention_days"])
 
+    async def set_pin(self, tenant: str, box: str, pin: str) -> None:
+        """Set the PIN only (a mailbox with the defaults is created when there is none)."""
+        try:
+            pin_hash = vm.hash_pin(pin, self._salt())
+        except vm.BadPin as exc:
+            raise InvalidArgument(f"voicemail box {box}", "pin", str(exc)) from None
+
+        async def go(conn: Any) -> None:
+            await conn.execute(
+                "INSERT INTO voicemail_boxes (tenant, box, pin_hash) VALUES ($1, $2, $3) ON CONFLICT (tenant, box)"
+                " DO UPDATE SET pin_hash=EXCLUDED.pin_hash, updated_at=now()", tenant, box, pin_hash)
+
+        try:
+            await self.pg.run(go)
+        except asyncpg.exceptions.ForeignKeyViolationError:
+            raise FailedPrecondition(f"voicemail box {box}", f"tenant {tenant} has no extension {box}") from None
+
     async def get_mailbox(self, tenant: str, box: str) -> Mailbox:
         row = await self._box_row(tenant, box)
         return Mailbox(tenant=tenant, box=box, greeting=row["greeting"], max_length_s=row["max_length_s"],
