@@ -11,8 +11,9 @@ to ``NodeConfig.apply`` on every node (new queues and agents start, a changed qu
 
 Rules
 1. Records map to rows (adapters/postgres/config.py):
-   - ``Extension(id, name, sip_user, voicemail, enabled, pickup_groups)`` <-> ``Extension(extension=id,
-     name, user_id=sip_user, voicemail, enabled, pickup_groups)``; ``caller_id`` is kept from the stored row.
+   - ``Extension(id, name, sip_user, voicemail, enabled, pickup_groups, record, record_consent)`` <->
+     ``Extension(extension=id, name, user_id=sip_user, voicemail, enabled, pickup_groups, record,
+     record_consent)``; ``caller_id`` is kept from the stored row.
    - ``QueueRecord`` <-> ``QueueDef`` (same field names, ``queue_id=id``); ``offer_grace_s``,
      ``short_abandon_s``, ``relax_steps`` are kept from the stored row.
    - ``AgentRecord(id, name, extension, queues, skills)`` <-> ``AgentDef`` + one ``QueueMember``
@@ -54,7 +55,7 @@ from api.store import RECORD_TYPES, AgentRecord, Extension, Flow, QueueRecord, v
 __all__ = ["ConfigAdminStore"]
 
 _QUEUE_FIELDS = ("name", "strategy", "ring_timeout_s", "wrap_up_s", "max_wait_s", "max_length",
-                 "overflow_target", "sl_threshold_s")
+                 "overflow_target", "sl_threshold_s", "record", "record_consent")
 _ROW_KIND: dict[str, type[c.Entity]] = {
     "extension": c.Extension, "queue": c.QueueDef, "agent": c.AgentDef, "flow": c.Flow,
 }
@@ -75,12 +76,13 @@ def _api_errors() -> Iterator[None]:
 def _extension_row(tenant: str, r: Extension, old: c.Extension | None) -> c.Extension:
     return c.Extension(tenant=tenant, extension=r.id, name=r.name, user_id=r.sip_user,
                        caller_id=old.caller_id if old else "", voicemail=r.voicemail, enabled=r.enabled,
-                       pickup_groups=tuple(r.pickup_groups))
+                       pickup_groups=tuple(r.pickup_groups), record=r.record, record_consent=r.record_consent)
 
 
 def _extension_record(row: c.Extension) -> Extension:
     return Extension(id=row.extension, name=row.name, sip_user=row.user_id, voicemail=row.voicemail,
-                     enabled=row.enabled, pickup_groups=list(row.pickup_groups))
+                     enabled=row.enabled, pickup_groups=list(row.pickup_groups), record=row.record,
+                     record_consent=row.record_consent)
 
 
 def _queue_row(tenant: str, r: QueueRecord, old: c.QueueDef | None) -> c.QueueDef:

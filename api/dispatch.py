@@ -216,7 +216,8 @@ class Api:
         self.node.add_queue(QueueConfig(
             queue_id=record.id, tenant=tenant, strategy=record.strategy, ring_timeout_s=record.ring_timeout_s,
             wrap_up_s=record.wrap_up_s, max_wait_s=record.max_wait_s, max_length=record.max_length,
-            overflow_target=record.overflow_target, sl_threshold_s=record.sl_threshold_s))
+            overflow_target=record.overflow_target, sl_threshold_s=record.sl_threshold_s,
+            record=record.record, record_consent=record.record_consent))
 
     # ---------------------------------------------------------------- Events.Watch
 

@@ -142,8 +142,28 @@ async def get_recording(ctx: Context, req: t.RecordingRequest) -> t.RecordingInf
     return _info(ctx, row)
 
 
+def _policy_record(policy: RecordingPolicy) -> t.RecordingPolicyRecord:
+    return t.RecordingPolicyRecord(consent=policy.consent, retention_days=policy.retention_days,
+                                   agent_control=policy.agent_control, agent_listen=policy.agent_listen,
+                                   compliance_stop_roles=list(policy.compliance_stop_roles))  # type: ignore[arg-type]
+
+
+async def get_policy(ctx: Context, req: t.RecordingPolicyRequest) -> t.RecordingPolicyRecord:
+    return _policy_record(await _policy(ctx))
+
+
+async def set_policy(ctx: Context, req: t.RecordingPolicyRecord) -> t.RecordingPolicyRecord:
+    """Replace the tenant's policy (a new retention period applies to recordings started after it)."""
+    catalog = _need_catalog(ctx)
+    policy = RecordingPolicy(tenant=ctx.principal.tenant, consent=req.consent, retention_days=req.retention_days,
+                             agent_control=req.agent_control, agent_listen=req.agent_listen,
+                             compliance_stop_roles=tuple(sorted(set(req.compliance_stop_roles))))
+    await catalog.put_policy(policy)
+    return _policy_record(policy)
+
+
 def recording_methods() -> list[Method]:
-    from api.services import ALL, Method
+    from api.services import ADMIN, ALL, Method
 
     return [
         Method("CallControl", "StartRecording", t.CallRequest, t.CallResponse, start_recording, ALL,
@@ -164,4 +184,8 @@ def recording_methods() -> list[Method]:
                doc="the tenant's recordings, newest first (an agent: its own, if the policy lets it listen)"),
         Method("Recordings", "Get", t.RecordingRequest, t.RecordingInfo, get_recording, ALL,
                doc="a recording's metadata and where to fetch its audio"),
+        Method("Admin", "GetRecordingPolicy", t.RecordingPolicyRequest, t.RecordingPolicyRecord, get_policy, ADMIN,
+               audited=True, doc="the tenant's recording policy (the defaults when none is stored)"),
+        Method("Admin", "SetRecordingPolicy", t.RecordingPolicyRecord, t.RecordingPolicyRecord, set_policy, ADMIN,
+               audited=True, doc="replace the tenant's recording policy"),
     ]

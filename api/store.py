@@ -43,6 +43,10 @@ class Extension(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     enabled: bool = True
     #: pickup groups (a group pickup by this extension takes a call ringing another member)
     pickup_groups: list[str] = []
+    #: always-on recording of every call it answers, after the announcement ``record_consent``
+    #: ("" = none) (docs/recordings.md)
+    record: bool = False
+    record_consent: str = ""
 
 
 class QueueRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -55,6 +59,9 @@ class QueueRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     max_length: int = 0
     overflow_target: str = ""
     sl_threshold_s: float = 20.0
+    #: always-on recording of every call answered from this queue (docs/recordings.md)
+    record: bool = False
+    record_consent: str = ""
 
 
 class AgentRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

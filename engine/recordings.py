@@ -138,6 +138,9 @@ class RecordingCatalog:
     def set_policy(self, policy: RecordingPolicy) -> None:
         self.policies[policy.tenant] = policy
 
+    async def put_policy(self, policy: RecordingPolicy) -> None:
+        self.set_policy(policy)
+
     def publish(self, event: CtiEvent) -> None:
         rid = event.data.get("recording_id")
         if event.name not in RECORDING_EVENTS or not rid:

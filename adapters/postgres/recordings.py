@@ -316,6 +316,9 @@ class PgRecordings:
     async def policy(self, tenant: str) -> RecordingPolicy:
         return await load_policy(self.pg, tenant)
 
+    async def put_policy(self, policy: RecordingPolicy) -> None:
+        await save_policy(self.pg, policy)
+
     async def list(self, tenant: str, *, call_id: str = "", agent_id: str = "", limit: int = 100) -> list[RecordingRow]:
         return await list_recordings(self.pg, tenant, call_id=call_id, agent_id=agent_id, limit=limit)
 

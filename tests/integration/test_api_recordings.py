@@ -150,3 +150,31 @@ def test_a_compliance_recording_is_stopped_or_paused_only_by_the_roles_the_polic
         assert (await call(stack, "CallControl/StopRecording", {"call_id": "c1"}, ADMIN))[0] == "ok"
         assert len(media(stack, MediaRecordStop)) == 1
     run(body)
+
+
+def test_admin_sets_the_policy_and_the_always_on_flag_of_a_queue():
+    async def body(stack, catalog, mine, other):
+        code, policy = await call(stack, "Admin/GetRecordingPolicy", {}, ADMIN)
+        assert code == "ok" and policy == {"consent": "", "retention_days": 90, "agent_control": True,
+                                           "agent_listen": False, "compliance_stop_roles": []}
+        for tok in (SUP, mine):
+            assert (await call(stack, "Admin/SetRecordingPolicy", {"agent_listen": True}, tok))[0] == "permission_denied"
+        for bad in ({"retention_days": 0}, {"compliance_stop_roles": ["root"]}, {"consent": "a b.wav"}):
+            assert (await call(stack, "Admin/SetRecordingPolicy", bad, ADMIN))[0] == "invalid_argument"
+        code, policy = await call(stack, "Admin/SetRecordingPolicy",
+                                  {"agent_listen": True, "retention_days": 7, "compliance_stop_roles": ["supervisor"]},
+                                  ADMIN)
+        assert code == "ok" and policy["retention_days"] == 7
+        assert (await catalog.policy("t1")).compliance_stop_roles == ("supervisor",)
+        assert (await catalog.policy("t2")).retention_days == 90  # the other tenant keeps the defaults
+        _, started = await call(stack, "CallControl/StartRecording", {"call_id": "c1"}, mine)
+        await settle(stack)
+        code, info = await call(stack, "Recordings/Get", {"recording_id": started["data"]["recording_id"]}, mine)
+        assert code == "ok" and info["retain_until"] - info["started_at"] == 7 * 86_400
+        # an always-on queue created through Admin: its queue machine runs with the flag
+        code, _ = await call(stack, "Admin/CreateQueue", {"id": "rec", "record": True, "record_consent": "/snd/c.wav"},
+                             ADMIN)
+        assert code == "ok"
+        config = stack.node.state_of("queue", "rec", "t1").config
+        assert config.record and config.record_consent == "/snd/c.wav"
+    run(body)

@@ -36,8 +36,7 @@ def test_always_on_extension_and_on_demand_recording_through_callengine_run(monk
     from adapters.freeswitch.config import EslNodeConfig
     from adapters.postgres.config import Extension, Tenant
     from adapters.postgres.errors import AlreadyExists
-    from adapters.postgres.recordings import save_policy
-    from engine.recordings import RecordingPolicy
+    from adapters.postgres.recordings import load_policy
     from sim.freeswitch import FreeSwitchEmulator
 
     state = pathlib.Path(tempfile.mkdtemp(prefix="callengine-run-recordings-"))
@@ -62,16 +61,20 @@ def test_always_on_extension_and_on_demand_recording_through_callengine_run(monk
                     await store.create(Tenant(tenant=TENANT))
                 except AlreadyExists:
                     pass
-                await store.create(Extension(tenant=TENANT, extension="1001"))
-                await store.create(Extension(tenant=TENANT, extension="1002", record=True, record_consent=CONSENT))
-                await save_policy(engine.pg, RecordingPolicy(tenant=TENANT, retention_days=7))
-                await _until(lambda: engine.config.snapshot.get(Extension, TENANT, "1002") is not None)
-                with trio.fail_after(15):
-                    await engine.links.wait_all_up()
                 admin = issue_token(SECRET, tenant=TENANT, sub="root", roles=("admin",))
 
                 async def api(method: str, params: dict, tok: str = admin) -> tuple[int, dict]:
                     return await http_call(engine.stack, method, params, tok)
+
+                # written through the Admin API while the node runs (PostgreSQL rows, NOTIFY back)
+                await store.create(Extension(tenant=TENANT, extension="1001"))
+                out["ext"] = await api("Admin/CreateExtension", {"id": "1002", "record": True,
+                                                                 "record_consent": CONSENT})
+                out["policy"] = await api("Admin/SetRecordingPolicy", {"retention_days": 7})
+                out["policy_row"] = await load_policy(engine.pg, TENANT)
+                await _until(lambda: engine.config.snapshot.get(Extension, TENANT, "1002") is not None)
+                with trio.fail_after(15):
+                    await engine.links.wait_all_up()
 
                 # always-on: a call to 1002 is recorded after the announcement, until it ends
                 ch = await emu.place_inbound_call("2001", "1002")
@@ -111,6 +114,8 @@ def test_always_on_extension_and_on_demand_recording_through_callengine_run(monk
             outer.cancel_scope.cancel()
 
     trio.run(main, clock=EpochClock())
+    assert out["ext"][0] == 200 and out["ext"][1]["record"], out["ext"]
+    assert out["policy"][0] == 200 and out["policy_row"].retention_days == 7, out["policy"]
     assert out["broadcast_first"]
     status, body = out["stop_compliance"]
     assert status == 403 and body["code"] == "permission_denied", body
