@@ -44,7 +44,7 @@ from engine.messages import (
     Reply,
 )
 
-__all__ = ["RoomConfig", "ConferenceError", "hash_pin", "check_pin", "switch_room",
+__all__ = ["RoomConfig", "ConferenceError", "hash_pin", "check_pin", "switch_room", "rooms_from_rows",
            "parse_switch_room", "JoinDecision", "ConferenceService", "ConferenceEsl"]
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,14 @@ class RoomConfig(msgspec.Struct, frozen=True, kw_only=True):
     wait_for_moderator: bool = False
     #: extra mod_conference member flags for everyone (e.g. "mute": join muted)
     flags: tuple[str, ...] = ()
+
+
+def rooms_from_rows(rows: Iterable[Any]) -> list[RoomConfig]:
+    """``RoomConfig`` from ``conference_rooms`` rows (``adapters.postgres.config.ConferenceRoom``)."""
+    return [RoomConfig(tenant=r.tenant, number=r.number, name=r.name,
+                       moderator_pin_hash=r.moderator_pin_hash, member_pin_hash=r.member_pin_hash,
+                       max_members=r.max_members, wait_for_moderator=r.wait_for_moderator,
+                       flags=tuple(r.flags)) for r in rows]
 
 
 def switch_room(tenant: str, number: str) -> str:
@@ -205,32 +213,39 @@ class ConferenceService:
         """The member id of ``call_id`` in the room (0: not in it)."""
         return next((m.member_id for m in self.members(tenant, number) if m.call_id == call_id), 0)
 
-    async def control(self, tenant: str, number: str, action: str, member_id: int, *,
-                      at: float, by_member: int = 0, request_id: str = "r") -> Reply:
-        """Mute/unmute/kick ``member_id`` of the tenant's room; the reply is the switch's verdict."""
+    def request(self, tenant: str, number: str, action: str, member_id: int, *, at: float,
+                by_member: int = 0, request_id: str = "r") -> tuple[Reply, list[MediaConferenceMember]]:
+        """The machine's verdict on a mute/unmute/kick and what it asks the switch (nothing sent:
+        ``control`` sends it over ESL, the simulator performs it itself)."""
         if action not in ("mute", "unmute", "kick"):
             return Reply(request_id=request_id, ok=False, code="INVALID_ARGUMENT",
-                         message=f"unknown conference action {action!r}")
+                         message=f"unknown conference action {action!r}"), []
         name = switch_room(tenant, number)
         cmd = ConferenceControl(room=name, action=action, member_id=member_id, at=at,  # type: ignore[arg-type]
                                 by_member=by_member, request_id=request_id)
         effects = self._step(name, cmd)
         reply = next(e for e in effects if isinstance(e, Reply))
-        for e in effects:
-            if isinstance(e, MediaConferenceMember):
-                from adapters.freeswitch.mapping import conference_command
+        return reply, [e for e in effects if isinstance(e, MediaConferenceMember)]
 
-                if self.send_api is None:
-                    return Reply(request_id=request_id, ok=False, code="UNAVAILABLE",
-                                 message="no media node for conferences")
-                try:
-                    body = await self.send_api(e.node, conference_command(e))
-                except Exception as exc:  # noqa: BLE001 - the switch unreachable: a typed reply
-                    return Reply(request_id=request_id, ok=False, code="UNAVAILABLE",
-                                 message=f"conference {action}: {exc}")
-                if not body.startswith("+OK"):
-                    return Reply(request_id=request_id, ok=False, code="FAILED_PRECONDITION",
-                                 message=f"conference {action}: {body.strip()}")
+    async def control(self, tenant: str, number: str, action: str, member_id: int, *,
+                      at: float, by_member: int = 0, request_id: str = "r") -> Reply:
+        """Mute/unmute/kick ``member_id`` of the tenant's room; the reply is the switch's verdict."""
+        reply, asks = self.request(tenant, number, action, member_id, at=at, by_member=by_member,
+                                   request_id=request_id)
+        for e in asks:
+            from adapters.freeswitch.mapping import conference_command
+
+            if self.send_api is None:
+                return Reply(request_id=request_id, ok=False, code="UNAVAILABLE",
+                             message="no media node for conferences")
+            try:
+                body = await self.send_api(e.node, conference_command(e))
+            except Exception as exc:  # noqa: BLE001 - the switch unreachable: a typed reply
+                return Reply(request_id=request_id, ok=False, code="UNAVAILABLE",
+                             message=f"conference {action}: {exc}")
+            if not body.startswith("+OK"):
+                return Reply(request_id=request_id, ok=False, code="FAILED_PRECONDITION",
+                             message=f"conference {action}: {body.strip()}")
         return reply
 
     def statistics(self) -> dict[str, Any]:

@@ -882,6 +882,8 @@ class Cdr(msgspec.Struct, frozen=True, kw_only=True):
     version: int = 1
     #: outbound calls: the trunk that carried the call (the last one tried when none answered)
     trunk: str = ""
+    #: the conference room the call was last moved into ("" = never; docs/conferences.md)
+    conference: str = ""
 
     @property
     def duration_s(self) -> float:

@@ -66,7 +66,7 @@ _decoder = msgspec.json.Decoder(Cdr)
 STAGE_COLUMNS = (
     "ord", "call_id", "tenant", "direction", "caller_id", "destination", "created_at", "answered_at",
     "ended_at", "disposition", "hangup_cause", "queue_id", "agent_id", "wait_s", "talk_s", "hold_s",
-    "transfers", "node", "version", "trunk",
+    "transfers", "node", "version", "trunk", "conference",
 )
 
 _STAGE_DDL = """
@@ -74,17 +74,17 @@ CREATE TEMP TABLE IF NOT EXISTS cdr_stage (
     ord integer, call_id text, tenant text, direction text, caller_id text, destination text,
     created_at float8, answered_at float8, ended_at float8, disposition text, hangup_cause text,
     queue_id text, agent_id text, wait_s float8, talk_s float8, hold_s float8, transfers integer,
-    node text, version integer, trunk text
+    node text, version integer, trunk text, conference text
 ) ON COMMIT DELETE ROWS
 """
 
 _INSERT = """
 INSERT INTO cdrs (call_id, tenant, direction, caller_id, destination, started_at, answered_at,
                   ended_at, disposition, hangup_cause, queue_id, agent_id, wait_s, talk_s, hold_s,
-                  transfers, node, version, trunk)
+                  transfers, node, version, trunk, conference)
 SELECT call_id, tenant, direction, caller_id, destination, to_timestamp(created_at),
        to_timestamp(answered_at), to_timestamp(ended_at), disposition, hangup_cause, queue_id,
-       agent_id, wait_s, talk_s, hold_s, transfers, node, version, trunk
+       agent_id, wait_s, talk_s, hold_s, transfers, node, version, trunk, conference
 FROM cdr_stage
 ON CONFLICT (call_id, started_at) DO NOTHING
 """
@@ -100,7 +100,7 @@ def _row(i: int, c: Cdr) -> tuple[Any, ...]:
     t = _text
     return (i, t(c.call_id), t(c.tenant), t(c.direction), t(c.caller_id), t(c.destination), c.created_at,
             c.answered_at, c.ended_at, t(c.disposition), t(c.hangup_cause), t(c.queue_id), t(c.agent_id),
-            c.wait_s, c.talk_s, c.hold_s, c.transfers, t(c.node), c.version, t(c.trunk))
+            c.wait_s, c.talk_s, c.hold_s, c.transfers, t(c.node), c.version, t(c.trunk), t(c.conference))
 
 
 def _month(ts: float) -> tuple[int, int]:

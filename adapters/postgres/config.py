@@ -70,7 +70,7 @@ from engine.fsm.queue import STRATEGIES, QueueConfig, RelaxStep
 __all__ = [
     "Entity", "Tenant", "Role", "User", "Extension", "Did", "Trunk", "OutboundRoute", "QueueDef",
     "AgentDef", "Skill", "AgentSkill", "QueueMember", "Flow", "TimeRule", "TimeCondition", "Holiday",
-    "SipDomain", "SipCredential", "ENTITIES", "ConfigChange", "ConfigSnapshot", "RowError", "ConfigStore",
+    "SipDomain", "SipCredential", "ConferenceRoom", "ENTITIES", "ConfigChange", "ConfigSnapshot", "RowError", "ConfigStore",
     "InMemoryConfigStore", "PgConfigStore", "ConfigWatcher", "NodeConfig", "validate", "row_name", "CHANNEL",
 ]
 
@@ -390,10 +390,46 @@ class SipCredential(Entity, frozen=True, kw_only=True):
         return f"SipCredential(tenant={self.tenant!r}, extension={self.extension!r}, realm={self.realm!r})"
 
 
+_PIN_HASH = re.compile(r"^pbkdf2_sha256\$[0-9]{1,7}\$[0-9a-f]{16,128}\$[0-9a-f]{64}$")
+#: mod_conference member flags a room may give everyone (moderator comes from the PIN only)
+CONFERENCE_FLAGS = frozenset({"mute", "deaf", "endconf", "mintwo", "nomoh", "ghost"})
+
+
+class ConferenceRoom(Entity, frozen=True, kw_only=True):
+    """A conference room of a tenant (migrations/0011, docs/conferences.md); PINs as
+    ``engine.conference.hash_pin`` strings, never digits."""
+
+    TABLE: ClassVar[str] = "conference_rooms"
+    KEY: ClassVar[tuple[str, ...]] = ("number",)
+    number: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,16}$")]
+    name: str = ""
+    moderator_pin_hash: str = ""
+    member_pin_hash: str = ""
+    max_members: NonNegInt = 0
+    wait_for_moderator: bool = False
+    flags: tuple[str, ...] = ()
+
+    def _check(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        for name in ("moderator_pin_hash", "member_pin_hash"):
+            value = getattr(self, name)
+            if value and not _PIN_HASH.match(value):
+                out.append((name, "'' or a PBKDF2 string from engine.conference.hash_pin (never the PIN)"))
+        bad = sorted(set(self.flags) - CONFERENCE_FLAGS)
+        if bad:
+            out.append(("flags", f"one of {', '.join(sorted(CONFERENCE_FLAGS))} (not {', '.join(bad)})"))
+        return out
+
+    def __repr__(self) -> str:  # PIN hashes of 4-digit PINs are guessable offline: keep them out of logs
+        return (f"ConferenceRoom(tenant={self.tenant!r}, number={self.number!r}, name={self.name!r}, "
+                f"max_members={self.max_members}, wait_for_moderator={self.wait_for_moderator}, "
+                f"flags={self.flags!r})")
+
+
 #: every kind, in load order (parents before children)
 ENTITIES: tuple[type[Entity], ...] = (
     Tenant, Role, User, Extension, Skill, QueueDef, AgentDef, AgentSkill, QueueMember, Flow,
-    TimeCondition, Holiday, Did, Trunk, OutboundRoute, SipDomain, SipCredential,
+    TimeCondition, Holiday, Did, Trunk, OutboundRoute, SipDomain, SipCredential, ConferenceRoom,
 )
 BY_TABLE: dict[str, type[Entity]] = {k.TABLE: k for k in ENTITIES}
 

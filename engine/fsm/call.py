@@ -416,7 +416,8 @@ def _end(call: Call, out: Out, t: float, disposition: Disposition, cause: str, *
         destination=call.destination, created_at=call.created_at, answered_at=call.answered_at,
         ended_at=t, disposition=disposition, hangup_cause=cause, queue_id=call.queue_id,
         agent_id=call.agent_id, wait_s=round(call.wait_s, 6), talk_s=round(call.talk_s, 6),
-        hold_s=round(call.hold_s, 6), transfers=call.transfers, node=call.node, trunk=call.trunk)))
+        hold_s=round(call.hold_s, 6), transfers=call.transfers, node=call.node, trunk=call.trunk,
+        conference=call.conference)))
     out.cti("CALL_ENDED", call.tenant, t, call_id=call.call_id, disposition=disposition, cause=cause,
             queue_id=call.queue_id, agent_id=call.agent_id)
     out.add(Stop(reason=disposition))

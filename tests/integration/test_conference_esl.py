@@ -135,7 +135,7 @@ def test_join_mute_kick_over_esl_becomes_cti_and_one_cdr_per_call() -> None:
         assert victim.member_id not in [m.member_id for m in service.members("default", "3000")]
         # the kicked caller's channel hangs up: its call ends with exactly one CDR
         await until(lambda: len(cdrs.items) == 1)
-        assert cdrs.items[0].call_id == call_b
+        assert cdrs.items[0].call_id == call_b and cdrs.items[0].conference == ROOM  # the CDR names the room
         # everyone else leaves: the room is destroyed, every call has one CDR
         for ch in list(emu.channels.values()):
             if ch.up:
