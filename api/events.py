@@ -155,6 +155,13 @@ class CallRecordingResumed(_RecordingEvent, tag="CALL_RECORDING_RESUMED", frozen
     paused_s: float = 0.0
 
 
+class CallRecordingFailed(_RecordingEvent, tag="CALL_RECORDING_FAILED", frozen=True, kw_only=True):
+    """A recording waiting for its consent announcement was given up (nothing was recorded)."""
+
+    #: "consent_timeout": the switch did not report the announcement's end in time
+    reason: str = ""
+
+
 class CallRecordingStopped(_RecordingEvent, tag="CALL_RECORDING_STOPPED", frozen=True, kw_only=True):
     #: "stopped" (a command), "call_ended", or the media server's Record-Completion-Cause
     reason: str = ""
@@ -314,6 +321,27 @@ class VoicemailAbandoned(CtiBase, tag="VOICEMAIL_ABANDONED", frozen=True, kw_onl
     reason: str = ""
 
 
+class VoicemailAccess(CtiBase, tag="VOICEMAIL_ACCESS", frozen=True, kw_only=True):
+    """A caller reached the voicemail menu of ``box`` (a flow's voicemail_access node); the node's
+    voicemail service loads the mailbox for the call. Says nothing about the PIN yet."""
+
+    box: str = ""
+
+
+class VoicemailSaved(CtiBase, tag="VOICEMAIL_SAVED", frozen=True, kw_only=True):
+    """The owner saved a message from the phone menu (new -> saved); the service stores it."""
+
+    box: str = ""
+    message_id: str = ""
+
+
+class VoicemailDeleted(CtiBase, tag="VOICEMAIL_DELETED", frozen=True, kw_only=True):
+    """The owner deleted a message from the phone menu; the service deletes it."""
+
+    box: str = ""
+    message_id: str = ""
+
+
 # ---- conference rooms (#10 part 3; engine/fsm/conference.py, docs/conferences.md) -----------
 # Filed under "call" subjects: member events carry the member's call_id (room-level ones "-").
 
@@ -382,8 +410,9 @@ CtiWireEvent = (
     CallCreated | CallRinging | CallAnswered | CallHeld | CallRetrieved | CallTransferred
     | CallConsultStarted | CallConsultAnswered | CallConsultEnded | CallParked | CallPickedUp | CallParkTimeout
     | CallConferenced | CallRecordingConsent | CallRecordingStarted | CallRecordingPaused
-    | CallRecordingResumed | CallRecordingStopped | CallInFlow | CallFlowEnded
+    | CallRecordingResumed | CallRecordingStopped | CallRecordingFailed | CallInFlow | CallFlowEnded
     | CallOverflowed | CallTrunkSeized | CallTrunkFailover | CallContact | VoicemailNew | VoicemailAbandoned
+    | VoicemailAccess | VoicemailSaved | VoicemailDeleted
     | CallEnded | QueueEntered | QueueLeft | AgentStateChanged | AgentDeviceChanged
     | AgentOfferMissed | AgentLateAnswer | AgentCallLost | QueueOfferLost | QueueConfigChanged | ActorError | CtiUnknown
     | ConferenceStarted | ConferenceEnded | ConferenceMemberJoined | ConferenceMemberLeft
