@@ -646,6 +646,7 @@ def _on_playback_done(call: Call, ev: PlaybackFinished, out: Out) -> Call:
     if rec is None or rec.stage != "consent" or ev.leg != "a" or (ev.file and ev.file != rec.consent):
         return call
     call, t = _t(call, ev.at)
+    call = replace(call, timers=cancel_timer(call.timers, out, CONSENT_TIMER))
     return _record_now(call, rec, out, t)
 
 
@@ -828,6 +829,11 @@ def _timer(call: Call, ev: TimerFired, out: Out) -> Call:
         return _park_timeout(call, out, t)
     if ev.key == flows.FLOW_TIMER and call.state is S.IN_FLOW and call.flow is not None:
         return _flow_event(call, ev, out)
+    if ev.key == CONSENT_TIMER and call.rec is not None and call.rec.stage == "consent":
+        # the switch never reported the announcement's end: give the recording up (never record
+        # without it)
+        out.cti("CALL_RECORDING_FAILED", call.tenant, t, **_rec_data(call, call.rec), reason="consent_timeout")
+        return replace(call, rec=None)
     return call
 
 
@@ -1134,6 +1140,10 @@ on([s for s in LIVE if s not in (S.IN_FLOW, S.ACTIVE, S.HELD)], SendDtmf)(_refus
 # started gets exactly one CALL_RECORDING_STOPPED (the metadata row's end).
 
 _REC_STATES = [S.ACTIVE, S.HELD, S.TRANSFERRING]
+#: the consent announcement's end must be seen within this long, else the recording is given up
+#: (CALL_RECORDING_FAILED): a recording never waits forever for an announcement the switch lost
+CONSENT_TIMER = "rec:consent"
+CONSENT_TIMEOUT_S = 120.0
 
 
 def _rec_data(call: Call, rec: Recording) -> dict[str, str | bool | float]:
@@ -1153,7 +1163,7 @@ def _begin_recording(call: Call, out: Out, t: float, *, by: str, consent: str, c
     if consent:
         _media(out, MediaBroadcast(call_id=call.call_id, leg="a", node=call.node, file=consent))
         out.cti("CALL_RECORDING_CONSENT", call.tenant, t, **_rec_data(call, rec), file=consent)
-        return call
+        return replace(call, timers=start_timer(call.timers, out, CONSENT_TIMER, t + CONSENT_TIMEOUT_S))
     return _record_now(call, rec, out, t)
 
 
@@ -1170,6 +1180,8 @@ def _finish_recording(call: Call, out: Out, t: float, reason: str, *, command: b
     rec = call.rec
     if rec is None:
         return call
+    if rec.stage == "consent":
+        call = replace(call, timers=cancel_timer(call.timers, out, CONSENT_TIMER))
     if rec.stage == "recording":
         if command:
             _media(out, MediaRecordStop(call_id=call.call_id, leg="a", node=call.node, path=rec.path))

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from engine.fsm import call as C
 from engine.messages import (
+    CancelTimer,
     ChannelHangup,
     Hold,
     MediaBroadcast,
@@ -33,7 +34,9 @@ from engine.messages import (
     Retrieve,
     SendMedia,
     StartRecording,
+    StartTimer,
     StopRecording,
+    TimerFired,
 )
 from tests.support.builders import call_in
 
@@ -48,6 +51,7 @@ ACTIONS = st.lists(st.one_of(
     st.tuples(st.just("played"), st.booleans(), st.booleans()),         # leg a?, right file?
     st.tuples(st.just("media_stop"), st.booleans(), st.just(False)),    # current file?
     st.tuples(st.just("hold"), st.booleans(), st.just(False)),
+    st.tuples(st.just("consent_timer"), st.booleans(), st.just(False)),  # fired on time / stale
 ), max_size=30)
 
 
@@ -64,6 +68,7 @@ def test_recording_invariants(actions):
     stopped: dict[str, int] = {}
     compliance: set[str] = set()
     last_path = ""
+    timers: set[str] = set()
 
     def apply(event, kind=""):
         nonlocal call, consent_pending, finished_since, recording, masked, last_path
@@ -93,6 +98,13 @@ def test_recording_invariants(actions):
                 if rid in compliance and kind in ("stop", "pause"):
                     assert getattr(event, "override", False), "a compliance recording stopped without override"
                 recording, masked = False, False
+            elif isinstance(e, PublishCti) and e.event.name == "CALL_RECORDING_FAILED":
+                assert consent_pending and not recording, "gave up a recording that was not waiting"
+                consent_pending = False
+            elif isinstance(e, StartTimer) and e.key == C.CONSENT_TIMER:
+                timers.add(e.key)
+            elif isinstance(e, CancelTimer) and e.key == C.CONSENT_TIMER:
+                timers.discard(e.key)
             elif isinstance(e, PublishCti) and e.event.name == "CALL_RECORDING_PAUSED":
                 rid = e.event.data["recording_id"]
                 assert rid not in compliance or event.override, "a compliance recording paused without override"
@@ -116,8 +128,14 @@ def test_recording_invariants(actions):
             apply(PlaybackFinished(call_id="c1", at=t, leg="a" if a else "c1-1", file=CONSENT if b else "x.wav"))
         elif kind == "media_stop":
             apply(RecordingStopped(call_id="c1", at=t, path=(call.recording or last_path) if a else "old.wav"))
+        elif kind == "consent_timer":
+            if a and C.CONSENT_TIMER in timers:
+                timers.discard(C.CONSENT_TIMER)
+                apply(TimerFired(key=C.CONSENT_TIMER, at=t))
+            elif not a:
+                apply(TimerFired(key=C.CONSENT_TIMER, at=t))  # stale: must change nothing
         elif kind == "hold":
             apply(Hold(call_id="c1", at=t) if call.state is S.ACTIVE else Retrieve(call_id="c1", at=t))
     apply(ChannelHangup(call_id="c1", at=t + 1.0, leg="a"))
-    assert call.state is S.ENDED and call.rec is None
+    assert call.state is S.ENDED and call.rec is None and C.CONSENT_TIMER not in call.timers
     assert set(stopped) == set(started) and all(n == 1 for n in stopped.values()), "one row per recording"

@@ -182,3 +182,22 @@ def test_an_always_on_queue_tells_the_call_to_record_when_it_connects_an_agent()
     c = connect(record=True, record_consent="consent.wav")
     assert c.record and c.record_consent == "consent.wav"
     assert not connect().record
+
+
+def test_a_consent_the_switch_never_reports_finished_gives_the_recording_up_after_the_timeout():
+    from engine.messages import CancelTimer, StartTimer, TimerFired
+
+    call, fx = drive(call_in(S.ACTIVE), StartRecording(call_id="c1", at=10.0, consent="consent.wav"))
+    [timer] = [e for e in fx if isinstance(e, StartTimer)]
+    assert timer.key == C.CONSENT_TIMER and timer.deadline == 10.0 + C.CONSENT_TIMEOUT_S
+    call, fx = drive(call, TimerFired(key=C.CONSENT_TIMER, at=timer.deadline))
+    [failed] = cti(fx, "CALL_RECORDING_FAILED")
+    assert failed.data["reason"] == "consent_timeout" and call.rec is None and not media(fx, MediaRecordStart)
+    call, fx = drive(call, PlaybackFinished(call_id="c1", at=timer.deadline + 1, leg="a", file="consent.wav"))
+    assert not media(fx, MediaRecordStart)  # too late: never recorded without a new start
+    # finished in time: the timer is cancelled, and a late firing changes nothing
+    call, _ = drive(call_in(S.ACTIVE), StartRecording(call_id="c1", at=10.0, consent="consent.wav"))
+    call, fx = drive(call, PlaybackFinished(call_id="c1", at=15.0, leg="a", file="consent.wav"))
+    assert [e.key for e in fx if isinstance(e, CancelTimer)] == [C.CONSENT_TIMER] and media(fx, MediaRecordStart)
+    call, fx = drive(call, TimerFired(key=C.CONSENT_TIMER, at=130.0))
+    assert call.rec is not None and call.rec.stage == "recording" and not cti(fx)
