@@ -614,6 +614,50 @@ class AgentCallEnded(Msg, tag="agent_call_ended", frozen=True, kw_only=True):
     queue_id: str = ""
 
 
+class RouteToPickup(Msg, tag="route_to_pickup", frozen=True, kw_only=True):
+    """Router -> a call a phone made by dialling a pickup feature code (``engine.parking``
+    ``pickup_router``; docs/parking.md): hand this call's channel to ``target_call`` (parked in
+    ``slot``, or ringing ``target``), which connects its caller to it. The call waits ``timeout_s``
+    for the answer (``PickupHandedOver``); ``target_call`` "" = nothing to pick up (hang up)."""
+
+    call_id: str
+    at: float
+    target_call: str
+    kind: Literal["slot", "directed", "group"]
+    #: the picker's extension (the phone that dialled the code)
+    extension: str
+    slot: str = ""
+    target: str = ""
+    timeout_s: float = 5.0
+
+
+class PickupChannel(Msg, tag="pickup_channel", frozen=True, kw_only=True):
+    """Feature-code call -> the call it picks up: take my channel ``leg`` (its uuid, on media node
+    ``node``) as your answered party. Answered with ``PickupHandedOver`` either way."""
+
+    call_id: str
+    at: float
+    from_call: str
+    leg: str
+    node: str
+    extension: str
+    kind: Literal["slot", "directed", "group"]
+    slot: str = ""
+    target: str = ""
+    #: the channel is answered already (no answer event will come)
+    answered: bool = False
+
+
+class PickupHandedOver(Msg, tag="pickup_handed_over", frozen=True, kw_only=True):
+    """Picked-up call -> the feature-code call: ``ok``: your channel is mine now (end without hanging
+    it up); else hang it up (``reason`` says why)."""
+
+    call_id: str
+    at: float
+    ok: bool
+    reason: str = ""
+
+
 class ProbeCall(Msg, tag="probe_call", frozen=True, kw_only=True):
     """Agent -> call: am I still connected to you? (a liveness check while ON_CALL)."""
 
@@ -657,6 +701,9 @@ RoutingMessage = (
     | AgentCallEnded
     | ProbeCall
     | ProbeReply
+    | RouteToPickup
+    | PickupChannel
+    | PickupHandedOver
     | TimerFired
 )
 
@@ -737,6 +784,11 @@ class MediaIntercept(MediaCommandBase, tag="m_intercept", frozen=True, kw_only=T
 
     other_call_id: str
     other_leg: str
+
+
+class MediaAdopt(MediaCommandBase, tag="m_adopt", frozen=True, kw_only=True):
+    """Feature-code pickup: the channel ``leg`` (its uuid; another call's until now) becomes leg
+    ``leg`` of ``call_id``: its channel variables say so, so its events reach this call."""
 
 
 class MediaConference(MediaCommandBase, tag="m_conference", frozen=True, kw_only=True):
@@ -828,6 +880,7 @@ MediaCommand = (
     | MediaTransfer
     | MediaPark
     | MediaIntercept
+    | MediaAdopt
     | MediaConference
     | MediaSendDtmf
     | MediaRecordStart

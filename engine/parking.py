@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from engine.actors.ports import CtiPort
 
 __all__ = ["ParkingError", "SlotTaken", "NoFreeSlot", "BadSlot", "ParkingLot", "RingingView", "ParkingViews",
-           "ParkingCti"]
+           "ParkingCti", "FeatureCodes", "pickup_router"]
 
 
 class ParkingError(Exception):
@@ -229,3 +229,48 @@ class ParkingCti:
     def publish(self, event: Any) -> None:
         self.views.observe(event)
         self.inner.publish(event)
+
+
+class FeatureCodes:
+    """What a phone dials to pick a call up: ``directed_prefix`` + an extension (``**1001``),
+    ``group`` (``*8``), or a park slot's number (``701``) when a call is parked there."""
+
+    def __init__(self, directed_prefix: str = "**", group: str = "*8") -> None:
+        if not directed_prefix or not group or group.startswith(directed_prefix):
+            raise ValueError(f"feature codes must be non-empty and distinct: {directed_prefix!r}, {group!r}")
+        self.directed_prefix, self.group = directed_prefix, group
+
+
+def pickup_router(views: ParkingViews, fallback: Callable[[Any], Any] | None,
+                  is_internal: Callable[[str, str], bool], codes: FeatureCodes | None = None,
+                  timeout_s: float = 5.0) -> Callable[[Any], Any]:
+    """A node router in front of ``fallback``: a call from one of the tenant's own phones
+    (``is_internal(tenant, caller)``; an outside caller never picks anything up) dialling a pickup
+    code becomes ``RouteToPickup`` (docs/parking.md). A code with nothing to take routes to
+    ``target_call=""`` (the phone is hung up at once); a slot number with nothing parked in it,
+    and every other number, go to ``fallback``."""
+    from engine.messages import RouteToPickup
+
+    codes = codes or FeatureCodes()
+
+    def route(event: Any) -> Any:
+        dest = str(getattr(event, "destination", "") or "")
+        tenant = str(getattr(event, "tenant", "") or "default")
+        picker = str(getattr(event, "caller_id", "") or "")
+        kind = ""
+        call, target, slot = "", "", ""
+        if dest == codes.group:
+            kind = "group"
+            call, target = views.group(tenant, picker)
+        elif dest.startswith(codes.directed_prefix) and len(dest) > len(codes.directed_prefix):
+            kind, target = "directed", dest[len(codes.directed_prefix):]
+            call = views.ringing.directed(tenant, target)
+        elif views.lot.call_in(tenant, dest):
+            kind, slot = "slot", dest
+            call = views.lot.call_in(tenant, dest)
+        if kind and picker and is_internal(tenant, picker):
+            return RouteToPickup(call_id=event.call_id, at=event.at, target_call=call, kind=kind,  # type: ignore[arg-type]
+                                 extension=picker, slot=slot, target=target, timeout_s=timeout_s)
+        return fallback(event) if fallback is not None else None
+
+    return route

@@ -62,7 +62,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -317,17 +317,23 @@ class OutboundConfigs(Mapping[str, Any]):
         return len(self._current())
 
 
-def _api_outbound(config: Any, outbound: Any, ledger: Any, registry: Any) -> Any:
-    """``api.services.OutboundPlanner`` over the live routes: a number is internal (dialled as an
-    extension, not planned) when the tenant has that ``extensions`` row or a phone registered
-    under it."""
+def _is_internal(config: Any, registry: Any) -> Callable[[str, str], bool]:
+    """A number is one of the tenant's own when it has that ``extensions`` row or a phone is
+    registered under it."""
     from adapters.postgres.config import Extension as ExtensionRow
-    from api.services import OutboundPlanner
 
     def is_internal(tenant: str, number: str) -> bool:
         return config.snapshot.get(ExtensionRow, tenant, number) is not None or registry.registered(number)
 
-    return OutboundPlanner(outbound, ledger, is_internal)
+    return is_internal
+
+
+def _api_outbound(config: Any, outbound: Any, ledger: Any, registry: Any) -> Any:
+    """``api.services.OutboundPlanner`` over the live routes: an internal number (``_is_internal``)
+    is dialled as an extension, not planned."""
+    from api.services import OutboundPlanner
+
+    return OutboundPlanner(outbound, ledger, _is_internal(config, registry))
 
 
 class NatsProcess:
@@ -471,6 +477,10 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
         # an emergency number is planned first; then DIDs (queue/flow); then the outbound routes
         outbound = OutboundConfigs(config)
         router = outbound_router(outbound, ledger, fallback=_flow_router(config, o.flows))
+        # in front of all: a tenant's own phone dialling a pickup code (**<ext>, *8, a park slot)
+        from engine.parking import pickup_router
+
+        router = pickup_router(parking, router, _is_internal(config, links.registry))
         cluster: Any = None
         gateway: Any = None
         api_stack: Any

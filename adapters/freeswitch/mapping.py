@@ -59,6 +59,7 @@ from engine.messages import (
     ConferenceMaintenance,
     DtmfReceived,
     HangupCause,
+    MediaAdopt,
     MediaAnswer,
     MediaBridge,
     MediaBroadcast,
@@ -668,6 +669,13 @@ def _intercept(cmd: MediaIntercept, t: Target, s: OriginateSettings, job: str | 
     return [codec.api(f"uuid_transfer {t.uuid} intercept:{_word(other.uuid, 'intercept target')} inline")]
 
 
+def _adopt(cmd: MediaAdopt, t: Target, s: OriginateSettings, job: str | None) -> list[bytes]:
+    """The channel's variables name its new call and leg, so its next events identify it so."""
+    call_id = _word(cmd.call_id, "call id")
+    return [codec.api(f"uuid_setvar {t.uuid} {CALL_VAR} {call_id}"),
+            codec.api(f"uuid_setvar {t.uuid} {LEG_VAR} {t.uuid}")]
+
+
 #: media command type -> encoder(command, target, settings, job_uuid) -> ESL commands
 COMMAND_TABLE: dict[type, Callable[..., list[bytes]]] = {
     MediaAnswer: _answer,
@@ -682,6 +690,7 @@ COMMAND_TABLE: dict[type, Callable[..., list[bytes]]] = {
     MediaTransfer: _transfer,
     MediaPark: _park,
     MediaIntercept: _intercept,
+    MediaAdopt: _adopt,
     MediaConference: _conference_cmd,
     MediaSendDtmf: _send_dtmf,
     MediaRecordStart: _record_start_cmd,

@@ -84,6 +84,7 @@ from engine.messages import (
     HangupCause,
     Hold,
     JoinConference,
+    MediaAdopt,
     MediaAnswer,
     MediaBridge,
     MediaBroadcast,
@@ -105,6 +106,8 @@ from engine.messages import (
     Park,
     PauseRecording,
     Pickup,
+    PickupChannel,
+    PickupHandedOver,
     PlaybackFinished,
     PlaybackStarted,
     ProbeCall,
@@ -116,6 +119,7 @@ from engine.messages import (
     ResumeRecording,
     Retrieve,
     RouteToExtension,
+    RouteToPickup,
     RouteToQueue,
     SendDtmf,
     SendMedia,
@@ -242,6 +246,8 @@ class Call(msgspec.Struct, frozen=True, kw_only=True):
     rec: Recording | None = None
     rec_seq: int = 0
     conference: str = ""
+    #: a feature-code pickup call: the call its channel is being handed to (docs/parking.md)
+    handover: str = ""
     #: outbound: the trunk attempts not tried yet (failover order) and the trunk of the current
     #: (or, when none answered, the last) attempt; the CDR names it
     trunk_plan: tuple[TrunkDial, ...] = ()
@@ -480,6 +486,7 @@ CALL_EVENTS: tuple[type, ...] = (
     *MediaEvent.__args__,
     *CallCommand.__args__,
     EnterFlow, RouteToQueue, RouteToExtension, QueueOverflow, ConnectAgent, ProbeCall, TimerFired,
+    RouteToPickup, PickupChannel, PickupHandedOver,
 )
 
 # informational media events: the engine drove them or they change nothing here
@@ -487,7 +494,7 @@ on(LIVE, ChannelCreated, ChannelBridged, ChannelUnbridged, ChannelProgress, Play
    ApplicationExecuted, ApplicationCompleted)(ignore)
 # after the end every event is late: a deliberate no-op
 on([S.ENDED], *MediaEvent.__args__, EnterFlow, RouteToQueue, RouteToExtension, QueueOverflow,
-   TimerFired)(ignore)
+   TimerFired, RouteToPickup, PickupHandedOver)(ignore)
 
 
 @on(LIVE, ChannelHangup, ChannelHangupComplete, ChannelDestroyed)
@@ -827,6 +834,9 @@ def _timer(call: Call, ev: TimerFired, out: Out) -> Call:
         return _after_ring_failure(call, out, t, HangupCause.NO_ANSWER)
     if ev.key == PARK_TIMER and call.state is S.PARKED:
         return _park_timeout(call, out, t)
+    if ev.key == HANDOVER_TIMER and call.handover:
+        # the picked-up call never answered (gone meanwhile): the picker's phone hears the failure
+        return _end(call, out, t, "failed", HangupCause.NO_ROUTE_DESTINATION, hang_up_a=True)
     if ev.key == flows.FLOW_TIMER and call.state is S.IN_FLOW and call.flow is not None:
         return _flow_event(call, ev, out)
     if ev.key == CONSENT_TIMER and call.rec is not None and call.rec.stage == "consent":
@@ -1097,6 +1107,111 @@ def _pickup_ringing(call: Call, cmd: Pickup, out: Out) -> Call:
 
 
 on([s for s in LIVE if s not in (S.PARKED, S.RINGING)], Pickup)(_refuse)
+
+# ---- feature-code pickup (docs/parking.md) ------------------------------------------------------
+# A phone dials a code (``**1001``, ``*8``, a park slot): its channel arrives as a call of its own
+# (the feature call), which the router sends ``RouteToPickup``. The feature call offers its channel
+# to the call it picks up (``PickupChannel``) and waits; that call adopts the channel as a leg
+# (the channel's variables are rewritten, so its events follow it), answers ``PickupHandedOver``
+# and connects its caller when the channel's answer comes back. The feature call then ends without hanging the channel up (one CDR,
+# "answered"); refused or unanswered, it hangs its phone up.
+
+HANDOVER_TIMER = "handover"
+#: how long a picked-up call waits for the picker's adopted channel to answer
+PICKUP_ANSWER_S = 5.0
+
+
+@on([S.ROUTING], RouteToPickup)
+def _route_to_pickup(call: Call, ev: RouteToPickup, out: Out) -> Call:
+    call, t = _t(call, ev.at)
+    if call.handover:
+        return call  # a duplicate decision
+    if not ev.target_call or ev.target_call == call.call_id:
+        # nothing to pick up: the phone hears the failure at once
+        return _end(call, out, t, "failed", HangupCause.NO_ROUTE_DESTINATION, hang_up_a=True)
+    out.send("call", ev.target_call, PickupChannel(
+        call_id=ev.target_call, at=t, from_call=call.call_id, leg=call.call_id, node=call.node,
+        extension=ev.extension, kind=ev.kind, slot=ev.slot, target=ev.target, answered=call.a_answered))
+    timers = start_timer(call.timers, out, HANDOVER_TIMER, t + ev.timeout_s)
+    return replace(call, handover=ev.target_call, timers=timers)
+
+
+on([s for s in LIVE if s is not S.ROUTING], RouteToPickup)(ignore)
+
+
+@on([S.ROUTING], PickupHandedOver)
+def _handed_over(call: Call, ev: PickupHandedOver, out: Out) -> Call:
+    if not call.handover:
+        return call
+    call, t = _t(call, ev.at)
+    timers = cancel_timer(call.timers, out, HANDOVER_TIMER)
+    call = replace(call, timers=timers, handover="")
+    if not ev.ok:
+        return _end(call, out, t, "failed", HangupCause.NO_ROUTE_DESTINATION, hang_up_a=True)
+    # the channel belongs to the picked-up call now: never hang it up from here
+    call = replace(call, a_up=False, answered_at=t)
+    return _end(call, out, t, "answered", HangupCause.NORMAL_CLEARING, hang_up_a=False)
+
+
+on([s for s in LIVE if s is not S.ROUTING], PickupHandedOver)(ignore)
+
+
+def _refuse_channel(call: Call, ev: PickupChannel, out: Out, reason: str) -> Call:
+    out.send("call", ev.from_call, PickupHandedOver(call_id=ev.from_call, at=ev.at, ok=False, reason=reason))
+    return call
+
+
+@on([S.PARKED, S.RINGING], PickupChannel)
+def _pickup_channel(call: Call, ev: PickupChannel, out: Out) -> Call:
+    """Adopt the picker's channel: a parked call by slot, or a call ringing ``target``
+    (directed) or a member of the picker's group (the router chose the call and the target)."""
+    ringing = call.ringing
+    if ev.node != call.node:
+        return _refuse_channel(call, ev, out, "the picker's phone is on another media node")
+    if call.state is S.PARKED and ev.kind != "slot":
+        return _refuse_channel(call, ev, out, f"parked: pick it up by slot, not {ev.kind}")
+    if call.state is S.RINGING and (ev.kind == "slot" or not ringing
+                                    or (ev.target and all(leg.destination != ev.target for leg in ringing))):
+        return _refuse_channel(call, ev, out, f"not ringing {ev.target or 'anyone'}")
+    if call.leg(ev.leg) is not None or ev.leg == "a":
+        return _refuse_channel(call, ev, out, "that channel is already a leg of this call")
+    call, t = _t(call, ev.at)
+    slot = call.park_slot
+    taken = (ev.target or ringing[0].destination) if call.state is S.RINGING else ""
+    timers = cancel_timer(call.timers, out, PARK_TIMER)
+    call = replace(call, timers=timers, park_slot="", park_stage="", park_return_to="", park_fallback="")
+    for leg in ringing:
+        call = _drop_leg(call, leg, out, HangupCause.PICKED_OFF, t, hangup=True, reason="answered_elsewhere")
+    if call.in_queue:
+        out.send("queue", call.queue_id, CallerLeft(queue_id=call.queue_id, call_id=call.call_id, at=t))
+        call = replace(call, in_queue=False)
+    _media(out, MediaAdopt(call_id=call.call_id, leg=ev.leg, node=call.node))
+    leg = Leg(id=ev.leg, destination=ev.extension, role="extension")
+    if taken:
+        out.cti("CALL_PICKED_UP", call.tenant, t, call_id=call.call_id, extension=ev.extension, slot="",
+                kind=ev.kind, picked_from=taken)
+    else:
+        out.cti("CALL_PICKED_UP", call.tenant, t, call_id=call.call_id, extension=ev.extension, slot=slot,
+                kind="slot")
+    out.send("call", ev.from_call, PickupHandedOver(call_id=ev.from_call, at=t, ok=True))
+    if ev.answered:
+        # the phone's channel is up already: no answer event will come
+        return _connect(replace(call, legs=call.legs + (leg,)), leg, out, t)
+    # the channel is this call's leg now, connected when its answer comes back from the switch: a
+    # channel that died meanwhile (the feature call gave up) never answers, and the leg's ring timer
+    # then lets the caller go on as after any unanswered ring, instead of talking to nobody
+    _media(out, MediaAnswer(call_id=call.call_id, leg=ev.leg, node=call.node))
+    timers = start_timer(call.timers, out, f"ring:{ev.leg}", t + PICKUP_ANSWER_S)
+    call = replace(call, legs=call.legs + (leg,), timers=timers)
+    return _enter(call, S.RINGING, t)
+
+
+@on([s for s in LIVE if s not in (S.PARKED, S.RINGING)], PickupChannel)
+def _pickup_channel_refused(call: Call, ev: PickupChannel, out: Out) -> Call:
+    return _refuse_channel(call, ev, out, f"the call is {call.state.name}")
+
+
+on([S.ENDED], PickupChannel)(_pickup_channel_refused)
 
 
 @on(_TALKING, JoinConference)

@@ -137,3 +137,128 @@ def test_park_and_pickups_through_the_api_of_callengine_run(monkeypatch) -> None
     status, body = out["slot"]
     assert status == 200 and body["data"] == {"slot": "701"}, body
     assert out["listed_after"] == (200, {"items": []}), out["listed_after"]
+
+
+@pytest.mark.timeout(120)
+def test_feature_code_pickups_from_a_phone(monkeypatch) -> None:
+    """A phone dials ``**1001`` (directed), ``*8`` (group) or a park slot: its own channel becomes the
+    picked-up call's answered party (bridged to the caller; the feature call ends with one CDR and
+    does not hang the phone up). Nothing to pick up: the phone is hung up. An outside caller
+    dialling a slot number picks nothing up."""
+    from adapters.freeswitch.config import EslNodeConfig
+    from adapters.postgres.config import Extension, Tenant
+    from adapters.postgres.errors import AlreadyExists
+    from sim.freeswitch import FreeSwitchEmulator
+
+    state = pathlib.Path(tempfile.mkdtemp(prefix="callengine-run-pickup-codes-"))
+    monkeypatch.setenv("CALLENGINE_STATE_DIR", str(state))
+    monkeypatch.delenv("CALLENGINE_PG_DSN", raising=False)
+    out: dict = {}
+
+    async def main() -> None:
+        emu = FreeSwitchEmulator(heartbeat=1.0, answer_delay=0.01, ring_delay=0.002)
+        async with trio.open_nursery() as outer:
+            port = await outer.start(emu.run)
+            for phone in ("1001", "1002", "1005"):
+                emu.register_phone(phone)
+            options = RunOptions(secret=SECRET, state_dir=str(state), in_process=True, node_name="t",
+                                 esl_nodes=[EslNodeConfig(name="fs1", port=port)], esl_heartbeat_s=1.0,
+                                 webhook_drain_s=0.2)
+            async with open_engine(options) as engine:
+                store = engine.store
+                try:
+                    await store.create(Tenant(tenant=TENANT))
+                except AlreadyExists:
+                    pass
+                await store.create(Extension(tenant=TENANT, extension="1001", pickup_groups=("sales",)))
+                await store.create(Extension(tenant=TENANT, extension="1002", pickup_groups=("sales",)))
+                await store.create(Extension(tenant=TENANT, extension="1005"))
+                await _until(lambda: engine.config.snapshot.get(Extension, TENANT, "1005") is not None)
+                with trio.fail_after(15):
+                    await engine.links.wait_all_up()
+                admin = issue_token(SECRET, tenant=TENANT, sub="root", roles=("admin",))
+                emu.set_endpoint("1001", outcome="no_answer")
+
+                def state_of(call_id: str) -> str:
+                    c = engine.node.runtime.state_of("call", call_id)
+                    return c.state.name if c is not None else "GONE"
+
+                # directed: 2001 rings 1001; phone 1005 dials **1001
+                caller = await emu.place_inbound_call("2001", "1001")
+                await _until(lambda: any("user/1001" in line for line in emu.command_log))
+                await trio.sleep(0.05)
+                picker = await emu.place_inbound_call("1005", "**1001")
+                await _until(lambda: caller.peer == picker.uuid)
+                out["directed"] = (caller.up, picker.up, state_of(caller.uuid), picker.variables.get(
+                    "callengine_call_id"), picker.answered_us > 0)
+                await _until(lambda: state_of(picker.uuid) == "GONE")
+                # the feature call's CDR (answered, its own), the caller's call goes on
+                await trio.sleep(0.1)
+                out["directed_after"] = (caller.up, picker.up, caller.peer == picker.uuid)
+                # the picker hangs up: the caller's call ends with the conversation
+                await emu.hangup(picker.uuid)
+                await _until(lambda: state_of(caller.uuid) == "GONE")
+                await _until(lambda: not emu.channels, 10)
+
+                # group: 2002 rings 1001; phone 1002 (same group) dials *8
+                caller = await emu.place_inbound_call("2002", "1001")
+                await _until(lambda: sum("user/1001" in line for line in emu.command_log) == 2)
+                await trio.sleep(0.05)
+                picker = await emu.place_inbound_call("1002", "*8")
+                await _until(lambda: caller.peer == picker.uuid)
+                out["group"] = caller.up and picker.up
+                # nothing ringing the group any more: 1005 (no group) dialling *8 is hung up
+                nobody = await emu.place_inbound_call("1005", "*8")
+                await _until(lambda: not nobody.up)
+                out["nothing"] = nobody.hangup_cause
+                await emu.hangup(caller.uuid)
+                await _until(lambda: not emu.channels, 10)
+
+                # slot: a call parked in 701 by the API; an outside caller dialling 701 gets nothing,
+                # phone 1002 dialling 701 takes it
+                emu.set_endpoint("1001", outcome="answer")
+                caller = await emu.place_inbound_call("2003", "1001")
+                await _until(lambda: state_of(caller.uuid) == "ACTIVE")
+                status, body = await http_call(engine.stack, "CallControl/Park", {"call_id": caller.uuid}, admin)
+                assert status == 200 and body["data"] == {"slot": "701"}, body
+                await _until(lambda: state_of(caller.uuid) == "PARKED")
+                outsider = await emu.place_inbound_call("5550100", "701")  # no route: waits, then hangs up
+                await trio.sleep(0.3)
+                out["outsider"] = (state_of(caller.uuid), caller.peer == outsider.uuid)
+                await emu.hangup(outsider.uuid)
+                picker = await emu.place_inbound_call("1002", "701")
+                await _until(lambda: caller.peer == picker.uuid)
+                out["slot"] = (state_of(caller.uuid), caller.up, picker.up)
+                status, body = await http_call(engine.stack, "Parking/List", {}, admin)
+                out["listed_after"] = (status, body)
+                await emu.hangup(caller.uuid)
+                await _until(lambda: not emu.channels, 10)
+                # CDRs in PostgreSQL: each call exactly one
+                rows: list = []
+
+                async def cdr_rows() -> None:
+                    rows[:] = await engine.pg.run(lambda conn: conn.fetch(
+                        "SELECT call_id, destination, disposition FROM cdrs"))
+                with trio.fail_after(15):
+                    while len(rows) < 7:
+                        await engine.cdr_writer.flush()
+                        await cdr_rows()
+                        await trio.sleep(0.05)
+                out["cdrs"] = sorted((r["destination"], r["disposition"]) for r in rows)
+                out["cdr_ids"] = [r["call_id"] for r in rows]
+            outer.cancel_scope.cancel()
+
+    trio.run(main, clock=EpochClock())
+    up, picker_up, state, var, answered = out["directed"]
+    assert up and picker_up and state == "ACTIVE" and answered, out["directed"]
+    assert var and var != "", var  # the picker's channel now names the caller's call
+    assert out["directed_after"] == (True, True, True)
+    assert out["group"]
+    assert out["nothing"] == "NO_ROUTE_DESTINATION", out["nothing"]
+    assert out["outsider"] == ("PARKED", False), out["outsider"]
+    assert out["slot"] == ("ACTIVE", True, True), out["slot"]
+    assert out["listed_after"] == (200, {"items": []}), out["listed_after"]
+    assert len(out["cdr_ids"]) == len(set(out["cdr_ids"])) == 8, out["cdrs"]
+    assert out["cdrs"] == sorted([("1001", "answered"), ("**1001", "answered"), ("1001", "answered"),
+                                  ("*8", "answered"), ("*8", "failed"), ("1001", "answered"),
+                                  ("701", "abandoned"), ("701", "answered")]), out["cdrs"]

@@ -41,6 +41,7 @@ from engine.messages import (
     ChannelUnbridged,
     ChannelUnheld,
     DtmfReceived,
+    MediaAdopt,
     MediaAnswer,
     MediaBridge,
     MediaBroadcast,
@@ -328,6 +329,10 @@ COMMANDS = [
      [f"api uuid_transfer {A} park+701 XML callengine_park\n\n".encode()]),
     (MediaIntercept(call_id="c2", other_call_id="c1", other_leg="c1-1"),
      [f"api uuid_transfer {A} intercept:{B} inline\n\n".encode()]),
+    # feature-code pickup: the picker's channel becomes leg c1-1 of c1 (its variables say so)
+    (MediaAdopt(call_id="c1", leg="c1-1"),
+     [f"api uuid_setvar {B} callengine_call_id c1\n\n".encode(),
+      f"api uuid_setvar {B} callengine_leg {B}\n\n".encode()]),
     (MediaConference(call_id="c1", room="r1"),
      [f"api uuid_transfer {A} conference:r1@default inline\n\n".encode()]),
     (MediaSendDtmf(call_id="c1", digits="12#"), [f"api uuid_send_dtmf {A} 12#\n\n".encode()]),
