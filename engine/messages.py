@@ -429,6 +429,19 @@ class EnterFlow(Msg, tag="enter_flow", frozen=True, kw_only=True):
     variables: dict[str, str] = {}
 
 
+class VoicemailBox(Msg, tag="voicemail_box", frozen=True, kw_only=True):
+    """Host -> a call at a flow's ``voicemail_access`` node (docs/voicemail.md): the mailbox it asked
+    for with VOICEMAIL_ACCESS, as the store holds it. ``pin_hash`` "" (no such mailbox): every PIN
+    fails. The PIN hash travels only here, never in a CTI event."""
+
+    call_id: str
+    at: float
+    box: str
+    pin_hash: str = ""
+    #: (message id, folder "new"/"saved", path, created) of the live messages
+    messages: tuple[tuple[str, str, str, float], ...] = ()
+
+
 class RouteToQueue(Msg, tag="route_to_queue", frozen=True, kw_only=True):
     """Flow/router -> call: put the caller into ``queue_id``."""
 
@@ -684,6 +697,7 @@ class TimerFired(Msg, tag="timer_fired", frozen=True, kw_only=True):
 
 RoutingMessage = (
     EnterFlow
+    | VoicemailBox
     | RouteToQueue
     | RouteToExtension
     | QueueCall
@@ -848,6 +862,12 @@ class MediaSendDtmf(MediaCommandBase, tag="m_send_dtmf", frozen=True, kw_only=Tr
 
 class MediaRecordStart(MediaCommandBase, tag="m_record_start", frozen=True, kw_only=True):
     path: str
+    #: > 0: a voicemail message: FreeSWITCH's ``record`` app on the channel, which ends by itself
+    #: after ``limit_s`` or ``silence_hits`` seconds below ``silence_threshold`` (0 hits: no
+    #: silence detection); 0: ``uuid_record`` of the call (ends when told or at hangup)
+    limit_s: float = 0.0
+    silence_threshold: int = 0
+    silence_hits: int = 0
 
 
 class MediaRecordStop(MediaCommandBase, tag="m_record_stop", frozen=True, kw_only=True):

@@ -638,7 +638,16 @@ def _send_dtmf(cmd: MediaSendDtmf, t: Target, s: OriginateSettings,
 
 def _record_start_cmd(cmd: MediaRecordStart, t: Target, s: OriginateSettings,
                       job: str | None) -> list[bytes]:
-    return [codec.api(f"uuid_record {t.uuid} start {_word(cmd.path, 'path')}")]
+    path = _word(cmd.path, "path")
+    if cmd.limit_s > 0:
+        # a voicemail message (docs/voicemail.md): mod_dptools ``record <path> <time_limit_secs>
+        # <silence_thresh> <silence_hits>`` runs on the channel and ends by itself (RECORD_STOP)
+        limit = max(1, round(cmd.limit_s))
+        arg = f"{path} {limit}"
+        if cmd.silence_hits > 0:
+            arg += f" {max(0, cmd.silence_threshold)} {cmd.silence_hits}"
+        return [codec.sendmsg(t.uuid, app="record", arg=arg)]
+    return [codec.api(f"uuid_record {t.uuid} start {path}")]
 
 
 def _record_stop_cmd(cmd: MediaRecordStop, t: Target, s: OriginateSettings,

@@ -32,7 +32,7 @@ import trio
 from adapters.postgres.bridge import Postgres
 from adapters.postgres.errors import FailedPrecondition, InvalidArgument, NotFound
 from engine import voicemail as vm
-from engine.messages import CtiEvent
+from engine.messages import CtiEvent, VoicemailBox
 
 __all__ = ["Mailbox", "Message", "VoicemailStore", "VoicemailService", "MwiSender"]
 
@@ -285,9 +285,15 @@ class VoicemailStore:
 class VoicemailService:
     """The host side: stores VOICEMAIL_NEW from the CTI stream, and sends MWI after every change."""
 
-    def __init__(self, store: VoicemailStore, mwi: MwiSender, *, buffer: int = 1024) -> None:
+    #: the CTI events the service acts on
+    EVENTS = frozenset({"VOICEMAIL_NEW", "VOICEMAIL_ACCESS", "VOICEMAIL_SAVED", "VOICEMAIL_DELETED"})
+
+    def __init__(self, store: VoicemailStore, mwi: MwiSender, *, buffer: int = 1024,
+                 deliver: Callable[[VoicemailBox, str], None] | None = None) -> None:
         self.store = store
         self.mwi = mwi
+        #: hands a loaded mailbox to the call that asked (``node.deliver_nowait(message, tenant)``)
+        self.deliver = deliver
         self._send, self._recv = trio.open_memory_channel[CtiEvent](buffer)
         self.dropped = 0
         self.stored = 0
@@ -295,22 +301,51 @@ class VoicemailService:
         self.mwi_failed = 0
 
     def feed(self, event: CtiEvent) -> None:
-        """Non-blocking: hand a CTI event over (only VOICEMAIL_NEW is kept)."""
-        if event.name != "VOICEMAIL_NEW":
+        """Non-blocking: hand a CTI event over (only the voicemail ones are kept)."""
+        if event.name not in self.EVENTS:
             return
         try:
             self._send.send_nowait(event)
         except trio.WouldBlock:
             self.dropped += 1
-            log.error("voicemail: event buffer full, VOICEMAIL_NEW of call %s dropped", event.call_id)
+            log.error("voicemail: event buffer full, %s of call %s dropped", event.name, event.call_id)
+
+    def publish(self, event: CtiEvent) -> None:
+        """The ``CtiPort`` face of ``feed``, so the service can sit in a CTI tee."""
+        self.feed(event)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         async for event in self._recv:
             try:
-                await self.on_new(event)
+                await self.on_event(event)
             except Exception:  # one bad event must not stop the service
-                log.exception("voicemail: storing the message of call %s failed", event.call_id)
+                log.exception("voicemail: %s of call %s failed", event.name, event.call_id)
+
+    async def on_event(self, event: CtiEvent) -> None:
+        box = str(event.data.get("box") or "")
+        if event.name == "VOICEMAIL_NEW":
+            await self.on_new(event)
+        elif event.name == "VOICEMAIL_ACCESS":
+            await self.load(event.tenant, box, event.call_id, event.at)
+        elif event.name == "VOICEMAIL_SAVED":
+            await self.save(event.tenant, box, str(event.data.get("message_id") or ""))
+        elif event.name == "VOICEMAIL_DELETED":
+            await self.delete(event.tenant, box, str(event.data.get("message_id") or ""))
+
+    async def load(self, tenant: str, box: str, call_id: str, at: float) -> VoicemailBox:
+        """The mailbox for a call at a voicemail_access node; an unknown one has no PIN hash (every
+        PIN fails), so a caller cannot tell a missing mailbox from a wrong PIN."""
+        try:
+            pin_hash = await self.store.pin_hash(tenant, box)
+            msgs = await self.store.messages(tenant, box)
+        except NotFound:
+            pin_hash, msgs = "", []
+        message = VoicemailBox(call_id=call_id, at=at, box=box, pin_hash=pin_hash,
+                               messages=tuple((m.id, m.folder, m.path, m.created_at) for m in msgs))
+        if self.deliver is not None:
+            self.deliver(message, tenant)
+        return message
 
     async def on_new(self, event: CtiEvent) -> None:
         d = event.data

@@ -69,6 +69,7 @@ from engine.messages import (
     RouteToQueue,
     RoutingMessage,
     UpdateQueueConfig,
+    VoicemailBox,
 )
 
 __all__ = ["ActorBusy", "ActorMissing", "Node", "NodeStatistics", "open_node", "route",
@@ -99,7 +100,7 @@ class ActorMissing(LookupError):
 
 Router = Callable[[ChannelCreated], RoutingMessage | None]
 
-_CALL_ROUTED = (EnterFlow, RouteToQueue, RouteToExtension, QueueOverflow, ConnectAgent)
+_CALL_ROUTED = (EnterFlow, RouteToQueue, RouteToExtension, QueueOverflow, ConnectAgent, VoicemailBox)
 _AGENT_ROUTED = (ReserveAgent, ReleaseReservation, AgentCallEnded)
 _QUEUE_ROUTED = (QueueCall, CallerLeft, AgentStatus, ReservationAccepted, ReservationRejected, UpdateQueueConfig)
 

@@ -19,6 +19,14 @@ Immediate nodes (answer, set, time_condition, route) are followed in a loop unti
 the guard protects production from a flow that slipped through). Play, menu and voicemail
 auto-answer the caller first, as Kazoo does: prompts need an answered channel.
 
+Voicemail (docs/voicemail.md): greeting, beep, then FreeSWITCH's ``record`` with the node's time
+limit and silence detection; the switch ends the recording (RECORD_STOP: silence, limit) or the
+caller hangs up (the host calls ``hangup``). Either way the step carries a ``FlowEvent``
+VOICEMAIL_NEW (message id = call id, box, caller, duration from the record command to its end), or
+VOICEMAIL_ABANDONED when the caller left before ``min_length_s`` was recorded; the call machine
+publishes it as a CTI event of its tenant. A flow timer at the limit plus ``RECORD_GRACE_S`` is
+the safety net when the switch never reports the end.
+
 A menu plays its prompt (DTMF barges in and stops it), then waits ``timeout_s`` for each digit.
 Input ends with the terminator, ``max_digits`` digits or the timeout; a known choice follows its
 option; no input / an unknown choice counts an attempt and replays (after ``invalid_prompt``),
@@ -35,6 +43,7 @@ from typing import Literal
 
 import msgspec
 
+from engine import voicemail as vm
 from engine.flows.model import (
     DAYS,
     AnswerNode,
@@ -47,6 +56,7 @@ from engine.flows.model import (
     SetNode,
     TimeConditionNode,
     TransferNode,
+    VoicemailAccessNode,
     VoicemailNode,
 )
 from engine.messages import (
@@ -56,25 +66,32 @@ from engine.messages import (
     MediaAnswer,
     MediaPlay,
     MediaRecordStart,
-    MediaRecordStop,
     MediaStopPlayback,
     PlaybackFinished,
+    RecordingStopped,
+    Scalar,
     SendMedia,
     StartTimer,
     TimerFired,
+    VoicemailBox,
 )
 
 __all__ = [
     "FLOW_TIMER", "MAX_IMMEDIATE_STEPS", "FlowRun", "FlowStep", "ToQueue", "ToTarget", "ToHangup",
-    "Outcome", "start", "handle", "is_open",
+    "Outcome", "start", "handle", "is_open", "FlowEvent", "hangup", "RECORD_GRACE_S",
 ]
 
 #: the one timer key a flow uses (menus' digit timeout, voicemail's max length)
 FLOW_TIMER = "flow"
 #: immediate nodes followed within one event before the flow is declared looping
 MAX_IMMEDIATE_STEPS = 256
+#: a voicemail recording the switch has not ended this long after its limit is ended by the flow
+RECORD_GRACE_S = 5.0
+#: a voicemail_access node waits this long for the host to load the mailbox
+ACCESS_LOAD_TIMEOUT_S = 10.0
 
-Waiting = Literal["", "play", "prompt", "digits", "invalid", "greeting", "recording", "done"]
+Waiting = Literal["", "play", "prompt", "digits", "invalid", "greeting", "beep", "recording", "vm_loading",
+                  "vm_menu", "done"]
 
 
 class FlowRun(msgspec.Struct, frozen=True, kw_only=True):
@@ -100,6 +117,10 @@ class FlowRun(msgspec.Struct, frozen=True, kw_only=True):
     #: the node ids visited, in order (for tests, CDR enrichment and reports)
     path: tuple[str, ...] = ()
     timer: bool = False
+    #: voicemail: when the record command went out (the message's duration counts from here)
+    rec_at: float = 0.0
+    #: voicemail_access: the owner's session with the mailbox (engine.voicemail)
+    access: vm.Access | None = None
     #: the graph being run (shared, immutable), so a call needs a single field for its flow
     graph: Flow | None = None
 
@@ -124,21 +145,31 @@ class ToHangup(msgspec.Struct, frozen=True, kw_only=True):
 Outcome = ToQueue | ToTarget | ToHangup
 
 
+class FlowEvent(msgspec.Struct, frozen=True):
+    """Something the flow reports (VOICEMAIL_NEW, ...); the call machine publishes it as a CTI
+    event of the call's tenant."""
+
+    name: str
+    data: dict[str, Scalar]
+
+
 class FlowStep(msgspec.Struct, frozen=True):
     run: FlowRun
     effects: list[Effect]
     outcome: Outcome | None = None
+    events: tuple[FlowEvent, ...] = ()
 
 
 replace = msgspec.structs.replace
 
 
 class _Out:
-    __slots__ = ("effects", "run")
+    __slots__ = ("effects", "events", "run")
 
     def __init__(self, run: FlowRun) -> None:
         self.run = run
         self.effects: list[Effect] = []
+        self.events: list[FlowEvent] = []
 
     def media(self, command: object) -> None:
         self.effects.append(SendMedia(command=command))  # type: ignore[arg-type]
@@ -161,7 +192,7 @@ def start(flow: Flow, *, call_id: str, at: float, did: str = "", caller_id: str 
                   clock_offset=clock_offset, answered=answered, vars=dict(variables or {}), graph=flow)
     out = _Out(run)
     outcome = _goto(flow, out, flow.start, at)
-    return FlowStep(out.run, out.effects, outcome)
+    return FlowStep(out.run, out.effects, outcome, tuple(out.events))
 
 
 def handle(flow: Flow, run: FlowRun, event: object) -> FlowStep:
@@ -176,11 +207,30 @@ def handle(flow: Flow, run: FlowRun, event: object) -> FlowStep:
             outcome = _on_playback(flow, out, node, event)
         case DtmfReceived(leg="a"):
             outcome = _on_dtmf(flow, out, node, event.digit, event.at)
+        case RecordingStopped(leg="a"):
+            outcome = _on_record_stop(out, node, event)
+        case VoicemailBox():
+            outcome = _on_mailbox(out, node, event)
         case TimerFired(key=key) if key == FLOW_TIMER:
             if run.timer:
                 out.run = replace(out.run, timer=False)
                 outcome = _on_timeout(flow, out, node, event.at)
-    return FlowStep(out.run, out.effects, outcome)
+    return FlowStep(out.run, out.effects, outcome, tuple(out.events))
+
+
+def hangup(flow: Flow, run: FlowRun, at: float) -> FlowStep:
+    """The caller hung up while the flow ran: a voicemail being recorded is kept (when long
+    enough), one not yet recording is abandoned. No media (the channel is gone)."""
+    out = _Out(run)
+    node = flow.nodes.get(run.node)
+    if isinstance(node, VoicemailNode) and run.waiting in ("greeting", "beep", "recording"):
+        if run.waiting == "recording":
+            _left(out, node, at, "hangup")
+        else:
+            _abandoned(out, node, 0.0, "hangup_" + run.waiting)
+    out.cancel_timer()
+    out.run = replace(out.run, waiting="done")
+    return FlowStep(out.run, out.effects, None, tuple(out.events))
 
 
 # ---- node entry --------------------------------------------------------------------------------
@@ -231,7 +281,14 @@ def _goto(flow: Flow, out: _Out, node_id: str, at: float) -> Outcome | None:
                     _play(out, node.greeting)
                     out.run = replace(out.run, waiting="greeting")
                 else:
-                    _record(out, node, at)
+                    _beep(out, node, at)
+                return None
+            case VoicemailAccessNode():
+                _answer(out, at)
+                box = node.box or out.run.caller_id
+                out.events.append(FlowEvent("VOICEMAIL_ACCESS", {"box": box}))
+                out.run = replace(out.run, waiting="vm_loading")
+                out.timer(at + ACCESS_LOAD_TIMEOUT_S)
                 return None
             case QueueNode():
                 return _finish(out, ToQueue(queue=node.queue, priority=node.priority, skills=dict(node.skills)))
@@ -254,11 +311,40 @@ def _menu_prompt(out: _Out, node: MenuNode, at: float) -> None:
     out.run = replace(out.run, waiting="prompt", digits="")
 
 
+def _voicemail_path(node: VoicemailNode, call_id: str) -> str:
+    return f"voicemail/{node.box}/{call_id}.wav"
+
+
+def _beep(out: _Out, node: VoicemailNode, at: float) -> None:
+    if node.beep:
+        _play(out, node.beep)
+        out.run = replace(out.run, waiting="beep")
+    else:
+        _record(out, node, at)
+
+
 def _record(out: _Out, node: VoicemailNode, at: float) -> None:
-    path = f"voicemail/{node.box}/{out.run.call_id}.wav"
-    out.media(MediaRecordStart(call_id=out.run.call_id, leg="a", node=out.run.media_node, path=path))
-    out.run = replace(out.run, waiting="recording")
-    out.timer(at + node.max_length_s)
+    out.media(MediaRecordStart(call_id=out.run.call_id, leg="a", node=out.run.media_node,
+                               path=_voicemail_path(node, out.run.call_id), limit_s=node.max_length_s,
+                               silence_threshold=node.silence_threshold, silence_hits=node.silence_hits))
+    out.run = replace(out.run, waiting="recording", rec_at=at)
+    out.timer(at + node.max_length_s + RECORD_GRACE_S)
+
+
+def _left(out: _Out, node: VoicemailNode, at: float, ended: str) -> None:
+    """The recording is over: a message when long enough, else the caller abandoned."""
+    duration = round(min(max(0.0, at - out.run.rec_at), node.max_length_s), 3)
+    if duration < node.min_length_s:
+        _abandoned(out, node, duration, "too_short")
+        return
+    out.events.append(FlowEvent("VOICEMAIL_NEW", {
+        "box": node.box, "message_id": out.run.call_id, "caller_id": out.run.caller_id,
+        "duration_s": duration, "path": _voicemail_path(node, out.run.call_id), "ended": ended}))
+
+
+def _abandoned(out: _Out, node: VoicemailNode, duration: float, reason: str) -> None:
+    out.events.append(FlowEvent("VOICEMAIL_ABANDONED", {
+        "box": node.box, "caller_id": out.run.caller_id, "duration_s": duration, "reason": reason}))
 
 
 def _route(node: RouteNode, run: FlowRun) -> str:
@@ -307,12 +393,64 @@ def _on_playback(flow: Flow, out: _Out, node: object, ev: PlaybackFinished) -> O
             out.timer(ev.at + node.timeout_s)
         case MenuNode() if run.waiting == "invalid" and ev.file in ("", node.invalid_prompt):
             _menu_prompt(out, node, ev.at)
-        case VoicemailNode() if run.waiting == "greeting":
+        case VoicemailNode() if run.waiting == "greeting" and ev.file in ("", node.greeting):
+            _beep(out, node, ev.at)
+        case VoicemailNode() if run.waiting == "beep" and ev.file in ("", node.beep):
             _record(out, node, ev.at)
     return None
 
 
+def _on_record_stop(out: _Out, node: object, ev: RecordingStopped) -> Outcome | None:
+    """The switch ended the recording (silence, time limit, or the channel went)."""
+    if not isinstance(node, VoicemailNode) or out.run.waiting != "recording":
+        return None
+    if ev.path and ev.path != _voicemail_path(node, out.run.call_id):
+        return None  # another recording of this call
+    _left(out, node, ev.at, ev.cause or "stopped")
+    return _finish(out, ToHangup(reason="voicemail_done"))
+
+
+def _on_mailbox(out: _Out, node: object, ev: VoicemailBox) -> Outcome | None:
+    """The host loaded the mailbox: the owner's session starts (asks for the PIN)."""
+    if not isinstance(node, VoicemailAccessNode) or out.run.waiting != "vm_loading":
+        return None
+    refs = [vm.MessageRef(id=i, folder="saved" if f == "saved" else "new", path=p, created=c)
+            for i, f, p, c in ev.messages]
+    state, actions = vm.start(ev.box, ev.pin_hash, refs, max_pin_attempts=node.max_pin_attempts)
+    out.run = replace(out.run, access=state, waiting="vm_menu")
+    out.timer(ev.at + node.idle_timeout_s)
+    return _access_actions(out, actions)
+
+
+def _access_actions(out: _Out, actions: list[vm.Action]) -> Outcome | None:
+    """Perform what the owner's menu decided: prompts and messages play in order; a save or a
+    delete is reported (the host changes the store and sends MWI); the menu's own Mwi is left to
+    the host, which counts from the store after the change."""
+    run = out.run
+    assert run.access is not None
+    box = run.access.box
+    for action in actions:
+        match action:
+            case vm.Play(prompt=file) | vm.PlayMessage(path=file):
+                _play(out, file)
+            case vm.SaveMessage(id=message_id):
+                out.events.append(FlowEvent("VOICEMAIL_SAVED", {"box": box, "message_id": message_id}))
+            case vm.DeleteMessage(id=message_id):
+                out.events.append(FlowEvent("VOICEMAIL_DELETED", {"box": box, "message_id": message_id}))
+            case vm.HangUp(reason=reason):
+                return _finish(out, ToHangup(reason=f"voicemail_{reason}"))
+    return None
+
+
 def _on_dtmf(flow: Flow, out: _Out, node: object, digit: str, at: float) -> Outcome | None:
+    if isinstance(node, VoicemailAccessNode) and out.run.waiting == "vm_menu" and out.run.access is not None:
+        if out.run.access.phase == "menu":
+            # a key in the menu cuts what is playing (the owner knows what they want)
+            out.media(MediaStopPlayback(call_id=out.run.call_id, leg="a", node=out.run.media_node))
+        state, actions = vm.step(out.run.access, vm.Digit(digit))
+        out.run = replace(out.run, access=state)
+        out.timer(at + node.idle_timeout_s)
+        return _access_actions(out, actions)
     if not isinstance(node, MenuNode) or out.run.waiting not in ("prompt", "invalid", "digits"):
         return None  # plain prompts and voicemail do not take input
     if out.run.waiting != "digits":
@@ -334,8 +472,13 @@ def _on_timeout(flow: Flow, out: _Out, node: object, at: float) -> Outcome | Non
             if out.run.digits:
                 return _decide(flow, out, node, at)
             return _retry(flow, out, node, at, invalid=False)
+        case VoicemailAccessNode() if out.run.waiting in ("vm_loading", "vm_menu"):
+            # the mailbox never came, or the owner stopped pressing keys
+            return _finish(out, ToHangup(reason="voicemail_timeout"))
         case VoicemailNode() if out.run.waiting == "recording":
-            out.media(MediaRecordStop(call_id=out.run.call_id, leg="a", node=out.run.media_node))
+            # the switch should have ended it at the limit; the hang-up that follows ends the
+            # ``record`` app (uuid_record stop does not apply to it); keep what was recorded
+            _left(out, node, at, "timeout")
             return _finish(out, ToHangup(reason="voicemail_done"))
     return None
 

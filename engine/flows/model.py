@@ -24,7 +24,8 @@ import msgspec
 
 __all__ = [
     "Node", "AnswerNode", "PlayNode", "MenuNode", "TimeConditionNode", "TimeRule", "RouteNode",
-    "RouteRule", "QueueNode", "TransferNode", "VoicemailNode", "SetNode", "HangupNode", "Flow",
+    "RouteRule", "QueueNode", "TransferNode", "VoicemailNode", "VoicemailAccessNode", "SetNode", "HangupNode",
+    "Flow",
     "TERMINAL_TYPES", "WAITING_TYPES", "DAYS",
 ]
 
@@ -122,11 +123,32 @@ class TransferNode(_Node, tag="transfer", frozen=True, kw_only=True):
 
 
 class VoicemailNode(_Node, tag="voicemail", frozen=True, kw_only=True):
-    """Terminal: leave a message in ``box`` (greeting, then record up to ``max_length_s``)."""
+    """Terminal: leave a message in ``box``: greeting, beep, then the media server's ``record`` up
+    to ``max_length_s`` that stops by itself after ``silence_hits`` seconds below
+    ``silence_threshold`` (docs/voicemail.md). A recording shorter than ``min_length_s`` is no
+    message (the caller hung up at the beep)."""
 
     box: str
     greeting: str = ""
     max_length_s: float = 120.0
+    #: "" = no beep; FreeSWITCH tone_stream: 250 ms of 1 kHz
+    beep: str = "tone_stream://%(250,0,1000)"
+    #: the energy level below which audio counts as silence (FreeSWITCH ``record``'s 3rd argument)
+    silence_threshold: int = 200
+    #: seconds of silence that end the message; 0 = no silence detection
+    silence_hits: int = 3
+    min_length_s: float = 1.0
+
+
+class VoicemailAccessNode(_Node, tag="voicemail_access", frozen=True, kw_only=True):
+    """Terminal: the owner of mailbox ``box`` ("" = the caller's own extension, its caller id)
+    listens to it: PIN then the menu of ``engine.voicemail`` (1 next, 9 save, 7 delete, # exit).
+    The host loads the mailbox (VOICEMAIL_ACCESS -> VoicemailBox); no key for ``idle_timeout_s``
+    hangs up."""
+
+    box: str = ""
+    max_pin_attempts: int = 3
+    idle_timeout_s: float = 20.0
 
 
 class SetNode(_Node, tag="set", frozen=True, kw_only=True):
@@ -145,10 +167,10 @@ class HangupNode(_Node, tag="hangup", frozen=True, kw_only=True):
 
 Node = (
     AnswerNode | PlayNode | MenuNode | TimeConditionNode | RouteNode | QueueNode | TransferNode
-    | VoicemailNode | SetNode | HangupNode
+    | VoicemailNode | VoicemailAccessNode | SetNode | HangupNode
 )
 
-TERMINAL_TYPES: tuple[type, ...] = (QueueNode, TransferNode, VoicemailNode, HangupNode)
+TERMINAL_TYPES: tuple[type, ...] = (QueueNode, TransferNode, VoicemailNode, VoicemailAccessNode, HangupNode)
 WAITING_TYPES: tuple[type, ...] = (PlayNode, MenuNode)
 
 

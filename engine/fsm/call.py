@@ -129,6 +129,7 @@ from engine.messages import (
     StopRecording,
     TimerFired,
     TrunkDial,
+    VoicemailBox,
     WriteCdr,
 )
 from engine.routing.outbound import FAILOVER_CAUSES
@@ -486,7 +487,7 @@ CALL_EVENTS: tuple[type, ...] = (
     *MediaEvent.__args__,
     *CallCommand.__args__,
     EnterFlow, RouteToQueue, RouteToExtension, QueueOverflow, ConnectAgent, ProbeCall, TimerFired,
-    RouteToPickup, PickupChannel, PickupHandedOver,
+    RouteToPickup, PickupChannel, PickupHandedOver, VoicemailBox,
 )
 
 # informational media events: the engine drove them or they change nothing here
@@ -508,6 +509,9 @@ def _on_leg_gone(call: Call, ev: ChannelHangup, out: Out) -> Call:
         if not call.a_up:
             return call  # duplicate
         call = replace(call, a_up=False)
+        if call.flow is not None and call.flow.graph is not None:
+            # the flow learns the caller left (a voicemail being recorded is still a message)
+            call = replace(_apply_flow(call, flows.hangup(call.flow.graph, call.flow, t), out, t), flow=None)
         return _end(call, out, t, _unanswered_disposition(call), cause, hang_up_a=False)
     leg = call.leg(ev.leg)
     if leg is None:
@@ -665,6 +669,8 @@ on(LIVE, RecordingStarted)(ignore)
 def _on_rec_stopped(call: Call, ev: RecordingStopped, out: Out) -> Call:
     """The media server stopped the recording by itself (limit, error, the leg went): only a
     RECORD_STOP of the current recording's file counts (a late one of an earlier recording does not)."""
+    if call.flow is not None and ev.leg == "a" and call.state is S.IN_FLOW:
+        return _flow_event(call, ev, out)  # a voicemail message ended (docs/voicemail.md)
     rec = call.rec
     if rec is None or rec.stage != "recording" or (ev.path and ev.path != rec.path):
         return call
@@ -710,6 +716,8 @@ def _apply_flow(call: Call, step: FlowStep, out: Out, t: float) -> Call:
         else:
             out.add(effect)
     call = replace(call, timers=timers, flow=step.run, a_answered=call.a_answered or step.run.answered)
+    for event in step.events:  # what the flow reports (VOICEMAIL_NEW, ...), as the call's tenant
+        out.cti(event.name, call.tenant, t, call_id=call.call_id, **event.data)
     outcome = step.outcome
     if outcome is None:
         return call
@@ -730,6 +738,18 @@ def _apply_flow(call: Call, step: FlowStep, out: Out, t: float) -> Call:
 
 
 on([S.QUEUED, S.RINGING, S.ACTIVE, S.HELD, S.TRANSFERRING, S.PARKED, S.IN_FLOW], EnterFlow)(ignore)
+
+
+@on([S.IN_FLOW], VoicemailBox)
+def _on_voicemail_box(call: Call, ev: VoicemailBox, out: Out) -> Call:
+    """The mailbox a voicemail_access node asked for (docs/voicemail.md)."""
+    if call.flow is not None:
+        return _flow_event(call, ev, out)
+    return call
+
+
+# late: the caller left the flow (or hung up) before the mailbox came
+on([s for s in CallState if s is not S.IN_FLOW], VoicemailBox)(ignore)
 
 
 @on([S.ROUTING, S.IN_FLOW], RouteToQueue)
@@ -1107,6 +1127,7 @@ def _pickup_ringing(call: Call, cmd: Pickup, out: Out) -> Call:
 
 
 on([s for s in LIVE if s not in (S.PARKED, S.RINGING)], Pickup)(_refuse)
+
 
 # ---- feature-code pickup (docs/parking.md) ------------------------------------------------------
 # A phone dials a code (``**1001``, ``*8``, a park slot): its channel arrives as a call of its own

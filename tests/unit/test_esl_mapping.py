@@ -338,6 +338,14 @@ COMMANDS = [
     (MediaSendDtmf(call_id="c1", digits="12#"), [f"api uuid_send_dtmf {A} 12#\n\n".encode()]),
     (MediaRecordStart(call_id="c1", path="/rec/c1.wav"),
      [f"api uuid_record {A} start /rec/c1.wav\n\n".encode()]),
+    # a voicemail message: the record app with its time limit and silence detection
+    (MediaRecordStart(call_id="c1", path="voicemail/1001/c1.wav", limit_s=120, silence_threshold=200,
+                      silence_hits=3),
+     [f"sendmsg {A}\ncall-command: execute\nexecute-app-name: record\n"
+      "execute-app-arg: voicemail/1001/c1.wav 120 200 3\n\n".encode()]),
+    (MediaRecordStart(call_id="c1", path="voicemail/1001/c1.wav", limit_s=30),
+     [f"sendmsg {A}\ncall-command: execute\nexecute-app-name: record\n"
+      "execute-app-arg: voicemail/1001/c1.wav 30\n\n".encode()]),
     (MediaRecordStop(call_id="c1"), [f"api uuid_record {A} stop all\n\n".encode()]),
     (MediaRecordStop(call_id="c1", path="/rec/c1.wav"),
      [f"api uuid_record {A} stop /rec/c1.wav\n\n".encode()]),

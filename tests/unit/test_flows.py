@@ -17,7 +17,6 @@ from engine.messages import (
     MediaAnswer,
     MediaPlay,
     MediaRecordStart,
-    MediaRecordStop,
     MediaStopPlayback,
     PlaybackFinished,
     SendMedia,
@@ -346,11 +345,17 @@ def test_voicemail_plays_greeting_records_and_hangs_up_at_max_length():
     step = fi.start(flow, call_id="c1", at=0)
     assert medias(step) == [MediaAnswer(call_id="c1"), MediaPlay(call_id="c1", file="hi.wav")]
     step = fi.handle(flow, step.run, ev_play_done(3, "hi.wav"))
-    assert medias(step) == [MediaRecordStart(call_id="c1", path="voicemail/b1/c1.wav")]
-    assert StartTimer(key=FLOW_TIMER, deadline=33.0) in step.effects
-    step = fi.handle(flow, step.run, TimerFired(key=FLOW_TIMER, at=33))
-    assert medias(step) == [MediaRecordStop(call_id="c1")]
+    beep = "tone_stream://%(250,0,1000)"
+    assert medias(step) == [MediaPlay(call_id="c1", file=beep)]  # the beep (docs/voicemail.md)
+    step = fi.handle(flow, step.run, ev_play_done(3, beep))
+    assert medias(step) == [MediaRecordStart(call_id="c1", path="voicemail/b1/c1.wav", limit_s=30,
+                                             silence_threshold=200, silence_hits=3)]
+    # the switch ends the record app at the limit; the flow's timer is only the safety net
+    assert StartTimer(key=FLOW_TIMER, deadline=33.0 + fi.RECORD_GRACE_S) in step.effects
+    step = fi.handle(flow, step.run, TimerFired(key=FLOW_TIMER, at=33 + fi.RECORD_GRACE_S))
+    assert medias(step) == []  # the hang-up that follows ends the record app
     assert step.outcome == ToHangup(reason="voicemail_done")
+    assert [(e.name, e.data["duration_s"]) for e in step.events] == [("VOICEMAIL_NEW", 30.0)]
 
 
 def test_already_answered_calls_are_not_answered_twice():

@@ -97,8 +97,10 @@ def test_menu_timeout_without_fallback_hangs_up_answered():
 def test_voicemail_records_until_max_length():
     call, _ = enter()
     call, _ = C.step(call, DtmfReceived(call_id="c1", at=2.0, digit="3"))  # barge-in
-    assert MediaRecordStart(call_id="c1", path="voicemail/b/c1.wav") in medias(_)
-    call, effects = C.step(call, TimerFired(key="flow", at=32.0))
+    call, _ = C.step(call, PlaybackFinished(call_id="c1", at=2.5, file="tone_stream://%(250,0,1000)"))  # beep
+    assert MediaRecordStart(call_id="c1", path="voicemail/b/c1.wav", limit_s=30, silence_threshold=200,
+                            silence_hits=3) in medias(_)
+    call, effects = C.step(call, TimerFired(key="flow", at=37.5))
     assert call.state is S.ENDED
 
 

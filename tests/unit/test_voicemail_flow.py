@@ -1,0 +1,153 @@
+"""Voicemail flow nodes inside the call machine (engine.fsm.call + engine.flows): leaving a message
+(greeting, beep, record with limits, VOICEMAIL_NEW at RECORD_STOP or at the caller's hangup,
+VOICEMAIL_ABANDONED) and the owner's menu (VOICEMAIL_ACCESS, the loaded mailbox, PIN, 1/9/7/#)."""
+
+from __future__ import annotations
+
+from engine import voicemail as vm
+from engine.flows.loader import decode_document, parse_flows
+from engine.fsm import call as C
+from engine.fsm.call import CallState as S
+from engine.messages import (
+    ChannelCreated,
+    ChannelHangup,
+    DtmfReceived,
+    EnterFlow,
+    MediaPlay,
+    MediaRecordStart,
+    MediaStopPlayback,
+    PlaybackFinished,
+    PublishCti,
+    RecordingStopped,
+    SendMedia,
+    TimerFired,
+    VoicemailBox,
+    WriteCdr,
+)
+
+BEEP = "tone_stream://%(250,0,1000)"
+LEAVE, ACCESS = parse_flows(decode_document(b"""
+flows:
+- id: leave
+  start: vm
+  nodes:
+    vm: {type: voicemail, box: "1001", greeting: g.wav, max_length_s: 60, silence_hits: 3}
+- id: access
+  start: menu
+  nodes:
+    menu: {type: voicemail_access, idle_timeout_s: 15}
+""", "f.yaml"), "f.yaml")
+PIN_HASH = vm.hash_pin("4711", b"0123456789abcdef", rounds=1)
+
+
+def start(flow, caller="+4930111", at=0.0):
+    call, _ = C.new_call(ChannelCreated(call_id="c1", at=at, caller_id=caller, destination="5000", tenant="acme"))
+    return C.step(call, EnterFlow(call_id="c1", at=at + 0.1, flow_id=flow.id, flow=flow))
+
+
+def cti(effects, name=None):
+    return [e.event for e in effects if isinstance(e, PublishCti) and (name is None or e.event.name == name)]
+
+
+def medias(effects):
+    return [e.command for e in effects if isinstance(e, SendMedia)]
+
+
+def recording(at=0.0):
+    call, _ = start(LEAVE, at=at)
+    call, _ = C.step(call, PlaybackFinished(call_id="c1", at=at + 3, file="g.wav"))
+    call, effects = C.step(call, PlaybackFinished(call_id="c1", at=at + 3.5, file=BEEP))
+    assert medias(effects) == [MediaRecordStart(call_id="c1", path="voicemail/1001/c1.wav", limit_s=60,
+                                                silence_threshold=200, silence_hits=3)]
+    return call
+
+
+def test_record_stop_leaves_a_message_of_the_tenant_and_ends_the_call_once():
+    call = recording()
+    call, effects = C.step(call, RecordingStopped(call_id="c1", at=20.5, path="voicemail/1001/c1.wav",
+                                                  cause="success-silence"))
+    (new,) = cti(effects, "VOICEMAIL_NEW")
+    assert (new.tenant, new.call_id) == ("acme", "c1")
+    assert new.data == {"box": "1001", "message_id": "c1", "caller_id": "+4930111", "duration_s": 17.0,
+                        "path": "voicemail/1001/c1.wav", "ended": "success-silence"}
+    assert call.state is S.ENDED and len([e for e in effects if isinstance(e, WriteCdr)]) == 1
+    # a late RECORD_STOP / hangup change nothing
+    assert C.step(call, ChannelHangup(call_id="c1", at=21.0))[1] == []
+
+
+def test_record_stop_of_another_file_is_not_the_message():
+    call = recording()
+    same, effects = C.step(call, RecordingStopped(call_id="c1", at=9.0, path="other.wav"))
+    assert same.state is S.IN_FLOW and cti(effects) == []
+
+
+def test_hangup_while_recording_keeps_the_message_hangup_before_it_abandons():
+    call = recording()
+    call, effects = C.step(call, ChannelHangup(call_id="c1", at=10.0))
+    (new,) = cti(effects, "VOICEMAIL_NEW")
+    assert (new.data["ended"], new.data["duration_s"]) == ("hangup", 6.5) and call.state is S.ENDED
+    call, _ = start(LEAVE)
+    call, effects = C.step(call, ChannelHangup(call_id="c1", at=1.0))  # during the greeting
+    (ab,) = cti(effects, "VOICEMAIL_ABANDONED")
+    assert ab.data["reason"] == "hangup_greeting" and not cti(effects, "VOICEMAIL_NEW")
+    call = recording()
+    call, effects = C.step(call, ChannelHangup(call_id="c1", at=4.0))  # 0.5 s: too short
+    assert [e.data["reason"] for e in cti(effects, "VOICEMAIL_ABANDONED")] == ["too_short"]
+
+
+def box(at=1.0, pin_hash=PIN_HASH):
+    return VoicemailBox(call_id="c1", at=at, box="1001", pin_hash=pin_hash, messages=(
+        ("m2", "saved", "voicemail/1001/m2.wav", 50.0), ("m1", "new", "voicemail/1001/m1.wav", 100.0)))
+
+
+def press(call, keys, at):
+    effects = []
+    for i, k in enumerate(keys):
+        call, e = C.step(call, DtmfReceived(call_id="c1", at=at + i * 0.2, digit=k))
+        effects += e
+    return call, effects
+
+
+def test_owner_menu_pin_listen_save_delete_exit():
+    call, effects = start(ACCESS, caller="1001")
+    (ask,) = cti(effects, "VOICEMAIL_ACCESS")
+    assert ask.data == {"box": "1001"} and ask.tenant == "acme"  # "" box: the caller's own extension
+    call, effects = C.step(call, box())
+    assert medias(effects) == [MediaPlay(call_id="c1", file=vm.PROMPTS["enter_pin"])]
+    call, effects = press(call, "4711#", 2.0)
+    assert MediaPlay(call_id="c1", file=vm.PROMPTS["menu"]) in medias(effects)
+    call, effects = press(call, "1", 4.0)  # the new message first
+    assert medias(effects) == [MediaStopPlayback(call_id="c1"), MediaPlay(call_id="c1", file="voicemail/1001/m1.wav")]
+    call, effects = press(call, "9", 5.0)
+    assert [(e.name, e.data) for e in cti(effects)] == [("VOICEMAIL_SAVED", {"box": "1001", "message_id": "m1"})]
+    call, effects = press(call, "17", 6.0)
+    assert MediaPlay(call_id="c1", file="voicemail/1001/m2.wav") in medias(effects)
+    assert [(e.name, e.data["message_id"]) for e in cti(effects)] == [("VOICEMAIL_DELETED", "m2")]
+    call, effects = press(call, "#", 8.0)
+    assert call.state is S.ENDED
+    assert [c for c in cti(effects, "CALL_FLOW_ENDED")] and len([e for e in effects if isinstance(e, WriteCdr)]) == 1
+
+
+def test_wrong_pins_hang_up_and_never_play_a_message():
+    call, _ = start(ACCESS, caller="1001")
+    call, _ = C.step(call, box())
+    call, effects = press(call, "1#2#3#", 2.0)
+    assert call.state is S.ENDED
+    assert not [m for m in medias(effects) if isinstance(m, MediaPlay) and m.file.startswith("voicemail/1001/")]
+    # an unknown mailbox (no PIN hash) behaves like a wrong PIN
+    call, _ = start(ACCESS, caller="1001")
+    call, _ = C.step(call, box(pin_hash=""))
+    call, effects = press(call, "4711#4711#4711#", 2.0)
+    assert call.state is S.ENDED and not cti(effects, "VOICEMAIL_SAVED")
+
+
+def test_no_mailbox_or_no_keys_time_out():
+    call, _ = start(ACCESS, caller="1001")
+    call, _ = C.step(call, TimerFired(key="flow", at=10.1))  # the mailbox never came
+    assert call.state is S.ENDED
+    call, _ = start(ACCESS, caller="1001")
+    call, _ = C.step(call, box(at=1.0))
+    call, _ = C.step(call, TimerFired(key="flow", at=16.0))  # 15 s without a key
+    assert call.state is S.ENDED
+    # a mailbox arriving after the call ended is ignored
+    assert C.step(call, box(at=17.0)) == (call, [])
