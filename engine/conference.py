@@ -127,10 +127,15 @@ class ConferenceService:
     def __init__(self, publish: Callable[[CtiEvent], None],
                  rooms: Iterable[RoomConfig] = (),
                  send_api: Callable[[str, str], Awaitable[str]] | None = None,
-                 call_of: Callable[[str], str] | None = None) -> None:
+                 call_of: Callable[[str], str] | None = None,
+                 source: Callable[[], tuple[Any, Iterable[RoomConfig]]] | None = None) -> None:
         self.publish = publish
-        self.configs: dict[tuple[str, str], RoomConfig] = {}
+        self._configs: dict[tuple[str, str], RoomConfig] = {}
         self.set_rooms(rooms)
+        #: live configuration: () -> (version, rooms); re-read when the version changes (the
+        #: snapshot that LISTEN/NOTIFY keeps current, in ``callengine run``)
+        self.source = source
+        self._version: Any = object()
         #: (node, "conference ...") -> the api reply body; None: no switch (tests of the machine)
         self.send_api = send_api
         #: channel uuid -> call id ("" unknown): when the events carry no callengine_call_id
@@ -140,7 +145,16 @@ class ConferenceService:
 
     # ------------------------------------------------------------------ configuration
     def set_rooms(self, rooms: Iterable[RoomConfig]) -> None:
-        self.configs = {(r.tenant, r.number): r for r in rooms}
+        self._configs = {(r.tenant, r.number): r for r in rooms}
+
+    @property
+    def configs(self) -> dict[tuple[str, str], RoomConfig]:
+        if self.source is not None:
+            version, rooms = self.source()
+            if version != self._version:
+                self._version = version
+                self.set_rooms(rooms)
+        return self._configs
 
     def config(self, tenant: str, number: str) -> RoomConfig:
         cfg = self.configs.get((tenant, number))

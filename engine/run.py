@@ -503,6 +503,24 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
         # click-to-call and blind transfers to outside numbers: the same routes and trunk counts
         api_stack.api.outbound = _api_outbound(config, outbound, ledger, links.registry)
         api_stack.api.parking = parking
+        # conferences (docs/conferences.md): the tenants' rooms from the live snapshot, one machine per
+        # live room fed by a conference-only ESL connection per node, CTI through the node's own port
+        from adapters.postgres.config import ConferenceRoom as RoomRow
+        from engine.conference import ConferenceEsl, ConferenceService, rooms_from_rows
+
+        def _call_of(uuid: str) -> str:
+            for media_node in links.nodes.values():
+                info = media_node.table.by_uuid.get(uuid)
+                if info is not None:
+                    return str(info.call_id)
+            return ""
+
+        cti_owner = gateway if gateway is not None else node
+        conferences = ConferenceService(
+            lambda event: cti_owner.ports.cti.publish(event), call_of=_call_of,
+            source=lambda: ((id(config.snapshot), config.applied), rooms_from_rows(config.snapshot.of(RoomRow))))
+        conference_esl = ConferenceEsl([link.config for link in links.links.values()], conferences)
+        api_stack.api.conferences = conferences
         # recordings: the tenant's policy and the rows for the API; audio is fetched from the media
         # store at CALLENGINE_RECORDINGS_URL (+ the file name), when the operator runs one
         api_stack.api.recordings = PgRecordings(pg, audio_base=os.environ.get("CALLENGINE_RECORDINGS_URL", ""))
@@ -522,6 +540,7 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
                         log.warning("configuration resync failed (%r); retrying", exc)
 
         nursery.start_soon(resync_loop)
+        await nursery.start(conference_esl.run)
         # retention: expired recording rows are marked hourly (the audio is the media server's to delete)
         nursery.start_soon(lambda: run_retention(pg, interval_s=o.recording_retention_s))
         engine = Engine(node=node, stack=api_stack, links=links, pg=pg, store=store, config=config,

@@ -67,6 +67,7 @@ from engine.messages import (
     Hangup,
     HangupCause,
     MediaBridge,
+    MediaConference,
     MediaHangup,
     MediaOriginate,
     MediaPlay,
@@ -220,6 +221,9 @@ class Simulator:
         #: fed from the machines' CTI events as a node's view would be
         self.parking = ParkingLot()
         self.ringing_view = RingingView()
+        #: conference rooms (#10 part 3; sim/conference.py): mod_conference over the engine's room
+        #: machines; the report reads it from the collector
+        self.conferences = self.stats.conferences = SimConferences(self)
         self.violations: list[InvariantViolation] = []
         rng = _rngs(self.seed)
         self._rng_arrival = [rng(f"arrival:{i}") for i in range(len(scenario.traffic))]
@@ -614,6 +618,7 @@ class Simulator:
         if call.agent_id and self._agent_call.get(call.agent_id) == call_id:
             del self._agent_call[call.agent_id]
         self._playback.pop(call_id, None)
+        self.conferences.leave_call(self.now, call_id)
         if self.check and not call.cdr_written and call_id not in self._cdrs:
             self._violation(f"call {call_id} stopped without a CDR")
         if self.check:
@@ -656,6 +661,7 @@ class Simulator:
             tok = self._leg_tokens[cmd.leg] = self._token()
             self._at(t + delay, self._leg_answered, (call_id, cmd.leg, tok))
         elif c is MediaHangup:
+            self.conferences.leave(t, call_id, cmd.leg)  # a leg in a room leaves it first
             if cmd.leg == "a":
                 if caller is not None:
                     caller.gone = True
@@ -699,6 +705,8 @@ class Simulator:
                 # the caller leaves a message as long as a conversation, then hangs up
                 tok = caller.hangup_token = self._token()
                 self._at(t + min(caller.handle_s, 60.0), self._hangup_after_talk, (call_id, tok))
+        elif c is MediaConference:
+            self.conferences.media(t, cmd)
         # MediaAnswer, MediaHold, MediaUnhold, MediaRecordStop, ...: the switch just does them
 
     def _leg_answered(self, t: float, arg: tuple[str, str, int]) -> None:
@@ -877,4 +885,5 @@ def _rngs(seed: int) -> Callable[[str], random.Random]:
 
 
 # the collector lives in sim.report; imported late to keep this module's public face small
+from sim.conference import SimConferences  # noqa: E402
 from sim.report import Collector  # noqa: E402

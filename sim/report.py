@@ -411,6 +411,9 @@ def build_report(stats: Collector, seed: int) -> dict[str, Any]:
                         "mean_parked_s": _r(_div(stats.parking["parked_s_sum"], stats.parking["parked_n"])),
                         "max_parked_s": _r(stats.parking["parked_s_max"])}}
            if stats.parking["parked"] or stats.parking["picked_up"] else {}),
+        # only runs that used a conference room carry this section (older reports stay byte-identical)
+        **({"conferences": stats.conferences.report()}
+           if getattr(stats, "conferences", None) is not None and stats.conferences.active() else {}),
     }
 
 

@@ -92,6 +92,30 @@ class World:
         return call_id
 
 
+    # ---- conferences (#10 part 3; sim/conference.py) --------------------------------------------
+
+    def conference_room(self, number: str, *, tenant: str = "default", moderator_pin: str = "",
+                        member_pin: str = "", wait_for_moderator: bool = False, max_members: int = 0,
+                        flags: tuple[str, ...] = ()) -> None:
+        """Configure conference room ``number`` (PINs are hashed as the product stores them)."""
+        self.sim.conferences.add_room(number, tenant=tenant, moderator_pin=moderator_pin,
+                                      member_pin=member_pin, wait_for_moderator=wait_for_moderator,
+                                      max_members=max_members, flags=flags)
+
+    def conference_members(self, number: str, tenant: str = "default") -> list[Any]:
+        """The room's live members (``engine.fsm.conference.Member``), by member id."""
+        return self.sim.conferences.service.members(tenant, number)
+
+    def conference_control(self, number: str, action: str, member_id: int, *, tenant: str = "default",
+                           by_member: int = 0) -> Any:
+        """Mute/unmute/kick now, as a supervisor (``by_member=0``) or a member would through the API;
+        returns the machine's reply."""
+        reply = self.sim.conferences.control(self.sim.now, number, action, member_id, tenant=tenant,
+                                             by_member=by_member)
+        self.sim.run_until(self.sim.now)
+        return reply
+
+
 class ScriptedCall:
     def __init__(self, world: World, call_id: str, caller: CallerModel) -> None:
         self.world = world
@@ -195,6 +219,28 @@ class ScriptedCall:
 
     def expect_picked_up(self, kind: str = "slot", within: float = 5.0) -> Observation:
         return self._expect(f"a {kind} pickup", within, lambda o: o.kind == "picked_up" and o.detail["kind"] == kind)
+
+    def join_conference(self, number: str, pin: str = "", *, tenant: str = "default") -> Any:
+        """Move this call into conference room ``number`` now, as the API's JoinConference does
+        (the PIN decides; raises ``engine.conference.ConferenceError`` as the API refuses)."""
+        from engine.messages import JoinConference
+
+        sim = self.world.sim
+        d = sim.conferences.service.join_check(tenant, number, pin)
+        call = sim.calls.get(self.call_id)
+        room_flags = tuple(f for f in d.flags if f != "moderator")
+        flags, connected = (room_flags, d.flags) if call is not None and call.connected else (d.flags, ())
+        sim._at(sim.now, sim._command, (self.call_id, JoinConference(
+            call_id=self.call_id, at=sim.now, room=d.room, flags=flags, connected_flags=connected)))
+        sim.run_until(sim.now)
+        return d
+
+    def expect_conference(self, within: float = 5.0) -> Observation:
+        """This call's first (or next) leg entered a conference room."""
+        return self._expect("to join a conference", within, lambda o: o.kind == "conference_joined")
+
+    def expect_kicked(self, within: float = 5.0) -> Observation:
+        return self._expect("to be kicked from the conference", within, lambda o: o.kind == "kicked")
 
     def press(self, digits: str) -> None:
         """Press ``digits`` now, 0.3 s apart."""

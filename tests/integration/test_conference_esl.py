@@ -271,7 +271,9 @@ def test_api_join_by_pin_then_moderator_controls_with_roles_and_tenants() -> Non
         await until(lambda: _lines(emu, f"uuid_transfer {a.uuid} conference:{ROOM}@default inline"))
         await until(lambda: len(service.members("default", "3000")) == 2)
         code, room = await _invoke(api, sup, "Conferences/Get", room="3000")
-        assert code == "OK" and room.running and [mb.moderator for mb in room.members] == [False, True]
+        assert code == "OK" and room.running and sorted(mb.moderator for mb in room.members) == [False, True]
+        assert [mb.member_id for mb in service.members("default", "3000") if mb.channel == partner] == [
+            next(mb.member_id for mb in room.members if mb.moderator)]  # the extension's leg moderates
         caller = next(mb for mb in room.members if mb.call_id == call_a and not mb.moderator)
         code, _ = await _invoke(api, other, "Conferences/Get", room="3000")
         assert code == "NOT_FOUND"

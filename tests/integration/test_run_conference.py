@@ -1,0 +1,121 @@
+"""Conferences through ``callengine run`` (``open_engine``, in process): the room is a
+``conference_rooms`` row in embedded PostgreSQL (migration 0011, picked up live), a caller is moved
+into it over HTTP with the moderator PIN, the engine's conference connection turns the emulator's
+conference::maintenance events into CTI on the node's hub, a kick over HTTP reaches the switch, and
+the CDR stored in PostgreSQL names the room. FreeSWITCH is the emulator over real ESL on 127.0.0.1;
+every wait is bounded."""
+
+from __future__ import annotations
+
+import pathlib
+import tempfile
+import warnings
+
+import pytest
+import trio
+
+from api.auth import issue_token
+from engine.run import EpochClock, RunOptions, open_engine
+from tests.support.nats import http_call
+
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+TENANT = "default"
+SECRET = "s" * 32
+
+
+async def _until(predicate, timeout: float = 10.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.02)
+
+
+@pytest.mark.timeout(120)
+def test_run_join_by_pin_cti_kick_and_the_cdr_in_postgres(monkeypatch) -> None:
+    from adapters.freeswitch.config import EslNodeConfig
+    from sim.freeswitch import FreeSwitchEmulator
+
+    state = pathlib.Path(tempfile.mkdtemp(prefix="callengine-run-conference-"))
+    monkeypatch.setenv("CALLENGINE_STATE_DIR", str(state))
+    monkeypatch.delenv("CALLENGINE_PG_DSN", raising=False)
+    out: dict = {}
+
+    async def main() -> None:
+        emu = FreeSwitchEmulator(heartbeat=1.0, answer_delay=0.01, ring_delay=0.002)
+        async with trio.open_nursery() as outer:
+            port = await outer.start(emu.run)
+            emu.register_phone("2001")
+            options = RunOptions(secret=SECRET, state_dir=str(state), in_process=True, node_name="t",
+                                 esl_nodes=[EslNodeConfig(name="fs1", port=port)], esl_heartbeat_s=1.0,
+                                 webhook_drain_s=0.2)
+            async with open_engine(options) as engine:
+                try:
+                    await _exercise(engine, emu, out)
+                except Exception as exc:  # noqa: BLE001 - shown as itself, not in nested groups
+                    out["error"] = exc
+            outer.cancel_scope.cancel()
+
+    trio.run(main, clock=EpochClock())
+    if "error" in out:
+        raise out["error"]
+
+
+async def _exercise(engine, emu, out: dict) -> None:
+    from adapters.postgres.config import ConferenceRoom, Extension, Tenant
+    from adapters.postgres.errors import AlreadyExists
+    from engine.conference import hash_pin
+
+    admin = issue_token(SECRET, tenant=TENANT, sub="root", roles=("admin",))
+    store = engine.store
+    try:
+        await store.create(Tenant(tenant=TENANT))
+    except AlreadyExists:
+        pass
+    await store.create(Extension(tenant=TENANT, extension="2001"))
+    await store.create(ConferenceRoom(tenant=TENANT, number="3000", name="Board",
+                                      moderator_pin_hash=hash_pin("4321"), max_members=5))
+    conferences = engine.stack.api.conferences
+    await _until(lambda: (TENANT, "3000") in conferences.configs)  # LISTEN/NOTIFY brought the row
+    with trio.fail_after(15):
+        await engine.links.wait_all_up()
+        await _until(lambda: bool(conferences.source) and engine.stack.api.conferences.send_api is not None)
+
+    async def api(method: str, params: dict) -> tuple[int, dict]:
+        return await http_call(engine.stack, method, params, admin)
+
+    caller = await emu.place_inbound_call("5550100", "2001")
+    await _until(lambda: caller.peer is not None)
+    partner = caller.peer
+    with engine.stack.hub.subscribe(TENANT, capacity=10000) as sub:
+        status, body = await api("CallControl/JoinConference", {"call_id": caller.uuid, "room": "3000", "pin": "1"})
+        assert (status, body["code"]) == (403, "permission_denied"), body
+        status, body = await api("CallControl/JoinConference", {"call_id": caller.uuid, "room": "3000",
+                                                                "pin": "4321"})
+        assert status == 200, body
+        await _until(lambda: len(conferences.members(TENANT, "3000")) == 2)
+        await _until(lambda: sum(type(e[0]).__name__ == "ConferenceMemberJoined" for e in sub.buffer) == 2)
+        status, room = await api("Conferences/Get", {"room": "3000"})
+        assert status == 200 and room["running"], room
+        assert sorted(m["moderator"] for m in room["members"]) == [False, True], room  # one moderator
+        member = next(m["member_id"] for m in room["members"] if not m["moderator"])
+        status, body = await api("Conferences/Kick", {"room": "3000", "member_id": member})
+        assert status == 200 and body["action"] == "kick", body
+        assert any(f"api conference 3000-{TENANT} kick {member}" == c for c in emu.command_log)
+        await _until(lambda: any(type(e[0]).__name__ == "ConferenceMemberKicked" for e in sub.buffer))
+        await _until(lambda: not caller.up)
+        for ch in list(emu.channels.values()):
+            if ch.up:
+                await emu.hangup(ch.uuid)
+        await _until(lambda: any(type(e[0]).__name__ == "ConferenceEnded" for e in sub.buffer))
+        names = [type(e[0]).__name__ for e in sub.buffer if type(e[0]).__name__.startswith("Conference")]
+    assert names[0] == "ConferenceStarted" and names[-1] == "ConferenceEnded", names
+    assert partner not in emu.channels or not emu.channels[partner].up
+
+    async def stored() -> list:
+        return await engine.pg.run(lambda conn: conn.fetch(
+            "SELECT call_id, conference FROM cdrs WHERE call_id = $1", caller.uuid))
+
+    with trio.fail_after(15):
+        while not (rows := await stored()):
+            await trio.sleep(0.05)
+    assert [tuple(r) for r in rows] == [(caller.uuid, f"3000-{TENANT}")]

@@ -1,0 +1,67 @@
+"""Conferences in the simulator (#10 parts 3 and 8): scripted callers join a room over the real
+call and room machines, stay, one is kicked; the report's conference section measures rooms, peak
+members and time in conference."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.conference import ConferenceError
+from sim.report import build_report
+from sim.script import World
+from tests.unit.test_sim import small
+
+
+def world():
+    sc = small(traffic=[], warmup_s=0, duration_s=600, interval_s=600,
+               agents=[{"id": f"a{i}", "queues": ["q"], "answer_delay_s": 1} for i in range(3)],
+               queues=[{"queue_id": "q", "ring_timeout_s": 20, "wrap_up_s": 0}])
+    w = World(sc, start_at=1)
+    w.conference_room("3000", moderator_pin="4321", member_pin="1111")
+    return w
+
+
+def test_three_callers_join_stay_one_is_kicked_and_the_report_measures_it():
+    w = world()
+    callers = [w.call("100", f"+1555000000{i}", talk_s=60) for i in range(3)]
+    for c in callers:
+        c.expect_answered(within=5)
+    with pytest.raises(ConferenceError) as e:
+        callers[0].join_conference("3000", "9999")
+    assert e.value.code == "PERMISSION_DENIED"
+    assert callers[0].join_conference("3000", "4321").moderator
+    for c in callers[1:]:
+        assert not c.join_conference("3000", "1111").moderator
+    for c in callers:
+        c.expect_conference()
+    members = w.conference_members("3000")
+    assert len(members) == 6  # each caller and the agent it talked to
+    moderators = [m for m in members if m.moderator]
+    assert len(moderators) == 1 and moderators[0].call_id == callers[0].call_id
+    victim = next(m for m in members if m.call_id == callers[2].call_id and not m.moderator)
+    plain = next(m for m in members if m.call_id == callers[1].call_id)
+    assert w.conference_control("3000", "kick", victim.member_id, by_member=plain.member_id).code == "PERMISSION_DENIED"
+    assert w.conference_control("3000", "mute", victim.member_id).ok
+    w.advance(10)
+    assert w.conference_control("3000", "kick", victim.member_id, by_member=moderators[0].member_id).ok
+    callers[2].expect_kicked()
+    assert victim.member_id not in [m.member_id for m in w.conference_members("3000")]
+    callers[2].expect_ended(within=5)  # its call leg hung up: the call ends (its partner is hung up too)
+    for c in callers[:2]:
+        c.expect_ended(within=70)  # they hang up after 60 s of talk
+    w.sim.run()
+    assert not w.sim.violations
+    assert not w.conference_members("3000") and not w.sim.conferences.rooms
+    r = build_report(w.sim.stats, 3)["conferences"]
+    assert r["rooms"] == 1 and r["joined"] == 6 and r["kicked"] == 1 and r["peak_members"] == 6
+    assert 0 < r["mean_s_in_conference"] < r["max_s_in_conference"] <= 60
+    assert {c.call_id for c in callers} <= w.sim._cdrs  # one CDR per call (the simulator checks "exactly")
+
+
+def test_runs_without_conferences_keep_their_report_unchanged():
+    w = world()
+    c = w.call("100", talk_s=5)
+    c.expect_answered(within=5)
+    c.expect_ended(within=10)
+    w.sim.run()
+    assert "conferences" not in build_report(w.sim.stats, 3)
