@@ -58,6 +58,8 @@ from engine.messages import (
     EnterFlow,
     MediaEventBase,
     Originate,
+    PickupChannel,
+    PickupHandedOver,
     QueueCall,
     QueueOverflow,
     ReleaseReservation,
@@ -66,6 +68,7 @@ from engine.messages import (
     ReservationRejected,
     ReserveAgent,
     RouteToExtension,
+    RouteToPickup,
     RouteToQueue,
     RoutingMessage,
     UpdateQueueConfig,
@@ -100,7 +103,8 @@ class ActorMissing(LookupError):
 
 Router = Callable[[ChannelCreated], RoutingMessage | None]
 
-_CALL_ROUTED = (EnterFlow, RouteToQueue, RouteToExtension, QueueOverflow, ConnectAgent, VoicemailBox)
+_CALL_ROUTED = (EnterFlow, RouteToQueue, RouteToExtension, QueueOverflow, ConnectAgent, VoicemailBox,
+                RouteToPickup, PickupChannel, PickupHandedOver)
 _AGENT_ROUTED = (ReserveAgent, ReleaseReservation, AgentCallEnded)
 _QUEUE_ROUTED = (QueueCall, CallerLeft, AgentStatus, ReservationAccepted, ReservationRejected, UpdateQueueConfig)
 

@@ -139,8 +139,10 @@ def test_park_and_pickups_through_the_api_of_callengine_run(monkeypatch) -> None
     assert out["listed_after"] == (200, {"items": []}), out["listed_after"]
 
 
-@pytest.mark.timeout(120)
-def test_feature_code_pickups_from_a_phone(monkeypatch) -> None:
+@pytest.mark.parametrize("in_process", [True, pytest.param(False, marks=pytest.mark.slow)],
+                         ids=["in_process", "ray"])
+@pytest.mark.timeout(180)
+def test_feature_code_pickups_from_a_phone(monkeypatch, in_process: bool) -> None:
     """A phone dials ``**1001`` (directed), ``*8`` (group) or a park slot: its own channel becomes the
     picked-up call's answered party (bridged to the caller; the feature call ends with one CDR and
     does not hang the phone up). Nothing to pick up: the phone is hung up. An outside caller
@@ -150,6 +152,8 @@ def test_feature_code_pickups_from_a_phone(monkeypatch) -> None:
     from adapters.postgres.errors import AlreadyExists
     from sim.freeswitch import FreeSwitchEmulator
 
+    if not in_process:
+        pytest.importorskip("ray")
     state = pathlib.Path(tempfile.mkdtemp(prefix="callengine-run-pickup-codes-"))
     monkeypatch.setenv("CALLENGINE_STATE_DIR", str(state))
     monkeypatch.delenv("CALLENGINE_PG_DSN", raising=False)
@@ -161,7 +165,8 @@ def test_feature_code_pickups_from_a_phone(monkeypatch) -> None:
             port = await outer.start(emu.run)
             for phone in ("1001", "1002", "1005"):
                 emu.register_phone(phone)
-            options = RunOptions(secret=SECRET, state_dir=str(state), in_process=True, node_name="t",
+            options = RunOptions(secret=SECRET, state_dir=str(state), in_process=in_process, node_name="t",
+                                 shards=None if in_process else 2,
                                  esl_nodes=[EslNodeConfig(name="fs1", port=port)], esl_heartbeat_s=1.0,
                                  webhook_drain_s=0.2)
             async with open_engine(options) as engine:
@@ -189,6 +194,7 @@ def test_feature_code_pickups_from_a_phone(monkeypatch) -> None:
                 await trio.sleep(0.05)
                 picker = await emu.place_inbound_call("1005", "**1001")
                 await _until(lambda: caller.peer == picker.uuid)
+                await _until(lambda: state_of(caller.uuid) == "ACTIVE")  # on Ray: the gateway's view
                 out["directed"] = (caller.up, picker.up, state_of(caller.uuid), picker.variables.get(
                     "callengine_call_id"), picker.answered_us > 0)
                 await _until(lambda: state_of(picker.uuid) == "GONE")
@@ -228,6 +234,7 @@ def test_feature_code_pickups_from_a_phone(monkeypatch) -> None:
                 await emu.hangup(outsider.uuid)
                 picker = await emu.place_inbound_call("1002", "701")
                 await _until(lambda: caller.peer == picker.uuid)
+                await _until(lambda: state_of(caller.uuid) == "ACTIVE")
                 out["slot"] = (state_of(caller.uuid), caller.up, picker.up)
                 status, body = await http_call(engine.stack, "Parking/List", {}, admin)
                 out["listed_after"] = (status, body)
