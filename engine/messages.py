@@ -479,6 +479,9 @@ class RouteToExtension(Msg, tag="route_to_extension", frozen=True, kw_only=True)
     #: the extension records every call (always-on); the announcement to play first ("" = none)
     record: bool = False
     record_consent: str = ""
+    #: not answered (busy, no answer, unreachable): the caller leaves a message in this mailbox
+    #: ("" = the call ends; docs/voicemail.md)
+    voicemail: str = ""
 
 
 class QueueCall(Msg, tag="queue_call", frozen=True, kw_only=True):

@@ -1143,7 +1143,9 @@ class NodeConfig:
         def ring(event: Any, target: str, ext: Extension | None) -> Any:
             # an extension that records every call (always-on, docs/recordings.md) says so to the call
             record = ext is not None and ext.record
+            # an extension with voicemail sends an unanswered caller to its mailbox (docs/voicemail.md)
             return RouteToExtension(call_id=event.call_id, at=event.at, target=target, record=record,
-                                    record_consent=ext.record_consent if ext is not None and record else "")
+                                    record_consent=ext.record_consent if ext is not None and record else "",
+                                    voicemail=target if ext is not None and ext.voicemail else "")
 
         return route
