@@ -24,7 +24,6 @@ this PIN, and with which flags" for the flow node, a transfer and the JoinConfer
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable
@@ -35,6 +34,7 @@ import msgspec
 import trio
 
 from engine.fsm import conference as fsm
+from engine.fsm.conference import check_pin, parse_switch_room, switch_room
 from engine.messages import (
     ConferenceControl,
     ConferenceMaintenance,
@@ -45,6 +45,7 @@ from engine.messages import (
 )
 
 __all__ = ["RoomConfig", "ConferenceError", "hash_pin", "check_pin", "switch_room", "rooms_from_rows",
+           "fill_flow_rooms",
            "parse_switch_room", "JoinDecision", "ConferenceService", "ConferenceEsl"]
 
 log = logging.getLogger(__name__)
@@ -69,18 +70,6 @@ def hash_pin(pin: str, salt: bytes | None = None, rounds: int = PBKDF2_ROUNDS) -
     return f"pbkdf2_sha256${rounds}${salt.hex()}${digest.hex()}"
 
 
-def check_pin(pin: str, hashed: str) -> bool:
-    """Constant-time check of ``pin`` against ``hash_pin``'s string; malformed: False."""
-    try:
-        scheme, rounds, salt, digest = hashed.split("$")
-        if scheme != "pbkdf2_sha256" or not pin:
-            return False
-        got = hashlib.pbkdf2_hmac("sha256", pin.encode(), bytes.fromhex(salt), int(rounds))
-    except ValueError:
-        return False
-    return hmac.compare_digest(got.hex(), digest)
-
-
 class RoomConfig(msgspec.Struct, frozen=True, kw_only=True):
     """One conference room of a tenant (PostgreSQL ``conference_rooms``, migration 0011)."""
 
@@ -103,15 +92,22 @@ def rooms_from_rows(rows: Iterable[Any]) -> list[RoomConfig]:
                        flags=tuple(r.flags)) for r in rows]
 
 
-def switch_room(tenant: str, number: str) -> str:
-    """The room's name on FreeSWITCH (mod_conference names are switch-wide)."""
-    return f"{number}-{tenant}"
+def fill_flow_rooms(flow: Any, room_of: Callable[[str], RoomConfig | None]) -> Any:
+    """The flow with each conference node's PIN hashes and flags taken from its room
+    (``room_of(number)``) where the node does not set them itself; unchanged when there is none."""
+    from engine.flows.model import ConferenceNode
 
-
-def parse_switch_room(name: str) -> tuple[str, str]:
-    """(tenant, number) of a switch room name; a room not made by us: ("", name)."""
-    number, sep, tenant = name.partition("-")
-    return (tenant, number) if sep and number.isdigit() and tenant else ("", name)
+    changed = {}
+    for node_id, node in flow.nodes.items():
+        if not isinstance(node, ConferenceNode):
+            continue
+        cfg = room_of(node.room)
+        if cfg is None:
+            continue
+        changed[node_id] = msgspec.structs.replace(
+            node, moderator_pin_hash=node.moderator_pin_hash or cfg.moderator_pin_hash,
+            member_pin_hash=node.member_pin_hash or cfg.member_pin_hash, flags=node.flags or cfg.flags)
+    return msgspec.structs.replace(flow, nodes={**flow.nodes, **changed}) if changed else flow
 
 
 @dataclass(frozen=True)

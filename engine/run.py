@@ -244,12 +244,25 @@ def _flow_router(config: Any, flows: dict[str, Any]) -> Any:
             cache[key] = parse_flows(row.document, f"flows[{tenant}/{flow_id}]")[0]
         return cache[key]
 
+    def room_of(tenant: str) -> Any:
+        # a conference node takes its room's PIN hashes and flags (docs/conferences.md)
+        from adapters.postgres.config import ConferenceRoom as RoomRow
+        from engine.conference import rooms_from_rows
+
+        def lookup(number: str) -> Any:
+            row = config.snapshot.get(RoomRow, tenant, number)
+            return rooms_from_rows([row])[0] if row is not None else None
+
+        return lookup
+
     def route(event: Any) -> Any:
         decision = base(event)
         if type(decision) is EnterFlow and decision.flow is None:
             g = graph(event.tenant, decision.flow_id)
             if g is not None:
-                decision = msgspec.structs.replace(decision, flow=g)
+                from engine.conference import fill_flow_rooms
+
+                decision = msgspec.structs.replace(decision, flow=fill_flow_rooms(g, room_of(event.tenant)))
         return decision
 
     return route

@@ -17,6 +17,7 @@ Rules
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 from engine.conference import ConferenceService, RoomConfig, hash_pin, switch_room
@@ -87,6 +88,13 @@ class SimConferences:
         members[self._next_id] = key
         self.where[key] = (cmd.room, self._next_id)
         self._event(t, "add-member", cmd.room, self._next_id, cmd.call_id, moderator="moderator" in cmd.flags)
+        caller = self.sim.callers.get(cmd.call_id)
+        if cmd.leg == "a" and caller is not None and not caller.connected and caller.handle_s < math.inf:
+            # a caller that dialled into the room (a flow's conference node) talks there for its
+            # handle time, then hangs up, as a connected caller would
+            caller.connected = True
+            tok = caller.hangup_token = self.sim._token()
+            self.sim._at(t + caller.handle_s, self.sim._hangup_after_talk, (cmd.call_id, tok))
 
     def leave(self, t: float, call_id: str, leg: str) -> None:
         where = self.where.pop((call_id, leg), None)

@@ -47,6 +47,7 @@ from engine import voicemail as vm
 from engine.flows.model import (
     DAYS,
     AnswerNode,
+    ConferenceNode,
     Flow,
     HangupNode,
     MenuNode,
@@ -59,6 +60,7 @@ from engine.flows.model import (
     VoicemailAccessNode,
     VoicemailNode,
 )
+from engine.fsm.conference import check_pin
 from engine.messages import (
     CancelTimer,
     DtmfReceived,
@@ -78,7 +80,7 @@ from engine.messages import (
 
 __all__ = [
     "FLOW_TIMER", "MAX_IMMEDIATE_STEPS", "FlowRun", "FlowStep", "ToQueue", "ToTarget", "ToHangup",
-    "Outcome", "start", "handle", "is_open", "FlowEvent", "hangup", "RECORD_GRACE_S",
+    "Outcome", "start", "handle", "is_open", "FlowEvent", "hangup", "RECORD_GRACE_S", "ToConference",
 ]
 
 #: the one timer key a flow uses (menus' digit timeout, voicemail's max length)
@@ -91,7 +93,7 @@ RECORD_GRACE_S = 5.0
 ACCESS_LOAD_TIMEOUT_S = 10.0
 
 Waiting = Literal["", "play", "prompt", "digits", "invalid", "greeting", "beep", "recording", "vm_loading",
-                  "vm_menu", "done"]
+                  "vm_menu", "conf_prompt", "conf_digits", "conf_invalid", "done"]
 
 
 class FlowRun(msgspec.Struct, frozen=True, kw_only=True):
@@ -142,7 +144,15 @@ class ToHangup(msgspec.Struct, frozen=True, kw_only=True):
     reason: str = ""
 
 
-Outcome = ToQueue | ToTarget | ToHangup
+class ToConference(msgspec.Struct, frozen=True, kw_only=True):
+    """Into the tenant's conference room ``room`` (its number) with mod_conference member ``flags``."""
+
+    room: str
+    moderator: bool = False
+    flags: tuple[str, ...] = ()
+
+
+Outcome = ToQueue | ToTarget | ToHangup | ToConference
 
 
 class FlowEvent(msgspec.Struct, frozen=True):
@@ -296,7 +306,47 @@ def _goto(flow: Flow, out: _Out, node_id: str, at: float) -> Outcome | None:
                 return _finish(out, ToTarget(target=node.target, timeout_s=node.timeout_s))
             case HangupNode():
                 return _finish(out, ToHangup(cause=node.cause, reason="hangup_node"))
+            case ConferenceNode():
+                _answer(out, at)
+                if not (node.moderator_pin_hash or node.member_pin_hash) or not node.prompt:
+                    return _finish(out, _into_room(node, moderator=False))
+                out.run = replace(out.run, failures=0)
+                _pin_prompt(out, node)
+                return None
     return _finish(out, ToHangup(cause="NORMAL_TEMPORARY_FAILURE", reason="flow_loop"))
+
+
+# ---- conference: the PIN (docs/conferences.md) -------------------------------------------------
+
+
+def _into_room(node: ConferenceNode, *, moderator: bool) -> ToConference:
+    flags = tuple(dict.fromkeys((*node.flags, *(("moderator",) if moderator else ()))))
+    return ToConference(room=node.room, moderator=moderator, flags=flags)
+
+
+def _pin_prompt(out: _Out, node: ConferenceNode) -> None:
+    _play(out, node.prompt)
+    out.run = replace(out.run, waiting="conf_prompt", digits="")
+
+
+def _pin_decide(flow: Flow, out: _Out, node: ConferenceNode, at: float) -> Outcome | None:
+    """The moderator PIN, the member PIN, or nothing for a room without a member PIN; else again."""
+    out.cancel_timer()
+    pin = out.run.digits
+    if pin and node.moderator_pin_hash and check_pin(pin, node.moderator_pin_hash):
+        return _finish(out, _into_room(node, moderator=True))
+    if (check_pin(pin, node.member_pin_hash) if node.member_pin_hash else not pin):
+        return _finish(out, _into_room(node, moderator=False))
+    failures = out.run.failures + 1
+    out.run = replace(out.run, failures=failures, digits="")
+    if failures > node.retries:
+        return _finish(out, ToHangup(reason="conference_bad_pin"))
+    if node.invalid_prompt:
+        _play(out, node.invalid_prompt)
+        out.run = replace(out.run, waiting="conf_invalid")
+        return None
+    _pin_prompt(out, node)
+    return None
 
 
 def _finish(out: _Out, outcome: Outcome) -> Outcome:
@@ -393,6 +443,11 @@ def _on_playback(flow: Flow, out: _Out, node: object, ev: PlaybackFinished) -> O
             out.timer(ev.at + node.timeout_s)
         case MenuNode() if run.waiting == "invalid" and ev.file in ("", node.invalid_prompt):
             _menu_prompt(out, node, ev.at)
+        case ConferenceNode() if run.waiting == "conf_prompt" and ev.file in ("", node.prompt):
+            out.run = replace(run, waiting="conf_digits")
+            out.timer(ev.at + node.timeout_s)
+        case ConferenceNode() if run.waiting == "conf_invalid" and ev.file in ("", node.invalid_prompt):
+            _pin_prompt(out, node)
         case VoicemailNode() if run.waiting == "greeting" and ev.file in ("", node.greeting):
             _beep(out, node, ev.at)
         case VoicemailNode() if run.waiting == "beep" and ev.file in ("", node.beep):
@@ -451,6 +506,17 @@ def _on_dtmf(flow: Flow, out: _Out, node: object, digit: str, at: float) -> Outc
         out.run = replace(out.run, access=state)
         out.timer(at + node.idle_timeout_s)
         return _access_actions(out, actions)
+    if isinstance(node, ConferenceNode) and out.run.waiting in ("conf_prompt", "conf_invalid", "conf_digits"):
+        if out.run.waiting != "conf_digits":  # barge-in
+            out.media(MediaStopPlayback(call_id=out.run.call_id, leg="a", node=out.run.media_node))
+            out.run = replace(out.run, waiting="conf_digits", digits="")
+        if digit == node.terminator:
+            return _pin_decide(flow, out, node, at)
+        out.run = replace(out.run, digits=out.run.digits + digit)
+        if len(out.run.digits) >= node.max_digits:
+            return _pin_decide(flow, out, node, at)
+        out.timer(at + node.timeout_s)
+        return None
     if not isinstance(node, MenuNode) or out.run.waiting not in ("prompt", "invalid", "digits"):
         return None  # plain prompts and voicemail do not take input
     if out.run.waiting != "digits":
@@ -472,6 +538,8 @@ def _on_timeout(flow: Flow, out: _Out, node: object, at: float) -> Outcome | Non
             if out.run.digits:
                 return _decide(flow, out, node, at)
             return _retry(flow, out, node, at, invalid=False)
+        case ConferenceNode() if out.run.waiting == "conf_digits":
+            return _pin_decide(flow, out, node, at)  # no more digits: what was typed (maybe none)
         case VoicemailAccessNode() if out.run.waiting in ("vm_loading", "vm_menu"):
             # the mailbox never came, or the owner stopped pressing keys
             return _finish(out, ToHangup(reason="voicemail_timeout"))

@@ -26,7 +26,7 @@ __all__ = [
     "Node", "AnswerNode", "PlayNode", "MenuNode", "TimeConditionNode", "TimeRule", "RouteNode",
     "RouteRule", "QueueNode", "TransferNode", "VoicemailNode", "VoicemailAccessNode", "SetNode", "HangupNode",
     "Flow",
-    "TERMINAL_TYPES", "WAITING_TYPES", "DAYS",
+    "ConferenceNode", "TERMINAL_TYPES", "WAITING_TYPES", "DAYS",
 ]
 
 #: weekday names as ``TimeRule.days`` spells them, Monday first (``datetime.weekday()`` order)
@@ -165,12 +165,34 @@ class HangupNode(_Node, tag="hangup", frozen=True, kw_only=True):
     cause: str = "NORMAL_CLEARING"
 
 
+class ConferenceNode(_Node, tag="conference", frozen=True, kw_only=True):
+    """Terminal: put the caller into the tenant's conference room ``room`` (its number,
+    docs/conferences.md). When the room has a PIN, ``prompt`` asks for it (digits, then the
+    terminator or ``timeout_s``): the moderator PIN joins as moderator, the member PIN (or no
+    digits, when the room has no member PIN) as member; a wrong PIN plays ``invalid_prompt`` and asks
+    again, ``retries`` times, then hangs up. The PIN hashes and member flags are the room's:
+    ``callengine run`` fills them in from the ``conference_rooms`` row when it hands the flow to
+    the call (values written here win)."""
+
+    room: str
+    prompt: str = ""
+    invalid_prompt: str = ""
+    retries: int = 2
+    timeout_s: float = 5.0
+    max_digits: int = 12
+    terminator: str = "#"
+    moderator_pin_hash: str = ""
+    member_pin_hash: str = ""
+    flags: tuple[str, ...] = ()
+
+
 Node = (
     AnswerNode | PlayNode | MenuNode | TimeConditionNode | RouteNode | QueueNode | TransferNode
-    | VoicemailNode | VoicemailAccessNode | SetNode | HangupNode
+    | VoicemailNode | VoicemailAccessNode | SetNode | HangupNode | ConferenceNode
 )
 
-TERMINAL_TYPES: tuple[type, ...] = (QueueNode, TransferNode, VoicemailNode, VoicemailAccessNode, HangupNode)
+TERMINAL_TYPES: tuple[type, ...] = (QueueNode, TransferNode, VoicemailNode, VoicemailAccessNode, HangupNode,
+                                    ConferenceNode)
 WAITING_TYPES: tuple[type, ...] = (PlayNode, MenuNode)
 
 

@@ -42,7 +42,7 @@ from typing import Literal
 import msgspec
 
 from engine.flows import interpreter as flows
-from engine.flows.interpreter import FlowRun, FlowStep, ToHangup, ToQueue, ToTarget
+from engine.flows.interpreter import FlowRun, FlowStep, ToConference, ToHangup, ToQueue, ToTarget
 from engine.fsm.base import (
     IllegalTransition,
     Machine,
@@ -52,6 +52,7 @@ from engine.fsm.base import (
     ignore,
     start_timer,
 )
+from engine.fsm.conference import switch_room
 from engine.messages import (
     AgentCallEnded,
     Answer,
@@ -730,6 +731,8 @@ def _apply_flow(call: Call, step: FlowStep, out: Out, t: float) -> Call:
     if isinstance(outcome, ToTarget):
         return _route_to_extension(call, RouteToExtension(call_id=call.call_id, at=t, target=outcome.target,
                                                           timeout_s=outcome.timeout_s), out)
+    if isinstance(outcome, ToConference):
+        return _flow_conference(call, outcome, out, t, step.run.answered_at)
     assert isinstance(outcome, ToHangup)
     if step.run.answered_at is not None and call.answered_at is None:
         call = replace(call, answered_at=step.run.answered_at)
@@ -738,6 +741,20 @@ def _apply_flow(call: Call, step: FlowStep, out: Out, t: float) -> Call:
 
 
 on([S.QUEUED, S.RINGING, S.ACTIVE, S.HELD, S.TRANSFERRING, S.PARKED, S.IN_FLOW], EnterFlow)(ignore)
+
+
+def _flow_conference(call: Call, outcome: ToConference, out: Out, t: float, answered_at: float | None) -> Call:
+    """A flow's conference node (docs/conferences.md): the caller's leg alone goes into the
+    tenant's room; the call is ACTIVE (answered) with nobody connected until it hangs up or is kicked."""
+    room = switch_room(call.tenant, outcome.room)
+    if not call.a_answered:
+        _media(out, MediaAnswer(call_id=call.call_id, leg="a", node=call.node))
+    _media(out, MediaConference(call_id=call.call_id, leg="a", node=call.node, room=room, flags=outcome.flags))
+    out.cti("CALL_CONFERENCED", call.tenant, t, call_id=call.call_id, room=room,
+            moderator=outcome.moderator)
+    call = replace(call, a_answered=True, conference=room,
+                   answered_at=call.answered_at if call.answered_at is not None else (answered_at or t))
+    return _enter(call, S.ACTIVE, t)
 
 
 @on([S.IN_FLOW], VoicemailBox)

@@ -32,6 +32,8 @@ failed reply instead.
 from __future__ import annotations
 
 import enum
+import hashlib
+import hmac
 from collections.abc import Callable
 from typing import Any
 
@@ -45,7 +47,32 @@ from engine.messages import (
     MediaConferenceMember,
 )
 
-__all__ = ["RoomState", "Member", "Room", "new_room", "step", "TABLE", "ROOM_INPUTS"]
+__all__ = ["RoomState", "Member", "Room", "new_room", "step", "TABLE", "ROOM_INPUTS", "check_pin",
+           "switch_room", "parse_switch_room"]
+
+
+def check_pin(pin: str, hashed: str) -> bool:
+    """Constant-time check of ``pin`` against ``engine.conference.hash_pin``'s PBKDF2 string;
+    a malformed hash or an empty PIN is False. Pure (the flow interpreter checks PINs with it)."""
+    try:
+        scheme, rounds, salt, digest = hashed.split("$")
+        if scheme != "pbkdf2_sha256" or not pin:
+            return False
+        got = hashlib.pbkdf2_hmac("sha256", pin.encode(), bytes.fromhex(salt), int(rounds))
+    except ValueError:
+        return False
+    return hmac.compare_digest(got.hex(), digest)
+
+
+def switch_room(tenant: str, number: str) -> str:
+    """The room's name on FreeSWITCH: ``<number>-<tenant>`` (mod_conference names are switch-wide)."""
+    return f"{number}-{tenant}"
+
+
+def parse_switch_room(name: str) -> tuple[str, str]:
+    """(tenant, number) of a switch room name; a room not made by us: ("", name)."""
+    number, sep, tenant = name.partition("-")
+    return (tenant, number) if sep and number.isdigit() and tenant else ("", name)
 
 
 class RoomState(enum.Enum):

@@ -119,3 +119,24 @@ async def _exercise(engine, emu, out: dict) -> None:
         while not (rows := await stored()):
             await trio.sleep(0.05)
     assert [tuple(r) for r in rows] == [(caller.uuid, f"3000-{TENANT}")]
+
+    # join by flow: DID 7000 runs a flow whose conference node names room 3000 and sets no PIN
+    # itself; run fills the room's PIN hashes in, so the moderator PIN typed on the phone counts
+    from adapters.postgres.config import Did, Flow
+
+    await store.create(Flow(tenant=TENANT, flow_id="dialin", document={
+        "id": "dialin", "start": "room", "nodes": {"room": {
+            "type": "conference", "room": "3000", "prompt": "pin.wav", "timeout_s": 3}}}))
+    await store.create(Did(tenant=TENANT, number="7000", destination="flow:dialin"))
+    await _until(lambda: engine.config.snapshot.get(Did, TENANT, "7000") is not None)
+    with engine.stack.hub.subscribe(TENANT, capacity=10000) as sub:
+        dialin = await emu.place_inbound_call("5550101", "7000")
+        await _until(lambda: (dialin.application, dialin.application_data) == ("playback", "pin.wav"))
+        await emu.send_dtmf(dialin.uuid, "4321#")
+        await _until(lambda: len(conferences.members(TENANT, "3000")) == 1)
+        (only,) = conferences.members(TENANT, "3000")
+        assert only.moderator and only.channel == dialin.uuid
+        assert any(f"uuid_transfer {dialin.uuid} conference:3000-{TENANT}@default+flags{{moderator}} inline" in c
+                   for c in emu.command_log)
+        await emu.hangup(dialin.uuid)
+        await _until(lambda: any(type(e[0]).__name__ == "ConferenceEnded" for e in sub.buffer))

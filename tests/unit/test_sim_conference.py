@@ -65,3 +65,37 @@ def test_runs_without_conferences_keep_their_report_unchanged():
     c.expect_ended(within=10)
     w.sim.run()
     assert "conferences" not in build_report(w.sim.stats, 3)
+
+
+def test_flow_conference_node_callers_dial_in_with_pins_one_is_kicked():
+    from engine.conference import hash_pin
+
+    salt = b"0123456789abcdef"
+    conf = {"id": "conf", "start": "room", "nodes": {"room": {
+        "type": "conference", "room": "3000", "prompt": "pin.wav", "invalid_prompt": "bad.wav", "retries": 1,
+        "moderator_pin_hash": hash_pin("4321", salt, 1000), "member_pin_hash": hash_pin("1111", salt, 1000)}}}
+    sc = small(traffic=[], warmup_s=0, duration_s=600, interval_s=600, agents=[{"id": "a", "queues": ["q"]}],
+               dids={"100": {"queue": "q"}, "3000": {"flow": "conf"}}, flows=[conf])
+    w = World(sc, start_at=1)
+    w.conference_room("3000")  # the live room's machine (PINs of the flow node above)
+    moderator, member, wrong = (w.call("3000", f"+1555000010{i}", talk_s=30) for i in range(3))
+    for c, pin in ((moderator, "4321#"), (member, "1111#"), (wrong, "9999#")):
+        c.expect_prompt("pin.wav")
+        c.press(pin)
+    moderator.expect_conference()
+    member.expect_conference()
+    wrong.expect_prompt("bad.wav")
+    wrong.expect_prompt("pin.wav")
+    wrong.press("0000#")
+    wrong.expect_ended(within=10)  # a wrong PIN twice: hung up, never in the room
+    members = w.conference_members("3000")
+    assert [m.moderator for m in members] == [True, False]
+    assert w.conference_control("3000", "kick", members[1].member_id, by_member=members[0].member_id).ok
+    member.expect_kicked()
+    member.expect_ended(within=5)
+    moderator.expect_ended(within=40)  # hangs up after its 30 s
+    w.sim.run()
+    assert not w.sim.violations and not w.sim.conferences.rooms
+    r = build_report(w.sim.stats, 3)["conferences"]
+    assert (r["rooms"], r["joined"], r["kicked"], r["peak_members"]) == (1, 2, 1, 2)
+    assert {moderator.call_id, member.call_id, wrong.call_id} <= w.sim._cdrs
