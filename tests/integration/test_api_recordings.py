@@ -178,3 +178,17 @@ def test_admin_sets_the_policy_and_the_always_on_flag_of_a_queue():
         config = stack.node.state_of("queue", "rec", "t1").config
         assert config.record and config.record_consent == "/snd/c.wav"
     run(body)
+
+
+def test_every_allowed_role_runs_the_whole_cycle_and_the_other_agent_none_of_it():
+    async def body(stack, catalog, mine, other):
+        c1 = {"call_id": "c1"}
+        for tok in (ADMIN, SUP, mine):
+            for method in ("StartRecording", "PauseRecording", "ResumeRecording", "StopRecording"):
+                assert (await call(stack, f"CallControl/{method}", c1, tok))[0] == "ok", method
+        await call(stack, "CallControl/StartRecording", c1, SUP)
+        for method in ("PauseRecording", "ResumeRecording", "StopRecording"):
+            assert (await call(stack, f"CallControl/{method}", c1, other))[0] == "permission_denied", method
+        assert [c.mask for c in media(stack, MediaRecordMask)] == [True, False] * 3
+        assert len(media(stack, MediaRecordStart)) == 4 and len(media(stack, MediaRecordStop)) == 3
+    run(body)
