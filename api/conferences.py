@@ -10,7 +10,10 @@ Rules
    staff may set ``moderator`` without a PIN, an agent may not. The flags go to the leg the caller
    talks to (the agent or extension acting) when there is one, else to the caller's leg (a call
    alone in a flow); the room's own flags (e.g. ``mute``) go to both legs.
-4. Mute/Unmute/Kick: admin and supervisor always; an agent only while one of its own calls is a
+4. BlindTransfer to one of the tenant's room numbers (``transfer_into_room``): the caller alone
+   goes into the room as a member, without a PIN (the transferring party vouches; a full room is
+   RESOURCE_EXHAUSTED), and the party it talked to is released.
+5. Mute/Unmute/Kick: admin and supervisor always; an agent only while one of its own calls is a
    moderator member of that room (the machine checks ``by_member`` again); anything else is
    PERMISSION_DENIED. The switch's ``-ERR`` is FAILED_PRECONDITION, an unreachable switch UNAVAILABLE.
 """
@@ -28,7 +31,7 @@ if TYPE_CHECKING:
     from api.dispatch import Context
     from api.services import Method
 
-__all__ = ["conference_methods"]
+__all__ = ["conference_methods", "transfer_into_room"]
 
 
 def _service(ctx: Context, *, required: bool = True) -> Any:
@@ -70,6 +73,23 @@ async def join_conference(ctx: Context, req: t.JoinConferenceRequest) -> t.CallR
                                              room=room, flags=flags, connected_flags=connected_flags))
     return t.CallResponse(call_id=req.call_id, message=reply.message,
                           data={**dict(reply.data), "room": req.room})
+
+
+async def transfer_into_room(ctx: Context, req: t.TransferRequest) -> t.CallResponse | None:
+    """A blind transfer whose target is one of the tenant's room numbers: the caller goes into the
+    room as a member (the transferring party vouches: no PIN), the party it talked to is released.
+    None: the target is no room (an ordinary blind transfer)."""
+    from api.services import _ask, _now
+
+    service = _service(ctx, required=False)
+    tenant = ctx.principal.tenant
+    if service is None or (tenant, req.target) not in service.configs:
+        return None
+    d = _checked(service.join_check, tenant, req.target, vouched=True)
+    reply = await _ask(ctx, m.JoinConference(call_id=req.call_id, at=_now(ctx), request_id=uuid.uuid4().hex,
+                                             room=d.room, flags=d.flags, caller_only=True))
+    return t.CallResponse(call_id=req.call_id, message=reply.message,
+                          data={**dict(reply.data), "room": req.target})
 
 
 def _moderator_member(ctx: Context, service: Any, room: str) -> int:

@@ -471,6 +471,11 @@ async def blind_transfer(ctx: Context, req: t.TransferRequest) -> t.CallResponse
     """An outside ``target`` goes through the tenant's trunks (``OutboundPlanner``), with the
     transferred caller's number as the caller id the plan starts from."""
     call = _call(ctx, req.call_id)
+    from api.conferences import transfer_into_room
+
+    moved = await transfer_into_room(ctx, req)  # a room number of the tenant: into the conference
+    if moved is not None:
+        return moved
     trunks = _outbound_trunks(ctx, req.target, getattr(call, "caller_id", "") or "")
     reply = await _ask(ctx, m.BlindTransfer(call_id=req.call_id, at=_now(ctx), request_id=uuid.uuid4().hex,
                                             target=req.target, trunks=trunks))

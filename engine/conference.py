@@ -163,16 +163,17 @@ class ConferenceService:
         return bool(cfg.member_pin_hash or cfg.moderator_pin_hash)
 
     def join_check(self, tenant: str, number: str, pin: str = "", *,
-                   moderator: bool = False) -> JoinDecision:
+                   moderator: bool = False, vouched: bool = False) -> JoinDecision:
         """May a caller enter ``number`` with ``pin``? The moderator PIN joins as moderator, the
         member PIN (or none when the room has no member PIN) as member; ``moderator=True`` is an
-        API caller whose role already allows it. Raises ``ConferenceError``: NOT_FOUND,
+        API caller whose role already allows it; ``vouched=True`` (a blind transfer into the room)
+        joins as member without a PIN. Raises ``ConferenceError``: NOT_FOUND,
         PERMISSION_DENIED (wrong PIN), RESOURCE_EXHAUSTED (room full)."""
         cfg = self.config(tenant, number)
         name = switch_room(tenant, number)
         if pin and cfg.moderator_pin_hash and check_pin(pin, cfg.moderator_pin_hash):
             moderator = True
-        elif not moderator:
+        elif not moderator and not vouched:  # vouched: a blind transfer by someone in the call
             if cfg.member_pin_hash and not check_pin(pin, cfg.member_pin_hash):
                 raise ConferenceError("PERMISSION_DENIED", f"wrong PIN for conference room {number}")
             if not cfg.member_pin_hash and pin and cfg.moderator_pin_hash:

@@ -286,6 +286,8 @@ class JoinConference(CallCommandBase, tag="join_conference", frozen=True, kw_onl
     #: talks to (engine.conference.join_check decides them from the room and the PIN)
     flags: tuple[str, ...] = ()
     connected_flags: tuple[str, ...] = ()
+    #: a blind transfer into the room: only the caller goes; the party it talked to is released
+    caller_only: bool = False
 
 
 class SendDtmf(CallCommandBase, tag="send_dtmf", frozen=True, kw_only=True):

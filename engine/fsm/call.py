@@ -1255,8 +1255,19 @@ on([S.ENDED], PickupChannel)(_pickup_channel_refused)
 @on(_TALKING, JoinConference)
 def _conference(call: Call, cmd: JoinConference, out: Out) -> Call:
     call, t = _t(call, cmd.at)
+    if cmd.caller_only and call.state is S.HELD:
+        _media(out, MediaUnhold(call_id=call.call_id, leg="a", node=call.node))
+    # the caller's leg first: the transfer takes it out of its bridge, so releasing the party it
+    # talked to (a blind transfer into the room) cannot end it with that party
     _media(out, MediaConference(call_id=call.call_id, leg="a", node=call.node, room=cmd.room,
                                 flags=cmd.flags))
+    if cmd.caller_only:
+        call = _release_connected(call, out, t, HangupCause.BLIND_TRANSFER)
+        call = replace(call, transfers=call.transfers + 1, conference=cmd.room)
+        out.cti("CALL_TRANSFERRED", call.tenant, t, call_id=call.call_id, target=cmd.room, kind="blind")
+        out.cti("CALL_CONFERENCED", call.tenant, t, call_id=call.call_id, room=cmd.room)
+        out.reply(cmd.request_id)
+        return _enter(call, S.ACTIVE, t)
     if call.connected:
         _media(out, MediaConference(call_id=call.call_id, leg=call.connected, node=call.node,
                                     room=cmd.room, flags=cmd.connected_flags))

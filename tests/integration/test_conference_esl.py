@@ -305,3 +305,36 @@ def test_api_join_by_pin_then_moderator_controls_with_roles_and_tenants() -> Non
         await until(lambda: len(cdrs.items) == 1 and len(cti.named("CONFERENCE_ENDED")) == 1)
         assert cdrs.items[0].call_id == call_a
     run(body)
+
+
+def test_blind_transfer_to_a_room_number_moves_the_caller_alone_and_releases_the_partner() -> None:
+    async def body(emu, node, cdrs, cti, service, api):
+        sup = _who("supervisor")
+        a, call_a = await _talking(emu, cti, "2001", "1001")
+        partner = a.peer
+        code, resp = await _invoke(api, sup, "CallControl/BlindTransfer", call_id=call_a, target="3000")
+        assert code == "OK" and resp.data["room"] == "3000", resp
+        # the caller's leg into the room first (no PIN: the transferring party vouches), then the
+        # party it talked to is hung up
+        await until(lambda: _lines(emu, f"uuid_transfer {a.uuid} conference:{ROOM}@default inline"))
+        await until(lambda: partner not in emu.channels or not emu.channels[partner].up)
+        kill = [i for i, c in enumerate(emu.command_log) if partner in c and "uuid_kill" in c]
+        move = [i for i, c in enumerate(emu.command_log) if f"uuid_transfer {a.uuid} conference:" in c]
+        assert move and kill and move[0] < kill[0], list(emu.command_log)
+        await until(lambda: [m.channel for m in service.members("default", "3000")] == [a.uuid])
+        assert a.up
+        (moved,) = cti.named("CALL_TRANSFERRED")
+        assert moved.data == {"target": ROOM, "kind": "blind"}
+        assert not service.members("default", "3000")[0].moderator
+        await emu.hangup(a.uuid)
+        await until(lambda: len(cdrs.items) == 1 and len(cti.named("CONFERENCE_ENDED")) == 1)
+        (cdr,) = cdrs.items
+        assert (cdr.call_id, cdr.conference, cdr.transfers, cdr.disposition) == (call_a, ROOM, 1, "answered")
+        # an ordinary number is still an ordinary blind transfer (no room 3999 for this tenant)
+        b, call_b = await _talking(emu, cti, "2002", "1002")
+        code, resp = await _invoke(api, sup, "CallControl/BlindTransfer", call_id=call_b, target="1003")
+        assert code == "OK" and "room" not in resp.data
+        await until(lambda: _lines(emu, "user/1003"))
+        await emu.hangup(b.uuid)
+        await until(lambda: len(cdrs.items) == 2)
+    run(body)
