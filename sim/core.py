@@ -67,6 +67,7 @@ from engine.messages import (
     Hangup,
     HangupCause,
     MediaBridge,
+    MediaBroadcast,
     MediaConference,
     MediaHangup,
     MediaOriginate,
@@ -74,22 +75,27 @@ from engine.messages import (
     MediaRecordStart,
     MediaStopPlayback,
     Park,
+    PauseRecording,
     Pickup,
     PlaybackFinished,
     PublishCti,
     QueueCall,
     ReserveAgent,
+    ResumeRecording,
     RouteToQueue,
     Send,
     SendMedia,
+    StartRecording,
     StartTimer,
     Stop,
+    StopRecording,
     TimerFired,
     WriteCdr,
 )
 from engine.parking import ParkingLot, RingingView
 from engine.routing.outbound import DialPlan, plan, to_route
 from engine.routing.router import REFUSAL_CAUSES, refusal
+from sim.recordings import RECORDING_EVENT_NAMES
 from sim.scenario import (
     AgentSpec,
     Dist,
@@ -387,6 +393,8 @@ class Simulator:
                     self.stats.trunk_failover(str(ev.data.get("cause", "")))
                 elif ev.name in _PARKING_EVENTS:
                     self._parking_event(ev)
+                elif ev.name in RECORDING_EVENT_NAMES:
+                    self._recording_event(ev)
                 if ev.name in _RINGING_EVENTS:
                     self.ringing_view.observe(ev)
             elif c is StartTimer:
@@ -698,6 +706,15 @@ class Simulator:
                 self._plan_dtmf(call_id, caller, t + duration)
         elif c is MediaStopPlayback:
             self._playback.pop(call_id, None)
+        elif c is MediaBroadcast:
+            # a consent announcement (docs/recordings.md): it plays its prompt length, then the
+            # caller's leg reports its end (the other leg's PLAYBACK_STOP changes nothing here)
+            duration = self.sc.prompts.get(cmd.file, self.sc.default_prompt_s)
+            self._at(t + duration, self._broadcast_done, (call_id, cmd.file))
+        elif c is MediaRecordStart and caller is not None and caller.connected:
+            # recording a conversation (not a voicemail message): nobody talks longer or shorter for it
+            if caller.log is not None:
+                caller.log.append(Observation(t, "recording", {"path": cmd.path}))
         elif c is MediaRecordStart:
             if caller is not None and caller.log is not None:
                 caller.log.append(Observation(t, "voicemail", {"path": cmd.path}))
@@ -790,6 +807,26 @@ class Simulator:
             if kind == "parked":
                 caller.connected = False
 
+    # ---- recordings (#10 part 2; sim/recordings.py) ----------------------------------------------
+
+    def _recording_event(self, ev: Any) -> None:
+        self.stats.recordings.observe(ev)
+        caller = self.callers.get(ev.call_id)
+        if caller is not None and caller.log is not None:
+            caller.log.append(Observation(ev.at, ev.name.removeprefix("CALL_").lower(), dict(ev.data)))
+
+    def _broadcast_done(self, t: float, arg: tuple[str, str]) -> None:
+        call_id, file = arg
+        if call_id in self.calls:
+            self.deliver("call", call_id, PlaybackFinished(call_id=call_id, at=t, leg="a", file=file))
+
+    def record(self, call_id: str, action: str, **options: Any) -> None:
+        """A recording command for the call now (``action``: start, pause, resume, stop), as the
+        API would send it (``options``: ``consent``, ``by``, ``compliance``, ``override``)."""
+        kinds = {"start": StartRecording, "pause": PauseRecording, "resume": ResumeRecording,
+                 "stop": StopRecording}
+        self._at(self.now, self._command, (call_id, kinds[action](call_id=call_id, at=self.now, **options)))
+
     def _command(self, t: float, arg: tuple[str, Any]) -> None:
         call_id, cmd = arg
         if call_id in self.calls:
@@ -867,6 +904,8 @@ class Simulator:
         raise InvariantViolation(self.seed, self.now, what)
 
     def _final_checks(self) -> None:
+        for problem in self.stats.recordings.check():
+            self._violation(problem)
         if self.calls:
             first = next(iter(self.calls.values()))
             self._violation(f"{len(self.calls)} calls still live after the drain (e.g. {first.call_id} in {first.state.name})")

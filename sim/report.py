@@ -38,6 +38,7 @@ from engine.fsm.agent import AgentState
 from engine.fsm.queue import QueueConfig
 from engine.messages import Cdr
 from sim.erlang import erlang_a, erlang_c, erlang_c_wait_survival
+from sim.recordings import SimRecordings
 from sim.scenario import Scenario, expand_agents
 
 if TYPE_CHECKING:
@@ -113,6 +114,8 @@ class Collector:
         self.parking: dict[str, Any] = {"parked": 0, "timed_out": 0, "fallbacks": 0, "picked_up": {},
                                         "parked_s_sum": 0.0, "parked_s_max": 0.0, "parked_n": 0}
         self._parked_at: dict[str, float] = {}
+        #: recordings: counts from the recording CTI events (sim/recordings.py)
+        self.recordings = SimRecordings()
 
     def parking_event(self, name: str, call_id: str, at: float, data: Any) -> None:
         """CALL_PARKED / CALL_PARK_TIMEOUT / CALL_PICKED_UP: parks, timeouts, pickups by kind and
@@ -411,6 +414,8 @@ def build_report(stats: Collector, seed: int) -> dict[str, Any]:
                         "mean_parked_s": _r(_div(stats.parking["parked_s_sum"], stats.parking["parked_n"])),
                         "max_parked_s": _r(stats.parking["parked_s_max"])}}
            if stats.parking["parked"] or stats.parking["picked_up"] else {}),
+        # only runs with recordings carry this section (older reports stay byte-identical)
+        **({"recordings": stats.recordings.report()} if stats.recordings.active() else {}),
         # only runs that used a conference room carry this section (older reports stay byte-identical)
         **({"conferences": stats.conferences.report()}
            if getattr(stats, "conferences", None) is not None and stats.conferences.active() else {}),

@@ -242,6 +242,29 @@ class ScriptedCall:
     def expect_kicked(self, within: float = 5.0) -> Observation:
         return self._expect("to be kicked from the conference", within, lambda o: o.kind == "kicked")
 
+    # ---- recordings (#10 part 2; docs/recordings.md) -------------------------------------------
+
+    def start_recording(self, consent: str = "", **options: Any) -> None:
+        """Start recording this call now, after the announcement ``consent`` ("" = none)."""
+        self.world.sim.record(self.call_id, "start", consent=consent, **options)
+        self.world.sim.run_until(self.world.sim.now)
+
+    def pause_recording(self, **options: Any) -> None:
+        self.world.sim.record(self.call_id, "pause", **options)
+        self.world.sim.run_until(self.world.sim.now)
+
+    def resume_recording(self) -> None:
+        self.world.sim.record(self.call_id, "resume")
+        self.world.sim.run_until(self.world.sim.now)
+
+    def stop_recording(self, **options: Any) -> None:
+        self.world.sim.record(self.call_id, "stop", **options)
+        self.world.sim.run_until(self.world.sim.now)
+
+    def expect_recording(self, event: str = "started", within: float = 10.0) -> Observation:
+        """The recording ``event`` happened (consent, started, paused, resumed, stopped, failed)."""
+        return self._expect(f"the recording to be {event}", within, lambda o: o.kind == f"recording_{event}")
+
     def press(self, digits: str) -> None:
         """Press ``digits`` now, 0.3 s apart."""
         self.world.sim.press(self.call_id, digits)
