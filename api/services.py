@@ -477,8 +477,12 @@ async def blind_transfer(ctx: Context, req: t.TransferRequest) -> t.CallResponse
     if moved is not None:
         return moved
     trunks = _outbound_trunks(ctx, req.target, getattr(call, "caller_id", "") or "")
+    # an extension that records every call (always-on, docs/recordings.md) records this one too
+    ext = None if trunks else ctx.api.store_get_nowait(ctx.principal.tenant, "extension", req.target)
+    record = bool(getattr(ext, "record", False))
     reply = await _ask(ctx, m.BlindTransfer(call_id=req.call_id, at=_now(ctx), request_id=uuid.uuid4().hex,
-                                            target=req.target, trunks=trunks))
+                                            target=req.target, trunks=trunks, record=record,
+                                            record_consent=getattr(ext, "record_consent", "") if record else ""))
     return t.CallResponse(call_id=req.call_id, message=reply.message, data=dict(reply.data))
 
 

@@ -243,6 +243,9 @@ class BlindTransfer(CallCommandBase, tag="blind_transfer", frozen=True, kw_only=
     target: str
     #: ``target`` is an outside number: dial it through these trunks in order, with failover
     trunks: tuple[TrunkDial, ...] = ()
+    #: ``target`` is an extension that records every call (always-on, docs/recordings.md)
+    record: bool = False
+    record_consent: str = ""
 
 
 class AttendedTransferStart(CallCommandBase, tag="attended_transfer_start", frozen=True, kw_only=True):

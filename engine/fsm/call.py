@@ -969,7 +969,7 @@ def _blind_transfer(call: Call, cmd: BlindTransfer, out: Out) -> Call:
         call = replace(call, trunk_plan=cmd.trunks, ring_timeout_s=30.0)
         call = _ring_trunk(call, out, t, 30.0)
     else:
-        call = _ring(call, out, t, cmd.target, 30.0, "extension")
+        call = _mark_record(_ring(call, out, t, cmd.target, 30.0, "extension"), cmd.record, cmd.record_consent)
     out.cti("CALL_TRANSFERRED", call.tenant, t, call_id=call.call_id, target=cmd.target, kind="blind")
     out.reply(cmd.request_id)
     return _enter(call, S.RINGING, t)

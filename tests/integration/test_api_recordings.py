@@ -10,6 +10,7 @@ import trio
 
 from engine.actors import Ports
 from engine.messages import (
+    ChannelAnswered,
     MediaBroadcast,
     MediaRecordMask,
     MediaRecordStart,
@@ -191,4 +192,24 @@ def test_every_allowed_role_runs_the_whole_cycle_and_the_other_agent_none_of_it(
             assert (await call(stack, f"CallControl/{method}", c1, other))[0] == "permission_denied", method
         assert [c.mask for c in media(stack, MediaRecordMask)] == [True, False] * 3
         assert len(media(stack, MediaRecordStart)) == 4 and len(media(stack, MediaRecordStop)) == 3
+    run(body)
+
+
+def test_a_blind_transfer_to_an_always_on_extension_is_recorded_there():
+    async def body(stack, catalog, mine, other):
+        for ext, record in (("3001", True), ("3002", False)):
+            code, _ = await call(stack, "Admin/CreateExtension", {"id": ext, "record": record}, ADMIN)
+            assert code == "ok"
+        node = stack.node
+        for ext, call_id in (("3002", "c1"), ("3001", "c2")):
+            if call_id == "c2":
+                await connected_call(stack, "c2")
+            assert (await call(stack, "CallControl/BlindTransfer", {"call_id": call_id, "target": ext}, SUP))[0] == "ok"
+            leg = node.runtime.state_of("call", call_id).ringing[0].id
+            node.deliver_nowait(ChannelAnswered(call_id=call_id, at=node.runtime.clock(), leg=leg))
+            await settle(stack)
+        starts = media(stack, MediaRecordStart)
+        assert [s.call_id for s in starts] == ["c2"]
+        (row,) = catalog.rows.values()
+        assert row.call_id == "c2" and row.started_by == "auto:extension:3001" and row.compliance
     run(body)

@@ -201,3 +201,18 @@ def test_a_consent_the_switch_never_reports_finished_gives_the_recording_up_afte
     assert [e.key for e in fx if isinstance(e, CancelTimer)] == [C.CONSENT_TIMER] and media(fx, MediaRecordStart)
     call, fx = drive(call, TimerFired(key=C.CONSENT_TIMER, at=130.0))
     assert call.rec is not None and call.rec.stage == "recording" and not cti(fx)
+
+
+def test_a_blind_transfer_to_an_always_on_extension_records_once_it_answers():
+    from engine.messages import BlindTransfer
+
+    call, fx = drive(call_in(S.ACTIVE), BlindTransfer(call_id="c1", at=5.0, target="1002", record=True))
+    assert not media(fx, MediaRecordStart)
+    leg = call.ringing[0].id
+    call, fx = drive(call, ChannelAnswered(call_id="c1", at=6.0, leg=leg))
+    [ev] = cti(fx, "CALL_RECORDING_STARTED")
+    assert ev.data["by"] == "auto:extension:1002" and ev.data["compliance"] is True
+    # to one without the flag: nothing
+    call, fx = drive(call_in(S.ACTIVE), BlindTransfer(call_id="c1", at=5.0, target="1003"))
+    _, fx = drive(call, ChannelAnswered(call_id="c1", at=6.0, leg=call.ringing[0].id))
+    assert not media(fx, MediaRecordStart)
