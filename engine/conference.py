@@ -206,15 +206,37 @@ class ConferenceService:
                 self.publish(e.event)
         return effects
 
-    def observe(self, ev: ConferenceMaintenance) -> None:
-        """One maintenance event from the switch (never raises: a bad event is counted)."""
+    def observe(self, ev: ConferenceMaintenance) -> list[MediaConferenceMember]:
+        """One maintenance event from the switch (never raises: a bad event is counted). Returns
+        what the machine asks the switch (a moderator's key): the caller sends it (``perform``)."""
         if not ev.call_id and ev.channel and self.call_of is not None:
             ev = msgspec.structs.replace(ev, call_id=self.call_of(ev.channel))
         try:
-            self._step(ev.room, ev)
+            effects = self._step(ev.room, ev)
         except Exception:  # noqa: BLE001 - one bad event must not stop the room's stream
             self.errors += 1
             log.exception("conference %s: event %s not applied", ev.room, ev.action)
+            return []
+        return [e for e in effects if isinstance(e, MediaConferenceMember)]
+
+    async def perform(self, asks: list[MediaConferenceMember]) -> list[str]:
+        """Send what a moderator's key asked, in order; returns the switch's replies (a ``-ERR``,
+        e.g. the member left meanwhile, is logged: the maintenance events tell what happened)."""
+        from adapters.freeswitch.mapping import conference_command
+
+        out = []
+        for e in asks:
+            if self.send_api is None:
+                break
+            try:
+                body = await self.send_api(e.node, conference_command(e))
+            except Exception as exc:  # noqa: BLE001 - the switch unreachable: logged, not raised
+                log.warning("conference %s: %s %s not sent: %s", e.room, e.action, e.member_id, exc)
+                continue
+            out.append(body)
+            if not body.startswith("+OK"):
+                log.info("conference %s: %s %s: %s", e.room, e.action, e.member_id, body.strip())
+        return out
 
     def members(self, tenant: str, number: str) -> list[fsm.Member]:
         room = self.live.get(switch_room(tenant, number))
@@ -274,6 +296,7 @@ class ConferenceEsl:
         self.service = service
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self.conns: dict[str, Any] = {}
+        self._nursery: Any = None
         self._up: dict[str, trio.Event] = {n: trio.Event() for n in self.configs}
         service.send_api = self.api
 
@@ -291,6 +314,7 @@ class ConferenceEsl:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as n:
+            self._nursery = n
             for name in self.configs:
                 n.start_soon(self._node, name)
             task_status.started()
@@ -314,7 +338,9 @@ class ConferenceEsl:
             async def on_event(ev: Any, _name: str = name) -> None:
                 m = map_conference(ev, trio.current_time(), _name)
                 if m is not None:
-                    self.service.observe(m)
+                    asks = self.service.observe(m)
+                    if asks:  # never awaited here: the reply would come through this very reader
+                        self._nursery.start_soon(self.service.perform, asks)
 
             conn.on_event = on_event
             try:

@@ -822,7 +822,7 @@ class MediaConference(MediaCommandBase, tag="m_conference", frozen=True, kw_only
 # ---- conferences (#10 part 3): the room machine's inputs and its one media effect ----------
 #: the conference::maintenance actions the room machine acts on (others are not delivered)
 ConferenceAction = Literal["conference-create", "conference-destroy", "add-member", "del-member",
-                           "mute-member", "unmute-member", "kick-member", "floor-change"]
+                           "mute-member", "unmute-member", "kick-member", "floor-change", "dtmf"]
 
 
 class ConferenceMaintenance(Msg, tag="conference_maintenance", frozen=True, kw_only=True):
@@ -840,6 +840,8 @@ class ConferenceMaintenance(Msg, tag="conference_maintenance", frozen=True, kw_o
     moderator: bool = False  #: Member-Type == "moderator"
     size: int = -1  #: Conference-Size after the event (-1: not reported)
     floor: int = 0  #: floor-change: New-ID (0 = nobody holds the floor)
+    #: dtmf (a caller-control ``event`` action): DTMF-Key, the digits bound to it
+    key: str = ""
 
 
 class ConferenceControl(Msg, tag="conference_control", frozen=True, kw_only=True):

@@ -516,7 +516,6 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
         # click-to-call and blind transfers to outside numbers: the same routes and trunk counts
         api_stack.api.outbound = _api_outbound(config, outbound, ledger, links.registry)
         api_stack.api.parking = parking
-        api_stack.api.webhooks = webhooks
         # conferences (docs/conferences.md): the tenants' rooms from the live snapshot, one machine per
         # live room fed by a conference-only ESL connection per node, CTI through the node's own port
         from adapters.postgres.config import ConferenceRoom as RoomRow
@@ -538,7 +537,7 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
         # recordings: the tenant's policy and the rows for the API; audio is fetched from the media
         # store at CALLENGINE_RECORDINGS_URL (+ the file name), when the operator runs one
         api_stack.api.recordings = PgRecordings(pg, audio_base=os.environ.get("CALLENGINE_RECORDINGS_URL", ""))
-        telemetry.bind(node=node, links=links, cdr_writer=writer, publisher=api_stack.publisher, webhooks=webhooks)
+        telemetry.bind(node=node, links=links, cdr_writer=writer, publisher=api_stack.publisher)
         nursery = await stack.enter_async_context(trio.open_nursery())
         stack.callback(nursery.cancel_scope.cancel)
         watcher = await stack.enter_async_context(open_config_watcher(store))

@@ -70,10 +70,18 @@ class SimConferences:
 
     # ------------------------------------------------------------------ the switch
     def _event(self, t: float, action: str, room: str, member_id: int = 0, call_id: str = "",
-               moderator: bool = False, floor: int = 0) -> None:
-        self.service.observe(ConferenceMaintenance(
+               moderator: bool = False, floor: int = 0, key: str = "") -> None:
+        asks = self.service.observe(ConferenceMaintenance(
             room=room, action=action, at=t, node="sim", member_id=member_id,  # type: ignore[arg-type]
-            call_id=call_id, moderator=moderator, size=len(self.rooms.get(room, {})), floor=floor))
+            call_id=call_id, moderator=moderator, size=len(self.rooms.get(room, {})), floor=floor, key=key))
+        for ask in asks:  # a moderator's key: the switch does what the machine asked
+            self._perform(t, room, ask)
+
+    def press(self, t: float, call_id: str, key: str, leg: str = "a") -> None:
+        """A member presses ``key`` bound to a caller-control ``event`` action (``*1``, ...)."""
+        where = self.where.get((call_id, leg))
+        if where is not None:
+            self._event(t, "dtmf", where[0], where[1], call_id, key=key)
 
     def media(self, t: float, cmd: MediaConference) -> None:
         """A leg enters ``cmd.room`` (the switch ran the ``conference`` app)."""
@@ -124,15 +132,21 @@ class SimConferences:
             if call_leg is None:
                 return Reply(request_id=reply.request_id, ok=False, code="FAILED_PRECONDITION",
                              message=f"-ERR Non-Existant ID {ask.member_id}")
-            call_id, leg = call_leg
-            if ask.action == "kick":
-                self._event(t, "kick-member", room, ask.member_id, call_id)
-                self.leave(t, call_id, leg)
-                self.sim.deliver("call", call_id, ChannelHangup(call_id=call_id, at=t, leg=leg,
-                                                                cause="NORMAL_CLEARING"))
-            else:
-                self._event(t, f"{ask.action}-member", room, ask.member_id, call_id)
+            self._perform(t, room, ask)
         return reply
+
+    def _perform(self, t: float, room: str, ask: Any) -> None:
+        call_leg = self.rooms.get(room, {}).get(ask.member_id)
+        if call_leg is None:
+            return  # -ERR Non-Existant ID: the member left meanwhile
+        call_id, leg = call_leg
+        if ask.action == "kick":
+            self._event(t, "kick-member", room, ask.member_id, call_id)
+            self.leave(t, call_id, leg)
+            self.sim.deliver("call", call_id, ChannelHangup(call_id=call_id, at=t, leg=leg,
+                                                            cause="NORMAL_CLEARING"))
+        else:
+            self._event(t, f"{ask.action}-member", room, ask.member_id, call_id)
 
     # ------------------------------------------------------------------ measurement
     def _publish(self, ev: CtiEvent) -> None:

@@ -242,6 +242,12 @@ class ScriptedCall:
     def expect_kicked(self, within: float = 5.0) -> Observation:
         return self._expect("to be kicked from the conference", within, lambda o: o.kind == "kicked")
 
+    def conference_key(self, key: str) -> None:
+        """In a room, press a moderator key now: ``*1`` mutes the others, ``*2`` unmutes them,
+        ``*3`` kicks the one who joined last (FreeSWITCH's caller-control ``event`` action)."""
+        self.world.sim.conferences.press(self.world.sim.now, self.call_id, key)
+        self.world.sim.run_until(self.world.sim.now)
+
     # ---- recordings (#10 part 2; docs/recordings.md) -------------------------------------------
 
     def start_recording(self, consent: str = "", **options: Any) -> None:

@@ -346,7 +346,7 @@ def _conference(ev: EslEvent, now: float, node: str, legs: LegLookup | None) -> 
 #: the conference::maintenance actions the room machine follows (play-file, start-talking, ... are not)
 CONFERENCE_ACTIONS = frozenset({"conference-create", "conference-destroy", "add-member",
                                 "del-member", "mute-member", "unmute-member", "kick-member",
-                                "floor-change"})
+                                "floor-change", "dtmf"})
 
 
 def _int(value: str) -> int:
@@ -372,7 +372,8 @@ def map_conference(ev: EslEvent, now: float, node: str = "") -> ConferenceMainte
         channel=_s(ev, "Unique-ID"), call_id=ident.call_id if ident is not None else "",
         caller_id=_s(ev, "Caller-Caller-ID-Number"),
         moderator=_s(ev, "Member-Type") == "moderator",
-        size=int(size) if size.isdigit() else -1, floor=_int(_s(ev, "New-ID")))
+        size=int(size) if size.isdigit() else -1, floor=_int(_s(ev, "New-ID")),
+        key=_s(ev, "DTMF-Key"))
 
 
 def conference_command(cmd: MediaConferenceMember) -> str:

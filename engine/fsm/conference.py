@@ -124,7 +124,11 @@ Handler = Callable[[Room, Any, Out], Room]
 #: input kinds: every maintenance action, and the control command
 ROOM_INPUTS: tuple[str, ...] = ("conference-create", "add-member", "del-member", "mute-member",
                                 "unmute-member", "kick-member", "floor-change",
-                                "conference-destroy", "control")
+                                "conference-destroy", "control", "dtmf")
+
+#: a moderator's keys (FreeSWITCH caller-control ``event`` actions bound in the moderator's
+#: controls group, docs/conferences.md): DTMF-Key -> what the engine does
+MODERATOR_KEYS: dict[str, str] = {"*1": "mute_others", "*2": "unmute_others", "*3": "kick_last"}
 
 TABLE: dict[tuple[RoomState, str], Handler] = {}
 
@@ -198,7 +202,7 @@ def _destroy(room: Room, ev: ConferenceMaintenance, out: Out) -> Room:
 
 
 _on((S.EMPTY,), "conference-destroy", "del-member", "mute-member", "unmute-member",
-    "kick-member", "floor-change")(_noop)  # late events of a room already gone
+    "kick-member", "floor-change", "dtmf")(_noop)  # late events of a room already gone
 
 
 # ---- members -------------------------------------------------------------------------------
@@ -287,6 +291,27 @@ def _floor(room: Room, ev: ConferenceMaintenance, out: Out) -> Room:
 
 
 # ---- control (API / DTMF) ------------------------------------------------------------------
+
+
+@_on((S.WAITING, S.RUNNING), "dtmf")
+def _moderator_key(room: Room, ev: ConferenceMaintenance, out: Out) -> Room:
+    """A moderator's key (``MODERATOR_KEYS``): mute / unmute every other non-moderator member, or
+    kick the non-moderator who joined last. Anyone else's key, an unknown key: nothing."""
+    asker = room.members.get(ev.member_id)
+    what = MODERATOR_KEYS.get(ev.key)
+    if asker is None or not asker.moderator or what is None:
+        return room
+    others = sorted((m for m in room.members.values() if not m.moderator), key=lambda m: m.member_id)
+    if what == "kick_last":
+        targets = [max(others, key=lambda m: (m.joined_at, m.member_id))] if others else []
+        action = "kick"
+    else:
+        action = "mute" if what == "mute_others" else "unmute"
+        targets = [m for m in others if m.muted != (action == "mute")]
+    for m in targets:
+        out.add(MediaConferenceMember(room=room.name, action=action, member_id=m.member_id,  # type: ignore[arg-type]
+                                      node=room.node))
+    return room
 
 
 @_on((S.EMPTY, S.WAITING, S.RUNNING), "control")

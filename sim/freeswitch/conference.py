@@ -14,8 +14,9 @@ Rules
    ``<id>;<channel name>;<uuid>;<caller id name>;<caller id number>;<flags>;0;0;100``, newest first,
    flags ``hear|speak|floor|moderator`` (``speak`` absent while muted).
 4. Caller controls (the default group of conference.conf.xml): DTMF ``0`` toggles the member's own
-   mute (``mute-member``/``unmute-member``), ``#`` leaves the room (hangs up). Anything else a
-   moderator presses is left to the engine (the DTMF event still fires).
+   mute (``mute-member``/``unmute-member``), ``#`` leaves the room (hangs up). A moderator's
+   ``*1``/``*2``/``*3`` are the moderator group's ``event`` actions (docs/conferences.md): Action
+   ``dtmf`` with ``DTMF-Key``; the engine decides what they do.
 5. The app argument is ``<room>[@<profile>][+<pin>][+flags{a|b}]``; ``moderator`` and ``mute``
    (join muted) are the flags the emulator honours; a PIN is not asked (the engine's flow does).
 """
@@ -43,6 +44,8 @@ class EmuMember:
     moderator: bool = False
     muted: bool = False
     kicked: bool = False
+    #: digits of a multi-key binding being typed (``*1``)
+    keys: str = ""
 
 
 @dataclass
@@ -146,13 +149,25 @@ class EmuConferences:
             self._fire(room, "conference-destroy")
             del self.rooms[room.name]
 
+    #: the moderator controls group of docs/conferences.md: keys bound to the ``event`` action
+    MODERATOR_EVENT_KEYS = frozenset({"*1", "*2", "*3"})
+
     def dtmf(self, ch: Channel, digit: str) -> None:
-        """Caller controls of the default group: 0 toggles mute, # leaves."""
+        """Caller controls of the default group: 0 toggles mute, # leaves; a moderator's ``*N``
+        bound to the ``event`` action fires Action dtmf with DTMF-Key (and Data), as
+        conference_loop_event does."""
         where = self.by_uuid.get(ch.uuid)
         if where is None:
             return
         room = self.rooms[where[0]]
         member = room.members[where[1]]
+        if member.moderator and (member.keys or digit == "*"):
+            member.keys += digit
+            if len(member.keys) == 2:
+                keys, member.keys = member.keys, ""
+                if keys in self.MODERATOR_EVENT_KEYS:
+                    self._fire(room, "dtmf", member, {"DTMF-Key": keys, "Data": ""})
+            return
         if digit == "0":
             member.muted = not member.muted
             self._fire(room, "mute-member" if member.muted else "unmute-member", member)

@@ -219,6 +219,10 @@ def test_the_emulator_speaks_mod_conference_over_plain_esl() -> None:
                 await emu.send_dtmf(b.uuid, "0")  # caller controls: unmute itself
                 await until(lambda: seen[-1].get("Action") == "unmute-member")
                 assert seen[-2].get("Action") == "mute-member" and seen[-2].get("Speak") == "false"
+                await emu.send_dtmf(a.uuid, "*3")  # the moderator's event key: Action dtmf, DTMF-Key
+                await until(lambda: seen[-1].get("Action") == "dtmf")
+                assert (seen[-1].get("DTMF-Key"), seen[-1].get("Member-ID"), seen[-1].get("Member-Type")) == (
+                    "*3", str(ids[0]), "moderator")
                 assert await conn.api(f"conference r9 kick {ids[1]}") == f"+OK kicked {ids[1]}\n"
                 await until(lambda: seen[-1].get("Action") == "del-member")
                 assert [e.get("Action") for e in seen[-2:]] == ["kick-member", "del-member"]
@@ -337,4 +341,37 @@ def test_blind_transfer_to_a_room_number_moves_the_caller_alone_and_releases_the
         await until(lambda: _lines(emu, "user/1003"))
         await emu.hangup(b.uuid)
         await until(lambda: len(cdrs.items) == 2)
+    run(body)
+
+
+def test_a_moderators_keys_mute_the_others_and_kick_the_last_over_esl() -> None:
+    async def body(emu, node, cdrs, cti, service):
+        a, call_a = await _talking(emu, cti, "2001", "1001")
+        b, call_b = await _talking(emu, cti, "2002", "1002")
+        await _join(node, service, call_a, pin="4321")  # the caller's own leg moderates
+        await until(lambda: len(service.members("default", "3000")) == 2)
+        await _join(node, service, call_b, pin="1111")
+        await until(lambda: len(service.members("default", "3000")) == 4)
+        members = service.members("default", "3000")
+        (mod,) = [m for m in members if m.moderator]
+        assert mod.channel == a.uuid
+        others = sorted(m.member_id for m in members if not m.moderator)
+        await emu.send_dtmf(b.uuid, "*1")  # a member's keys: nothing (its own caller controls only)
+        await emu.send_dtmf(a.uuid, "*1")  # mute everyone else
+        await until(lambda: len(cti.named("CONFERENCE_MEMBER_MUTED")) == 3)
+        assert sorted(e.data["member_id"] for e in cti.named("CONFERENCE_MEMBER_MUTED")) == others
+        assert sorted(int(line.split()[-1]) for line in _lines(emu, f"api conference {ROOM} mute ")) == others
+        await emu.send_dtmf(a.uuid, "*2")  # and unmute them
+        await until(lambda: len(cti.named("CONFERENCE_MEMBER_UNMUTED")) == 3)
+        last = max((m for m in members if not m.moderator), key=lambda m: (m.joined_at, m.member_id))
+        await emu.send_dtmf(a.uuid, "*3")  # kick the one who joined last
+        await until(lambda: len(cti.named("CONFERENCE_MEMBER_KICKED")) == 1)
+        assert cti.named("CONFERENCE_MEMBER_KICKED")[0].data["member_id"] == last.member_id
+        assert _lines(emu, f"api conference {ROOM} kick {last.member_id}")
+        await until(lambda: not emu.channels.get(last.channel) or not emu.channels[last.channel].up)
+        for ch in list(emu.channels.values()):
+            if ch.up:
+                await emu.hangup(ch.uuid)
+        await until(lambda: len(cdrs.items) == 2 and len(cti.named("CONFERENCE_ENDED")) == 1)
+        assert service.errors == 0
     run(body)

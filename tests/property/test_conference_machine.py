@@ -11,7 +11,9 @@ Invariants after every step:
 - a room configured to wait for a moderator is RUNNING only with a moderator having joined,
   and publishes CONFERENCE_STARTED exactly when that happens;
 - a control command asks the switch (MediaConferenceMember) only for a present member, and only
-  when the asker is a supervisor (0) or a present moderator; every command gets one Reply.
+  when the asker is a supervisor (0) or a present moderator; every command gets one Reply;
+- a DTMF key asks the switch only when a present moderator pressed a bound key, and only about
+  present non-moderators (one kick at most).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ EVENTS = st.lists(st.one_of(
     st.tuples(st.sampled_from(["add-member", "add-member", "del-member", "mute-member",
                                "unmute-member", "kick-member", "floor-change"]), IDS, st.booleans()),
     st.tuples(st.sampled_from(["conference-create", "conference-destroy"]), st.just(0), st.just(False)),
-    st.tuples(st.just("control"), IDS, st.sampled_from([0, 1, 2, 3]))), max_size=60)
+    st.tuples(st.just("control"), IDS, st.sampled_from([0, 1, 2, 3])),
+    st.tuples(st.just("dtmf"), IDS, st.sampled_from(["*1", "*2", "*3", "*9"]))), max_size=60)
 
 
 @settings(max_examples=500, deadline=None, derandomize=True)
@@ -59,16 +62,22 @@ def test_room_invariants(events, wait) -> None:
             assert set(room.members) == present  # asking changes nothing
             continue
         ev = ConferenceMaintenance(room="r", action=action, at=at, member_id=mid,  # type: ignore[arg-type]
-                                   moderator=flag if action == "add-member" else False,
-                                   floor=mid if action == "floor-change" else 0)
+                                   moderator=flag is True if action == "add-member" else False,
+                                   floor=mid if action == "floor-change" else 0,
+                                   key=flag if action == "dtmf" else "")
         before = room.state
         room, effects = step(room, ev)
+        asked = [e for e in effects if isinstance(e, MediaConferenceMember)]
+        if asked:  # only a present moderator's bound key asks, and only about present non-moderators
+            assert action == "dtmf" and mid in present and mid in moderators and flag != "*9"
+            assert all(e.member_id in present and e.member_id not in moderators for e in asked)
+            assert len(asked) == 1 or flag in ("*1", "*2")
         names = [e.event.name for e in effects if isinstance(e, PublishCti)]
         data = [e.event.data for e in effects if isinstance(e, PublishCti)]
         if action == "add-member" and mid not in present and mid not in gone:
             present.add(mid)
             open_joins.add(mid)
-            if flag:
+            if flag is True:
                 moderators.add(mid)
         elif action in ("del-member", "kick-member") and mid in present:
             present.discard(mid)

@@ -123,3 +123,21 @@ def test_unknown_pairs_are_illegal_transitions() -> None:
     # msgspec checks types only when decoding: an action the table does not know is refused
     with pytest.raises(IllegalTransition, match="state=EMPTY"):
         step(new_room("r1"), ev("play-file"))
+
+
+def test_a_moderators_keys_ask_the_switch_and_nobody_elses_do() -> None:
+    room, _ = run(new_room("r1"), ev("add-member", 1.0, member_id=1, moderator=True),
+                  ev("add-member", 2.0, member_id=2), ev("add-member", 3.0, member_id=3),
+                  ev("mute-member", 3.5, member_id=3))
+
+    def asks(effects):
+        return [(e.action, e.member_id) for e in effects if isinstance(e, MediaConferenceMember)]
+
+    assert asks(step(room, ev("dtmf", member_id=1, key="*1"))[1]) == [("mute", 2)]  # 3 is muted already
+    assert asks(step(room, ev("dtmf", member_id=1, key="*2"))[1]) == [("unmute", 3)]
+    assert asks(step(room, ev("dtmf", member_id=1, key="*3"))[1]) == [("kick", 3)]  # the last joined
+    for who, key in ((2, "*3"), (1, "*9"), (7, "*1")):  # a member, an unbound key, a stranger
+        after, effects = step(room, ev("dtmf", member_id=who, key=key))
+        assert effects == [] and after == room
+    _, effects = step(new_room("r1"), ev("dtmf", member_id=1, key="*3"))
+    assert effects == []

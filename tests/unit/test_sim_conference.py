@@ -90,6 +90,10 @@ def test_flow_conference_node_callers_dial_in_with_pins_one_is_kicked():
     wrong.expect_ended(within=10)  # a wrong PIN twice: hung up, never in the room
     members = w.conference_members("3000")
     assert [m.moderator for m in members] == [True, False]
+    member.conference_key("*1")  # a member's key: nothing
+    moderator.conference_key("*1")  # the moderator mutes the others
+    assert member._expect("to be muted", 1, lambda o: o.kind == "muted")
+    assert [m.muted for m in w.conference_members("3000")] == [False, True]
     assert w.conference_control("3000", "kick", members[1].member_id, by_member=members[0].member_id).ok
     member.expect_kicked()
     member.expect_ended(within=5)
