@@ -43,6 +43,8 @@ import msgspec
 
 from engine.flows import interpreter as flows
 from engine.flows.interpreter import FlowRun, FlowStep, ToConference, ToHangup, ToQueue, ToTarget
+from engine.flows.model import Flow as FlowGraph
+from engine.flows.model import VoicemailNode
 from engine.fsm.base import (
     IllegalTransition,
     Machine,
@@ -262,6 +264,9 @@ class Call(msgspec.Struct, frozen=True, kw_only=True):
     park_return_to: str = ""
     park_fallback: str = ""
     park_stage: str = ""
+    #: the mailbox the caller is sent to when the extension it rings does not answer (busy, no
+    #: answer, unreachable); "" = none (docs/voicemail.md)
+    voicemail_box: str = ""
     timers: frozenset[str] = frozenset()
     disposition: str = ""
     hangup_cause: str = ""
@@ -549,9 +554,23 @@ def _after_ring_failure(call: Call, out: Out, t: float, cause: str) -> Call:
                 target=call.park_fallback)
         call = replace(call, park_stage="fallback")
         return _ring(call, out, t, call.park_fallback, call.ring_timeout_s, "extension")
+    if call.voicemail_box and call.answered_at is None:
+        return _to_voicemail(call, out, t, cause)
     # a caller who already talked to someone (then was transferred) still had an answered call
     disposition = "answered" if call.answered_at is not None else _disposition_for(cause)
     return _end(call, out, t, disposition, cause, hang_up_a=True)
+
+
+def _to_voicemail(call: Call, out: Out, t: float, cause: str) -> Call:
+    """The extension did not answer: the caller leaves a message in its mailbox (a one-node flow
+    of the ``voicemail`` node with its defaults: beep, record; docs/voicemail.md)."""
+    box = call.voicemail_box
+    graph = FlowGraph(id=f"voicemail:{box}", start="vm", nodes={"vm": VoicemailNode(box=box)})
+    out.cti("CALL_IN_FLOW", call.tenant, t, call_id=call.call_id, flow_id=graph.id, reason=_cause_reason(cause))
+    call = replace(_enter(call, S.IN_FLOW, t), flow_id=graph.id, digits="", voicemail_box="")
+    step = flows.start(graph, call_id=call.call_id, at=t, did=call.destination, caller_id=call.caller_id,
+                       media_node=call.node, answered=call.a_answered)
+    return _apply_flow(call, step, out, t)
 
 
 @on(LIVE, ChannelAnswered)
@@ -597,7 +616,7 @@ def _connect(call: Call, leg: Leg, out: Out, t: float) -> Call:
             call = _drop_leg(call, other, out, HangupCause.LOSE_RACE, t, hangup=True, reason="answered_elsewhere")
     legs = tuple(replace(x, answered=True) if x.id == leg.id else x for x in call.legs)
     call = replace(call, legs=legs, connected=leg.id, trunk_plan=(), park_slot="", park_stage="",
-                   park_return_to="", park_fallback="",
+                   park_return_to="", park_fallback="", voicemail_box="",
                    answered_at=call.answered_at if call.answered_at is not None else t)
     _media(out, MediaBridge(call_id=call.call_id, leg="a", node=call.node, other_leg=leg.id))
     if leg.role == "agent":
@@ -792,6 +811,7 @@ def _route_to_extension(call: Call, ev: RouteToExtension, out: Out) -> Call:
         out.cti("CALL_RINGING", call.tenant, t, call_id=call.call_id, target=ev.target, trunk=call.trunk)
         return _enter(call, S.RINGING, t)
     call = _mark_record(_ring(call, out, t, ev.target, ev.timeout_s, "extension"), ev.record, ev.record_consent)
+    call = replace(call, voicemail_box=ev.voicemail)
     out.cti("CALL_RINGING", call.tenant, t, call_id=call.call_id, target=ev.target)
     return _enter(call, S.RINGING, t)
 

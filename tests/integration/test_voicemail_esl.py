@@ -32,7 +32,7 @@ from adapters.webhooks import (
 from engine.actors import Ports, TaskSpec, open_node
 from engine.actors.ports import InMemoryCdrs, InMemoryCti, InMemoryReplies
 from engine.flows.loader import decode_document, parse_flows
-from engine.messages import EnterFlow
+from engine.messages import EnterFlow, RouteToExtension
 from sim.freeswitch import FreeSwitchEmulator
 from tests.integration.test_fs_emulator import named, tcp_client
 from tests.integration.test_webhooks import Receiver
@@ -55,6 +55,8 @@ flows:
 
 
 def _router(event):
+    if event.destination == "1001":  # the extension itself: its mailbox when it does not answer
+        return RouteToExtension(call_id=event.call_id, at=event.at, target="1001", timeout_s=5.0, voicemail="1001")
     flow = ACCESS if event.destination == "*97" else FLOW
     return EnterFlow(call_id=event.call_id, at=event.at, flow_id=flow.id, flow=flow)
 
@@ -276,5 +278,24 @@ def test_a_wrong_pin_three_times_hangs_up_without_playing_anything() -> None:
         assert not [a for a in apps if a[0] == "playback" and a[1].startswith("voicemail/1001/")]
         assert ("playback", "voicemail/vm-fail_auth.wav") in apps
         assert len(await store.messages("default", "1001")) == 1
+
+    run(body)
+
+
+def test_a_busy_extension_sends_the_caller_to_its_mailbox() -> None:
+    async def body(emu, cti, cdrs, store, service, watcher):
+        emu.register_phone("1001")
+        emu.set_endpoint("1001", outcome="busy")
+        ch = await emu.place_inbound_call("+4930666", "1001", variables={"emulator_record_talk_s": "0.3"})
+        assert await _mwi(watcher) == ("yes", "sip:1001@pbx.example", "1/0 (0/0)")
+        (flow,) = cti.named("CALL_IN_FLOW")
+        assert (flow.data["flow_id"], flow.data["reason"]) == ("voicemail:1001", "busy")
+        (new,) = cti.named("VOICEMAIL_NEW")
+        assert (new.data["box"], new.data["caller_id"]) == ("1001", "+4930666")
+        apps = _apps(watcher, ch.uuid)
+        assert ("playback", BEEP) in apps and ("record", f"voicemail/1001/{new.call_id}.wav 120 200 3") in apps
+        await until(lambda: cdrs.items)
+        (msg,) = await store.messages("default", "1001")
+        assert msg.id == new.call_id
 
     run(body)

@@ -151,3 +151,70 @@ def test_no_mailbox_or_no_keys_time_out():
     assert call.state is S.ENDED
     # a mailbox arriving after the call ended is ignored
     assert C.step(call, box(at=17.0)) == (call, [])
+
+
+# ---- an extension that does not answer sends the caller to its mailbox ----------------------
+
+
+def ringing(voicemail="1001"):
+    from engine.messages import MediaOriginate, RouteToExtension
+
+    call, _ = C.new_call(ChannelCreated(call_id="c1", at=0.0, caller_id="+4930111", destination="1001",
+                                        tenant="acme"))
+    call, effects = C.step(call, RouteToExtension(call_id="c1", at=0.1, target="1001", timeout_s=20,
+                                                  voicemail=voicemail))
+    (orig,) = [m for m in medias(effects) if isinstance(m, MediaOriginate)]
+    assert call.state is S.RINGING
+    return call, orig.leg
+
+
+def test_no_answer_goes_to_the_mailbox_and_a_message_is_left():
+    call, leg = ringing()
+    call, effects = C.step(call, TimerFired(key=f"ring:{leg}", at=20.1))
+    assert call.state is S.IN_FLOW
+    (in_flow,) = cti(effects, "CALL_IN_FLOW")
+    assert in_flow.data["flow_id"] == "voicemail:1001" and in_flow.data["reason"] == "no_answer"
+    assert MediaPlay(call_id="c1", file=BEEP) in medias(effects)  # no greeting: the beep at once
+    call, effects = C.step(call, PlaybackFinished(call_id="c1", at=20.5, file=BEEP))
+    (rec,) = [m for m in medias(effects) if isinstance(m, MediaRecordStart)]
+    assert rec.path == "voicemail/1001/c1.wav" and rec.limit_s == 120
+    call, effects = C.step(call, RecordingStopped(call_id="c1", at=30.5, path=rec.path, cause="success-silence"))
+    (new,) = cti(effects, "VOICEMAIL_NEW")
+    assert (new.data["box"], new.data["duration_s"]) == ("1001", 10.0) and call.state is S.ENDED
+    assert len([e for e in effects if isinstance(e, WriteCdr)]) == 1
+
+
+def test_busy_goes_to_the_mailbox_an_answer_or_no_mailbox_does_not():
+    call, leg = ringing()
+    call, effects = C.step(call, ChannelHangup(call_id="c1", at=1.0, leg=leg, cause="USER_BUSY"))
+    assert call.state is S.IN_FLOW and cti(effects, "CALL_IN_FLOW")[0].data["reason"] == "busy"
+    call, leg = ringing(voicemail="")
+    call, effects = C.step(call, ChannelHangup(call_id="c1", at=1.0, leg=leg, cause="USER_BUSY"))
+    assert call.state is S.ENDED and not cti(effects, "CALL_IN_FLOW")
+    from engine.messages import ChannelAnswered
+
+    call, leg = ringing()
+    call, _ = C.step(call, ChannelAnswered(call_id="c1", at=2.0, leg=leg))
+    assert call.state is S.ACTIVE and call.voicemail_box == ""
+    call, effects = C.step(call, ChannelHangup(call_id="c1", at=9.0, leg=leg))
+    assert call.state is S.ENDED and not cti(effects, "CALL_IN_FLOW")
+
+
+def test_the_router_names_the_mailbox_of_an_extension_with_voicemail():
+    import trio
+
+    from adapters.postgres.config import Did, Extension, InMemoryConfigStore, NodeConfig, Tenant
+
+    async def main():
+        s = InMemoryConfigStore()
+        await s.create(Tenant(tenant="t"))
+        await s.create(Extension(tenant="t", extension="1001", voicemail=True))
+        await s.create(Extension(tenant="t", extension="1002"))
+        await s.create(Did(tenant="t", number="5001", destination="extension:1001"))
+        return NodeConfig(await s.snapshot()).router()
+
+    route = trio.run(main)
+    by_did = route(ChannelCreated(call_id="a", at=0, destination="5001", tenant="t"))
+    direct = route(ChannelCreated(call_id="b", at=0, destination="1001", tenant="t"))
+    plain = route(ChannelCreated(call_id="c", at=0, destination="1002", tenant="t"))
+    assert (by_did.voicemail, direct.voicemail, plain.voicemail) == ("1001", "1001", "")
