@@ -8,6 +8,9 @@ What ``open_engine`` assembles, in this order (and tears down in reverse, so not
    (recording metadata from the recording CTI events, docs/recordings.md): opened first, so they
    flush after everything else has stopped and written its last CDRs and events. The API reads
    recordings through ``PgRecordings``; the retention job runs every ``recording_retention_s``.
+   The ``VoicemailService`` (docs/voicemail.md) rides the same CTI tee: it stores VOICEMAIL_NEW,
+   sends MWI through the ESL links, serves the Voicemail API and expires messages every
+   ``voicemail_retention_s``.
 3. NATS: ``--nats-url`` / ``CALLENGINE_NATS_URL`` with its credentials (``--nats-creds``,
    ``--nats-user``/``--nats-password``, ``--nats-token``, ``--nats-nkey-seed`` or the ``NATS_*``
    variables, see ``add_parser``), or our own nats-server (``NatsProcess``: fixed port and store
@@ -136,6 +139,8 @@ class RunOptions:
     webhook_drain_s: float = 5.0
     #: how often the recordings' retention job runs (docs/recordings.md)
     recording_retention_s: float = 3600.0
+    #: how often expired voicemail messages are deleted (docs/voicemail.md)
+    voicemail_retention_s: float = 3600.0
 
     def nats_credentials(self) -> dict[str, str]:
         """The credentials that are set, by ``NatsSettings`` field."""
@@ -459,6 +464,11 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
         from adapters.postgres.recordings import PgRecordings, open_recording_writer, run_retention
 
         recordings = await stack.enter_async_context(open_recording_writer(pg))
+        # voicemail (docs/voicemail.md): VOICEMAIL_NEW from the CTI tee is stored, MWI goes to the switch
+        from adapters.freeswitch.voicemail import esl_mwi
+        from adapters.postgres.voicemail import VoicemailService, VoicemailStore
+
+        voicemail = VoicemailService(VoicemailStore(pg), esl_mwi(links))
         # webhooks, contact lookup, CDR journaling (adapters/webhooks/node.py): config from
         # PostgreSQL (live), stopped after the node (drain, then dead letters to PostgreSQL)
         from adapters.webhooks.node import open_node_webhooks
@@ -480,7 +490,8 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
         parking = ParkingViews(groups_of=lambda tenant: pickup_groups(config.snapshot, tenant))
 
         def wrap(ports: Ports) -> Ports:
-            cti, cdr = webhooks.ports(ParkingCti(parking, LedgerCti(ledger, TeeCti(ports.cti, sink, recordings))),
+            tee = TeeCti(ports.cti, sink, recordings, voicemail)
+            cti, cdr = webhooks.ports(ParkingCti(parking, LedgerCti(ledger, tee)),
                                       writer)
             return telemetry.wrap_ports(Ports(ports.media, cti, cdr, ports.replies))
 
@@ -516,6 +527,7 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
         # click-to-call and blind transfers to outside numbers: the same routes and trunk counts
         api_stack.api.outbound = _api_outbound(config, outbound, ledger, links.registry)
         api_stack.api.parking = parking
+        api_stack.api.webhooks = webhooks
         # conferences (docs/conferences.md): the tenants' rooms from the live snapshot, one machine per
         # live room fed by a conference-only ESL connection per node, CTI through the node's own port
         from adapters.postgres.config import ConferenceRoom as RoomRow
@@ -537,7 +549,10 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
         # recordings: the tenant's policy and the rows for the API; audio is fetched from the media
         # store at CALLENGINE_RECORDINGS_URL (+ the file name), when the operator runs one
         api_stack.api.recordings = PgRecordings(pg, audio_base=os.environ.get("CALLENGINE_RECORDINGS_URL", ""))
-        telemetry.bind(node=node, links=links, cdr_writer=writer, publisher=api_stack.publisher)
+        api_stack.api.voicemail = voicemail
+        # a voicemail_access node's mailbox goes back to its call through the node (docs/voicemail.md)
+        voicemail.deliver = node.deliver_nowait
+        telemetry.bind(node=node, links=links, cdr_writer=writer, publisher=api_stack.publisher, webhooks=webhooks)
         nursery = await stack.enter_async_context(trio.open_nursery())
         stack.callback(nursery.cancel_scope.cancel)
         watcher = await stack.enter_async_context(open_config_watcher(store))
@@ -556,6 +571,8 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
         await nursery.start(conference_esl.run)
         # retention: expired recording rows are marked hourly (the audio is the media server's to delete)
         nursery.start_soon(lambda: run_retention(pg, interval_s=o.recording_retention_s))
+        nursery.start_soon(voicemail.run)
+        nursery.start_soon(lambda: voicemail.run_retention(time.time, interval_s=o.voicemail_retention_s))
         engine = Engine(node=node, stack=api_stack, links=links, pg=pg, store=store, config=config,
                         cdr_writer=writer, event_sink=sink, telemetry=telemetry, secret=secret,
                         state_dir=state, cluster=cluster, gateway=gateway, nats_server=nats_server,
