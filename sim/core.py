@@ -80,6 +80,7 @@ from engine.messages import (
     PlaybackFinished,
     PublishCti,
     QueueCall,
+    RecordingStopped,
     ReserveAgent,
     ResumeRecording,
     RouteToQueue,
@@ -105,6 +106,7 @@ from sim.scenario import (
     expand_agents,
     outbound_config,
 )
+from sim.voicemail import VOICEMAIL_EVENTS, record_end
 
 __all__ = ["Simulator", "InvariantViolation", "CallerModel", "Observation"]
 
@@ -290,6 +292,12 @@ class Simulator:
             self._caller_hangs_up(self.now, call_id, HangupCause.ORIGINATOR_CANCEL)
             self._drain()
             self.stats.gave_up_at_end += 1
+        # a caller answered just before the bound is still talking: its own hangup is scheduled, and
+        # with nobody waiting any more no new call is answered; let those conversations end (bounded
+        # again, so a call that never ends is still caught by the checks)
+        limit = max(self.now, limit) + DRAIN_S
+        while self.calls and self._heap and self._heap[0][0] <= limit:
+            self._step_one()
         if self.check:
             self._final_checks()
         self.stats.finish(self)
@@ -393,6 +401,8 @@ class Simulator:
                     self.stats.trunk_failover(str(ev.data.get("cause", "")))
                 elif ev.name in _PARKING_EVENTS:
                     self._parking_event(ev)
+                elif ev.name in VOICEMAIL_EVENTS:
+                    self._voicemail_event(ev)
                 elif ev.name in RECORDING_EVENT_NAMES:
                     self._recording_event(ev)
                 if ev.name in _RINGING_EVENTS:
@@ -718,7 +728,13 @@ class Simulator:
         elif c is MediaRecordStart:
             if caller is not None and caller.log is not None:
                 caller.log.append(Observation(t, "voicemail", {"path": cmd.path}))
-            if caller is not None and not caller.scripted and caller.handle_s < math.inf:
+            if caller is not None and cmd.limit_s > 0:
+                # the switch's record app (sim/voicemail.py): talk, silence, RECORD_STOP
+                talk = self.stats.voicemail.talk_s(call_id, caller.scripted, caller.handle_s)
+                end, cause = record_end(talk, cmd.limit_s, cmd.silence_hits)
+                tok = caller.hangup_token = self._token()
+                self._at(t + end, self._record_stopped, (call_id, cmd.path, cause, tok))
+            elif caller is not None and not caller.scripted and caller.handle_s < math.inf:
                 # the caller leaves a message as long as a conversation, then hangs up
                 tok = caller.hangup_token = self._token()
                 self._at(t + min(caller.handle_s, 60.0), self._hangup_after_talk, (call_id, tok))
@@ -806,6 +822,22 @@ class Simulator:
             caller.log.append(Observation(ev.at, kind, dict(ev.data)))
             if kind == "parked":
                 caller.connected = False
+
+    # ---- voicemail (#10 part 1) -------------------------------------------------------------
+
+    def _voicemail_event(self, ev: Any) -> None:
+        self.stats.voicemail.observe(ev)
+        caller = self.callers.get(ev.call_id)
+        if caller is not None and caller.log is not None:
+            caller.log.append(Observation(ev.at, "voicemail_new" if ev.name == "VOICEMAIL_NEW"
+                                          else "voicemail_abandoned", dict(ev.data)))
+
+    def _record_stopped(self, t: float, arg: tuple[str, str, str, int]) -> None:
+        call_id, path, cause, token = arg
+        caller = self.callers.get(call_id)
+        if caller is None or caller.hangup_token != token:
+            return
+        self.deliver("call", call_id, RecordingStopped(call_id=call_id, at=t, path=path, cause=cause))
 
     # ---- recordings (#10 part 2; sim/recordings.py) ----------------------------------------------
 

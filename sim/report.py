@@ -40,6 +40,7 @@ from engine.messages import Cdr
 from sim.erlang import erlang_a, erlang_c, erlang_c_wait_survival
 from sim.recordings import SimRecordings
 from sim.scenario import Scenario, expand_agents
+from sim.voicemail import SimVoicemail
 
 if TYPE_CHECKING:
     from sim.core import Simulator
@@ -114,6 +115,8 @@ class Collector:
         self.parking: dict[str, Any] = {"parked": 0, "timed_out": 0, "fallbacks": 0, "picked_up": {},
                                         "parked_s_sum": 0.0, "parked_s_max": 0.0, "parked_n": 0}
         self._parked_at: dict[str, float] = {}
+        #: voicemail: mailboxes fed from VOICEMAIL_* events and the owner's scripted retrievals
+        self.voicemail = SimVoicemail()
         #: recordings: counts from the recording CTI events (sim/recordings.py)
         self.recordings = SimRecordings()
 
@@ -419,6 +422,8 @@ def build_report(stats: Collector, seed: int) -> dict[str, Any]:
         # only runs that used a conference room carry this section (older reports stay byte-identical)
         **({"conferences": stats.conferences.report()}
            if getattr(stats, "conferences", None) is not None and stats.conferences.active() else {}),
+        # only runs with voicemail carry this section (older reports stay byte-identical)
+        **({"voicemail": stats.voicemail.report()} if stats.voicemail.active() else {}),
     }
 
 

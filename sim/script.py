@@ -92,6 +92,18 @@ class World:
         return call_id
 
 
+    # ---- voicemail (#10 part 1; sim/voicemail.py) -----------------------------------------------
+
+    def mailbox(self, box: str, pin: str, tenant: str = "default") -> None:
+        """Give mailbox ``box`` a PIN so its owner can retrieve messages."""
+        self.sim.stats.voicemail.set_pin(box, pin, tenant)
+
+    def retrieve_voicemail(self, box: str, keys: str, tenant: str = "default") -> list[Any]:
+        """The owner of ``box`` presses ``keys`` in the voicemail menu (PIN, ``#``, then 1 / 9 / 7 /
+        ``#``); returns the menu's actions (``engine.voicemail``)."""
+        return self.sim.stats.voicemail.retrieve(box, keys, tenant)
+
+
     # ---- conferences (#10 part 3; sim/conference.py) --------------------------------------------
 
     def conference_room(self, number: str, *, tenant: str = "default", moderator_pin: str = "",
@@ -198,6 +210,17 @@ class ScriptedCall:
 
     def expect_voicemail(self, within: float = 15.0) -> Observation:
         return self._expect("voicemail recording", within, lambda o: o.kind == "voicemail")
+
+    def leave_message(self, seconds: float) -> None:
+        """When a voicemail recording starts, talk ``seconds`` and fall silent (the switch's silence
+        detection then ends the message); without it the caller talks until the time limit."""
+        self.world.sim.stats.voicemail.message_s[self.call_id] = seconds
+
+    def expect_voicemail_left(self, within: float = 200.0) -> Observation:
+        return self._expect("a voicemail message", within, lambda o: o.kind == "voicemail_new")
+
+    def expect_voicemail_abandoned(self, within: float = 60.0) -> Observation:
+        return self._expect("an abandoned voicemail", within, lambda o: o.kind == "voicemail_abandoned")
 
     def expect_ended(self, within: float = 10.0, disposition: str | None = None) -> Observation:
         return self._expect(f"the call to end{f' as {disposition!r}' if disposition else ''}", within,
