@@ -30,8 +30,10 @@ async def _until(predicate, timeout: float = 10.0) -> None:
             await trio.sleep(0.05)
 
 
-@pytest.mark.timeout(120)
-def test_run_stores_a_message_sends_mwi_and_serves_the_api(monkeypatch) -> None:
+@pytest.mark.parametrize("in_process", [True, pytest.param(False, marks=pytest.mark.slow)],
+                         ids=["in_process", "ray"])
+@pytest.mark.timeout(180)
+def test_run_stores_a_message_sends_mwi_and_serves_the_api(monkeypatch, in_process: bool) -> None:
     from adapters.freeswitch import codec as c
     from adapters.freeswitch.config import EslNodeConfig
     from adapters.postgres.config import Did, Extension, Flow, Tenant
@@ -40,6 +42,8 @@ def test_run_stores_a_message_sends_mwi_and_serves_the_api(monkeypatch) -> None:
     from sim.freeswitch import FreeSwitchEmulator
     from tests.integration.test_fs_emulator import named, tcp_client
 
+    if not in_process:
+        pytest.importorskip("ray")
     state = pathlib.Path(tempfile.mkdtemp(prefix="callengine-run-voicemail-"))
     monkeypatch.setenv("CALLENGINE_STATE_DIR", str(state))
     monkeypatch.delenv("CALLENGINE_PG_DSN", raising=False)
@@ -50,7 +54,8 @@ def test_run_stores_a_message_sends_mwi_and_serves_the_api(monkeypatch) -> None:
         async with trio.open_nursery() as outer:
             port = await outer.start(emu.run)
             secret = "s" * 32
-            options = RunOptions(secret=secret, state_dir=str(state), in_process=True, node_name="t",
+            options = RunOptions(secret=secret, state_dir=str(state), in_process=in_process, node_name="t",
+                                 shards=None if in_process else 2,
                                  esl_nodes=[EslNodeConfig(name="fs1", port=port)], esl_heartbeat_s=1.0,
                                  webhook_drain_s=0.2)
             async with open_engine(options) as engine:
