@@ -1,4 +1,5 @@
-"""``callengine report`` (queue KPIs, agent performance) and ``callengine db`` (migrate, dsn, stop).
+"""``callengine report`` (queue KPIs, agent performance), ``callengine db`` (migrate, dsn, stop) and
+``callengine voicemail-files`` (the audio files of deleted voicemail messages, docs/voicemail.md).
 
 ``report`` prints a table in the terminal, or ``--csv`` / ``--json`` for machines. Times are UTC;
 ``--from``/``--to`` take ISO dates or times (default: today so far), ``--interval`` seconds or
@@ -16,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["add_parser", "run_report", "run_db", "render"]
+__all__ = ["add_parser", "run_report", "run_db", "run_voicemail_files", "render"]
 
 
 def _when(text: str) -> dt.datetime:
@@ -51,6 +52,17 @@ def add_parser(subparsers: Any) -> None:
     d.add_argument("action", choices=["migrate", "dsn", "stop"])
     d.add_argument("--dsn")
     d.set_defaults(func=run_db)
+
+    v = subparsers.add_parser(
+        "voicemail-files", help="audio files of deleted voicemail messages, for removal on the media server",
+        description="list: one 'tenant<TAB>message id<TAB>path' line per deleted message whose file is not known "
+                    "to be removed (path relative to the media server's recordings prefix). done: read "
+                    "'tenant<TAB>message id' lines (the list's first two columns) from stdin and record those "
+                    "files as removed. The engine cannot delete files on the media server (docs/voicemail.md).")
+    v.add_argument("action", choices=["list", "done"])
+    v.add_argument("--limit", type=int, default=1000)
+    v.add_argument("--dsn")
+    v.set_defaults(func=run_voicemail_files)
 
 
 def _rows(items: list[msgspec.Struct]) -> list[dict[str, Any]]:
@@ -135,4 +147,33 @@ def run_db(args: argparse.Namespace) -> int:
 
     trio.run(main)
     print("migrations applied")
+    return 0
+
+
+def run_voicemail_files(args: argparse.Namespace) -> int:
+    import trio
+
+    from adapters.postgres import open_database
+    from adapters.postgres.voicemail import VoicemailStore
+
+    keys: list[tuple[str, str]] = []
+    if args.action == "done":
+        for line in sys.stdin:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) >= 2 and parts[0] and parts[1]:
+                keys.append((parts[0], parts[1]))
+
+    async def main() -> list[tuple[str, str, str]] | int:
+        async with open_database(args.dsn) as pg:
+            store = VoicemailStore(pg)
+            if args.action == "list":
+                return await store.files_to_remove(args.limit)
+            return await store.mark_files_removed(keys)
+
+    result = trio.run(main)
+    if isinstance(result, int):
+        print(f"{result} files recorded as removed", file=sys.stderr)
+    else:
+        for tenant, message_id, path in result:
+            sys.stdout.write(f"{tenant}\t{message_id}\t{path}\n")
     return 0

@@ -164,3 +164,39 @@ def test_retention_task_runs_periodically() -> None:
         assert await store.counts("acme", "1001") == (0, 0)
 
     run(body)
+
+
+def test_voicemail_files_command_lists_deleted_messages_and_records_their_removal(capsys, monkeypatch):
+    import io
+
+    from engine.cli import main
+
+    dsn = fresh_dsn("vmcli")
+
+    async def setup():
+        async with open_postgres(dsn) as pg:
+            await pg.run(apply_migrations)
+
+            async def rows(conn):
+                await conn.execute("INSERT INTO tenants (tenant) VALUES ('acme')")
+                await conn.execute("INSERT INTO extensions (tenant, extension) VALUES ('acme', '1001')")
+
+            await pg.run(rows)
+            store = VoicemailStore(pg)
+            await store.set_mailbox("acme", "1001", pin="4711")
+            for i in range(3):
+                await store.add_message("acme", "1001", f"c{i}", caller_id="+49", created_at=T0 + i, duration_s=3.0,
+                                        path=f"voicemail/1001/c{i}.wav")
+            await store.delete_message("acme", "1001", "c0")
+            await store.delete_message("acme", "1001", "c2")
+
+    trio.run(setup)
+    assert main(["voicemail-files", "list", "--dsn", dsn]) == 0
+    listed = capsys.readouterr().out
+    assert sorted(listed.splitlines()) == ["acme\tc0\tvoicemail/1001/c0.wav", "acme\tc2\tvoicemail/1001/c2.wav"]
+    # the ops script removed c0's file only and reports it back
+    monkeypatch.setattr("sys.stdin", io.StringIO("acme\tc0\tvoicemail/1001/c0.wav\n\nnonsense\n"))
+    assert main(["voicemail-files", "done", "--dsn", dsn]) == 0
+    assert "1 files recorded as removed" in capsys.readouterr().err
+    assert main(["voicemail-files", "list", "--dsn", dsn]) == 0
+    assert capsys.readouterr().out.splitlines() == ["acme\tc2\tvoicemail/1001/c2.wav"]
