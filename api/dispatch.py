@@ -60,6 +60,19 @@ class Context:
         return self.api.node
 
 
+def _audited_body(method: Method, body: bytes | msgspec.Raw) -> bytes | msgspec.Raw:
+    """The request as the audit log keeps it: the method's secret fields masked."""
+    if not method.redact or not body:
+        return body
+    try:
+        obj = msgspec.json.decode(bytes(body))
+    except msgspec.DecodeError:
+        return b'"***"'
+    if not isinstance(obj, dict):
+        return b'"***"'
+    return msgspec.json.encode({k: ("***" if k in method.redact else v) for k, v in obj.items()})
+
+
 class Api:
     def __init__(self, node: Node, authenticator: Authenticator, *, store: Any | None = None,
                  hub: EventHub | None = None, bridge: Any | None = None,
@@ -85,6 +98,8 @@ class Api:
         #: whether its phone is registered BEFORE the AgentLogin (so no offer can reach an agent
         #: whose phone is not registered), Agents.Logout stops watching its extension
         self.presence = presence
+        #: ``adapters.webhooks.node.NodeWebhooks`` (``callengine run``): the Webhooks service
+        self.webhooks: Any = None
         #: ``engine.parking.ParkingViews`` fed from this node's CTI stream (``open_stack`` and
         #: ``callengine run`` wire it): Park claims its slot there, Pickup finds its call there;
         #: None = parking methods answer UNIMPLEMENTED
@@ -124,14 +139,14 @@ class Api:
             self.errors[error.code] = self.errors.get(error.code, 0) + 1
             if error.code in DENIALS or (method is not None and method.audited):
                 self._deny(principal, method.full_name if method else method_name, transport, error,
-                           body if method is not None and method.audited else b"")
+                           _audited_body(method, body) if method is not None and method.audited else b"")
             raise
         except Exception:
             log.exception("internal error in %s", method_name)
             self.errors["INTERNAL"] = self.errors.get("INTERNAL", 0) + 1
             raise ApiError("INTERNAL", "internal error") from None
         if method.audited:
-            self._audit(principal, method.full_name, transport, "OK", "", body)
+            self._audit(principal, method.full_name, transport, "OK", "", _audited_body(method, body))
         return result
 
     async def invoke_json(self, token: str | Principal | None, method_name: str, body: bytes,

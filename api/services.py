@@ -55,6 +55,8 @@ class Method:
     #: server-streaming (Events.Watch): handled by the transports' streaming path
     streaming: bool = False
     doc: str = ""
+    #: top-level request fields masked in the audit log (secrets)
+    redact: tuple[str, ...] = ()
     decoder: msgspec.json.Decoder = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -612,6 +614,12 @@ for _m in _admin_methods():
 from api.conferences import conference_methods  # noqa: E402  (it imports the helpers above lazily)
 
 for _m in conference_methods():
+    _add(_m)
+
+# webhooks (docs/webhooks.md): configuration, dead letters and their redrive, per-webhook counters
+from api.webhooks import webhook_methods  # noqa: E402  (it imports the helpers above lazily)
+
+for _m in webhook_methods():
     _add(_m)
 
 # voicemail (docs/voicemail.md): mailboxes, PINs, messages and GDPR erasure over the node's service

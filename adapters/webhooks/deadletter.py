@@ -8,7 +8,11 @@ Rules
    the call path). ``MemoryDeadLetterStore`` is for tests and a node without PostgreSQL;
    ``PgDeadLetterStore`` writes ``webhook_dead_letters`` (migration 0004).
 3. Idempotent: (tenant, webhook_id, delivery_id) is unique, so a batch retried after a lost
-   commit inserts each letter once.
+   commit inserts each letter once. A letter being redriven (``take``) that fails again is the
+   same delivery: its new failure updates the row and makes it dead again (never lost).
+5. Redrive (the Admin API's ``Webhooks/Redrive``): ``take`` marks and returns letters in one
+   step, so concurrent redrives send each once; ``release`` puts back the ones the dispatcher
+   could not queue (webhook gone, queue full).
 4. The event is stored as its JSON text, exactly as it would have been sent without a template
    (``text``, not ``jsonb``: jsonb refuses ``\\u0000``, which a caller id could carry).
 """
@@ -16,6 +20,7 @@ Rules
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -45,6 +50,11 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     last_error: str = ""
     #: wall-clock seconds when the letter was written
     at: float = 0.0
+    #: the store's id (0 before it is stored)
+    id: int = 0
+    #: wall-clock seconds of the last redrive while it is under way (None: dead, not redriven)
+    redriven_at: float | None = None
+    redrives: int = 0
 
 
 class DeadLetterStore(Protocol):
@@ -52,18 +62,44 @@ class DeadLetterStore(Protocol):
 
     async def list(self, tenant: str, webhook_id: str | None = None, limit: int = 100) -> list[DeadLetter]: ...
 
+    async def take(self, tenant: str, ids: Sequence[int] = (), webhook_id: str | None = None,
+                   limit: int = 100) -> list[DeadLetter]: ...
+
+    async def release(self, tenant: str, ids: Sequence[int]) -> None: ...
+
 
 class MemoryDeadLetterStore:
-    def __init__(self) -> None:
+    def __init__(self, clock: Any = time.time) -> None:
         self.letters: list[DeadLetter] = []
-        self._keys: set[tuple[str, str, str]] = set()
+        self._keys: dict[tuple[str, str, str], int] = {}  # key -> index in letters
+        self.clock = clock
 
     async def add(self, letters: Sequence[DeadLetter]) -> None:
         for letter in letters:
             key = (letter.tenant, letter.webhook_id, letter.delivery_id)
-            if key not in self._keys:
-                self._keys.add(key)
-                self.letters.append(letter)
+            i = self._keys.get(key)
+            if i is None:
+                self._keys[key] = len(self.letters)
+                self.letters.append(msgspec.structs.replace(letter, id=len(self.letters) + 1))
+            elif self.letters[i].redriven_at is not None:  # a redrive that failed again
+                old = self.letters[i]
+                self.letters[i] = msgspec.structs.replace(letter, id=old.id, redrives=old.redrives,
+                                                          redriven_at=None)
+
+    async def take(self, tenant: str, ids: Sequence[int] = (), webhook_id: str | None = None,
+                   limit: int = 100) -> list[DeadLetter]:
+        out = []
+        for i, x in enumerate(self.letters):
+            if (x.tenant == tenant and x.redriven_at is None and (not ids or x.id in ids)
+                    and (webhook_id is None or x.webhook_id == webhook_id) and len(out) < limit):
+                self.letters[i] = x = msgspec.structs.replace(x, redriven_at=self.clock(), redrives=x.redrives + 1)
+                out.append(x)
+        return out
+
+    async def release(self, tenant: str, ids: Sequence[int]) -> None:
+        for i, x in enumerate(self.letters):
+            if x.tenant == tenant and x.id in ids and x.redriven_at is not None:
+                self.letters[i] = msgspec.structs.replace(x, redriven_at=None, redrives=x.redrives - 1)
 
     async def list(self, tenant: str, webhook_id: str | None = None, limit: int = 100) -> list[DeadLetter]:
         out = [x for x in self.letters
@@ -80,16 +116,41 @@ _INSERT = """
 INSERT INTO webhook_dead_letters
     (tenant, webhook_id, delivery_id, event_type, event, reason, attempts, last_status, last_error, failed_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-ON CONFLICT (tenant, webhook_id, delivery_id) DO NOTHING
+ON CONFLICT (tenant, webhook_id, delivery_id) DO UPDATE
+    SET reason = EXCLUDED.reason, attempts = EXCLUDED.attempts, last_status = EXCLUDED.last_status,
+        last_error = EXCLUDED.last_error, failed_at = EXCLUDED.failed_at, redriven_at = NULL,
+        recorded_at = now()
+    WHERE webhook_dead_letters.redriven_at IS NOT NULL
 """
 
 _SELECT = """
-SELECT tenant, webhook_id, delivery_id, event_type, event, reason, attempts, last_status, last_error,
-       extract(epoch FROM failed_at)::float8 AS at
+SELECT id, tenant, webhook_id, delivery_id, event_type, event, reason, attempts, last_status, last_error,
+       extract(epoch FROM failed_at)::float8 AS at, extract(epoch FROM redriven_at)::float8 AS redriven_at,
+       redrives
 FROM webhook_dead_letters
 WHERE tenant = $1 AND ($2::text IS NULL OR webhook_id = $2)
 ORDER BY failed_at DESC, id DESC
 LIMIT $3
+"""
+
+# one statement: concurrent redrives each get disjoint letters (SKIP LOCKED), each letter once
+_TAKE = """
+UPDATE webhook_dead_letters SET redriven_at = now(), redrives = redrives + 1
+WHERE id IN (
+    SELECT id FROM webhook_dead_letters
+    WHERE tenant = $1 AND redriven_at IS NULL AND (cardinality($2::bigint[]) = 0 OR id = ANY($2))
+      AND ($3::text IS NULL OR webhook_id = $3)
+    ORDER BY failed_at, id
+    LIMIT $4
+    FOR UPDATE SKIP LOCKED)
+RETURNING id, tenant, webhook_id, delivery_id, event_type, event, reason, attempts, last_status, last_error,
+          extract(epoch FROM failed_at)::float8 AS at, extract(epoch FROM redriven_at)::float8 AS redriven_at,
+          redrives
+"""
+
+_RELEASE = """
+UPDATE webhook_dead_letters SET redriven_at = NULL, redrives = redrives - 1
+WHERE tenant = $1 AND id = ANY($2::bigint[]) AND redriven_at IS NOT NULL
 """
 
 
@@ -118,3 +179,20 @@ class PgDeadLetterStore:
 
         rows = await self.pg.run(go)
         return [DeadLetter(**dict(r)) for r in reversed(rows)]
+
+    async def take(self, tenant: str, ids: Sequence[int] = (), webhook_id: str | None = None,
+                   limit: int = 100) -> list[DeadLetter]:
+        async def go(conn: Any) -> list[Any]:
+            return list(await conn.fetch(_TAKE, tenant, list(ids), webhook_id, limit))
+
+        rows = await self.pg.run(go)
+        return sorted((DeadLetter(**dict(r)) for r in rows), key=lambda x: (x.at, x.id))
+
+    async def release(self, tenant: str, ids: Sequence[int]) -> None:
+        if not ids:
+            return
+
+        async def go(conn: Any) -> None:
+            await conn.execute(_RELEASE, tenant, list(ids))
+
+        await self.pg.run(go)

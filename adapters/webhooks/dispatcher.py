@@ -56,7 +56,7 @@ from adapters.webhooks.config import (
 )
 from adapters.webhooks.deadletter import DeadLetter, DeadLetterStore, Reason
 from adapters.webhooks.signing import signature_header
-from api.events import CtiBase, event_name
+from api.events import CtiBase, decode_event, event_name
 from engine.messages import Cdr
 
 __all__ = ["WebhookDispatcher", "open_webhook_dispatcher", "full_jitter", "parse_retry_after"]
@@ -155,6 +155,8 @@ class WebhookDispatcher:
         self.dead_letters_dropped = 0
         self.dead_letters_stored = 0
         self.store_errors = 0
+        #: dead letters queued again by ``redrive``
+        self.redriven = 0
 
     # ---- the engine's side (plain functions) ----------------------------------------------------
 
@@ -197,6 +199,30 @@ class WebhookDispatcher:
             hook.queue.append(job)
             if len(hook.queue) == 1:
                 hook.lot.unpark_all()
+
+    def redrive(self, letter: DeadLetter) -> str:
+        """Queue a stored dead letter again for its webhook, under its own delivery id (receivers
+        deduplicate on ``Callengine-Delivery``, so a letter that did arrive once is harmless).
+        Returns "queued", or why not: "closing", "no_webhook" (removed, disabled, or no longer
+        taking that event type), "queue_full", "bad_event" (its stored JSON does not decode).
+        Never awaits; a redriven event that fails again becomes a dead letter again."""
+        if self._closing:
+            return "closing"
+        hook = next((h for h in self._hooks.get(letter.tenant, ()) if h.config.id == letter.webhook_id), None)
+        if hook is None or letter.event_type not in hook.types:
+            return "no_webhook"
+        try:
+            event: CtiBase | Cdr = (msgspec.json.decode(letter.event, type=Cdr) if letter.event_type == CDR_EVENT
+                                    else decode_event(letter.event))
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+            return "bad_event"
+        if len(hook.queue) >= hook.config.queue_capacity:
+            return "queue_full"
+        self.redriven += 1
+        hook.queue.append(_Job(letter.event_type, event, letter.delivery_id))
+        if len(hook.queue) == 1:
+            hook.lot.unpark_all()
+        return "queued"
 
     # ---- dead letters ---------------------------------------------------------------------------
 
@@ -434,6 +460,7 @@ class WebhookDispatcher:
             "retries": sum(h.retries for h in hooks), "dead_lettered": sum(h.dead for h in hooks),
             "dead_letters_pending": len(self._dead), "dead_letters_stored": self.dead_letters_stored,
             "dead_letters_dropped": self.dead_letters_dropped, "store_errors": self.store_errors,
+            "redriven": self.redriven,
             "webhooks": {f"{h.tenant}/{h.config.id}": {"queued": len(h.queue), "delivered": h.delivered,
                                                         "retries": h.retries, "dead_lettered": h.dead}
                          for h in hooks},

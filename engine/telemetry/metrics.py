@@ -21,6 +21,9 @@ happen (by ``CallTracer``'s port wrappers, or by ``EngineMetrics.wrap_ports`` wh
 | callengine.esl.reconnects | counter (observable) | node |
 | callengine.cdr.spool.bytes / callengine.cdr.pending | gauge | |
 | callengine.cti.pending | gauge | |
+| callengine.webhooks.delivered / retries / dead_lettered | counter (observable) | tenant, webhook |
+| callengine.webhooks.queued | gauge | tenant, webhook |
+| callengine.webhooks.redriven / dropped_dead_letters | counter (observable) | |
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ class EngineMetrics:
         self.links: Any = None
         self.cdr_writer: Any = None
         self.publisher: Any = None
+        #: ``adapters.webhooks.node.NodeWebhooks`` (anything with ``dispatcher.statistics()``)
+        self.webhooks: Any = None
         self.errors = 0
         self._ended = meter.create_counter("callengine.calls.ended", unit="{call}",
                                            description="calls ended, by disposition")
@@ -70,8 +75,19 @@ class EngineMetrics:
         g("callengine.cdr.spool.bytes", [self._spool], unit="By", description="CDR spool file size")
         g("callengine.cdr.pending", [self._cdr_pending], unit="{cdr}", description="CDRs not yet committed")
         g("callengine.cti.pending", [self._cti_pending], unit="{event}")
+        for field in ("delivered", "retries", "dead_lettered"):
+            c(f"callengine.webhooks.{field}", [self._webhook_stat(field)], unit="{event}")
+        g("callengine.webhooks.queued", [self._webhook_stat("queued")], unit="{event}",
+          description="events waiting for a webhook's receiver")
+        c("callengine.webhooks.redriven", [self._webhooks_total("redriven")], unit="{event}",
+          description="dead letters sent again")
+        c("callengine.webhooks.dropped_dead_letters", [self._webhooks_total("dead_letters_dropped")],
+          unit="{event}", description="dead letters lost because their store was too slow")
 
-    def bind(self, *, node: Any = None, links: Any = None, cdr_writer: Any = None, publisher: Any = None) -> None:
+    def bind(self, *, node: Any = None, links: Any = None, cdr_writer: Any = None, publisher: Any = None,
+             webhooks: Any = None) -> None:
+        if webhooks is not None:
+            self.webhooks = webhooks
         if node is not None:
             self.node = node
         if links is not None:
@@ -161,6 +177,22 @@ class EngineMetrics:
 
     def _cti_pending(self, _o: CallbackOptions) -> list[Observation]:
         return self._guard(lambda: [Observation(len(self.publisher))] if self.publisher is not None else [])
+
+    def _webhook_stat(self, field: str) -> Any:
+        def gen() -> list[Observation]:
+            if self.webhooks is None:
+                return []
+            out = []
+            for key, counters in self.webhooks.dispatcher.statistics()["webhooks"].items():
+                tenant, _, webhook = key.partition("/")
+                out.append(Observation(counters[field], {"tenant": tenant, "webhook": webhook}))
+            return out
+
+        return lambda _o: self._guard(gen)
+
+    def _webhooks_total(self, field: str) -> Any:
+        return lambda _o: self._guard(lambda: [Observation(self.webhooks.dispatcher.statistics()[field])]
+                                      if self.webhooks is not None else [])
 
 
 class _MetricCti:

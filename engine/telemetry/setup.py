@@ -116,11 +116,12 @@ class Telemetry:
     def wrap_sink(self, sink: Any) -> Any:
         return self.tracer.wrap_sink(sink) if self.tracer is not None else sink
 
-    def bind(self, *, node: Any = None, links: Any = None, cdr_writer: Any = None, publisher: Any = None) -> None:
+    def bind(self, *, node: Any = None, links: Any = None, cdr_writer: Any = None, publisher: Any = None,
+             webhooks: Any = None) -> None:
         if self.tracer is not None and node is not None:
             self.tracer.queue_state = lambda qid: node.runtime.state_of("queue", qid)
         if self.metrics is not None:
-            self.metrics.bind(node=node, links=links, cdr_writer=cdr_writer, publisher=publisher)
+            self.metrics.bind(node=node, links=links, cdr_writer=cdr_writer, publisher=publisher, webhooks=webhooks)
 
     def shutdown(self) -> None:
         """Flush and stop the exporters (call after the node has stopped)."""

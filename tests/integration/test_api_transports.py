@@ -142,6 +142,16 @@ async def exercise(stack, call: Call, tenant: str) -> set[str]:
                            ("Conferences/Unmute", {"room": "3000", "member_id": 1}),
                            ("Conferences/Kick", {"room": "3000", "member_id": 1})]:
         await ok(method, params, sup, expect="UNIMPLEMENTED")
+    # Webhooks: admin only, and this stack has no PostgreSQL webhooks (UNIMPLEMENTED);
+    # tests/integration/test_webhooks_admin.py drives them through callengine run
+    await ok("Webhooks/List", {}, sup, expect="PERMISSION_DENIED")
+    for method, params in [("Webhooks/Put", {"id": "w", "url": "https://crm.example/h", "events": ["CDR"]}),
+                           ("Webhooks/Get", {"id": "w"}), ("Webhooks/List", {}), ("Webhooks/Delete", {"id": "w"}),
+                           ("Webhooks/PutContactLookup", {"url": "https://crm.example/l"}),
+                           ("Webhooks/GetContactLookup", {}), ("Webhooks/DeleteContactLookup", {}),
+                           ("Webhooks/ListDeadLetters", {}), ("Webhooks/Redrive", {"ids": [1]}),
+                           ("Webhooks/Stats", {})]:
+        await ok(method, params, expect="UNIMPLEMENTED")
     await ok("CallControl/Hold", {"call_id": call_id}, sup)
     await ok("CallControl/Hold", {"call_id": call_id}, sup, expect="FAILED_PRECONDITION")
     await ok("CallControl/Retrieve", {"call_id": call_id}, sup)

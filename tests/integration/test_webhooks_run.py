@@ -72,6 +72,8 @@ class Receiver:
     awaited before each contact-lookup answer."""
 
     stuck: bool = False
+    #: the status of each answer (a failing receiver: 503)
+    status: int = 200
     requests: list[Request] = field(default_factory=list)
     port: int = 0
     release_lookups: trio.Event = field(default_factory=trio.Event)
@@ -107,7 +109,7 @@ class Receiver:
                         await self.release_lookups.wait()
                     payload = json.dumps(CONTACT).encode()
                 await stream.send_all(conn.send(h11.Response(
-                    status_code=200, headers=[("content-length", str(len(payload))),
+                    status_code=self.status, headers=[("content-length", str(len(payload))),
                                               ("content-type", "application/json")])))
                 await stream.send_all(conn.send(h11.Data(data=payload)))
                 await stream.send_all(conn.send(h11.EndOfMessage()))
