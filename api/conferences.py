@@ -16,6 +16,10 @@ Rules
 5. Mute/Unmute/Kick: admin and supervisor always; an agent only while one of its own calls is a
    moderator member of that room (the machine checks ``by_member`` again); anything else is
    PERMISSION_DENIED. The switch's ``-ERR`` is FAILED_PRECONDITION, an unreachable switch UNAVAILABLE.
+6. PutRoom/DeleteRoom (admin, audited with the PIN fields masked): ``conference_rooms`` rows through the configuration store
+   (``ctx.api.store.config``); the PINs are hashed here (``engine.conference.hash_pin``) and never
+   stored or returned (``moderator_pin``/``member_pin`` in the answer say only whether one is set);
+   a PIN field left out keeps the stored hash, "" removes it. Nodes see the change by NOTIFY.
 """
 
 from __future__ import annotations
@@ -150,8 +154,76 @@ async def get_room(ctx: Context, req: t.ConferenceRoomRequest) -> t.ConferenceRo
     return _room_info(service, _checked(service.config, ctx.principal.tenant, req.room))
 
 
+# ---- rooms (admin): conference_rooms rows through the configuration store ---------------------
+
+
+def _rooms_store(ctx: Context) -> Any:
+    admin = getattr(ctx.api, "store", None)
+    config = getattr(admin, "config", None)  # api.admin_pg.ConfigAdminStore over a ConfigStore
+    if config is None:
+        raise ApiError("UNIMPLEMENTED", "conference rooms are stored in PostgreSQL (callengine run)")
+    return admin, config
+
+
+def _store_error(exc: Exception) -> ApiError:
+    return ApiError(getattr(exc, "code", "INTERNAL"), str(exc))
+
+
+def _row_info(row: Any) -> t.ConferenceRoomRecord:
+    return t.ConferenceRoomRecord(room=row.number, name=row.name, moderator_pin=bool(row.moderator_pin_hash),
+                                  member_pin=bool(row.member_pin_hash), max_members=row.max_members,
+                                  wait_for_moderator=row.wait_for_moderator, flags=list(row.flags))
+
+
+async def put_room(ctx: Context, req: t.PutConferenceRoomRequest) -> t.ConferenceRoomRecord:
+    """Create or replace a room; PINs are hashed here and never stored or echoed; a PIN field left
+    out keeps the stored one, "" removes it."""
+    from adapters.postgres.config import ConferenceRoom
+    from adapters.postgres.errors import NotFound, StoreError
+    from engine.conference import hash_pin
+
+    admin, config = _rooms_store(ctx)
+    tenant, actor = ctx.principal.tenant, ctx.principal.subject
+    try:
+        old = await config.get(ConferenceRoom, tenant, req.room)
+    except NotFound:
+        old = None
+    except StoreError as exc:
+        raise _store_error(exc) from None
+
+    def pin(given: str | None, stored: str) -> str:
+        if given is None:
+            return stored
+        return _checked(hash_pin, given) if given else ""
+
+    row = ConferenceRoom(tenant=tenant, number=req.room, name=req.name,
+                         moderator_pin_hash=pin(req.moderator_pin, old.moderator_pin_hash if old else ""),
+                         member_pin_hash=pin(req.member_pin, old.member_pin_hash if old else ""),
+                         max_members=req.max_members, wait_for_moderator=req.wait_for_moderator,
+                         flags=tuple(req.flags))
+    try:
+        await admin._ensure_tenant(tenant)
+        saved = await config.put(row, actor=actor)
+    except StoreError as exc:
+        raise _store_error(exc) from None
+    return _row_info(saved)
+
+
+async def delete_room(ctx: Context, req: t.ConferenceRoomRequest) -> t.ConferenceRoomRecord:
+    from adapters.postgres.config import ConferenceRoom
+    from adapters.postgres.errors import StoreError
+
+    _, config = _rooms_store(ctx)
+    try:
+        row = await config.get(ConferenceRoom, ctx.principal.tenant, req.room)
+        await config.delete(ConferenceRoom, ctx.principal.tenant, req.room, actor=ctx.principal.subject)
+    except StoreError as exc:
+        raise _store_error(exc) from None
+    return _row_info(row)
+
+
 def conference_methods() -> list[Method]:
-    from api.services import ALL, STAFF, Method
+    from api.services import ADMIN, ALL, STAFF, Method
 
     return [
         Method("CallControl", "JoinConference", t.JoinConferenceRequest, t.CallResponse, join_conference, ALL,
@@ -166,4 +238,9 @@ def conference_methods() -> list[Method]:
                ALL, doc="unmute a member (supervisor/admin, or the room's moderator)"),
         Method("Conferences", "Kick", t.ConferenceMemberRequest, t.ConferenceResponse, _control("kick"), ALL,
                doc="kick a member out of the room; its call hangs up (supervisor/admin, or the moderator)"),
+        Method("Conferences", "PutRoom", t.PutConferenceRoomRequest, t.ConferenceRoomRecord, put_room, ADMIN,
+               audited=True, redact=("moderator_pin", "member_pin"),
+               doc="create or replace a room (PINs hashed, never stored or shown)"),
+        Method("Conferences", "DeleteRoom", t.ConferenceRoomRequest, t.ConferenceRoomRecord, delete_room, ADMIN,
+               audited=True, doc="delete a room"),
     ]

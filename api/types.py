@@ -292,6 +292,35 @@ class ConferenceResponse(Resp, frozen=True, kw_only=True):
     action: str
 
 
+RoomNumber = Annotated[str, Meta(min_length=1, max_length=16, pattern=r"^[0-9]+$")]
+Pin = Annotated[str, Meta(max_length=12, pattern=r"^[0-9]*$")]
+
+
+class PutConferenceRoomRequest(Req, frozen=True, kw_only=True):
+    """A room of the caller's tenant. A PIN left out keeps the stored one; "" removes it."""
+
+    room: RoomNumber
+    name: Text = ""
+    moderator_pin: Pin | None = None
+    member_pin: Pin | None = None
+    max_members: Annotated[int, Meta(ge=0, le=10_000)] = 0
+    wait_for_moderator: bool = False
+    #: mod_conference member flags for everyone: mute, deaf, endconf, mintwo, nomoh, ghost
+    flags: Annotated[list[Annotated[str, Meta(pattern=r"^[a-z]+$")]], Meta(max_length=8)] = []
+
+
+class ConferenceRoomRecord(Resp, frozen=True, kw_only=True):
+    """A stored room; the PINs are never returned, only whether each is set."""
+
+    room: str
+    name: str = ""
+    moderator_pin: bool = False
+    member_pin: bool = False
+    max_members: int = 0
+    wait_for_moderator: bool = False
+    flags: list[str] = []
+
+
 class CallResponse(Resp, frozen=True, kw_only=True):
     call_id: str
     message: str = ""

@@ -142,6 +142,10 @@ async def exercise(stack, call: Call, tenant: str) -> set[str]:
                            ("Conferences/Unmute", {"room": "3000", "member_id": 1}),
                            ("Conferences/Kick", {"room": "3000", "member_id": 1})]:
         await ok(method, params, sup, expect="UNIMPLEMENTED")
+    # rooms are PostgreSQL rows (callengine run); this stack's in-memory admin store has none
+    await ok("Conferences/PutRoom", {"room": "3000"}, sup, expect="PERMISSION_DENIED")
+    await ok("Conferences/PutRoom", {"room": "3000", "moderator_pin": "4321"}, admin, expect="UNIMPLEMENTED")
+    await ok("Conferences/DeleteRoom", {"room": "3000"}, admin, expect="UNIMPLEMENTED")
     # Webhooks: admin only, and this stack has no PostgreSQL webhooks (UNIMPLEMENTED);
     # tests/integration/test_webhooks_admin.py drives them through callengine run
     await ok("Webhooks/List", {}, sup, expect="PERMISSION_DENIED")

@@ -63,7 +63,6 @@ def test_run_join_by_pin_cti_kick_and_the_cdr_in_postgres(monkeypatch) -> None:
 async def _exercise(engine, emu, out: dict) -> None:
     from adapters.postgres.config import ConferenceRoom, Extension, Tenant
     from adapters.postgres.errors import AlreadyExists
-    from engine.conference import hash_pin
 
     admin = issue_token(SECRET, tenant=TENANT, sub="root", roles=("admin",))
     store = engine.store
@@ -72,8 +71,22 @@ async def _exercise(engine, emu, out: dict) -> None:
     except AlreadyExists:
         pass
     await store.create(Extension(tenant=TENANT, extension="2001"))
-    await store.create(ConferenceRoom(tenant=TENANT, number="3000", name="Board",
-                                      moderator_pin_hash=hash_pin("4321"), max_members=5))
+    # the room through the API (admin): the PIN is hashed by the server and never shown again
+    agent = issue_token(SECRET, tenant=TENANT, sub="a1", roles=("agent",))
+    status, body = await http_call(engine.stack, "Conferences/PutRoom", {"room": "3000", "moderator_pin": "43"}, admin)
+    assert (status, body["code"]) == (400, "invalid_argument"), body  # a PIN is 4 to 12 digits
+    status, body = await http_call(engine.stack, "Conferences/PutRoom", {"room": "3000", "flags": ["moderator"]}, admin)
+    assert (status, body["code"]) == (400, "invalid_argument"), body  # moderator comes from the PIN only
+    status, body = await http_call(engine.stack, "Conferences/PutRoom", {"room": "3000"}, agent)
+    assert status == 403, body
+    status, body = await http_call(engine.stack, "Conferences/PutRoom", {
+        "room": "3000", "name": "Board", "moderator_pin": "4321", "max_members": 5}, admin)
+    assert status == 200 and body == {"room": "3000", "name": "Board", "moderator_pin": True, "member_pin": False,
+                                      "max_members": 5, "wait_for_moderator": False, "flags": []}, body
+    row = await store.get(ConferenceRoom, TENANT, "3000")
+    assert row.moderator_pin_hash.startswith("pbkdf2_sha256$") and "4321" not in row.moderator_pin_hash
+    stored = await engine.pg.run(lambda conn: conn.fetch("SELECT after::text FROM audit_log WHERE tbl = 'conference_rooms'"))
+    assert stored and not any("4321" in r[0] for r in stored)  # the row's audit trail holds the hash only
     conferences = engine.stack.api.conferences
     await _until(lambda: (TENANT, "3000") in conferences.configs)  # LISTEN/NOTIFY brought the row
     with trio.fail_after(15):
@@ -140,3 +153,14 @@ async def _exercise(engine, emu, out: dict) -> None:
                    for c in emu.command_log)
         await emu.hangup(dialin.uuid)
         await _until(lambda: any(type(e[0]).__name__ == "ConferenceEnded" for e in sub.buffer))
+    # a PIN left out keeps the stored one; "" removes it; DeleteRoom removes the room everywhere
+    status, body = await http_call(engine.stack, "Conferences/PutRoom", {"room": "3000", "name": "Board 2",
+                                                                           "member_pin": "1111"}, admin)
+    assert status == 200 and (body["moderator_pin"], body["member_pin"], body["name"]) == (True, True, "Board 2")
+    status, body = await http_call(engine.stack, "Conferences/PutRoom", {"room": "3000", "moderator_pin": ""}, admin)
+    assert status == 200 and (body["moderator_pin"], body["member_pin"]) == (False, True), body
+    status, body = await http_call(engine.stack, "Conferences/DeleteRoom", {"room": "3000"}, admin)
+    assert status == 200 and body["room"] == "3000"
+    await _until(lambda: (TENANT, "3000") not in conferences.configs)
+    status, body = await http_call(engine.stack, "Conferences/Get", {"room": "3000"}, admin)
+    assert status == 404, body
