@@ -328,6 +328,13 @@ class VoicemailAccess(CtiBase, tag="VOICEMAIL_ACCESS", frozen=True, kw_only=True
     box: str = ""
 
 
+class VoicemailSettings(CtiBase, tag="VOICEMAIL_SETTINGS", frozen=True, kw_only=True):
+    """A caller is about to leave a message in ``box`` with the mailbox's own greeting and max
+    length (an unanswered extension); the node's voicemail service sends them to the call."""
+
+    box: str = ""
+
+
 class VoicemailSaved(CtiBase, tag="VOICEMAIL_SAVED", frozen=True, kw_only=True):
     """The owner saved a message from the phone menu (new -> saved); the service stores it."""
 
@@ -412,7 +419,7 @@ CtiWireEvent = (
     | CallConferenced | CallRecordingConsent | CallRecordingStarted | CallRecordingPaused
     | CallRecordingResumed | CallRecordingStopped | CallRecordingFailed | CallInFlow | CallFlowEnded
     | CallOverflowed | CallTrunkSeized | CallTrunkFailover | CallContact | VoicemailNew | VoicemailAbandoned
-    | VoicemailAccess | VoicemailSaved | VoicemailDeleted
+    | VoicemailAccess | VoicemailSettings | VoicemailSaved | VoicemailDeleted
     | CallEnded | QueueEntered | QueueLeft | AgentStateChanged | AgentDeviceChanged
     | AgentOfferMissed | AgentLateAnswer | AgentCallLost | QueueOfferLost | QueueConfigChanged | ActorError | CtiUnknown
     | ConferenceStarted | ConferenceEnded | ConferenceMemberJoined | ConferenceMemberLeft

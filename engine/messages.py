@@ -437,7 +437,9 @@ class EnterFlow(Msg, tag="enter_flow", frozen=True, kw_only=True):
 class VoicemailBox(Msg, tag="voicemail_box", frozen=True, kw_only=True):
     """Host -> a call at a flow's ``voicemail_access`` node (docs/voicemail.md): the mailbox it asked
     for with VOICEMAIL_ACCESS, as the store holds it. ``pin_hash`` "" (no such mailbox): every PIN
-    fails. The PIN hash travels only here, never in a CTI event."""
+    fails. The PIN hash travels only here, never in a CTI event. For a ``voicemail`` node that
+    takes its settings from the mailbox (VOICEMAIL_SETTINGS) only ``greeting`` and ``max_length_s``
+    are filled (0: the node's own)."""
 
     call_id: str
     at: float
@@ -445,6 +447,8 @@ class VoicemailBox(Msg, tag="voicemail_box", frozen=True, kw_only=True):
     pin_hash: str = ""
     #: (message id, folder "new"/"saved", path, created) of the live messages
     messages: tuple[tuple[str, str, str, float], ...] = ()
+    greeting: str = ""
+    max_length_s: float = 0.0
 
 
 class RouteToQueue(Msg, tag="route_to_queue", frozen=True, kw_only=True):

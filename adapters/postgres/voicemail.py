@@ -286,7 +286,8 @@ class VoicemailService:
     """The host side: stores VOICEMAIL_NEW from the CTI stream, and sends MWI after every change."""
 
     #: the CTI events the service acts on
-    EVENTS = frozenset({"VOICEMAIL_NEW", "VOICEMAIL_ACCESS", "VOICEMAIL_SAVED", "VOICEMAIL_DELETED"})
+    EVENTS = frozenset({"VOICEMAIL_NEW", "VOICEMAIL_ACCESS", "VOICEMAIL_SETTINGS", "VOICEMAIL_SAVED",
+                        "VOICEMAIL_DELETED"})
 
     def __init__(self, store: VoicemailStore, mwi: MwiSender, *, buffer: int = 1024,
                  deliver: Callable[[VoicemailBox, str], None] | None = None) -> None:
@@ -328,10 +329,25 @@ class VoicemailService:
             await self.on_new(event)
         elif event.name == "VOICEMAIL_ACCESS":
             await self.load(event.tenant, box, event.call_id, event.at)
+        elif event.name == "VOICEMAIL_SETTINGS":
+            await self.settings(event.tenant, box, event.call_id, event.at)
         elif event.name == "VOICEMAIL_SAVED":
             await self.save(event.tenant, box, str(event.data.get("message_id") or ""))
         elif event.name == "VOICEMAIL_DELETED":
             await self.delete(event.tenant, box, str(event.data.get("message_id") or ""))
+
+    async def settings(self, tenant: str, box: str, call_id: str, at: float) -> VoicemailBox:
+        """The greeting and max length of ``box`` for a caller about to leave a message (no PIN,
+        no messages); an unknown mailbox answers at once with none, so the node uses its own."""
+        try:
+            mb = await self.store.get_mailbox(tenant, box)
+            greeting, max_length_s = mb.greeting, float(mb.max_length_s)
+        except NotFound:
+            greeting, max_length_s = "", 0.0
+        message = VoicemailBox(call_id=call_id, at=at, box=box, greeting=greeting, max_length_s=max_length_s)
+        if self.deliver is not None:
+            self.deliver(message, tenant)
+        return message
 
     async def load(self, tenant: str, box: str, call_id: str, at: float) -> VoicemailBox:
         """The mailbox for a call at a voicemail_access node; an unknown one has no PIN hash (every

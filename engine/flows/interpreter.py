@@ -51,6 +51,7 @@ from engine.flows.model import (
     Flow,
     HangupNode,
     MenuNode,
+    Node,
     PlayNode,
     QueueNode,
     RouteNode,
@@ -89,6 +90,8 @@ FLOW_TIMER = "flow"
 MAX_IMMEDIATE_STEPS = 256
 #: a voicemail recording the switch has not ended this long after its limit is ended by the flow
 RECORD_GRACE_S = 5.0
+#: a voicemail node taking its settings from the mailbox waits this long for them
+SETTINGS_WAIT_S = 3.0
 #: a voicemail_access node waits this long for the host to load the mailbox
 ACCESS_LOAD_TIMEOUT_S = 10.0
 
@@ -123,6 +126,9 @@ class FlowRun(msgspec.Struct, frozen=True, kw_only=True):
     rec_at: float = 0.0
     #: voicemail_access: the owner's session with the mailbox (engine.voicemail)
     access: vm.Access | None = None
+    #: voicemail with ``from_mailbox``: the mailbox's greeting and max length, once loaded
+    vm_greeting: str = ""
+    vm_max_length_s: float = 0.0
     #: the graph being run (shared, immutable), so a call needs a single field for its flow
     graph: Flow | None = None
 
@@ -211,7 +217,7 @@ def handle(flow: Flow, run: FlowRun, event: object) -> FlowStep:
     outcome: Outcome | None = None
     if run.waiting in ("", "done"):
         return FlowStep(run, [])
-    node = flow.nodes[run.node]
+    node = _effective(flow.nodes[run.node], run)
     match event:
         case PlaybackFinished(leg="a"):
             outcome = _on_playback(flow, out, node, event)
@@ -233,11 +239,12 @@ def hangup(flow: Flow, run: FlowRun, at: float) -> FlowStep:
     enough), one not yet recording is abandoned. No media (the channel is gone)."""
     out = _Out(run)
     node = flow.nodes.get(run.node)
-    if isinstance(node, VoicemailNode) and run.waiting in ("greeting", "beep", "recording"):
+    if isinstance(node, VoicemailNode) and run.waiting in ("vm_loading", "greeting", "beep", "recording"):
+        vnode = _with_mailbox(node, run.vm_greeting, run.vm_max_length_s) if node.from_mailbox else node
         if run.waiting == "recording":
-            _left(out, node, at, "hangup")
+            _left(out, vnode, at, "hangup")
         else:
-            _abandoned(out, node, 0.0, "hangup_" + run.waiting)
+            _abandoned(out, vnode, 0.0, "hangup_" + ("greeting" if run.waiting == "vm_loading" else run.waiting))
     out.cancel_timer()
     out.run = replace(out.run, waiting="done")
     return FlowStep(out.run, out.effects, None, tuple(out.events))
@@ -287,11 +294,12 @@ def _goto(flow: Flow, out: _Out, node_id: str, at: float) -> Outcome | None:
                 return None
             case VoicemailNode():
                 _answer(out, at)
-                if node.greeting:
-                    _play(out, node.greeting)
-                    out.run = replace(out.run, waiting="greeting")
-                else:
-                    _beep(out, node, at)
+                if node.from_mailbox:
+                    out.events.append(FlowEvent("VOICEMAIL_SETTINGS", {"box": node.box}))
+                    out.run = replace(out.run, waiting="vm_loading")
+                    out.timer(at + SETTINGS_WAIT_S)
+                    return None
+                _greet(out, node, at)
                 return None
             case VoicemailAccessNode():
                 _answer(out, at)
@@ -320,7 +328,9 @@ def _goto(flow: Flow, out: _Out, node_id: str, at: float) -> Outcome | None:
 
 
 def _into_room(node: ConferenceNode, *, moderator: bool) -> ToConference:
-    flags = tuple(dict.fromkeys((*node.flags, *(("moderator",) if moderator else ()))))
+    # the moderator never waits for a moderator (wait-mod is for the others)
+    own = tuple(f for f in node.flags if not (moderator and f == "wait-mod"))
+    flags = tuple(dict.fromkeys((*own, *(("moderator",) if moderator else ()))))
     return ToConference(room=node.room, moderator=moderator, flags=flags)
 
 
@@ -359,6 +369,27 @@ def _menu_prompt(out: _Out, node: MenuNode, at: float) -> None:
     _answer(out, at)
     _play(out, node.prompt)
     out.run = replace(out.run, waiting="prompt", digits="")
+
+
+def _greet(out: _Out, node: VoicemailNode, at: float) -> None:
+    if node.greeting:
+        _play(out, node.greeting)
+        out.run = replace(out.run, waiting="greeting")
+    else:
+        _beep(out, node, at)
+
+
+def _effective(node: Node, run: FlowRun) -> Node:
+    """A voicemail node with ``from_mailbox`` acts with the mailbox's settings once they came."""
+    if isinstance(node, VoicemailNode) and node.from_mailbox and run.waiting != "vm_loading":
+        return _with_mailbox(node, run.vm_greeting, run.vm_max_length_s)
+    return node
+
+
+def _with_mailbox(node: VoicemailNode, greeting: str, max_length_s: float) -> VoicemailNode:
+    """The node as the mailbox's row sets it (an empty greeting / 0 keeps the node's own)."""
+    return replace(node, greeting=greeting or node.greeting, max_length_s=max_length_s or node.max_length_s,
+                   from_mailbox=False)
 
 
 def _voicemail_path(node: VoicemailNode, call_id: str) -> str:
@@ -466,7 +497,12 @@ def _on_record_stop(out: _Out, node: object, ev: RecordingStopped) -> Outcome | 
 
 
 def _on_mailbox(out: _Out, node: object, ev: VoicemailBox) -> Outcome | None:
-    """The host loaded the mailbox: the owner's session starts (asks for the PIN)."""
+    """The host loaded the mailbox: a message is left with its settings, or the owner's session
+    starts (asks for the PIN)."""
+    if isinstance(node, VoicemailNode) and node.from_mailbox and out.run.waiting == "vm_loading":
+        out.run = replace(out.run, vm_greeting=ev.greeting, vm_max_length_s=ev.max_length_s)
+        _greet(out, _with_mailbox(node, ev.greeting, ev.max_length_s), ev.at)
+        return None
     if not isinstance(node, VoicemailAccessNode) or out.run.waiting != "vm_loading":
         return None
     refs = [vm.MessageRef(id=i, folder="saved" if f == "saved" else "new", path=p, created=c)
@@ -540,6 +576,9 @@ def _on_timeout(flow: Flow, out: _Out, node: object, at: float) -> Outcome | Non
             return _retry(flow, out, node, at, invalid=False)
         case ConferenceNode() if out.run.waiting == "conf_digits":
             return _pin_decide(flow, out, node, at)  # no more digits: what was typed (maybe none)
+        case VoicemailNode() if out.run.waiting == "vm_loading":
+            # the mailbox's settings did not come in time: the node's own
+            _greet(out, replace(node, from_mailbox=False), at)
         case VoicemailAccessNode() if out.run.waiting in ("vm_loading", "vm_menu"):
             # the mailbox never came, or the owner stopped pressing keys
             return _finish(out, ToHangup(reason="voicemail_timeout"))

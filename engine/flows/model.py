@@ -138,6 +138,9 @@ class VoicemailNode(_Node, tag="voicemail", frozen=True, kw_only=True):
     #: seconds of silence that end the message; 0 = no silence detection
     silence_hits: int = 3
     min_length_s: float = 1.0
+    #: take the greeting and the max length from the mailbox's row (the host answers
+    #: VOICEMAIL_SETTINGS with a VoicemailBox; after ``SETTINGS_WAIT_S`` without one, the node's own)
+    from_mailbox: bool = False
 
 
 class VoicemailAccessNode(_Node, tag="voicemail_access", frozen=True, kw_only=True):

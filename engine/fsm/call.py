@@ -563,9 +563,9 @@ def _after_ring_failure(call: Call, out: Out, t: float, cause: str) -> Call:
 
 def _to_voicemail(call: Call, out: Out, t: float, cause: str) -> Call:
     """The extension did not answer: the caller leaves a message in its mailbox (a one-node flow
-    of the ``voicemail`` node with its defaults: beep, record; docs/voicemail.md)."""
+    of the ``voicemail`` node with the mailbox's greeting and max length; docs/voicemail.md)."""
     box = call.voicemail_box
-    graph = FlowGraph(id=f"voicemail:{box}", start="vm", nodes={"vm": VoicemailNode(box=box)})
+    graph = FlowGraph(id=f"voicemail:{box}", start="vm", nodes={"vm": VoicemailNode(box=box, from_mailbox=True)})
     out.cti("CALL_IN_FLOW", call.tenant, t, call_id=call.call_id, flow_id=graph.id, reason=_cause_reason(cause))
     call = replace(_enter(call, S.IN_FLOW, t), flow_id=graph.id, digits="", voicemail_box="")
     step = flows.start(graph, call_id=call.call_id, at=t, did=call.destination, caller_id=call.caller_id,

@@ -286,6 +286,8 @@ def test_a_busy_extension_sends_the_caller_to_its_mailbox() -> None:
     async def body(emu, cti, cdrs, store, service, watcher):
         emu.register_phone("1001")
         emu.set_endpoint("1001", outcome="busy")
+        # the mailbox's own greeting and limit are used on this path (VOICEMAIL_SETTINGS)
+        await store.set_mailbox("default", "1001", greeting="voicemail/1001/greeting.wav", max_length_s=30)
         ch = await emu.place_inbound_call("+4930666", "1001", variables={"emulator_record_talk_s": "0.3"})
         assert await _mwi(watcher) == ("yes", "sip:1001@pbx.example", "1/0 (0/0)")
         (flow,) = cti.named("CALL_IN_FLOW")
@@ -293,7 +295,8 @@ def test_a_busy_extension_sends_the_caller_to_its_mailbox() -> None:
         (new,) = cti.named("VOICEMAIL_NEW")
         assert (new.data["box"], new.data["caller_id"]) == ("1001", "+4930666")
         apps = _apps(watcher, ch.uuid)
-        assert ("playback", BEEP) in apps and ("record", f"voicemail/1001/{new.call_id}.wav 120 200 3") in apps
+        assert ("playback", "voicemail/1001/greeting.wav") in apps and ("playback", BEEP) in apps
+        assert ("record", f"voicemail/1001/{new.call_id}.wav 30 200 3") in apps
         await until(lambda: cdrs.items)
         (msg,) = await store.messages("default", "1001")
         assert msg.id == new.call_id

@@ -1,7 +1,7 @@
 """Property test (hypothesis) of voicemail in the call machine: a call routed to an extension with a
 mailbox, then random ring timers, leg answers and hang-ups (busy, no answer, normal), playbacks
 ending (greeting, beep), RECORD_STOPs (of the message or of another file), flow timers and the
-caller's hang-up, in any order and with duplicates. Invariants:
+caller's hang-up and the mailbox's settings arriving (or not), in any order and with duplicates. Invariants:
 - the call ends with exactly one CDR, and nothing is published after it;
 - at most one of VOICEMAIL_NEW / VOICEMAIL_ABANDONED, and only after the call entered the
   voicemail flow; never for a call an extension answered;
@@ -27,6 +27,7 @@ from engine.messages import (
     RouteToExtension,
     SendMedia,
     TimerFired,
+    VoicemailBox,
     WriteCdr,
 )
 
@@ -43,6 +44,7 @@ ACTIONS = st.lists(st.one_of(
     st.tuples(st.just("flow_timer"), st.integers(0, 200)),
     st.tuples(st.just("hangup"), st.just(0)),
     st.tuples(st.just("wait"), st.integers(1, 150)),
+    st.tuples(st.just("settings"), st.sampled_from([0, 30, 60])),
 ), max_size=20)
 
 
@@ -79,6 +81,8 @@ def test_voicemail_call_invariants(actions):
             case "wait":
                 t += arg
                 continue
+            case "settings":  # the mailbox's settings (no greeting; max length 0 = the node's own)
+                ev = VoicemailBox(call_id="c1", at=t, box="1001", max_length_s=arg)
             case _:
                 ev = ChannelHangup(call_id="c1", at=t)
         was_ended = call.state is S.ENDED

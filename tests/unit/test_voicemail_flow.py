@@ -174,14 +174,34 @@ def test_no_answer_goes_to_the_mailbox_and_a_message_is_left():
     assert call.state is S.IN_FLOW
     (in_flow,) = cti(effects, "CALL_IN_FLOW")
     assert in_flow.data["flow_id"] == "voicemail:1001" and in_flow.data["reason"] == "no_answer"
-    assert MediaPlay(call_id="c1", file=BEEP) in medias(effects)  # no greeting: the beep at once
+    # the mailbox's own greeting and max length are asked for first
+    assert [e.data for e in cti(effects, "VOICEMAIL_SETTINGS")] == [{"box": "1001"}]
+    assert not [m for m in medias(effects) if isinstance(m, MediaPlay)]
+    call, effects = C.step(call, VoicemailBox(call_id="c1", at=20.2, box="1001", greeting="voicemail/1001/greet.wav",
+                                              max_length_s=45))
+    assert medias(effects) == [MediaPlay(call_id="c1", file="voicemail/1001/greet.wav")]
+    call, effects = C.step(call, PlaybackFinished(call_id="c1", at=20.4, file="voicemail/1001/greet.wav"))
+    assert medias(effects) == [MediaPlay(call_id="c1", file=BEEP)]
     call, effects = C.step(call, PlaybackFinished(call_id="c1", at=20.5, file=BEEP))
     (rec,) = [m for m in medias(effects) if isinstance(m, MediaRecordStart)]
-    assert rec.path == "voicemail/1001/c1.wav" and rec.limit_s == 120
+    assert rec.path == "voicemail/1001/c1.wav" and rec.limit_s == 45
     call, effects = C.step(call, RecordingStopped(call_id="c1", at=30.5, path=rec.path, cause="success-silence"))
     (new,) = cti(effects, "VOICEMAIL_NEW")
     assert (new.data["box"], new.data["duration_s"]) == ("1001", 10.0) and call.state is S.ENDED
     assert len([e for e in effects if isinstance(e, WriteCdr)]) == 1
+
+
+def test_without_the_mailbox_settings_the_node_uses_its_own_and_a_hangup_while_waiting_abandons():
+    call, leg = ringing()
+    call, _ = C.step(call, TimerFired(key=f"ring:{leg}", at=20.1))
+    call, effects = C.step(call, TimerFired(key="flow", at=23.2))  # nothing came in 3 s
+    assert medias(effects) == [MediaPlay(call_id="c1", file=BEEP)]
+    call, effects = C.step(call, PlaybackFinished(call_id="c1", at=23.5, file=BEEP))
+    assert [m.limit_s for m in medias(effects) if isinstance(m, MediaRecordStart)] == [120]
+    call, leg = ringing()
+    call, _ = C.step(call, TimerFired(key=f"ring:{leg}", at=20.1))
+    call, effects = C.step(call, ChannelHangup(call_id="c1", at=21.0))
+    assert [e.data["reason"] for e in cti(effects, "VOICEMAIL_ABANDONED")] == ["hangup_greeting"]
 
 
 def test_busy_goes_to_the_mailbox_an_answer_or_no_mailbox_does_not():
