@@ -8,27 +8,16 @@ Every wait is bounded."""
 
 from __future__ import annotations
 
-import pathlib
-import tempfile
-import warnings
-
 import pytest
 import trio
 
 from api.auth import issue_token
-from engine.run import EpochClock, RunOptions, open_engine
+from tests.support.engine import SECRET, run_engine
+from tests.support.engine import until as _until
 from tests.support.nats import http_call
 
-warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-
 TENANT = "default"
-SECRET = "s" * 32
-
-
-async def _until(predicate, timeout: float = 10.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.02)
+PHONES = ("1001", "1002", "1005")
 
 
 def _dialled(emu, leg: str) -> str:
@@ -36,86 +25,68 @@ def _dialled(emu, leg: str) -> str:
     return next((line for line in emu.command_log if f"origination_uuid={leg}," in line), "")
 
 
+async def _extensions(engine) -> None:
+    """1001 and 1002 in pickup group "sales", 1005 in none; written while the node runs (NOTIFY
+    brings them to the router and the groups)."""
+    from adapters.postgres.config import Extension
+
+    await engine.store.create(Extension(tenant=TENANT, extension="1001", pickup_groups=("sales",)))
+    await engine.store.create(Extension(tenant=TENANT, extension="1002", pickup_groups=("sales",)))
+    await engine.store.create(Extension(tenant=TENANT, extension="1005"))
+    await _until(lambda: engine.config.snapshot.get(Extension, TENANT, "1005") is not None)
+
+
 @pytest.mark.timeout(120)
 def test_park_and_pickups_through_the_api_of_callengine_run(monkeypatch) -> None:
-    from adapters.freeswitch.config import EslNodeConfig
-    from adapters.postgres.config import Extension, Tenant
-    from adapters.postgres.errors import AlreadyExists
-    from sim.freeswitch import FreeSwitchEmulator
-
-    state = pathlib.Path(tempfile.mkdtemp(prefix="callengine-run-parking-"))
-    monkeypatch.setenv("CALLENGINE_STATE_DIR", str(state))
-    monkeypatch.delenv("CALLENGINE_PG_DSN", raising=False)
     out: dict = {}
 
-    async def main() -> None:
-        emu = FreeSwitchEmulator(heartbeat=1.0, answer_delay=0.01, ring_delay=0.002)
-        async with trio.open_nursery() as outer:
-            port = await outer.start(emu.run)
-            for phone in ("1001", "1002", "1005"):
-                emu.register_phone(phone)
-            options = RunOptions(secret=SECRET, state_dir=str(state), in_process=True, node_name="t",
-                                 esl_nodes=[EslNodeConfig(name="fs1", port=port)], esl_heartbeat_s=1.0,
-                                 webhook_drain_s=0.2)
-            async with open_engine(options) as engine:
-                store = engine.store
-                try:
-                    await store.create(Tenant(tenant=TENANT))
-                except AlreadyExists:
-                    pass
-                # written while the node runs: NOTIFY brings them to the router and the groups
-                await store.create(Extension(tenant=TENANT, extension="1001", pickup_groups=("sales",)))
-                await store.create(Extension(tenant=TENANT, extension="1002", pickup_groups=("sales",)))
-                await store.create(Extension(tenant=TENANT, extension="1005"))
-                await _until(lambda: engine.config.snapshot.get(Extension, TENANT, "1005") is not None)
-                with trio.fail_after(15):
-                    await engine.links.wait_all_up()
-                admin = issue_token(SECRET, tenant=TENANT, sub="root", roles=("admin",))
+    async def body(engine, emu) -> None:
+        await _extensions(engine)
+        admin = issue_token(SECRET, tenant=TENANT, sub="root", roles=("admin",))
 
-                async def api(method: str, params: dict, tok: str = admin) -> tuple[int, dict]:
-                    return await http_call(engine.stack, f"CallControl/{method}", params, tok)
+        async def api(method: str, params: dict, tok: str = admin) -> tuple[int, dict]:
+            return await http_call(engine.stack, f"CallControl/{method}", params, tok)
 
-                # nothing rings a member of 1002's group yet
-                out["group_none"] = await api("Pickup", {"kind": "group", "extension": "1002"})
-                # a caller dials 1001 (a phone that does not answer): group pickup by 1002
-                emu.set_endpoint("1001", outcome="no_answer")
-                ch = await emu.place_inbound_call("2001", "1001")
-                await _until(lambda: any("user/1001" in line for line in emu.command_log))
-                await trio.sleep(0.05)
-                out["group"] = await api("Pickup", {"kind": "group", "extension": "1002"})
-                await _until(lambda: ch.peer is not None and "user/1002" in _dialled(emu, ch.peer))
-                out["group_picked"] = ch.up
-                call_id = out["group"][1].get("call_id", "")
-                # park it: the lowest free slot; listed; a second park into 701 by another call refused
-                out["park"] = await api("Park", {"call_id": call_id, "timeout_s": 30})
-                await _until(lambda: engine.node.runtime.state_of("call", call_id).state.name == "PARKED")
-                out["listed"] = await http_call(engine.stack, "Parking/List", {}, admin)
-                out["bad_slot"] = await api("Park", {"call_id": call_id, "slot": "abc"})
-                # a second caller rings 1001; 1005 takes it by directed pickup
-                ch2 = await emu.place_inbound_call("2002", "1001")
-                await _until(lambda: sum("user/1001" in line for line in emu.command_log) == 2)
-                await trio.sleep(0.05)
-                call2 = ch2.uuid
-                out["taken"] = await api("Park", {"call_id": call2, "slot": "701"})
-                out["directed"] = await api("Pickup", {"kind": "directed", "target": "1001", "extension": "1005"})
-                await _until(lambda: ch2.peer is not None and "user/1005" in _dialled(emu, ch2.peer))
-                # an agent at 1005 may pick up only at its own extension
-                status, body = await http_call(engine.stack, "Admin/CreateAgent", {"id": "a1", "extension": "1005"},
-                                               admin)
-                assert status == 200, body
-                agent = issue_token(SECRET, tenant=TENANT, sub="a1", roles=("agent",), agent_id="a1")
-                out["agent_other_ext"] = await api("Pickup", {"slot": "701", "extension": "1002"}, agent)
-                out["empty_slot"] = await api("Pickup", {"slot": "702"}, agent)
-                # the agent picks the parked call up by slot at its own extension (the default)
-                out["slot"] = await api("Pickup", {"slot": "701"}, agent)
-                await _until(lambda: ch.peer is not None and "user/1005" in _dialled(emu, ch.peer), 10)
-                out["listed_after"] = await http_call(engine.stack, "Parking/List", {}, admin)
-                await emu.hangup(ch.uuid)
-                await emu.hangup(ch2.uuid)
-                await _until(lambda: not emu.channels, 10)
-            outer.cancel_scope.cancel()
+        # nothing rings a member of 1002's group yet
+        out["group_none"] = await api("Pickup", {"kind": "group", "extension": "1002"})
+        # a caller dials 1001 (a phone that does not answer): group pickup by 1002
+        emu.set_endpoint("1001", outcome="no_answer")
+        ch = await emu.place_inbound_call("2001", "1001")
+        await _until(lambda: any("user/1001" in line for line in emu.command_log))
+        await trio.sleep(0.05)
+        out["group"] = await api("Pickup", {"kind": "group", "extension": "1002"})
+        await _until(lambda: ch.peer is not None and "user/1002" in _dialled(emu, ch.peer))
+        out["group_picked"] = ch.up
+        call_id = out["group"][1].get("call_id", "")
+        # park it: the lowest free slot; listed; a second park into 701 by another call refused
+        out["park"] = await api("Park", {"call_id": call_id, "timeout_s": 30})
+        await _until(lambda: engine.node.runtime.state_of("call", call_id).state.name == "PARKED")
+        out["listed"] = await http_call(engine.stack, "Parking/List", {}, admin)
+        out["bad_slot"] = await api("Park", {"call_id": call_id, "slot": "abc"})
+        # a second caller rings 1001; 1005 takes it by directed pickup
+        ch2 = await emu.place_inbound_call("2002", "1001")
+        await _until(lambda: sum("user/1001" in line for line in emu.command_log) == 2)
+        await trio.sleep(0.05)
+        call2 = ch2.uuid
+        out["taken"] = await api("Park", {"call_id": call2, "slot": "701"})
+        out["directed"] = await api("Pickup", {"kind": "directed", "target": "1001", "extension": "1005"})
+        await _until(lambda: ch2.peer is not None and "user/1005" in _dialled(emu, ch2.peer))
+        # an agent at 1005 may pick up only at its own extension
+        status, body = await http_call(engine.stack, "Admin/CreateAgent", {"id": "a1", "extension": "1005"},
+                                       admin)
+        assert status == 200, body
+        agent = issue_token(SECRET, tenant=TENANT, sub="a1", roles=("agent",), agent_id="a1")
+        out["agent_other_ext"] = await api("Pickup", {"slot": "701", "extension": "1002"}, agent)
+        out["empty_slot"] = await api("Pickup", {"slot": "702"}, agent)
+        # the agent picks the parked call up by slot at its own extension (the default)
+        out["slot"] = await api("Pickup", {"slot": "701"}, agent)
+        await _until(lambda: ch.peer is not None and "user/1005" in _dialled(emu, ch.peer), 10)
+        out["listed_after"] = await http_call(engine.stack, "Parking/List", {}, admin)
+        await emu.hangup(ch.uuid)
+        await emu.hangup(ch2.uuid)
+        await _until(lambda: not emu.channels, 10)
 
-    trio.run(main, clock=EpochClock())
+    run_engine(monkeypatch, body, phones=PHONES)
     status, body = out["group_none"]
     assert status == 404 and body["code"] == "not_found", body
     status, body = out["group"]
@@ -147,115 +118,86 @@ def test_feature_code_pickups_from_a_phone(monkeypatch, in_process: bool) -> Non
     picked-up call's answered party (bridged to the caller; the feature call ends with one CDR and
     does not hang the phone up). Nothing to pick up: the phone is hung up. An outside caller
     dialling a slot number picks nothing up."""
-    from adapters.freeswitch.config import EslNodeConfig
-    from adapters.postgres.config import Extension, Tenant
-    from adapters.postgres.errors import AlreadyExists
-    from sim.freeswitch import FreeSwitchEmulator
-
     if not in_process:
         pytest.importorskip("ray")
-    state = pathlib.Path(tempfile.mkdtemp(prefix="callengine-run-pickup-codes-"))
-    monkeypatch.setenv("CALLENGINE_STATE_DIR", str(state))
-    monkeypatch.delenv("CALLENGINE_PG_DSN", raising=False)
     out: dict = {}
 
-    async def main() -> None:
-        emu = FreeSwitchEmulator(heartbeat=1.0, answer_delay=0.01, ring_delay=0.002)
-        async with trio.open_nursery() as outer:
-            port = await outer.start(emu.run)
-            for phone in ("1001", "1002", "1005"):
-                emu.register_phone(phone)
-            options = RunOptions(secret=SECRET, state_dir=str(state), in_process=in_process, node_name="t",
-                                 shards=None if in_process else 2,
-                                 esl_nodes=[EslNodeConfig(name="fs1", port=port)], esl_heartbeat_s=1.0,
-                                 webhook_drain_s=0.2)
-            async with open_engine(options) as engine:
-                store = engine.store
-                try:
-                    await store.create(Tenant(tenant=TENANT))
-                except AlreadyExists:
-                    pass
-                await store.create(Extension(tenant=TENANT, extension="1001", pickup_groups=("sales",)))
-                await store.create(Extension(tenant=TENANT, extension="1002", pickup_groups=("sales",)))
-                await store.create(Extension(tenant=TENANT, extension="1005"))
-                await _until(lambda: engine.config.snapshot.get(Extension, TENANT, "1005") is not None)
-                with trio.fail_after(15):
-                    await engine.links.wait_all_up()
-                admin = issue_token(SECRET, tenant=TENANT, sub="root", roles=("admin",))
-                emu.set_endpoint("1001", outcome="no_answer")
+    async def body(engine, emu) -> None:
+        await _extensions(engine)
+        admin = issue_token(SECRET, tenant=TENANT, sub="root", roles=("admin",))
+        emu.set_endpoint("1001", outcome="no_answer")
 
-                def state_of(call_id: str) -> str:
-                    c = engine.node.runtime.state_of("call", call_id)
-                    return c.state.name if c is not None else "GONE"
+        def state_of(call_id: str) -> str:
+            c = engine.node.runtime.state_of("call", call_id)
+            return c.state.name if c is not None else "GONE"
 
-                # directed: 2001 rings 1001; phone 1005 dials **1001
-                caller = await emu.place_inbound_call("2001", "1001")
-                await _until(lambda: any("user/1001" in line for line in emu.command_log))
+        # directed: 2001 rings 1001; phone 1005 dials **1001
+        caller = await emu.place_inbound_call("2001", "1001")
+        await _until(lambda: any("user/1001" in line for line in emu.command_log))
+        await trio.sleep(0.05)
+        picker = await emu.place_inbound_call("1005", "**1001")
+        await _until(lambda: caller.peer == picker.uuid)
+        await _until(lambda: state_of(caller.uuid) == "ACTIVE")  # on Ray: the gateway's view
+        out["directed"] = (caller.up, picker.up, state_of(caller.uuid), picker.variables.get(
+            "callengine_call_id"), picker.answered_us > 0)
+        await _until(lambda: state_of(picker.uuid) == "GONE")
+        # the feature call's CDR (answered, its own), the caller's call goes on
+        await trio.sleep(0.1)
+        out["directed_after"] = (caller.up, picker.up, caller.peer == picker.uuid)
+        # the picker hangs up: the caller's call ends with the conversation
+        await emu.hangup(picker.uuid)
+        await _until(lambda: state_of(caller.uuid) == "GONE")
+        await _until(lambda: not emu.channels, 10)
+
+        # group: 2002 rings 1001; phone 1002 (same group) dials *8
+        caller = await emu.place_inbound_call("2002", "1001")
+        await _until(lambda: sum("user/1001" in line for line in emu.command_log) == 2)
+        await trio.sleep(0.05)
+        picker = await emu.place_inbound_call("1002", "*8")
+        await _until(lambda: caller.peer == picker.uuid)
+        out["group"] = caller.up and picker.up
+        # nothing ringing the group any more: 1005 (no group) dialling *8 is hung up
+        nobody = await emu.place_inbound_call("1005", "*8")
+        await _until(lambda: not nobody.up)
+        out["nothing"] = nobody.hangup_cause
+        await emu.hangup(caller.uuid)
+        await _until(lambda: not emu.channels, 10)
+
+        # slot: a call parked in 701 by the API; an outside caller dialling 701 gets nothing,
+        # phone 1002 dialling 701 takes it
+        emu.set_endpoint("1001", outcome="answer")
+        caller = await emu.place_inbound_call("2003", "1001")
+        await _until(lambda: state_of(caller.uuid) == "ACTIVE")
+        status, body = await http_call(engine.stack, "CallControl/Park", {"call_id": caller.uuid}, admin)
+        assert status == 200 and body["data"] == {"slot": "701"}, body
+        await _until(lambda: state_of(caller.uuid) == "PARKED")
+        outsider = await emu.place_inbound_call("5550100", "701")  # no route: waits, then hangs up
+        await trio.sleep(0.3)
+        out["outsider"] = (state_of(caller.uuid), caller.peer == outsider.uuid)
+        await emu.hangup(outsider.uuid)
+        picker = await emu.place_inbound_call("1002", "701")
+        await _until(lambda: caller.peer == picker.uuid)
+        await _until(lambda: state_of(caller.uuid) == "ACTIVE")
+        out["slot"] = (state_of(caller.uuid), caller.up, picker.up)
+        status, body = await http_call(engine.stack, "Parking/List", {}, admin)
+        out["listed_after"] = (status, body)
+        await emu.hangup(caller.uuid)
+        await _until(lambda: not emu.channels, 10)
+        # CDRs in PostgreSQL: each call exactly one
+        rows: list = []
+
+        async def cdr_rows() -> None:
+            rows[:] = await engine.pg.run(lambda conn: conn.fetch(
+                "SELECT call_id, destination, disposition FROM cdrs"))
+        with trio.fail_after(15):
+            while len(rows) < 7:
+                await engine.cdr_writer.flush()
+                await cdr_rows()
                 await trio.sleep(0.05)
-                picker = await emu.place_inbound_call("1005", "**1001")
-                await _until(lambda: caller.peer == picker.uuid)
-                await _until(lambda: state_of(caller.uuid) == "ACTIVE")  # on Ray: the gateway's view
-                out["directed"] = (caller.up, picker.up, state_of(caller.uuid), picker.variables.get(
-                    "callengine_call_id"), picker.answered_us > 0)
-                await _until(lambda: state_of(picker.uuid) == "GONE")
-                # the feature call's CDR (answered, its own), the caller's call goes on
-                await trio.sleep(0.1)
-                out["directed_after"] = (caller.up, picker.up, caller.peer == picker.uuid)
-                # the picker hangs up: the caller's call ends with the conversation
-                await emu.hangup(picker.uuid)
-                await _until(lambda: state_of(caller.uuid) == "GONE")
-                await _until(lambda: not emu.channels, 10)
+        out["cdrs"] = sorted((r["destination"], r["disposition"]) for r in rows)
+        out["cdr_ids"] = [r["call_id"] for r in rows]
 
-                # group: 2002 rings 1001; phone 1002 (same group) dials *8
-                caller = await emu.place_inbound_call("2002", "1001")
-                await _until(lambda: sum("user/1001" in line for line in emu.command_log) == 2)
-                await trio.sleep(0.05)
-                picker = await emu.place_inbound_call("1002", "*8")
-                await _until(lambda: caller.peer == picker.uuid)
-                out["group"] = caller.up and picker.up
-                # nothing ringing the group any more: 1005 (no group) dialling *8 is hung up
-                nobody = await emu.place_inbound_call("1005", "*8")
-                await _until(lambda: not nobody.up)
-                out["nothing"] = nobody.hangup_cause
-                await emu.hangup(caller.uuid)
-                await _until(lambda: not emu.channels, 10)
-
-                # slot: a call parked in 701 by the API; an outside caller dialling 701 gets nothing,
-                # phone 1002 dialling 701 takes it
-                emu.set_endpoint("1001", outcome="answer")
-                caller = await emu.place_inbound_call("2003", "1001")
-                await _until(lambda: state_of(caller.uuid) == "ACTIVE")
-                status, body = await http_call(engine.stack, "CallControl/Park", {"call_id": caller.uuid}, admin)
-                assert status == 200 and body["data"] == {"slot": "701"}, body
-                await _until(lambda: state_of(caller.uuid) == "PARKED")
-                outsider = await emu.place_inbound_call("5550100", "701")  # no route: waits, then hangs up
-                await trio.sleep(0.3)
-                out["outsider"] = (state_of(caller.uuid), caller.peer == outsider.uuid)
-                await emu.hangup(outsider.uuid)
-                picker = await emu.place_inbound_call("1002", "701")
-                await _until(lambda: caller.peer == picker.uuid)
-                await _until(lambda: state_of(caller.uuid) == "ACTIVE")
-                out["slot"] = (state_of(caller.uuid), caller.up, picker.up)
-                status, body = await http_call(engine.stack, "Parking/List", {}, admin)
-                out["listed_after"] = (status, body)
-                await emu.hangup(caller.uuid)
-                await _until(lambda: not emu.channels, 10)
-                # CDRs in PostgreSQL: each call exactly one
-                rows: list = []
-
-                async def cdr_rows() -> None:
-                    rows[:] = await engine.pg.run(lambda conn: conn.fetch(
-                        "SELECT call_id, destination, disposition FROM cdrs"))
-                with trio.fail_after(15):
-                    while len(rows) < 7:
-                        await engine.cdr_writer.flush()
-                        await cdr_rows()
-                        await trio.sleep(0.05)
-                out["cdrs"] = sorted((r["destination"], r["disposition"]) for r in rows)
-                out["cdr_ids"] = [r["call_id"] for r in rows]
-            outer.cancel_scope.cancel()
-
-    trio.run(main, clock=EpochClock())
+    run_engine(monkeypatch, body, in_process=in_process, phones=PHONES)
     up, picker_up, state, var, answered = out["directed"]
     assert up and picker_up and state == "ACTIVE" and answered, out["directed"]
     assert var and var != "", var  # the picker's channel now names the caller's call

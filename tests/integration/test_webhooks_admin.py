@@ -6,22 +6,15 @@ webhook is gone; per-webhook counters; admin only. Every wait is bounded."""
 
 from __future__ import annotations
 
-import pathlib
-import tempfile
-import warnings
-
 import pytest
 import trio
 
 from api.auth import issue_token
-from engine.run import EpochClock, RunOptions, open_engine
 from tests.integration.test_webhooks_run import Receiver
+from tests.support.engine import SECRET, run_engine
 from tests.support.nats import http_call
 
-warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-
 TENANT = "default"
-SECRET = "s" * 32
 HOOK_SECRET = "whsec-not-for-the-log"
 
 
@@ -33,98 +26,81 @@ async def _until(predicate, timeout: float = 10.0) -> None:
 
 @pytest.mark.timeout(120)
 def test_webhooks_admin_dead_letters_and_redrive(monkeypatch) -> None:
-    from adapters.freeswitch.config import EslNodeConfig
-    from adapters.postgres.config import Tenant
-    from adapters.postgres.errors import AlreadyExists
-    from sim.freeswitch import FreeSwitchEmulator
-
-    state = pathlib.Path(tempfile.mkdtemp(prefix="callengine-webhooks-admin-"))
-    monkeypatch.setenv("CALLENGINE_STATE_DIR", str(state))
-    monkeypatch.delenv("CALLENGINE_PG_DSN", raising=False)
     out: dict = {}
 
-    async def main() -> None:
-        emu = FreeSwitchEmulator(heartbeat=1.0, answer_delay=0.01, ring_delay=0.002)
-        async with trio.open_nursery() as outer:
-            port = await outer.start(emu.run)
-            receiver = await Receiver(status=503).start(outer)
-            options = RunOptions(secret=SECRET, state_dir=str(state), in_process=True, node_name="t",
-                                 esl_nodes=[EslNodeConfig(name="fs1", port=port)], esl_heartbeat_s=1.0,
-                                 webhook_drain_s=0.2)
-            async with open_engine(options) as engine:
-                try:
-                    await engine.store.create(Tenant(tenant=TENANT))
-                except AlreadyExists:
-                    pass
-                with trio.fail_after(15):
-                    await engine.links.wait_all_up()
-                admin = issue_token(SECRET, tenant=TENANT, sub="root", roles=("admin",))
-                sup = issue_token(SECRET, tenant=TENANT, sub="boss", roles=("supervisor",))
+    async def body(engine, emu) -> None:
+        async with trio.open_nursery() as nursery:
+            receiver = await Receiver(status=503).start(nursery)
+            await exercise(engine, emu, receiver)
+            nursery.cancel_scope.cancel()
 
-                async def api(method: str, params: dict, tok: str = admin) -> tuple[int, dict]:
-                    return await http_call(engine.stack, f"Webhooks/{method}", params, tok)
+    async def exercise(engine, emu, receiver) -> None:
+        admin = issue_token(SECRET, tenant=TENANT, sub="root", roles=("admin",))
+        sup = issue_token(SECRET, tenant=TENANT, sub="boss", roles=("supervisor",))
 
-                out["bad"] = await api("Put", {"id": "x", "url": "ftp://nowhere", "events": ["CALL_CREATED"]})
-                out["sup"] = await api("List", {}, sup)
-                hook = {"id": "crm", "url": receiver.url("/hook"), "events": ["CALL_CREATED"],
-                        "secret": HOOK_SECRET, "headers": {"X-Api-Key": "k-123"}, "max_attempts": 1}
-                out["put"] = await api("Put", hook)
-                out["get"] = await api("Get", {"id": "crm"})
-                out["missing"] = await api("Get", {"id": "nope"})
-                out["audit"] = [r.request for r in engine.stack.api.audit.records if r.method.endswith("Webhooks/Put")]
-                # NOTIFY brings the webhook to the dispatcher
-                await _until(lambda: _true(engine.webhooks.dispatcher.wants(TENANT, "CALL_CREATED")))
+        async def api(method: str, params: dict, tok: str = admin) -> tuple[int, dict]:
+            return await http_call(engine.stack, f"Webhooks/{method}", params, tok)
 
-                async def letters(**params) -> list[dict]:
-                    status, body = await api("ListDeadLetters", params)
-                    assert status == 200, body
-                    return body["items"]
+        out["bad"] = await api("Put", {"id": "x", "url": "ftp://nowhere", "events": ["CALL_CREATED"]})
+        out["sup"] = await api("List", {}, sup)
+        hook = {"id": "crm", "url": receiver.url("/hook"), "events": ["CALL_CREATED"],
+                "secret": HOOK_SECRET, "headers": {"X-Api-Key": "k-123"}, "max_attempts": 1}
+        out["put"] = await api("Put", hook)
+        out["get"] = await api("Get", {"id": "crm"})
+        out["missing"] = await api("Get", {"id": "nope"})
+        out["audit"] = [r.request for r in engine.stack.api.audit.records if r.method.endswith("Webhooks/Put")]
+        # NOTIFY brings the webhook to the dispatcher
+        await _until(lambda: _true(engine.webhooks.dispatcher.wants(TENANT, "CALL_CREATED")))
 
-                async def dead(n: int) -> bool:
-                    return len([x for x in await letters() if x.get("redriven_at") is None]) == n
+        async def letters(**params) -> list[dict]:
+            status, body = await api("ListDeadLetters", params)
+            assert status == 200, body
+            return body["items"]
 
-                # the receiver fails: one attempt, then a dead letter
-                await emu.place_inbound_call("2001", "5000")
-                await _until(lambda: _true(len(receiver.posts("CALL_CREATED")) == 1))
-                await _until(lambda: dead(1))
-                (letter,) = await letters()
-                out["letter"] = letter
-                failed_delivery = receiver.posts("CALL_CREATED")[0].headers["callengine-delivery"]
-                # the receiver recovers: a redrive sends it again, same delivery id, once
-                receiver.status = 200
-                out["redrive"] = await api("Redrive", {})
-                out["redrive_again"] = await api("Redrive", {"ids": [letter["id"]]})
-                await _until(lambda: _true(len(receiver.posts("CALL_CREATED")) == 2))
-                out["redelivered"] = (receiver.posts("CALL_CREATED")[1].headers["callengine-delivery"],
-                                      failed_delivery)
-                (after,) = await letters()
-                out["after"] = (after["redriven_at"] is not None, after["redrives"])
-                # a redrive that fails again: the same row is dead again (not lost)
-                receiver.status = 503
-                await emu.place_inbound_call("2002", "5000")
-                await _until(lambda: dead(1))
-                second = [x for x in await letters() if x["redriven_at"] is None][0]
-                out["redrive_fail"] = await api("Redrive", {"ids": [second["id"]]})
-                await _until(lambda: _true(len(receiver.posts("CALL_CREATED")) == 4))
-                await _until(lambda: dead(1))
-                again = [x for x in await letters() if x["id"] == second["id"]][0]
-                out["dead_again"] = (again["redriven_at"], again["redrives"], again["attempts"])
-                out["stats"] = await api("Stats", {})
-                # the webhook removed: a redrive puts the letter back, with the reason
-                out["delete"] = await api("Delete", {"id": "crm"})
-                await _until(lambda: _true(not engine.webhooks.dispatcher.wants(TENANT, "CALL_CREATED")))
-                out["redrive_gone"] = await api("Redrive", {"webhook_id": "crm"})
-                out["still_dead"] = await dead(1)
-                # the contact lookup
-                out["lookup_none"] = await api("GetContactLookup", {})
-                out["lookup_put"] = await api("PutContactLookup", {"url": receiver.url("/lookup"),
-                                                                   "secret": "x", "timeout_s": 0.5})
-                out["lookup_get"] = await api("GetContactLookup", {})
-                out["lookup_delete"] = await api("DeleteContactLookup", {})
-                out["list"] = await api("List", {})
-            outer.cancel_scope.cancel()
+        async def dead(n: int) -> bool:
+            return len([x for x in await letters() if x.get("redriven_at") is None]) == n
 
-    trio.run(main, clock=EpochClock())
+        # the receiver fails: one attempt, then a dead letter
+        await emu.place_inbound_call("2001", "5000")
+        await _until(lambda: _true(len(receiver.posts("CALL_CREATED")) == 1))
+        await _until(lambda: dead(1))
+        (letter,) = await letters()
+        out["letter"] = letter
+        failed_delivery = receiver.posts("CALL_CREATED")[0].headers["callengine-delivery"]
+        # the receiver recovers: a redrive sends it again, same delivery id, once
+        receiver.status = 200
+        out["redrive"] = await api("Redrive", {})
+        out["redrive_again"] = await api("Redrive", {"ids": [letter["id"]]})
+        await _until(lambda: _true(len(receiver.posts("CALL_CREATED")) == 2))
+        out["redelivered"] = (receiver.posts("CALL_CREATED")[1].headers["callengine-delivery"],
+                              failed_delivery)
+        (after,) = await letters()
+        out["after"] = (after["redriven_at"] is not None, after["redrives"])
+        # a redrive that fails again: the same row is dead again (not lost)
+        receiver.status = 503
+        await emu.place_inbound_call("2002", "5000")
+        await _until(lambda: dead(1))
+        second = [x for x in await letters() if x["redriven_at"] is None][0]
+        out["redrive_fail"] = await api("Redrive", {"ids": [second["id"]]})
+        await _until(lambda: _true(len(receiver.posts("CALL_CREATED")) == 4))
+        await _until(lambda: dead(1))
+        again = [x for x in await letters() if x["id"] == second["id"]][0]
+        out["dead_again"] = (again["redriven_at"], again["redrives"], again["attempts"])
+        out["stats"] = await api("Stats", {})
+        # the webhook removed: a redrive puts the letter back, with the reason
+        out["delete"] = await api("Delete", {"id": "crm"})
+        await _until(lambda: _true(not engine.webhooks.dispatcher.wants(TENANT, "CALL_CREATED")))
+        out["redrive_gone"] = await api("Redrive", {"webhook_id": "crm"})
+        out["still_dead"] = await dead(1)
+        # the contact lookup
+        out["lookup_none"] = await api("GetContactLookup", {})
+        out["lookup_put"] = await api("PutContactLookup", {"url": receiver.url("/lookup"),
+                                                           "secret": "x", "timeout_s": 0.5})
+        out["lookup_get"] = await api("GetContactLookup", {})
+        out["lookup_delete"] = await api("DeleteContactLookup", {})
+        out["list"] = await api("List", {})
+
+    run_engine(monkeypatch, body)
     assert out["bad"][0] == 400 and out["bad"][1]["code"] == "invalid_argument", out["bad"]
     assert out["sup"][0] == 403, out["sup"]
     status, view = out["put"]
