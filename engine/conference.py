@@ -45,7 +45,7 @@ from engine.messages import (
 )
 
 __all__ = ["RoomConfig", "ConferenceError", "hash_pin", "check_pin", "switch_room", "rooms_from_rows",
-           "fill_flow_rooms",
+           "fill_flow_rooms", "member_flags",
            "parse_switch_room", "JoinDecision", "ConferenceService", "ConferenceEsl"]
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,14 @@ class RoomConfig(msgspec.Struct, frozen=True, kw_only=True):
     flags: tuple[str, ...] = ()
 
 
+def member_flags(cfg: RoomConfig, *, moderator: bool) -> tuple[str, ...]:
+    """mod_conference member flags for a member of ``cfg``: the room's own, ``wait-mod`` for a
+    member of a room that waits for its moderator (FreeSWITCH plays it music until one comes),
+    ``moderator`` for the moderator."""
+    extra = ("moderator",) if moderator else (("wait-mod",) if cfg.wait_for_moderator else ())
+    return tuple(dict.fromkeys((*cfg.flags, *extra)))
+
+
 def rooms_from_rows(rows: Iterable[Any]) -> list[RoomConfig]:
     """``RoomConfig`` from ``conference_rooms`` rows (``adapters.postgres.config.ConferenceRoom``)."""
     return [RoomConfig(tenant=r.tenant, number=r.number, name=r.name,
@@ -106,7 +114,8 @@ def fill_flow_rooms(flow: Any, room_of: Callable[[str], RoomConfig | None]) -> A
             continue
         changed[node_id] = msgspec.structs.replace(
             node, moderator_pin_hash=node.moderator_pin_hash or cfg.moderator_pin_hash,
-            member_pin_hash=node.member_pin_hash or cfg.member_pin_hash, flags=node.flags or cfg.flags)
+            member_pin_hash=node.member_pin_hash or cfg.member_pin_hash,
+            flags=node.flags or member_flags(cfg, moderator=False))
     return msgspec.structs.replace(flow, nodes={**flow.nodes, **changed}) if changed else flow
 
 
@@ -182,8 +191,7 @@ class ConferenceService:
         if cfg.max_members and room is not None and len(room.members) >= cfg.max_members:
             raise ConferenceError("RESOURCE_EXHAUSTED",
                                   f"conference room {number} is full ({cfg.max_members} members)")
-        flags = tuple(dict.fromkeys((*cfg.flags, *(("moderator",) if moderator else ()))))
-        return JoinDecision(room=name, flags=flags, moderator=moderator)
+        return JoinDecision(room=name, flags=member_flags(cfg, moderator=moderator), moderator=moderator)
 
     # ------------------------------------------------------------------ the machines
     def _room(self, name: str) -> fsm.Room:

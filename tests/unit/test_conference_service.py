@@ -52,7 +52,7 @@ def test_join_check_by_pin_tenant_and_size() -> None:
         with pytest.raises(ConferenceError) as e:
             s.join_check("t1", "3000", pin)
         assert e.value.code == "PERMISSION_DENIED"
-    assert s.join_check("t1", "3001").flags == ("mute",)  # no PIN needed, room flags kept
+    assert s.join_check("t1", "3001").flags == ("mute", "wait-mod")  # no PIN needed, room flags kept
     assert s.join_check("t2", "3000").room == "3000-t2"  # another tenant's 3000
     with pytest.raises(ConferenceError) as e:
         s.join_check("t2", "3001")
@@ -104,3 +104,19 @@ def test_events_become_tenant_cti_and_control_follows_the_switch() -> None:
     assert s.errors == 1
     s.observe(ev("conference-destroy", room="3001-t1"))
     assert not s.live and published[-1].name == "CONFERENCE_ENDED"
+
+
+def test_members_of_a_room_that_waits_for_its_moderator_get_wait_mod() -> None:
+    from engine.conference import fill_flow_rooms
+    from engine.flows import interpreter as I
+    from engine.flows.model import ConferenceNode, Flow
+
+    s = ConferenceService(lambda e: None, rooms())
+    assert s.join_check("t1", "3001").flags == ("mute", "wait-mod")  # FreeSWITCH plays them music
+    assert s.join_check("t1", "3001", moderator=True).flags == ("mute", "moderator")
+    flow = Flow(id="f", start="r", nodes={"r": ConferenceNode(room="3001")})
+    filled = fill_flow_rooms(flow, {"3001": s.configs[("t1", "3001")]}.get)
+    assert I.start(filled, call_id="c", at=0.0).outcome == I.ToConference(room="3001", flags=("mute", "wait-mod"))
+    mod = ConferenceNode(room="3001", prompt="p.wav", moderator_pin_hash=hash_pin("4321", SALT, 1000),
+                         flags=("mute", "wait-mod"))
+    assert I._into_room(mod, moderator=True).flags == ("mute", "moderator")
