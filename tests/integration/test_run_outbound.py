@@ -6,90 +6,58 @@ gateway routes and counts the trunks). Every wait is bounded."""
 
 from __future__ import annotations
 
-import pathlib
-import tempfile
-import warnings
-
 import pytest
 import trio
 
-from engine.run import EpochClock, RunOptions, open_engine
-
-warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+from tests.support.engine import run_engine
+from tests.support.engine import until as _until
 
 TENANT = "default"
-
-
-async def _until(predicate, timeout: float = 10.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.02)
 
 
 @pytest.mark.parametrize("in_process", [True, pytest.param(False, marks=pytest.mark.slow)],
                          ids=["in_process", "ray"])
 @pytest.mark.timeout(120)
 def test_run_fails_over_from_a_busy_trunk_to_the_next(monkeypatch, in_process: bool) -> None:
-    from adapters.freeswitch.config import EslNodeConfig
-    from adapters.postgres.config import OutboundRoute, Tenant, Trunk
-    from adapters.postgres.errors import AlreadyExists
-    from sim.freeswitch import FreeSwitchEmulator
+    from adapters.postgres.config import OutboundRoute, Trunk
 
     if not in_process:
         pytest.importorskip("ray")
-    state = pathlib.Path(tempfile.mkdtemp(prefix="callengine-run-outbound-"))
-    monkeypatch.setenv("CALLENGINE_STATE_DIR", str(state))
-    monkeypatch.delenv("CALLENGINE_PG_DSN", raising=False)
     out: dict = {}
 
-    async def main() -> None:
-        emu = FreeSwitchEmulator(heartbeat=1.0, answer_delay=0.01, ring_delay=0.002)
-        async with trio.open_nursery() as outer:
-            port = await outer.start(emu.run)
-            options = RunOptions(secret="s" * 32, state_dir=str(state), in_process=in_process, node_name="t",
-                                 shards=None if in_process else 2,
-                                 esl_nodes=[EslNodeConfig(name="fs1", port=port)], esl_heartbeat_s=1.0,
-                                 webhook_drain_s=0.2)
-            async with open_engine(options) as engine:
-                store = engine.store
-                try:
-                    await store.create(Tenant(tenant=TENANT))
-                except AlreadyExists:
-                    pass
-                # written while the node runs: NOTIFY must bring them to the router
-                await store.create(Trunk(tenant=TENANT, trunk_id="A", host="carrier-a.example", max_channels=4))
-                await store.create(Trunk(tenant=TENANT, trunk_id="B", host="carrier-b.example", max_channels=4))
-                await store.create(OutboundRoute(tenant=TENANT, route_id="intl", pattern="00[0-9]+", priority=10,
-                                                 trunks=("A", "B")))
-                await _until(lambda: "intl" in {r.route_id for r in
-                                                engine.outbound[TENANT].routes} if TENANT in engine.outbound else False)
-                emu.set_gateway("A", outcome="busy")
-                emu.set_gateway("B", outcome="answer")
-                with trio.fail_after(15):
-                    await engine.links.wait_all_up()
-                ch = await emu.place_inbound_call("2001", "0044201234")
-                await _until(lambda: ch.peer is not None, 20)
-                out["gateway_log"] = list(emu.gateway_log)
-                out["originates"] = [line for line in emu.command_log if "originate " in line]
-                out["answered_on"] = emu.channels[ch.peer].variables.get("emulator_gateway")
-                out["usage"] = engine.trunk_ledger.usage(TENANT)
-                await emu.hangup(ch.uuid)
-                await _until(lambda: not engine.trunk_ledger.usage(TENANT), 10)
-                # the CDR stored in PostgreSQL names the trunk that carried the call (cdrs.trunk, 0008)
-                rows: list = []
+    async def body(engine, emu) -> None:
+        store = engine.store
+        # written while the node runs: NOTIFY must bring them to the router
+        await store.create(Trunk(tenant=TENANT, trunk_id="A", host="carrier-a.example", max_channels=4))
+        await store.create(Trunk(tenant=TENANT, trunk_id="B", host="carrier-b.example", max_channels=4))
+        await store.create(OutboundRoute(tenant=TENANT, route_id="intl", pattern="00[0-9]+", priority=10,
+                                         trunks=("A", "B")))
+        await _until(lambda: "intl" in {r.route_id for r in
+                                        engine.outbound[TENANT].routes} if TENANT in engine.outbound else False)
+        emu.set_gateway("A", outcome="busy")
+        emu.set_gateway("B", outcome="answer")
+        ch = await emu.place_inbound_call("2001", "0044201234")
+        await _until(lambda: ch.peer is not None, 20)
+        out["gateway_log"] = list(emu.gateway_log)
+        out["originates"] = [line for line in emu.command_log if "originate " in line]
+        out["answered_on"] = emu.channels[ch.peer].variables.get("emulator_gateway")
+        out["usage"] = engine.trunk_ledger.usage(TENANT)
+        await emu.hangup(ch.uuid)
+        await _until(lambda: not engine.trunk_ledger.usage(TENANT), 10)
+        # the CDR stored in PostgreSQL names the trunk that carried the call (cdrs.trunk, 0008)
+        rows: list = []
 
-                async def cdr_rows() -> None:
-                    rows[:] = await engine.pg.run(lambda conn: conn.fetch(
-                        "SELECT disposition, destination, trunk FROM cdrs WHERE call_id = $1", ch.uuid))
-                with trio.fail_after(15):
-                    while not rows:
-                        await engine.cdr_writer.flush()
-                        await cdr_rows()
-                        await trio.sleep(0.05)
-                out["cdr"] = [tuple(r) for r in rows]
-            outer.cancel_scope.cancel()
+        async def cdr_rows() -> None:
+            rows[:] = await engine.pg.run(lambda conn: conn.fetch(
+                "SELECT disposition, destination, trunk FROM cdrs WHERE call_id = $1", ch.uuid))
+        with trio.fail_after(15):
+            while not rows:
+                await engine.cdr_writer.flush()
+                await cdr_rows()
+                await trio.sleep(0.05)
+        out["cdr"] = [tuple(r) for r in rows]
 
-    trio.run(main, clock=EpochClock())
+    run_engine(monkeypatch, body, in_process=in_process)
     assert out["gateway_log"] == [("A", "0044201234"), ("B", "0044201234")], out
     assert "sofia/gateway/A/0044201234 " in out["originates"][0] and "callengine_trunk_id=A" in out["originates"][0]
     assert "sofia/gateway/B/0044201234 " in out["originates"][1]
