@@ -120,6 +120,8 @@ class CallParkTimeout(CtiBase, tag="CALL_PARK_TIMEOUT", frozen=True, kw_only=Tru
 
 class CallConferenced(CtiBase, tag="CALL_CONFERENCED", frozen=True, kw_only=True):
     room: str = ""
+    #: a flow's conference node: the caller joined with the moderator PIN (docs/conferences.md)
+    moderator: bool = False
 
 
 class _RecordingEvent(CtiBase, frozen=True, kw_only=True):

@@ -126,3 +126,12 @@ def test_callengine_run_fills_the_node_from_its_room():
     node = fill_flow_rooms(own, {"3000": room}.get).nodes["room"]
     assert node.moderator_pin_hash == MOD and node.member_pin_hash != MEMBER and node.flags == ("deaf",)
     assert fill_flow_rooms(g, {}.get) is g  # no such room: unchanged (the node then asks no PIN)
+
+
+def test_call_conferenced_carries_moderator_as_a_typed_field():
+    from api.events import CallConferenced, to_wire
+    from engine.messages import CtiEvent
+
+    wire = to_wire(CtiEvent(name="CALL_CONFERENCED", tenant="acme", at=1.0, call_id="c1",
+                            data={"room": "3000-acme", "moderator": True}), seq=1)
+    assert isinstance(wire, CallConferenced) and wire.moderator and wire.data == {}
