@@ -528,7 +528,6 @@ async def open_engine(options: RunOptions | None = None) -> AsyncIterator[Engine
         api_stack.api.outbound = _api_outbound(config, outbound, ledger, links.registry)
         api_stack.api.parking = parking
         api_stack.api.webhooks = webhooks
-        api_stack.api.webhooks = webhooks
         # conferences (docs/conferences.md): the tenants' rooms from the live snapshot, one machine per
         # live room fed by a conference-only ESL connection per node, CTI through the node's own port
         from adapters.postgres.config import ConferenceRoom as RoomRow
