@@ -128,7 +128,8 @@ async def exercise(stack, call: Call, tenant: str) -> set[str]:
     await connected_call(stack, call_id, tenant=tenant, destination=f"100-{tenant}")
     for method, params in [("CallControl/Hold", {}), ("CallControl/Retrieve", {}),
                            ("CallControl/SendDtmf", {"digits": "12#"}),
-                           ("CallControl/StartRecording", {}), ("CallControl/StopRecording", {}),
+                           ("CallControl/StartRecording", {}), ("CallControl/PauseRecording", {}),
+                           ("CallControl/ResumeRecording", {}), ("CallControl/StopRecording", {}),
                            ("CallControl/AttendedTransferStart", {"target": "300"}),
                            ("CallControl/AttendedTransferCancel", {}),
                            ("CallControl/JoinConference", {"room": "r1"})]:
@@ -146,6 +147,22 @@ async def exercise(stack, call: Call, tenant: str) -> set[str]:
     await ok("Conferences/PutRoom", {"room": "3000"}, sup, expect="PERMISSION_DENIED")
     await ok("Conferences/PutRoom", {"room": "3000", "moderator_pin": "4321"}, admin, expect="UNIMPLEMENTED")
     await ok("Conferences/DeleteRoom", {"room": "3000"}, admin, expect="UNIMPLEMENTED")
+    # Recordings: the default policy is read; this stack has no recordings catalog (UNIMPLEMENTED)
+    policy = await ok("Admin/GetRecordingPolicy", {})
+    await ok("Admin/SetRecordingPolicy", policy, expect="UNIMPLEMENTED")  # nowhere to store it
+    await ok("Recordings/List", {}, sup, expect="UNIMPLEMENTED")
+    await ok("Recordings/Get", {"recording_id": "r1"}, sup, expect="UNIMPLEMENTED")
+    # Voicemail: admin/staff only, and this stack has no voicemail service (UNIMPLEMENTED);
+    # tests/integration/test_run_voicemail.py drives it through callengine run
+    await ok("Voicemail/SetPin", {"box": "1001", "pin": "2468"}, sup, expect="PERMISSION_DENIED")
+    for method, params in [("Voicemail/SetPin", {"box": "1001", "pin": "2468"}),
+                           ("Voicemail/SetMailbox", {"box": "1001"}), ("Voicemail/GetMailbox", {"box": "1001"}),
+                           ("Voicemail/ListMessages", {"box": "1001"}),
+                           ("Voicemail/SaveMessage", {"box": "1001", "message_id": "m1"}),
+                           ("Voicemail/DeleteMessage", {"box": "1001", "message_id": "m1"}),
+                           ("Voicemail/DeleteMailbox", {"box": "1001"}), ("Voicemail/EraseMailbox", {"box": "1001"}),
+                           ("Voicemail/EraseCaller", {"caller_id": "+15550001"})]:
+        await ok(method, params, expect="UNIMPLEMENTED")
     # Webhooks: admin only, and this stack has no PostgreSQL webhooks (UNIMPLEMENTED);
     # tests/integration/test_webhooks_admin.py drives them through callengine run
     await ok("Webhooks/List", {}, sup, expect="PERMISSION_DENIED")
@@ -195,7 +212,7 @@ def test_every_unary_method_on_every_transport():
         async with api_stack(node_options={"router": router}) as stack:
             unary = {m.full_name.removeprefix("callengine.v1.") for m in METHODS.values() if not m.streaming}
             called = await exercise(stack, via_http(stack), "th")
-            assert "Admin/DeleteAgent" in called and len(unary) == 57, sorted(unary - called)
+            assert "Admin/DeleteAgent" in called and len(unary) == 80, sorted(unary - called)
             assert unary <= called, unary - called
             assert unary <= await exercise(stack, via_nats(stack, "tn"), "tn")
             async with ws_client(stack) as ws:
@@ -235,7 +252,8 @@ def test_micro_services_are_discoverable_with_stats():
             infos, stats = await stack.bridge.aio(discover)
             names = {i["name"] for i in infos}
             assert names == {"callengine-CallControl", "callengine-Agents", "callengine-Queues", "callengine-Admin",
-                             "callengine-Events", "callengine-Parking", "callengine-Conferences"}
+                             "callengine-Events", "callengine-Parking", "callengine-Conferences", "callengine-Recordings",
+                             "callengine-Voicemail", "callengine-Webhooks"}
             events = next(i for i in infos if i["name"] == "callengine-Events")
             assert {e["subject"] for e in events["endpoints"]} == {"api.*.Events.Watch"}
             queues = next(i for i in infos if i["name"] == "callengine-Queues")
