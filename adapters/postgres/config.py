@@ -203,6 +203,10 @@ class OutboundRoute(Entity, frozen=True, kw_only=True):
     trunks: tuple[str, ...] = ()
     prepend: str = ""
     strip: NonNegInt = 0
+    #: what the far end sees (migration 0014): the caller's number (keep), ``caller_id_value``
+    #: (replace) or ``caller_id_value`` + the caller's number (prefix)
+    caller_id_mode: Literal["keep", "replace", "prefix"] = "keep"
+    caller_id_value: str = ""
 
     def _check(self) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
@@ -212,6 +216,9 @@ class OutboundRoute(Entity, frozen=True, kw_only=True):
             out.append(("pattern", f"a regular expression ({exc})"))
         if not self.trunks:
             out.append(("trunks", "at least one trunk"))
+        if self.caller_id_mode != "keep" and not _DIGITS.match(self.caller_id_value):
+            out.append(("caller_id_value", f"digits, * # or + (1 to 32) for {self.caller_id_mode}, "
+                                           f"got {self.caller_id_value!r}"))
         return out
 
 

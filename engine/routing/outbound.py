@@ -328,7 +328,8 @@ def config_from_entities(trunks: Iterable[Any], routes: Iterable[Any],
 
     The FreeSWITCH gateway of a trunk is named after the trunk (``trunk_id``); ``max_channels`` is
     its limit. A stored pattern that is neither a dial pattern (``_``) nor anchored is a regex that
-    must match in full, so it is anchored here. The stored rows carry no caller-id rule yet: keep."""
+    must match in full, so it is anchored here. A route's caller-id rule is its ``caller_id_mode`` /
+    ``caller_id_value`` (keep when the row has none)."""
     out_trunks = tuple(Trunk(trunk_id=t.trunk_id, gateway=t.trunk_id,
                              max_concurrent=t.max_channels, enabled=t.enabled)
                        for t in trunks)
@@ -341,7 +342,8 @@ def config_from_entities(trunks: Iterable[Any], routes: Iterable[Any],
             pattern = f"^(?:{pattern[1:]})$"
         out_routes.append(OutboundRoute(
             route_id=r.route_id, pattern=pattern, priority=r.priority,
-            trunks=tuple(r.trunks), strip=r.strip, prepend=r.prepend))
+            trunks=tuple(r.trunks), strip=r.strip, prepend=r.prepend,
+            caller_id=CallerIdRule(mode=getattr(r, "caller_id_mode", "keep"), value=getattr(r, "caller_id_value", ""))))
     return OutboundConfig(trunks=out_trunks, routes=tuple(out_routes), emergency=emergency or EmergencyNumbers())
 
 

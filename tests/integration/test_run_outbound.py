@@ -31,7 +31,8 @@ def test_run_fails_over_from_a_busy_trunk_to_the_next(monkeypatch, in_process: b
         await store.create(Trunk(tenant=TENANT, trunk_id="A", host="carrier-a.example", max_channels=4))
         await store.create(Trunk(tenant=TENANT, trunk_id="B", host="carrier-b.example", max_channels=4))
         await store.create(OutboundRoute(tenant=TENANT, route_id="intl", pattern="00[0-9]+", priority=10,
-                                         trunks=("A", "B")))
+                                         trunks=("A", "B"), caller_id_mode="replace",
+                                         caller_id_value="+33140000000"))
         await _until(lambda: "intl" in {r.route_id for r in
                                         engine.outbound[TENANT].routes} if TENANT in engine.outbound else False)
         emu.set_gateway("A", outcome="busy")
@@ -61,6 +62,9 @@ def test_run_fails_over_from_a_busy_trunk_to_the_next(monkeypatch, in_process: b
     assert out["gateway_log"] == [("A", "0044201234"), ("B", "0044201234")], out
     assert "sofia/gateway/A/0044201234 " in out["originates"][0] and "callengine_trunk_id=A" in out["originates"][0]
     assert "sofia/gateway/B/0044201234 " in out["originates"][1]
+    # the route's caller-id rule (replace): the far end sees the company's number, not 2001
+    assert all("origination_caller_id_number=+33140000000," in line for line in out["originates"]), out
+
     assert out["answered_on"] == "B"
     assert out["usage"] == {"B": 1}
     assert out["cdr"] == [("answered", "0044201234", "B")]

@@ -410,6 +410,30 @@ def test_config_from_stored_rows() -> None:
     assert isinstance(plan("123", cfg, {}), DialPlan)
 
 
+def test_caller_id_rules_from_stored_rows() -> None:
+    """The stored route's caller_id_mode/value (migration 0014) become its CallerIdRule; a rule that
+    rewrites the number needs one."""
+    import pytest
+
+    from adapters.postgres import config as pg
+    from adapters.postgres.errors import InvalidArgument
+    from engine.routing.outbound import config_from_entities
+
+    trunks = [pg.Trunk(tenant="t", trunk_id="c1", host="sip.example.net")]
+    routes = [pg.OutboundRoute(tenant="t", route_id="main", pattern="^00[0-9]+", trunks=("c1",),
+                               caller_id_mode="replace", caller_id_value="+33140000000"),
+              pg.OutboundRoute(tenant="t", route_id="did", pattern="^0[1-9][0-9]+", trunks=("c1",),
+                               caller_id_mode="prefix", caller_id_value="+3314000"),
+              pg.OutboundRoute(tenant="t", route_id="own", pattern="^9[0-9]+", trunks=("c1",))]
+    cfg = config_from_entities(trunks, routes)
+    seen = [plan(n, cfg, {}, caller_id="1234") for n in ("0044201234", "0140000000", "912")]
+    assert [p.attempts[0].caller_id for p in seen if isinstance(p, DialPlan)] == [
+        "+33140000000", "+33140001234", "1234"]
+    with pytest.raises(InvalidArgument, match="caller_id_value"):
+        pg.validate(pg.OutboundRoute(tenant="t", route_id="bad", pattern="^1", trunks=("c1",),
+                                     caller_id_mode="replace"))
+
+
 def test_click_to_call_to_an_outside_number_dials_its_plan_after_the_users_phone_answers() -> None:
     from engine.messages import Originate
 
