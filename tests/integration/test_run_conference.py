@@ -7,69 +7,37 @@ every wait is bounded."""
 
 from __future__ import annotations
 
-import pathlib
-import tempfile
-import warnings
-
 import pytest
 import trio
 
 from api.auth import issue_token
-from engine.run import EpochClock, RunOptions, open_engine
+from tests.support.engine import SECRET, run_engine
+from tests.support.engine import until as _until
 from tests.support.nats import http_call
 
-warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-
 TENANT = "default"
-SECRET = "s" * 32
-
-
-async def _until(predicate, timeout: float = 10.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.02)
 
 
 @pytest.mark.timeout(120)
 def test_run_join_by_pin_cti_kick_and_the_cdr_in_postgres(monkeypatch) -> None:
-    from adapters.freeswitch.config import EslNodeConfig
-    from sim.freeswitch import FreeSwitchEmulator
-
-    state = pathlib.Path(tempfile.mkdtemp(prefix="callengine-run-conference-"))
-    monkeypatch.setenv("CALLENGINE_STATE_DIR", str(state))
-    monkeypatch.delenv("CALLENGINE_PG_DSN", raising=False)
     out: dict = {}
 
-    async def main() -> None:
-        emu = FreeSwitchEmulator(heartbeat=1.0, answer_delay=0.01, ring_delay=0.002)
-        async with trio.open_nursery() as outer:
-            port = await outer.start(emu.run)
-            emu.register_phone("2001")
-            options = RunOptions(secret=SECRET, state_dir=str(state), in_process=True, node_name="t",
-                                 esl_nodes=[EslNodeConfig(name="fs1", port=port)], esl_heartbeat_s=1.0,
-                                 webhook_drain_s=0.2)
-            async with open_engine(options) as engine:
-                try:
-                    await _exercise(engine, emu, out)
-                except Exception as exc:  # noqa: BLE001 - shown as itself, not in nested groups
-                    out["error"] = exc
-            outer.cancel_scope.cancel()
+    async def body(engine, emu) -> None:
+        try:
+            await _exercise(engine, emu, out)
+        except Exception as exc:  # noqa: BLE001 - shown as itself, not in nested groups
+            out["error"] = exc
 
-    trio.run(main, clock=EpochClock())
+    run_engine(monkeypatch, body, phones=("2001",))
     if "error" in out:
         raise out["error"]
 
 
 async def _exercise(engine, emu, out: dict) -> None:
-    from adapters.postgres.config import ConferenceRoom, Extension, Tenant
-    from adapters.postgres.errors import AlreadyExists
+    from adapters.postgres.config import ConferenceRoom, Extension
 
     admin = issue_token(SECRET, tenant=TENANT, sub="root", roles=("admin",))
     store = engine.store
-    try:
-        await store.create(Tenant(tenant=TENANT))
-    except AlreadyExists:
-        pass
     await store.create(Extension(tenant=TENANT, extension="2001"))
     # the room through the API (admin): the PIN is hashed by the server and never shown again
     agent = issue_token(SECRET, tenant=TENANT, sub="a1", roles=("agent",))
