@@ -6,16 +6,10 @@ deletion turns the lamp off. Every wait is bounded."""
 
 from __future__ import annotations
 
-import pathlib
-import tempfile
-import warnings
-
 import pytest
 import trio
 
-from engine.run import EpochClock, RunOptions, open_engine
-
-warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+from tests.support.engine import SECRET, run_engine
 
 TENANT = "default"
 FLOW = {"id": "vm", "start": "vm", "nodes": {"vm": {
@@ -35,81 +29,59 @@ async def _until(predicate, timeout: float = 10.0) -> None:
 @pytest.mark.timeout(180)
 def test_run_stores_a_message_sends_mwi_and_serves_the_api(monkeypatch, in_process: bool) -> None:
     from adapters.freeswitch import codec as c
-    from adapters.freeswitch.config import EslNodeConfig
-    from adapters.postgres.config import Did, Extension, Flow, Tenant
-    from adapters.postgres.errors import AlreadyExists
+    from adapters.postgres.config import Did, Extension, Flow
     from api.auth import issue_token
-    from sim.freeswitch import FreeSwitchEmulator
     from tests.integration.test_fs_emulator import named, tcp_client
 
     if not in_process:
         pytest.importorskip("ray")
-    state = pathlib.Path(tempfile.mkdtemp(prefix="callengine-run-voicemail-"))
-    monkeypatch.setenv("CALLENGINE_STATE_DIR", str(state))
-    monkeypatch.delenv("CALLENGINE_PG_DSN", raising=False)
     out: dict = {}
 
-    async def main() -> None:
-        emu = FreeSwitchEmulator(heartbeat=1.0, answer_delay=0.01, ring_delay=0.002, playback_seconds=0.05)
-        async with trio.open_nursery() as outer:
-            port = await outer.start(emu.run)
-            secret = "s" * 32
-            options = RunOptions(secret=secret, state_dir=str(state), in_process=in_process, node_name="t",
-                                 shards=None if in_process else 2,
-                                 esl_nodes=[EslNodeConfig(name="fs1", port=port)], esl_heartbeat_s=1.0,
-                                 webhook_drain_s=0.2)
-            async with open_engine(options) as engine:
-                store = engine.store
-                try:
-                    await store.create(Tenant(tenant=TENANT))
-                except AlreadyExists:
-                    pass
-                await store.create(Extension(tenant=TENANT, extension="1001"))
-                await store.create(Flow(tenant=TENANT, flow_id="vm", document=FLOW))
-                await store.create(Did(tenant=TENANT, number="5000", destination="flow:vm"))
-                await store.create(Flow(tenant=TENANT, flow_id="vmaccess", document=ACCESS))
-                await store.create(Did(tenant=TENANT, number="*97", destination="flow:vmaccess"))
-                api = engine.stack.api
-                admin = issue_token(secret, tenant=TENANT, sub="root", roles=("admin",))
-                await api.invoke_json(admin, "Voicemail/SetPin", b'{"box": "1001", "pin": "4711"}', "test")
+    async def body(engine, emu) -> None:
+        store = engine.store
+        await store.create(Extension(tenant=TENANT, extension="1001"))
+        await store.create(Flow(tenant=TENANT, flow_id="vm", document=FLOW))
+        await store.create(Did(tenant=TENANT, number="5000", destination="flow:vm"))
+        await store.create(Flow(tenant=TENANT, flow_id="vmaccess", document=ACCESS))
+        await store.create(Did(tenant=TENANT, number="*97", destination="flow:vmaccess"))
+        api = engine.stack.api
+        admin = issue_token(SECRET, tenant=TENANT, sub="root", roles=("admin",))
+        await api.invoke_json(admin, "Voicemail/SetPin", b'{"box": "1001", "pin": "4711"}', "test")
 
-                async def did_known() -> bool:
-                    return engine.config.snapshot.get(Did, TENANT, "*97") is not None
+        async def did_known() -> bool:
+            return engine.config.snapshot.get(Did, TENANT, "*97") is not None
 
-                await _until(did_known)
-                with trio.fail_after(15):
-                    await engine.links.wait_all_up()
-                watcher = await tcp_client(emu)
-                await watcher.cmd(c.event("plain", "MESSAGE_WAITING", "CHANNEL_EXECUTE"))
-                await emu.place_inbound_call("2001", "5000", variables={"emulator_record_talk_s": "0.3"})
-                mwi = await watcher.event(named("MESSAGE_WAITING"), timeout=15)
-                out["mwi"] = mwi.event.headers["MWI-Voice-Message"]
-                listed = await api.invoke_json(admin, "Voicemail/ListMessages", b'{"box": "1001"}', "test")
-                out["listed"] = listed
-                import json
+        await _until(did_known)
+        watcher = await tcp_client(emu)
+        await watcher.cmd(c.event("plain", "MESSAGE_WAITING", "CHANNEL_EXECUTE"))
+        await emu.place_inbound_call("2001", "5000", variables={"emulator_record_talk_s": "0.3"})
+        mwi = await watcher.event(named("MESSAGE_WAITING"), timeout=15)
+        out["mwi"] = mwi.event.headers["MWI-Voice-Message"]
+        listed = await api.invoke_json(admin, "Voicemail/ListMessages", b'{"box": "1001"}', "test")
+        out["listed"] = listed
+        import json
 
-                (msg,) = json.loads(listed)["items"]
-                out["msg"] = msg
-                # the owner dials *97 from extension 1001: PIN, 1 (listen), 7 (delete), # (exit)
-                owner = await emu.place_inbound_call("1001", "*97")
+        (msg,) = json.loads(listed)["items"]
+        out["msg"] = msg
+        # the owner dials *97 from extension 1001: PIN, 1 (listen), 7 (delete), # (exit)
+        owner = await emu.place_inbound_call("1001", "*97")
 
-                async def played(file):
-                    return await watcher.event(lambda f: f.name == "CHANNEL_EXECUTE"
-                                               and f.event.unique_id == owner.uuid
-                                               and f.event.headers.get("Application-Data") == file, timeout=10)
+        async def played(file):
+            return await watcher.event(lambda f: f.name == "CHANNEL_EXECUTE"
+                                       and f.event.unique_id == owner.uuid
+                                       and f.event.headers.get("Application-Data") == file, timeout=10)
 
-                await played("voicemail/vm-enter_pass.wav")
-                await emu.send_dtmf(owner.uuid, "4711#")
-                await played("voicemail/vm-menu.wav")
-                await emu.send_dtmf(owner.uuid, "1")
-                await played(msg["path"])
-                await emu.send_dtmf(owner.uuid, "7")
-                mwi = await watcher.event(named("MESSAGE_WAITING"), timeout=10)
-                await emu.send_dtmf(owner.uuid, "#")
-                out["mwi_after"] = mwi.event.headers["MWI-Voice-Message"]
-            outer.cancel_scope.cancel()
+        await played("voicemail/vm-enter_pass.wav")
+        await emu.send_dtmf(owner.uuid, "4711#")
+        await played("voicemail/vm-menu.wav")
+        await emu.send_dtmf(owner.uuid, "1")
+        await played(msg["path"])
+        await emu.send_dtmf(owner.uuid, "7")
+        mwi = await watcher.event(named("MESSAGE_WAITING"), timeout=10)
+        await emu.send_dtmf(owner.uuid, "#")
+        out["mwi_after"] = mwi.event.headers["MWI-Voice-Message"]
 
-    trio.run(main, clock=EpochClock())
+    run_engine(monkeypatch, body, in_process=in_process, emulator={"playback_seconds": 0.05})
     assert out["mwi"] == "1/0 (0/0)" and out["mwi_after"] == "0/0 (0/0)"
     assert out["msg"]["caller_id"] == "2001" and out["msg"]["folder"] == "new"
     assert out["msg"]["path"] == f"voicemail/1001/{out['msg']['message_id']}.wav"

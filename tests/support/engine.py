@@ -29,9 +29,11 @@ async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 def run_engine(monkeypatch: Any, body: Callable[[Any, Any], Awaitable[None]], *, in_process: bool = True,
-               phones: Iterable[str] = (), tenant: str = "default", shards: int = 2, **options: Any) -> None:
+               phones: Iterable[str] = (), tenant: str = "default", shards: int = 2,
+               emulator: dict[str, Any] | None = None, **options: Any) -> None:
     """Run ``body(engine, emu)`` inside a running engine (in process, or on ``shards`` Ray shard
-    hosts) whose ESL link to the emulator is up and whose PostgreSQL has ``tenant``."""
+    hosts) whose ESL link to the emulator is up and whose PostgreSQL has ``tenant``. ``emulator``:
+    more ``FreeSwitchEmulator`` settings; ``options``: more ``RunOptions``."""
     from adapters.freeswitch.config import EslNodeConfig
     from adapters.postgres.config import Tenant
     from adapters.postgres.errors import AlreadyExists
@@ -43,7 +45,7 @@ def run_engine(monkeypatch: Any, body: Callable[[Any, Any], Awaitable[None]], *,
     monkeypatch.delenv("CALLENGINE_PG_DSN", raising=False)
 
     async def main() -> None:
-        emu = FreeSwitchEmulator(heartbeat=1.0, answer_delay=0.01, ring_delay=0.002)
+        emu = FreeSwitchEmulator(**{"heartbeat": 1.0, "answer_delay": 0.01, "ring_delay": 0.002, **(emulator or {})})
         async with trio.open_nursery() as outer:
             port = await outer.start(emu.run)
             for phone in phones:
