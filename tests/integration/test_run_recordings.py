@@ -7,113 +7,79 @@ writer) and Recordings/List and Get return them with the media store's URL. The 
 
 from __future__ import annotations
 
-import pathlib
-import tempfile
-import warnings
-
 import pytest
 import trio
 
 from api.auth import issue_token
-from engine.run import EpochClock, RunOptions, open_engine
+from tests.support.engine import SECRET, run_engine
+from tests.support.engine import until as _until
 from tests.support.nats import http_call
 
-warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-
 TENANT = "default"
-SECRET = "s" * 32
 CONSENT = "/snd/recorded.wav"
-
-
-async def _until(predicate, timeout: float = 10.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.02)
 
 
 @pytest.mark.timeout(120)
 def test_always_on_extension_and_on_demand_recording_through_callengine_run(monkeypatch) -> None:
-    from adapters.freeswitch.config import EslNodeConfig
-    from adapters.postgres.config import Extension, Tenant
-    from adapters.postgres.errors import AlreadyExists
+    from adapters.postgres.config import Extension
     from adapters.postgres.recordings import load_policy
-    from sim.freeswitch import FreeSwitchEmulator
 
-    state = pathlib.Path(tempfile.mkdtemp(prefix="callengine-run-recordings-"))
-    monkeypatch.setenv("CALLENGINE_STATE_DIR", str(state))
     monkeypatch.setenv("CALLENGINE_RECORDINGS_URL", "https://media.example/rec")
-    monkeypatch.delenv("CALLENGINE_PG_DSN", raising=False)
     out: dict = {}
 
-    async def main() -> None:
-        emu = FreeSwitchEmulator(heartbeat=1.0, answer_delay=0.01, ring_delay=0.002)
+    async def body(engine, emu) -> None:
         emu.playback_durations[CONSENT] = 0.1
-        async with trio.open_nursery() as outer:
-            port = await outer.start(emu.run)
-            for phone in ("1001", "1002"):
-                emu.register_phone(phone)
-            options = RunOptions(secret=SECRET, state_dir=str(state), in_process=True, node_name="t",
-                                 esl_nodes=[EslNodeConfig(name="fs1", port=port)], esl_heartbeat_s=1.0,
-                                 webhook_drain_s=0.2)
-            async with open_engine(options) as engine:
-                store = engine.store
-                try:
-                    await store.create(Tenant(tenant=TENANT))
-                except AlreadyExists:
-                    pass
-                admin = issue_token(SECRET, tenant=TENANT, sub="root", roles=("admin",))
+        store = engine.store
+        admin = issue_token(SECRET, tenant=TENANT, sub="root", roles=("admin",))
 
-                async def api(method: str, params: dict, tok: str = admin) -> tuple[int, dict]:
-                    return await http_call(engine.stack, method, params, tok)
+        async def api(method: str, params: dict, tok: str = admin) -> tuple[int, dict]:
+            return await http_call(engine.stack, method, params, tok)
 
-                # written through the Admin API while the node runs (PostgreSQL rows, NOTIFY back)
-                await store.create(Extension(tenant=TENANT, extension="1001"))
-                out["ext"] = await api("Admin/CreateExtension", {"id": "1002", "record": True,
-                                                                 "record_consent": CONSENT})
-                out["policy"] = await api("Admin/SetRecordingPolicy", {"retention_days": 7})
-                out["policy_row"] = await load_policy(engine.pg, TENANT)
-                await _until(lambda: engine.config.snapshot.get(Extension, TENANT, "1002") is not None)
-                with trio.fail_after(15):
-                    await engine.links.wait_all_up()
+        # written through the Admin API while the node runs (PostgreSQL rows, NOTIFY back)
+        await store.create(Extension(tenant=TENANT, extension="1001"))
+        out["ext"] = await api("Admin/CreateExtension", {"id": "1002", "record": True,
+                                                         "record_consent": CONSENT})
+        out["policy"] = await api("Admin/SetRecordingPolicy", {"retention_days": 7})
+        out["policy_row"] = await load_policy(engine.pg, TENANT)
+        await _until(lambda: engine.config.snapshot.get(Extension, TENANT, "1002") is not None)
 
-                # always-on: a call to 1002 is recorded after the announcement, until it ends
-                ch = await emu.place_inbound_call("2001", "1002")
-                await _until(lambda: ch.recording is not None)
-                out["broadcast_first"] = any(f"uuid_broadcast {ch.uuid} {CONSENT} both" in line
-                                             for line in emu.command_log)
-                out["stop_compliance"] = await api("CallControl/StopRecording", {"call_id": ch.uuid})
-                await emu.hangup(ch.uuid)
-                # on demand: a call to 1001, started, paused, resumed and stopped through the API
-                ch2 = await emu.place_inbound_call("2002", "1001")
-                await _until(lambda: ch2.peer is not None)
-                await _until(lambda: engine.node.runtime.state_of("call", ch2.uuid) is not None
-                             and engine.node.runtime.state_of("call", ch2.uuid).state.name == "ACTIVE")
-                out["start"] = await api("CallControl/StartRecording", {"call_id": ch2.uuid})
-                await _until(lambda: ch2.recording is not None)
-                out["pause"] = await api("CallControl/PauseRecording", {"call_id": ch2.uuid})
-                await _until(lambda: ch2.record_masked)
-                await trio.sleep(0.2)
-                out["resume"] = await api("CallControl/ResumeRecording", {"call_id": ch2.uuid})
-                out["stop"] = await api("CallControl/StopRecording", {"call_id": ch2.uuid})
-                await _until(lambda: ch2.recording is None)
-                await emu.hangup(ch2.uuid)
-                await _until(lambda: not emu.channels, 10)
+        # always-on: a call to 1002 is recorded after the announcement, until it ends
+        ch = await emu.place_inbound_call("2001", "1002")
+        await _until(lambda: ch.recording is not None)
+        out["broadcast_first"] = any(f"uuid_broadcast {ch.uuid} {CONSENT} both" in line
+                                     for line in emu.command_log)
+        out["stop_compliance"] = await api("CallControl/StopRecording", {"call_id": ch.uuid})
+        await emu.hangup(ch.uuid)
+        # on demand: a call to 1001, started, paused, resumed and stopped through the API
+        ch2 = await emu.place_inbound_call("2002", "1001")
+        await _until(lambda: ch2.peer is not None)
+        await _until(lambda: engine.node.runtime.state_of("call", ch2.uuid) is not None
+                     and engine.node.runtime.state_of("call", ch2.uuid).state.name == "ACTIVE")
+        out["start"] = await api("CallControl/StartRecording", {"call_id": ch2.uuid})
+        await _until(lambda: ch2.recording is not None)
+        out["pause"] = await api("CallControl/PauseRecording", {"call_id": ch2.uuid})
+        await _until(lambda: ch2.record_masked)
+        await trio.sleep(0.2)
+        out["resume"] = await api("CallControl/ResumeRecording", {"call_id": ch2.uuid})
+        out["stop"] = await api("CallControl/StopRecording", {"call_id": ch2.uuid})
+        await _until(lambda: ch2.recording is None)
+        await emu.hangup(ch2.uuid)
+        await _until(lambda: not emu.channels, 10)
 
-                async def rows() -> int:
-                    return len((await api("Recordings/List", {}))[1].get("items", []))
+        async def rows() -> int:
+            return len((await api("Recordings/List", {}))[1].get("items", []))
 
-                with trio.fail_after(10):
-                    while await rows() < 2 or any(i["stopped_at"] is None for i in
-                                                  (await api("Recordings/List", {}))[1]["items"]):
-                        await trio.sleep(0.05)
-                out["list"] = await api("Recordings/List", {})
-                rid = out["start"][1]["data"]["recording_id"]
-                out["get"] = await api("Recordings/Get", {"recording_id": rid})
-                other = issue_token(SECRET, tenant="other", sub="root", roles=("admin",))
-                out["other_tenant"] = await api("Recordings/Get", {"recording_id": rid}, other)
-            outer.cancel_scope.cancel()
+        with trio.fail_after(10):
+            while await rows() < 2 or any(i["stopped_at"] is None for i in
+                                          (await api("Recordings/List", {}))[1]["items"]):
+                await trio.sleep(0.05)
+        out["list"] = await api("Recordings/List", {})
+        rid = out["start"][1]["data"]["recording_id"]
+        out["get"] = await api("Recordings/Get", {"recording_id": rid})
+        other = issue_token(SECRET, tenant="other", sub="root", roles=("admin",))
+        out["other_tenant"] = await api("Recordings/Get", {"recording_id": rid}, other)
 
-    trio.run(main, clock=EpochClock())
+    run_engine(monkeypatch, body, phones=("1001", "1002"))
     assert out["ext"][0] == 200 and out["ext"][1]["record"], out["ext"]
     assert out["policy"][0] == 200 and out["policy_row"].retention_days == 7, out["policy"]
     assert out["broadcast_first"]
