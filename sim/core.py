@@ -43,6 +43,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
+import re
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -121,6 +122,17 @@ DRAIN_S = 4 * 3600.0
 _GIVE_UP_STATES = (CallState.ROUTING, CallState.IN_FLOW, CallState.QUEUED)
 #: a synthetic caller still in ROUTING (nothing answered, nothing played) after this long hangs up
 DEAD_AIR_S = 60.0
+
+
+_TONE = re.compile(r"%\(([0-9]+),([0-9]+)")
+_LOOPS = re.compile(r";loops=(-?[0-9]+)")
+
+
+def tone_stream_s(spec: str) -> float:
+    """The length of a ``tone_stream://%(on_ms,off_ms,freq...)...[;loops=N]`` (once for loops=-1)."""
+    cycle = sum(int(on) + int(off) for on, off in _TONE.findall(spec)) / 1000.0
+    loops = _LOOPS.search(spec)
+    return cycle * max(1, int(loops.group(1)) if loops else 1)
 
 
 class InvariantViolation(Exception):
@@ -325,6 +337,15 @@ class Simulator:
         self.now = t
         fn(t, arg)
         self._drain()
+
+    def _prompt_s(self, file: str) -> float:
+        """How long a prompt plays: the scenario's length for it; a FreeSWITCH ``tone_stream`` (a
+        voicemail beep) as long as its tones say; else the scenario's default."""
+        if file in self.sc.prompts:
+            return self.sc.prompts[file]
+        if file.startswith("tone_stream://"):
+            return tone_stream_s(file)
+        return self.sc.default_prompt_s
 
     def _drain(self) -> None:
         q = self._now
@@ -709,7 +730,7 @@ class Simulator:
         elif c is MediaPlay:
             if caller is not None and caller.log is not None:
                 caller.log.append(Observation(t, "prompt", {"file": cmd.file}))
-            duration = self.sc.prompts.get(cmd.file, self.sc.default_prompt_s) * max(1, cmd.loops)
+            duration = self._prompt_s(cmd.file) * max(1, cmd.loops)
             tok = self._playback[call_id] = self._token()
             self._at(t + duration, self._playback_done, (call_id, cmd.file, tok))
             if caller is not None and not caller.scripted:
@@ -719,7 +740,7 @@ class Simulator:
         elif c is MediaBroadcast:
             # a consent announcement (docs/recordings.md): it plays its prompt length, then the
             # caller's leg reports its end (the other leg's PLAYBACK_STOP changes nothing here)
-            duration = self.sc.prompts.get(cmd.file, self.sc.default_prompt_s)
+            duration = self._prompt_s(cmd.file)
             self._at(t + duration, self._broadcast_done, (call_id, cmd.file))
         elif c is MediaRecordStart and caller is not None and caller.connected:
             # recording a conversation (not a voicemail message): nobody talks longer or shorter for it
