@@ -18,7 +18,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -26,7 +26,8 @@ from adapters.postgres.bridge import Postgres
 from adapters.postgres.errors import Unavailable
 from engine.messages import CtiEvent
 
-__all__ = ["EventSink", "TeeCti", "open_event_sink", "insert_events", "QUEUE_EVENT_NAMES"]
+__all__ = ["BatchedCtiWriter", "EventSink", "TeeCti", "open_event_sink", "running_writer", "insert_events",
+           "QUEUE_EVENT_NAMES"]
 
 log = logging.getLogger("callengine.postgres.events")
 
@@ -95,11 +96,17 @@ def _rows(events: list[CtiEvent]) -> tuple[list[tuple[Any, ...]], list[tuple[Any
     return q, a
 
 
-class EventSink:
-    """``CtiPort`` that keeps the statistics' events and pumps them to PostgreSQL in batches."""
+class BatchedCtiWriter:
+    """A ``CtiPort`` that keeps the events ``keeps`` accepts and pumps them to PostgreSQL in batches
+    (``_store``), never blocking the engine: bounded (the oldest dropped past ``high_water``),
+    retried with backoff while PostgreSQL is away, flushed at the end. ``EventSink`` and
+    ``adapters.postgres.recordings.RecordingWriter`` differ only in what they keep and store."""
+
+    #: names this writer in its log lines
+    label = "events"
 
     def __init__(self, pg: Postgres | None, *, batch: int = 5000, high_water: int = 200_000,
-                 max_backoff_s: float = 5.0, linger_s: float = 0.05) -> None:
+                 max_backoff_s: float = 5.0, linger_s: float = 0.0) -> None:
         self.pg = pg
         self.batch = batch
         #: after the first event of a batch, wait this long for more (one transaction for many: on a
@@ -115,9 +122,14 @@ class EventSink:
         self.failures = 0
         self._pending: list[CtiEvent] = []
 
+    def keeps(self, event: CtiEvent) -> bool:
+        raise NotImplementedError
+
+    async def _store(self, events: list[CtiEvent]) -> None:
+        raise NotImplementedError
+
     def publish(self, event: CtiEvent) -> None:
-        name = event.name
-        if name == "AGENT_STATE_CHANGED" or (name in QUEUE_EVENT_NAMES and (event.queue_id or event.data.get("queue_id"))):
+        if self.keeps(event):
             if len(self._buffer) >= self.high_water:
                 self._buffer.popleft()
                 self.dropped += 1
@@ -151,12 +163,11 @@ class EventSink:
     async def _write(self, events: list[CtiEvent]) -> bool:
         if self.pg is None:
             return False
-        q, a = _rows(events)
         try:
-            await self.pg.run(insert_events, q, a)
+            await self._store(events)
         except Unavailable as exc:
             self.failures += 1
-            log.warning("event sink: postgres unavailable (%s); %d events waiting", exc, len(self))
+            log.warning("%s: postgres unavailable (%s); %d events waiting", self.label, exc, len(self))
             return False
         self.written += len(events)
         return True
@@ -171,13 +182,33 @@ class EventSink:
                     self._pending = []
                 else:
                     await trio.sleep(0.2)
-        return not self._pending and not self._buffer
+        return not len(self)
 
     async def wait_settled(self, timeout_s: float = 10.0) -> bool:
         with trio.move_on_after(timeout_s):
             while len(self):
                 await trio.sleep(0.005)
         return not len(self)
+
+
+class EventSink(BatchedCtiWriter):
+    """``CtiPort`` that keeps the statistics' events (queue events, agent states) for
+    ``queue_events`` and ``agent_state_log``."""
+
+    label = "event sink"
+
+    def __init__(self, pg: Postgres | None, *, batch: int = 5000, high_water: int = 200_000,
+                 max_backoff_s: float = 5.0, linger_s: float = 0.05) -> None:
+        super().__init__(pg, batch=batch, high_water=high_water, max_backoff_s=max_backoff_s, linger_s=linger_s)
+
+    def keeps(self, event: CtiEvent) -> bool:
+        name = event.name
+        return name == "AGENT_STATE_CHANGED" or bool(name in QUEUE_EVENT_NAMES
+                                                     and (event.queue_id or event.data.get("queue_id")))
+
+    async def _store(self, events: list[CtiEvent]) -> None:
+        q, a = _rows(events)
+        await self.pg.run(insert_events, q, a)  # type: ignore[union-attr]  # _write checked pg
 
 
 class TeeCti:
@@ -191,14 +222,23 @@ class TeeCti:
             p.publish(event)
 
 
+W = TypeVar("W", bound=BatchedCtiWriter)
+
+
 @asynccontextmanager
-async def open_event_sink(pg: Postgres | None, *, flush_timeout_s: float = 5.0, **options: Any) -> AsyncIterator[EventSink]:
-    sink = EventSink(pg, **options)
+async def running_writer(writer: W, *, flush_timeout_s: float = 5.0) -> AsyncIterator[W]:
+    """``writer`` pumping for the block; at its end what is still buffered is flushed (bounded)."""
     async with trio.open_nursery() as nursery:
-        await nursery.start(sink.run)
+        await nursery.start(writer.run)
         try:
-            yield sink
+            yield writer
         finally:
             nursery.cancel_scope.cancel()
     with trio.CancelScope(shield=True):
-        await sink.flush(flush_timeout_s)
+        await writer.flush(flush_timeout_s)
+
+
+@asynccontextmanager
+async def open_event_sink(pg: Postgres | None, *, flush_timeout_s: float = 5.0, **options: Any) -> AsyncIterator[EventSink]:
+    async with running_writer(EventSink(pg, **options), flush_timeout_s=flush_timeout_s) as sink:
+        yield sink

@@ -21,7 +21,6 @@ Rules
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -31,6 +30,7 @@ import trio
 
 from adapters.postgres.bridge import Postgres
 from adapters.postgres.errors import Unavailable
+from adapters.postgres.events import BatchedCtiWriter, running_writer
 from engine.messages import CtiEvent
 from engine.recordings import (
     DEFAULT_POLICY,
@@ -115,93 +115,28 @@ async def write_events(conn: Any, events: list[CtiEvent]) -> None:
                                    retain_until(policy, started))
 
 
-class RecordingWriter:
-    """``CtiPort`` that keeps the recording events and pumps them into ``recordings``."""
+class RecordingWriter(BatchedCtiWriter):
+    """``CtiPort`` that keeps the recording events and pumps them into ``recordings`` (the batching,
+    bounds and retries of ``adapters.postgres.events.BatchedCtiWriter``)."""
+
+    label = "recordings"
 
     def __init__(self, pg: Postgres | None, *, batch: int = 500, high_water: int = 100_000,
                  max_backoff_s: float = 5.0) -> None:
-        self.pg = pg
-        self.batch = batch
-        self.high_water = high_water
-        self.max_backoff_s = max_backoff_s
-        self._buffer: deque[CtiEvent] = deque()
-        self._pending: list[CtiEvent] = []
-        self._lot = trio.lowlevel.ParkingLot()
-        self.kept = self.dropped = self.written = self.failures = 0
+        super().__init__(pg, batch=batch, high_water=high_water, max_backoff_s=max_backoff_s)
 
-    def publish(self, event: CtiEvent) -> None:
-        if event.name not in RECORDING_EVENTS or not event.data.get("recording_id"):
-            return
-        if len(self._buffer) >= self.high_water:
-            self._buffer.popleft()
-            self.dropped += 1
-        self._buffer.append(event)
-        self.kept += 1
-        self._lot.unpark_all()
+    def keeps(self, event: CtiEvent) -> bool:
+        return event.name in RECORDING_EVENTS and bool(event.data.get("recording_id"))
 
-    def __len__(self) -> int:
-        return len(self._buffer) + len(self._pending)
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        delay = 0.1
-        while True:
-            if not self._pending:
-                if not self._buffer:
-                    await self._lot.park()
-                    continue
-                n = min(self.batch, len(self._buffer))
-                self._pending = [self._buffer.popleft() for _ in range(n)]
-            if await self._write(self._pending):
-                self._pending = []
-                delay = 0.1
-            else:
-                await trio.sleep(delay)
-                delay = min(self.max_backoff_s, delay * 2)
-
-    async def _write(self, events: list[CtiEvent]) -> bool:
-        if self.pg is None:
-            return False
-        try:
-            await self.pg.run(write_events, events)
-        except Unavailable as exc:
-            self.failures += 1
-            log.warning("recordings: postgres unavailable (%s); %d events waiting", exc, len(self))
-            return False
-        self.written += len(events)
-        return True
-
-    async def flush(self, timeout_s: float = 5.0) -> bool:
-        with trio.move_on_after(timeout_s):
-            while self._pending or self._buffer:
-                if not self._pending:
-                    n = min(self.batch, len(self._buffer))
-                    self._pending = [self._buffer.popleft() for _ in range(n)]
-                if await self._write(self._pending):
-                    self._pending = []
-                else:
-                    await trio.sleep(0.2)
-        return not len(self)
-
-    async def wait_settled(self, timeout_s: float = 10.0) -> bool:
-        with trio.move_on_after(timeout_s):
-            while len(self):
-                await trio.sleep(0.005)
-        return not len(self)
+    async def _store(self, events: list[CtiEvent]) -> None:
+        await self.pg.run(write_events, events)  # type: ignore[union-attr]  # _write checked pg
 
 
 @asynccontextmanager
 async def open_recording_writer(pg: Postgres | None, *, flush_timeout_s: float = 5.0,
                                 **options: Any) -> AsyncIterator[RecordingWriter]:
-    writer = RecordingWriter(pg, **options)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(writer.run)
-        try:
-            yield writer
-        finally:
-            nursery.cancel_scope.cancel()
-    with trio.CancelScope(shield=True):
-        await writer.flush(flush_timeout_s)
+    async with running_writer(RecordingWriter(pg, **options), flush_timeout_s=flush_timeout_s) as writer:
+        yield writer
 
 
 # ---- reads, policy, retention ---------------------------------------------------------------
