@@ -772,41 +772,15 @@ class FreeSwitchEmulator:
             return None, "CHAN_NOT_IMPLEMENTED"
         ep = self.endpoints.get(dest, Endpoint())
         name = f"{tech}/{rest}" if tech != "loopback" else f"loopback/{dest}-a"
-        # switch_ivr_originate: {origination_uuid=...} becomes the new channel's UUID; one that
-        # is already in use fails the originate (switch_core_session_set_uuid refuses it; the
-        # cause the emulator reports for that is its own choice)
-        want_uuid = vars_.get("origination_uuid") if self.honour_origination_uuid else None
-        if want_uuid and want_uuid in self.channels:
+        ch = self._new_outbound(name, dest, vars_, tech, caller, caller_name, originator)
+        if ch is None:
             return None, "DESTINATION_OUT_OF_ORDER"
-        ch = self._new_channel(name, "outbound", caller, caller_name, dest, context="default",
-                               uuid=want_uuid or None)
-        ch.variables.update(vars_)
-        ch.variables["originate_endpoint"] = tech
-        if originator is not None:
-            ch.originator = originator.uuid
-        ch.state = "CS_INIT"
-        self._fire("CHANNEL_CREATE", ch)
-        self._fire("CHANNEL_OUTGOING", ch)
-        self._fire("CHANNEL_ORIGINATE", ch)
-        await trio.sleep(self.ring_delay)
-        if not ch.up:
-            return None, ch.hangup_cause or "ORIGINATOR_CANCEL"
-        ch.progress_us = self._now_us()
-        ch.call_state = "RINGING"
-        self._fire("CHANNEL_PROGRESS", ch)
-        self._fire("CHANNEL_CALLSTATE", ch, extra={"Original-Channel-Call-State": "DOWN"})
+        gone = await self._announce_outbound(ch)
+        if gone:
+            return None, gone
+        self._progress(ch)
         if ep.outcome == "answer":
-            delay = self.answer_delay if ep.answer_after is None else ep.answer_after
-            if delay > timeout:
-                await trio.sleep(timeout)
-                await self.hangup(ch.uuid, "NO_ANSWER")
-                return None, "NO_ANSWER"
-            await trio.sleep(delay)
-            if not ch.up:
-                return None, ch.hangup_cause or "ORIGINATOR_CANCEL"
-            ch.state = "CS_EXECUTE"
-            self._answer(ch)
-            return ch, ""
+            return await self._answer_after(ch, ep.answer_after, timeout)
         if ep.outcome == "no_answer":
             await trio.sleep(timeout)
             cause = "NO_ANSWER"
@@ -832,35 +806,61 @@ class FreeSwitchEmulator:
         if gw.outcome == "down":
             return None, "GATEWAY_DOWN"
         over = gw.max_calls > 0 and self.gateway_calls(gw.name) >= gw.max_calls
-        want_uuid = vars_.get("origination_uuid") if self.honour_origination_uuid else None
-        if want_uuid and want_uuid in self.channels:
+        ch = self._new_outbound(f"sofia/{rest}", number, vars_, "sofia", caller, caller_name or caller, originator)
+        if ch is None:
             return None, "DESTINATION_OUT_OF_ORDER"
-        ch = self._new_channel(f"sofia/{rest}", "outbound", caller, caller_name or caller, number,
-                               context="default", uuid=want_uuid or None)
-        ch.variables.update(vars_)
-        ch.variables["originate_endpoint"] = "sofia"
         ch.variables["emulator_gateway"] = gw.name
         if not over:  # a call the carrier refuses never counts towards its peak
             gw.peak = max(gw.peak, self.gateway_calls(gw.name))
-        if originator is not None:
-            ch.originator = originator.uuid
-        ch.state = "CS_INIT"
-        self._fire("CHANNEL_CREATE", ch)
-        self._fire("CHANNEL_OUTGOING", ch)
-        self._fire("CHANNEL_ORIGINATE", ch)
-        await trio.sleep(self.ring_delay)
-        if not ch.up:
-            return None, ch.hangup_cause or "ORIGINATOR_CANCEL"
+        gone = await self._announce_outbound(ch)
+        if gone:
+            return None, gone
         if over or gw.outcome != "answer":
             cause = "NORMAL_CIRCUIT_CONGESTION" if over else GATEWAY_CAUSES[gw.outcome]
             await trio.sleep(timeout if cause == "NO_ANSWER" else self.answer_delay)
             await self.hangup(ch.uuid, cause)
             return None, cause
+        self._progress(ch)
+        return await self._answer_after(ch, gw.answer_after, timeout)
+
+    # ---- one outbound leg, phones and trunk gateways alike ----------------------------------------
+
+    def _new_outbound(self, name: str, dest: str, vars_: dict[str, str], endpoint: str, caller: str,
+                      caller_name: str, originator: Channel | None) -> Channel | None:
+        """The new leg in CS_INIT; None when its ``origination_uuid`` is taken (switch_ivr_originate:
+        {origination_uuid=...} becomes the new channel's UUID, and switch_core_session_set_uuid
+        refuses one in use; the cause the emulator reports for that is its own choice)."""
+        want_uuid = vars_.get("origination_uuid") if self.honour_origination_uuid else None
+        if want_uuid and want_uuid in self.channels:
+            return None
+        ch = self._new_channel(name, "outbound", caller, caller_name, dest, context="default",
+                               uuid=want_uuid or None)
+        ch.variables.update(vars_)
+        ch.variables["originate_endpoint"] = endpoint
+        if originator is not None:
+            ch.originator = originator.uuid
+        ch.state = "CS_INIT"
+        return ch
+
+    async def _announce_outbound(self, ch: Channel) -> str:
+        """CHANNEL_CREATE/OUTGOING/ORIGINATE, then the ring delay; the cause if it was hung up
+        meanwhile, else ""."""
+        self._fire("CHANNEL_CREATE", ch)
+        self._fire("CHANNEL_OUTGOING", ch)
+        self._fire("CHANNEL_ORIGINATE", ch)
+        await trio.sleep(self.ring_delay)
+        return "" if ch.up else (ch.hangup_cause or "ORIGINATOR_CANCEL")
+
+    def _progress(self, ch: Channel) -> None:
         ch.progress_us = self._now_us()
         ch.call_state = "RINGING"
         self._fire("CHANNEL_PROGRESS", ch)
         self._fire("CHANNEL_CALLSTATE", ch, extra={"Original-Channel-Call-State": "DOWN"})
-        delay = self.answer_delay if gw.answer_after is None else gw.answer_after
+
+    async def _answer_after(self, ch: Channel, answer_after: float | None,
+                            timeout: float) -> tuple[Channel | None, str]:
+        """Answer after ``answer_after`` (None: the emulator's answer delay), or time out first."""
+        delay = self.answer_delay if answer_after is None else answer_after
         if delay > timeout:
             await trio.sleep(timeout)
             await self.hangup(ch.uuid, "NO_ANSWER")
