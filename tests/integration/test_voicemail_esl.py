@@ -35,8 +35,8 @@ from engine.flows.loader import decode_document, parse_flows
 from engine.messages import EnterFlow, RouteToExtension
 from sim.freeswitch import FreeSwitchEmulator
 from tests.integration.test_fs_emulator import named, tcp_client
-from tests.integration.test_webhooks import Receiver
 from tests.support.esl import until
+from tests.support.http import HttpReceiver as Receiver
 from tests.support.pg import fresh_dsn
 
 BEEP = "tone_stream://%(250,0,1000)"
@@ -215,7 +215,7 @@ def test_a_webhook_takes_voicemail_new() -> None:
         async with trio.open_nursery() as n:
             rx = await Receiver().start(n)
             cfg = load_config({"tenants": [{"tenant": "default", "webhooks": [{
-                "id": "crm", "url": rx.url, "events": ["VOICEMAIL_NEW"], "timeout_s": 2.0, "max_attempts": 2,
+                "id": "crm", "url": rx.url(), "events": ["VOICEMAIL_NEW"], "timeout_s": 2.0, "max_attempts": 2,
                 "backoff_base_s": 0.01, "backoff_cap_s": 0.05,
                 "body_template": '{"box": $box, "id": $message_id, "from": $caller_id, "seconds": $duration_s}'}]}]})
             async with open_webhook_dispatcher(cfg, MemoryDeadLetterStore()) as d:

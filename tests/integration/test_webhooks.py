@@ -13,13 +13,9 @@ import hashlib
 import hmac
 import json
 import random
-import socket
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
-import h11
 import pytest
 import trio
 
@@ -42,80 +38,15 @@ from api.events import CallCreated, CallEnded, encode_event
 from api.hub import EventHub
 from engine.actors.ports import InMemoryCdrs
 from engine.messages import Cdr, CtiEvent
+from tests.support.http import HttpReceiver, free_port
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
 pytestmark = pytest.mark.timeout(60)
 
 
-@dataclass
-class Request:
-    target: str
-    headers: dict[str, str]
-    body: bytes
-    at: float
-
-
-#: (status, headers, body, delay before answering)
-Answer = tuple[int, list[tuple[str, str]], bytes, float]
-
-
-@dataclass
-class Receiver:
-    """A tiny HTTP/1.1 server: records every request, answers with ``script(n)`` (n = 0, 1, ...)."""
-
-    script: Callable[[int], Answer] = lambda n: (200, [], b"ok", 0.0)
-    requests: list[Request] = field(default_factory=list)
-    port: int = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    async def serve(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER)
-        try:
-            while True:
-                request = None
-                body = b""
-                while True:
-                    event = conn.next_event()
-                    if event is h11.NEED_DATA:
-                        data = await stream.receive_some(65536)
-                        if not data:
-                            return
-                        conn.receive_data(data)
-                    elif isinstance(event, h11.Request):
-                        request = event
-                    elif isinstance(event, h11.Data):
-                        body += event.data
-                    elif isinstance(event, h11.EndOfMessage):
-                        break
-                    elif isinstance(event, h11.ConnectionClosed):
-                        return
-                assert request is not None
-                headers = {k.decode().lower(): v.decode() for k, v in request.headers}
-                n = len(self.requests)
-                self.requests.append(Request(request.target.decode(), headers, body, trio.current_time()))
-                status, extra, payload, delay = self.script(n)
-                if delay:
-                    await trio.sleep(delay)
-                await stream.send_all(conn.send(h11.Response(
-                    status_code=status, headers=[("content-length", str(len(payload))), *extra])))
-                await stream.send_all(conn.send(h11.Data(data=payload)))
-                await stream.send_all(conn.send(h11.EndOfMessage()))
-                if conn.our_state is h11.MUST_CLOSE:
-                    return
-                conn.start_next_cycle()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError):
-            return
-        finally:
-            await stream.aclose()
-
-    async def start(self, nursery: trio.Nursery) -> Receiver:
-        listeners = await nursery.start(functools.partial(trio.serve_tcp, host="127.0.0.1"), self.serve, 0)
-        self.port = listeners[0].socket.getsockname()[1]
-        return self
+#: the receiver of these tests: records every request, answers with ``script(n)``
+Receiver = HttpReceiver
 
 
 def config(url: str, **hook) -> dict:
@@ -152,14 +83,6 @@ def run(body):
     return trio.run(body)
 
 
-def free_port_nobody_listens_on() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 # ---- delivery ------------------------------------------------------------------------------------
 
 
@@ -169,7 +92,7 @@ def test_delivery_with_templated_body_headers_and_a_signature_that_verifies():
     async def main():
         async with trio.open_nursery() as nursery:
             rx = await Receiver().start(nursery)
-            cfg = load_config(config(rx.url, headers={"X-Api-Key": "k-123"}, secret="s3cret",
+            cfg = load_config(config(rx.url(), headers={"X-Api-Key": "k-123"}, secret="s3cret",
                                      body_template='{"call": $call_id, "from": $caller_id, "seq": $seq, '
                                                    '"kind": $type}'))
             store = MemoryDeadLetterStore()
@@ -205,7 +128,7 @@ def test_without_a_template_the_body_is_the_event_and_cdrs_carry_type_cdr():
     async def main():
         async with trio.open_nursery() as nursery:
             rx = await Receiver().start(nursery)
-            cfg = load_config(config(rx.url, events=["CALL_CREATED", "CDR"]))
+            cfg = load_config(config(rx.url(), events=["CALL_CREATED", "CDR"]))
             async with open_webhook_dispatcher(cfg, MemoryDeadLetterStore()) as d:
                 inner = InMemoryCdrs()
                 cdrs = WebhookCdrStore(inner, d)
@@ -228,7 +151,7 @@ def test_hub_events_reach_the_webhook_per_tenant_and_per_type():
     async def main():
         async with trio.open_nursery() as nursery:
             rx = await Receiver().start(nursery)
-            cfg = load_config(config(rx.url, events=["CALL_ENDED"]))
+            cfg = load_config(config(rx.url(), events=["CALL_ENDED"]))
             hub = EventHub()
             async with open_webhook_dispatcher(cfg, MemoryDeadLetterStore()) as d:
                 await attach_to_hub(nursery, hub, d)
@@ -252,7 +175,7 @@ def test_the_cti_port_feeds_own_events_in_wire_form():
     async def main():
         async with trio.open_nursery() as nursery:
             rx = await Receiver().start(nursery)
-            cfg = load_config(config(rx.url, events=["AGENT_STATE_CHANGED"],
+            cfg = load_config(config(rx.url(), events=["AGENT_STATE_CHANGED"],
                                      body_template='{"agent": $agent_id, "state": $state, "was": $previous}'))
             async with open_webhook_dispatcher(cfg, MemoryDeadLetterStore()) as d:
                 port = WebhookCti(d)
@@ -279,7 +202,7 @@ def test_5xx_is_retried_with_backoff_then_succeeds():
         async with trio.open_nursery() as nursery:
             rx = await Receiver(script=lambda n: (500 if n < 2 else 200, [], b"boom" if n < 2 else b"ok", 0.0)
                                 ).start(nursery)
-            cfg = load_config(config(rx.url, max_attempts=4, secret="s"))
+            cfg = load_config(config(rx.url(), max_attempts=4, secret="s"))
             store = MemoryDeadLetterStore()
             async with open_webhook_dispatcher(cfg, store, sleep=sleeps, rng=random.Random(3)) as d:
                 d.offer(created(1))
@@ -306,7 +229,7 @@ def test_429_retry_after_is_honoured():
         async with trio.open_nursery() as nursery:
             rx = await Receiver(script=lambda n: (429, [("retry-after", "1")], b"slow down", 0.0) if n == 0
                                 else (200, [], b"ok", 0.0)).start(nursery)
-            cfg = load_config(config(rx.url))
+            cfg = load_config(config(rx.url()))
             async with open_webhook_dispatcher(cfg, MemoryDeadLetterStore(), sleep=sleeps) as d:
                 d.offer(created(1))
                 assert await d.wait_idle()
@@ -323,7 +246,7 @@ def test_4xx_is_not_retried_and_becomes_a_dead_letter():
     async def main():
         async with trio.open_nursery() as nursery:
             rx = await Receiver(script=lambda n: (400, [], b'{"error": "bad payload"}', 0.0)).start(nursery)
-            cfg = load_config(config(rx.url, max_attempts=5))
+            cfg = load_config(config(rx.url(), max_attempts=5))
             store = MemoryDeadLetterStore()
             async with open_webhook_dispatcher(cfg, store) as d:
                 d.offer(created(1))
@@ -343,7 +266,7 @@ def test_4xx_is_not_retried_and_becomes_a_dead_letter():
 
 
 def test_receiver_down_is_dead_lettered_after_max_attempts():
-    port = free_port_nobody_listens_on()
+    port = free_port()
     sleeps = RecordingSleep()
 
     async def main():
@@ -366,7 +289,7 @@ def test_a_receiver_slower_than_the_timeout_is_retried_then_dead_lettered():
     async def main():
         async with trio.open_nursery() as nursery:
             rx = await Receiver(script=lambda n: (200, [], b"late", 5.0)).start(nursery)
-            cfg = load_config(config(rx.url, timeout_s=0.2, max_attempts=2))
+            cfg = load_config(config(rx.url(), timeout_s=0.2, max_attempts=2))
             store = MemoryDeadLetterStore()
             async with open_webhook_dispatcher(cfg, store) as d:
                 d.offer(created(1))
@@ -430,7 +353,7 @@ def test_a_stuck_receiver_never_blocks_offer_and_overflow_is_dead_lettered():
     async def main():
         async with trio.open_nursery() as nursery:
             rx = await Receiver(script=lambda n: (200, [], b"late", 60.0)).start(nursery)
-            cfg = load_config(config(rx.url, timeout_s=30.0, queue_capacity=100))
+            cfg = load_config(config(rx.url(), timeout_s=30.0, queue_capacity=100))
             store = MemoryDeadLetterStore()
             async with open_webhook_dispatcher(cfg, store, drain_s=0.2) as d:
                 ticks = [0]
@@ -488,7 +411,7 @@ def test_dead_letter_store_failures_are_retried_not_lost():
         async with trio.open_nursery() as nursery:
             rx = await Receiver(script=lambda n: (404, [], b"", 0.0)).start(nursery)
             store = Flaky()
-            async with open_webhook_dispatcher(load_config(config(rx.url)), store) as d:
+            async with open_webhook_dispatcher(load_config(config(rx.url())), store) as d:
                 d.offer(created(1))
                 d.offer(created(2))
                 assert await d.wait_idle()
@@ -529,7 +452,7 @@ def test_postgres_dead_letter_store_round_trip():
             # end to end: a dispatcher whose receiver refuses writes its dead letter to PostgreSQL
             async with trio.open_nursery() as nursery:
                 rx = await Receiver(script=lambda n: (410, [], b"gone", 0.0)).start(nursery)
-                async with open_webhook_dispatcher(load_config(config(rx.url)), store) as d:
+                async with open_webhook_dispatcher(load_config(config(rx.url())), store) as d:
                     d.offer(created(42))
                     assert await d.wait_idle()
                 nursery.cancel_scope.cancel()

@@ -21,20 +21,17 @@ One run checks, for every call:
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import json
 import os
 import pathlib
 import shutil
-import socket
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
 
-import h11
 import pytest
 import trio
 
@@ -43,6 +40,7 @@ from adapters.webhooks import verify_signature
 from adapters.webhooks.config import ContactLookupConfig, WebhookConfig
 from api.events import event_name
 from engine.run import EpochClock, RunOptions, open_engine
+from tests.support.http import HttpReceiver, Request, free_port
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
@@ -59,86 +57,27 @@ LOOKUP_HOLD_S = 4.5
 
 
 @dataclass
-class Request:
-    method: str
-    target: str
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class Receiver:
-    """A tiny HTTP/1.1 server. ``stuck``: reads a request and never answers. ``before_answer``:
-    awaited before each contact-lookup answer."""
+class Receiver(HttpReceiver):
+    """``stuck``: reads a request and never answers. ``status``: of every answer (a failing receiver:
+    503). A GET (the contact lookup) is answered with ``CONTACT`` once ``release_lookups`` is set
+    (at most ``LOOKUP_HOLD_S`` later)."""
 
     stuck: bool = False
-    #: the status of each answer (a failing receiver: 503)
     status: int = 200
-    requests: list[Request] = field(default_factory=list)
-    port: int = 0
     release_lookups: trio.Event = field(default_factory=trio.Event)
 
-    async def serve(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER)
-        try:
-            while True:
-                request, body = None, b""
-                while True:
-                    event = conn.next_event()
-                    if event is h11.NEED_DATA:
-                        data = await stream.receive_some(65536)
-                        if not data:
-                            return
-                        conn.receive_data(data)
-                    elif isinstance(event, h11.Request):
-                        request = event
-                    elif isinstance(event, h11.Data):
-                        body += event.data
-                    elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-                        break
-                if request is None:
-                    return
-                req = Request(request.method.decode(), request.target.decode(),
-                              {k.decode().lower(): v.decode() for k, v in request.headers}, body)
-                self.requests.append(req)
-                if self.stuck:
-                    await trio.sleep_forever()
-                payload = b"ok"
-                if req.method == "GET":
-                    with trio.move_on_after(LOOKUP_HOLD_S):
-                        await self.release_lookups.wait()
-                    payload = json.dumps(CONTACT).encode()
-                await stream.send_all(conn.send(h11.Response(
-                    status_code=self.status, headers=[("content-length", str(len(payload))),
-                                              ("content-type", "application/json")])))
-                await stream.send_all(conn.send(h11.Data(data=payload)))
-                await stream.send_all(conn.send(h11.EndOfMessage()))
-                if conn.our_state is h11.MUST_CLOSE:
-                    return
-                conn.start_next_cycle()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError):
-            return
-        finally:
-            await stream.aclose()
-
-    async def start(self, nursery: trio.Nursery) -> Receiver:
-        listeners = await nursery.start(functools.partial(trio.serve_tcp, host="127.0.0.1"), self.serve, 0)
-        self.port = listeners[0].socket.getsockname()[1]
-        return self
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+    async def answer(self, request: Request, n: int) -> tuple[int, list[tuple[str, str]], bytes]:
+        if self.stuck:
+            await trio.sleep_forever()
+        payload = b"ok"
+        if request.method == "GET":
+            with trio.move_on_after(LOOKUP_HOLD_S):
+                await self.release_lookups.wait()
+            payload = json.dumps(CONTACT).encode()
+        return self.status, [("content-type", "application/json")], payload
 
     def posts(self, event_type: str) -> list[Request]:
         return [r for r in self.requests if r.method == "POST" and r.headers.get("callengine-event") == event_type]
-
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def _signed(secret: str, header: str, message: bytes) -> bool:
@@ -190,7 +129,7 @@ def test_webhooks_contact_lookup_and_journaling_through_callengine_run(monkeypat
                     WebhookConfig(id="journal", url=good.url("/cdr"), events=["CDR"], secret=SECRET,
                                   body_template='{"call": $call_id, "from": $caller_id, "agent": $agent_id, '
                                                 '"talk_s": $talk_s, "outcome": $disposition}'),
-                    WebhookConfig(id="dead", url=f"http://127.0.0.1:{_free_port()}/x",
+                    WebhookConfig(id="dead", url=f"http://127.0.0.1:{free_port()}/x",
                                   events=["CALL_CREATED", "CALL_ENDED", "CDR"], max_attempts=2,
                                   backoff_base_s=0.01, backoff_cap_s=0.02, timeout_s=1.0),
                     WebhookConfig(id="stuck", url=stuck.url("/x"), events=["CALL_CREATED", "CALL_ENDED", "CDR"],
