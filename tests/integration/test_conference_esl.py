@@ -13,14 +13,12 @@ import trio
 
 from adapters.freeswitch.config import EslNodeConfig
 from adapters.freeswitch.link import open_authenticated
-from adapters.freeswitch.nodes import MediaLinks, engine_live_calls
 from api.events import ConferenceMemberJoined, ConferenceMemberLeft, to_wire
-from engine.actors import Ports, TaskSpec, open_node
-from engine.actors.ports import InMemoryCdrs, InMemoryCti, InMemoryReplies
+from engine.actors.ports import InMemoryCdrs, InMemoryCti
 from engine.conference import ConferenceEsl, ConferenceService, RoomConfig, hash_pin, switch_room
 from engine.messages import JoinConference, RouteToExtension
 from sim.freeswitch import FreeSwitchEmulator
-from tests.support.esl import until
+from tests.support.esl import node_on_emulator, until
 
 ROOM = switch_room("default", "3000")
 SALT = b"0123456789abcdef"
@@ -32,29 +30,21 @@ def _router(event):
 
 def run(body, *, timeout: float = 20.0) -> None:
     async def main():
-        emu = FreeSwitchEmulator(heartbeat=0.5, answer_delay=0.01, ring_delay=0.002)
+        cdrs, cti = InMemoryCdrs(), InMemoryCti()
         async with trio.open_nursery() as n:
-            await n.start(emu.run)
-            for phone in ("1001", "1002", "1003"):
-                emu.register_phone(phone)
-            cfg = EslNodeConfig(name="fs1", port=emu.port)
-            links = MediaLinks([cfg], heartbeat_s=0.5)
-            cdrs, cti = InMemoryCdrs(), InMemoryCti()
-            ports = Ports(links, cti, cdrs, InMemoryReplies())
+            async with node_on_emulator(n, cti=cti, cdrs=cdrs, router=_router,
+                                        phones=("1001", "1002", "1003")) as (emu, node, links):
 
-            def call_of(uuid: str) -> str:
-                info = links.nodes["fs1"].table.by_uuid.get(uuid)
-                return info.call_id if info is not None else ""
+                def call_of(uuid: str) -> str:
+                    info = links.nodes["fs1"].table.by_uuid.get(uuid)
+                    return info.call_id if info is not None else ""
 
-            service = ConferenceService(cti.publish, [RoomConfig(
-                tenant="default", number="3000", moderator_pin_hash=hash_pin("4321", SALT),
-                member_pin_hash=hash_pin("1111", SALT))], call_of=call_of)
-            esl = ConferenceEsl([cfg], service)
-            async with open_node(ports=ports, router=_router, media_links=[TaskSpec("esl", links.run)]) as node:
-                links.attach(node, engine_live_calls(node, links))
+                service = ConferenceService(cti.publish, [RoomConfig(
+                    tenant="default", number="3000", moderator_pin_hash=hash_pin("4321", SALT),
+                    member_pin_hash=hash_pin("1111", SALT))], call_of=call_of)
+                esl = ConferenceEsl([link.config for link in links.links.values()], service)
                 await n.start(esl.run)
                 with trio.fail_after(5):
-                    await links.wait_all_up()
                     await esl.wait_all_up()
                 with trio.fail_after(timeout):
                     if body.__code__.co_argcount == 6:

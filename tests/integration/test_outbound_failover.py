@@ -10,14 +10,12 @@ import pytest
 import trio
 
 from adapters.freeswitch.config import EslNodeConfig
-from adapters.freeswitch.nodes import MediaLinks, engine_live_calls
-from engine.actors import Ports, TaskSpec, open_node
-from engine.actors.ports import InMemoryCdrs, InMemoryCti, InMemoryReplies
+from engine.actors.ports import InMemoryCdrs, InMemoryCti
 from engine.routing.outbound import OutboundConfig, OutboundRoute, Trunk
 from engine.routing.router import outbound_router
 from engine.routing.usage import LedgerCti, TrunkLedger
 from sim.freeswitch import FreeSwitchEmulator
-from tests.support.esl import until
+from tests.support.esl import node_on_emulator, until
 
 CONFIG = OutboundConfig(
     trunks=(Trunk(trunk_id="A", gateway="gw_a", max_concurrent=2),
@@ -28,17 +26,10 @@ CONFIG = OutboundConfig(
 
 def run(body, *, timeout: float = 20.0) -> None:
     async def main():
-        emu = FreeSwitchEmulator(heartbeat=0.5, answer_delay=0.01, ring_delay=0.002)
+        cdrs, cti, ledger = InMemoryCdrs(), InMemoryCti(), TrunkLedger()
+        router = outbound_router({"default": CONFIG}, ledger)
         async with trio.open_nursery() as n:
-            await n.start(emu.run)
-            links = MediaLinks([EslNodeConfig(name="fs1", port=emu.port)], heartbeat_s=0.5)
-            cdrs, cti, ledger = InMemoryCdrs(), InMemoryCti(), TrunkLedger()
-            ports = Ports(links, LedgerCti(ledger, cti), cdrs, InMemoryReplies())
-            router = outbound_router({"default": CONFIG}, ledger)
-            async with open_node(ports=ports, router=router, media_links=[TaskSpec("esl", links.run)]) as node:
-                links.attach(node, engine_live_calls(node, links))
-                with trio.fail_after(5):
-                    await links.wait_all_up()
+            async with node_on_emulator(n, cti=LedgerCti(ledger, cti), cdrs=cdrs, router=router) as (emu, node, _):
                 with trio.fail_after(timeout):
                     await body(emu, node, cdrs, cti, ledger)
             n.cancel_scope.cancel()

@@ -10,12 +10,10 @@ from __future__ import annotations
 import trio
 
 from adapters.freeswitch.config import EslNodeConfig
-from adapters.freeswitch.nodes import MediaLinks, engine_live_calls
-from engine.actors import Ports, TaskSpec, open_node
-from engine.actors.ports import InMemoryCdrs, InMemoryCti, InMemoryReplies
+from engine.actors.ports import InMemoryCdrs, InMemoryCti
 from engine.messages import Park, Pickup, RouteToExtension
 from sim.freeswitch import FreeSwitchEmulator
-from tests.support.esl import until
+from tests.support.esl import node_on_emulator, until
 
 
 def _router(event):
@@ -24,18 +22,10 @@ def _router(event):
 
 def run(body, *, timeout: float = 20.0) -> None:
     async def main():
-        emu = FreeSwitchEmulator(heartbeat=0.5, answer_delay=0.01, ring_delay=0.002)
+        cdrs, cti = InMemoryCdrs(), InMemoryCti()
         async with trio.open_nursery() as n:
-            await n.start(emu.run)
-            for phone in ("1001", "1002", "1005", "3000"):
-                emu.register_phone(phone)
-            links = MediaLinks([EslNodeConfig(name="fs1", port=emu.port)], heartbeat_s=0.5)
-            cdrs, cti = InMemoryCdrs(), InMemoryCti()
-            ports = Ports(links, cti, cdrs, InMemoryReplies())
-            async with open_node(ports=ports, router=_router, media_links=[TaskSpec("esl", links.run)]) as node:
-                links.attach(node, engine_live_calls(node, links))
-                with trio.fail_after(5):
-                    await links.wait_all_up()
+            async with node_on_emulator(n, cti=cti, cdrs=cdrs, router=_router,
+                                        phones=("1001", "1002", "1005", "3000")) as (emu, node, _):
                 with trio.fail_after(timeout):
                     await body(emu, node, cdrs, cti)
             n.cancel_scope.cancel()

@@ -12,15 +12,12 @@ import warnings
 
 import trio
 
-from adapters.freeswitch.config import EslNodeConfig
-from adapters.freeswitch.nodes import MediaLinks, engine_live_calls
 from adapters.postgres.bridge import open_postgres
 from adapters.postgres.cdr import open_cdr_writer
 from adapters.postgres.events import TeeCti
 from adapters.postgres.migrate import apply_migrations
 from adapters.postgres.recordings import get_recording, list_recordings, open_recording_writer
-from engine.actors import Ports, TaskSpec, open_node
-from engine.actors.ports import InMemoryCti, InMemoryReplies
+from engine.actors.ports import InMemoryCti
 from engine.messages import (
     PauseRecording,
     ResumeRecording,
@@ -28,8 +25,7 @@ from engine.messages import (
     StartRecording,
     StopRecording,
 )
-from sim.freeswitch import FreeSwitchEmulator
-from tests.support.esl import until
+from tests.support.esl import node_on_emulator, until
 from tests.support.pg import fresh_dsn
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
@@ -45,22 +41,14 @@ def run(body, tmp_path, *, record_ext: str = "", timeout: float = 20.0) -> None:
                                 record=record, record_consent=CONSENT if record else "")
 
     async def main():
-        emu = FreeSwitchEmulator(heartbeat=0.5, answer_delay=0.01, ring_delay=0.002)
-        emu.playback_durations[CONSENT] = 0.2
         async with open_postgres(fresh_dsn("rec")) as pg:
             await pg.run(apply_migrations)
             async with trio.open_nursery() as n, open_cdr_writer(pg, tmp_path / "cdr.spool", batch=10) as cdrw, \
                     open_recording_writer(pg) as recw:
-                await n.start(emu.run)
-                for phone in ("1001", "1002"):
-                    emu.register_phone(phone)
-                links = MediaLinks([EslNodeConfig(name="fs1", port=emu.port)], heartbeat_s=0.5)
                 cti = InMemoryCti()
-                ports = Ports(links, TeeCti(cti, recw), cdrw, InMemoryReplies())
-                async with open_node(ports=ports, router=router, media_links=[TaskSpec("esl", links.run)]) as node:
-                    links.attach(node, engine_live_calls(node, links))
-                    with trio.fail_after(5):
-                        await links.wait_all_up()
+                async with node_on_emulator(n, cti=TeeCti(cti, recw), cdrs=cdrw, router=router,
+                                            phones=("1001", "1002")) as (emu, node, _):
+                    emu.playback_durations[CONSENT] = 0.2
                     with trio.fail_after(timeout):
                         await body(emu, node, cti, pg, cdrw, recw)
                 n.cancel_scope.cancel()

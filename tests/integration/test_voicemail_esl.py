@@ -17,8 +17,6 @@ import json
 import trio
 
 from adapters.freeswitch import codec as c
-from adapters.freeswitch.config import EslNodeConfig
-from adapters.freeswitch.nodes import MediaLinks, engine_live_calls
 from adapters.freeswitch.voicemail import esl_mwi
 from adapters.postgres.bridge import open_postgres
 from adapters.postgres.migrate import apply_migrations
@@ -29,13 +27,11 @@ from adapters.webhooks import (
     load_config,
     open_webhook_dispatcher,
 )
-from engine.actors import Ports, TaskSpec, open_node
-from engine.actors.ports import InMemoryCdrs, InMemoryCti, InMemoryReplies
+from engine.actors.ports import InMemoryCdrs, InMemoryCti
 from engine.flows.loader import decode_document, parse_flows
 from engine.messages import EnterFlow, RouteToExtension
-from sim.freeswitch import FreeSwitchEmulator
 from tests.integration.test_fs_emulator import named, tcp_client
-from tests.support.esl import until
+from tests.support.esl import node_on_emulator, until
 from tests.support.http import HttpReceiver as Receiver
 from tests.support.pg import fresh_dsn
 
@@ -91,27 +87,21 @@ async def _setup_pg(pg) -> None:
 
 def run(body, *, timeout: float = 20.0) -> None:
     async def main():
-        emu = FreeSwitchEmulator(heartbeat=0.5, answer_delay=0.01, ring_delay=0.002, playback_seconds=0.05)
         async with open_postgres(fresh_dsn("vm")) as pg, trio.open_nursery() as n:
             await _setup_pg(pg)
             store = VoicemailStore(pg)
             await store.set_mailbox("default", "1001", pin="4711")
-            await n.start(emu.run)
-            links = MediaLinks([EslNodeConfig(name="fs1", port=emu.port)], heartbeat_s=0.5)
             cdrs, cti = InMemoryCdrs(), FeedingCti()
-            service = VoicemailService(store, esl_mwi(links))
-            cti.service = service
-            n.start_soon(service.run)
-            watcher = await tcp_client(emu)
-            reply = await watcher.cmd(c.event("plain", "MESSAGE_WAITING", "CHANNEL_EXECUTE", "RECORD_START",
-                                              "RECORD_STOP"))
-            assert reply.reply_text.startswith("+OK")
-            ports = Ports(links, cti, cdrs, InMemoryReplies())
-            async with open_node(ports=ports, router=_router, media_links=[TaskSpec("esl", links.run)]) as node:
-                links.attach(node, engine_live_calls(node, links))
+            async with node_on_emulator(n, cti=cti, cdrs=cdrs, router=_router,
+                                        emulator={"playback_seconds": 0.05}) as (emu, node, links):
+                service = VoicemailService(store, esl_mwi(links))
+                cti.service = service
                 service.deliver = node.deliver_nowait
-                with trio.fail_after(5):
-                    await links.wait_all_up()
+                n.start_soon(service.run)
+                watcher = await tcp_client(emu)
+                reply = await watcher.cmd(c.event("plain", "MESSAGE_WAITING", "CHANNEL_EXECUTE", "RECORD_START",
+                                                  "RECORD_STOP"))
+                assert reply.reply_text.startswith("+OK")
                 with trio.fail_after(timeout):
                     await body(emu, cti, cdrs, store, service, watcher)
             n.cancel_scope.cancel()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import random
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
 
 import trio
 
@@ -46,3 +49,29 @@ async def until(pred, timeout: float = 5.0) -> None:
             if pred():
                 return
             await trio.sleep(0.005)
+
+
+@asynccontextmanager
+async def node_on_emulator(nursery: trio.Nursery, *, cti: Any, cdrs: Any, router: Any, phones: Iterable[str] = (),
+                           emulator: dict[str, Any] | None = None) -> AsyncIterator[tuple[Any, Any, Any]]:
+    """The engine's node driving the FreeSWITCH emulator over real ESL on 127.0.0.1 (node "fs1"):
+    the emulator runs in ``nursery`` with ``phones`` registered, the node routes new calls with
+    ``router`` and publishes to ``cti`` / writes CDRs to ``cdrs``. Yields (emulator, node, links)
+    once the link is up."""
+    from adapters.freeswitch.config import EslNodeConfig
+    from adapters.freeswitch.nodes import MediaLinks, engine_live_calls
+    from engine.actors import Ports, TaskSpec, open_node
+    from engine.actors.ports import InMemoryReplies
+    from sim.freeswitch import FreeSwitchEmulator
+
+    emu = FreeSwitchEmulator(**{"heartbeat": 0.5, "answer_delay": 0.01, "ring_delay": 0.002, **(emulator or {})})
+    await nursery.start(emu.run)
+    for phone in phones:
+        emu.register_phone(phone)
+    links = MediaLinks([EslNodeConfig(name="fs1", port=emu.port)], heartbeat_s=0.5)
+    ports = Ports(links, cti, cdrs, InMemoryReplies())
+    async with open_node(ports=ports, router=router, media_links=[TaskSpec("esl", links.run)]) as node:
+        links.attach(node, engine_live_calls(node, links))
+        with trio.fail_after(5):
+            await links.wait_all_up()
+        yield emu, node, links
