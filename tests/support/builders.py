@@ -26,9 +26,16 @@ from engine.messages import (
 
 
 def run(step, state, *events):
+    return steps(step, state, *events)[0]
+
+
+def steps(step, state, *events):
+    """Apply ``events`` in turn with the machine's ``step``: (the last state, every effect)."""
+    effects = []
     for ev in events:
-        state, _ = step(state, ev)
-    return state
+        state, out = step(state, ev)
+        effects.extend(out)
+    return state, effects
 
 
 def call_in(state: C.CallState, call_id: str = "c1") -> C.Call:

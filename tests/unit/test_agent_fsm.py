@@ -24,17 +24,13 @@ from engine.messages import (
     StartTimer,
     TimerFired,
 )
-from tests.support.builders import agent_in
+from tests.support.builders import agent_in, steps
 
 S = A.AgentState
 
 
 def drive(agent, *events):
-    effects = []
-    for ev in events:
-        agent, out = A.step(agent, ev)
-        effects.extend(out)
-    return agent, effects
+    return steps(A.step, agent, *events)
 
 
 def reserve(offer="q1-o1", at=1.0, timeout=30.0, wrap=10.0, call="c1"):

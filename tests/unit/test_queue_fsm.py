@@ -20,6 +20,7 @@ from engine.messages import (
     Send,
     TimerFired,
 )
+from tests.support.builders import steps
 
 S = Q.QueueState
 
@@ -35,11 +36,7 @@ def caller(call, at=1.0, priority=0, skills=None):
 
 
 def drive(q, *events):
-    effects = []
-    for ev in events:
-        q, out = Q.step(q, ev)
-        effects.extend(out)
-    return q, effects
+    return steps(Q.step, q, *events)
 
 
 def reserves(effects):

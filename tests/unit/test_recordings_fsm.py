@@ -25,17 +25,13 @@ from engine.messages import (
     StartRecording,
     StopRecording,
 )
-from tests.support.builders import call_in
+from tests.support.builders import call_in, steps
 
 S = C.CallState
 
 
 def drive(call, *events):
-    effects = []
-    for ev in events:
-        call, out = C.step(call, ev)
-        effects.extend(out)
-    return call, effects
+    return steps(C.step, call, *events)
 
 
 def media(effects, kind):
