@@ -38,8 +38,9 @@ from __future__ import annotations
 import datetime as _dt
 import re
 import zoneinfo
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -543,27 +544,25 @@ def _on_dtmf(flow: Flow, out: _Out, node: object, digit: str, at: float) -> Outc
         out.timer(at + node.idle_timeout_s)
         return _access_actions(out, actions)
     if isinstance(node, ConferenceNode) and out.run.waiting in ("conf_prompt", "conf_invalid", "conf_digits"):
-        if out.run.waiting != "conf_digits":  # barge-in
-            out.media(MediaStopPlayback(call_id=out.run.call_id, leg="a", node=out.run.media_node))
-            out.run = replace(out.run, waiting="conf_digits", digits="")
-        if digit == node.terminator:
-            return _pin_decide(flow, out, node, at)
-        out.run = replace(out.run, digits=out.run.digits + digit)
-        if len(out.run.digits) >= node.max_digits:
-            return _pin_decide(flow, out, node, at)
-        out.timer(at + node.timeout_s)
-        return None
+        return _collect_digit(flow, out, node, digit, at, "conf_digits", _pin_decide)
     if not isinstance(node, MenuNode) or out.run.waiting not in ("prompt", "invalid", "digits"):
         return None  # plain prompts and voicemail do not take input
-    if out.run.waiting != "digits":
-        # barge-in: the caller knows what they want; stop talking
+    return _collect_digit(flow, out, node, digit, at, "digits", _decide)
+
+
+def _collect_digit(flow: Flow, out: _Out, node: Any, digit: str, at: float, collecting: Waiting,
+                   decide: Callable[[Flow, _Out, Any, float], Outcome | None]) -> Outcome | None:
+    """One digit for a node that takes input (a menu, a PIN prompt): the first one stops the prompt
+    (barge-in: the caller knows what they want); the terminator or ``max_digits`` digits decide,
+    else the next digit is awaited for ``timeout_s``."""
+    if out.run.waiting != collecting:
         out.media(MediaStopPlayback(call_id=out.run.call_id, leg="a", node=out.run.media_node))
-        out.run = replace(out.run, waiting="digits", digits="")
+        out.run = replace(out.run, waiting=collecting, digits="")
     if digit == node.terminator:
-        return _decide(flow, out, node, at)
+        return decide(flow, out, node, at)
     out.run = replace(out.run, digits=out.run.digits + digit)
     if len(out.run.digits) >= node.max_digits:
-        return _decide(flow, out, node, at)
+        return decide(flow, out, node, at)
     out.timer(at + node.timeout_s)
     return None
 
