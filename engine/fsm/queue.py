@@ -13,6 +13,11 @@ members that are logged in, available (as their last ``AgentStatus`` says), not 
 offer from this queue, and qualified for the caller's skills as relaxed by the time waited. The
 strategy orders the candidates; ring-all offers to all of them at once.
 
+A call that refuses an offer as "caller_gone" while the queue still holds it is not waiting here
+(it ended and its ``CallerLeft`` follows, or a restarted shard rebuilt it and has not routed it
+again): its waiter is left out of dispatch until the call rejoins with ``QueueCall`` (it keeps its
+place) or leaves. Offering it again at once would trade offers with the call at message speed.
+
 Skills: a caller requires ``{skill: minimum proficiency}``. ``relax_steps`` lower the minimums (and
 finally drop the requirement) as the wait grows; a ``relax:<call>`` timer re-dispatches when the
 next step is due. Max wait (``maxwait:<call>``) and max length overflow to ``overflow_target``.
@@ -105,6 +110,10 @@ class Waiter(msgspec.Struct, frozen=True, kw_only=True):
     caller_id: str = ""
     #: waited past max wait while an offer was pending: overflow once the offer fails
     overdue: bool = False
+    #: the call refused an offer as "caller_gone" (it is not waiting here: ended, or rebuilt by a
+    #: restarted shard and not routed yet): not offered again until it rejoins (``QueueCall``) or
+    #: leaves, so a queue and a call that disagree do not trade offers at message speed
+    unconfirmed: bool = False
 
 
 class Member(msgspec.Struct, frozen=True, kw_only=True):
@@ -261,7 +270,7 @@ def _dispatch(q: Queue, out: Out, t: float) -> Queue:
     for waiter in sorted(q.waiting, key=lambda w: (-w.priority, w.seq)):
         if not free:
             break
-        if waiter.call_id in pending_calls or waiter.overdue:
+        if waiter.call_id in pending_calls or waiter.overdue or waiter.unconfirmed:
             continue
         required = required_skills(cfg, waiter, t)
         candidates = [m for m in free if _qualifies(m, required)] if required else free
@@ -326,7 +335,11 @@ def _overflow(q: Queue, waiter: Waiter, out: Out, t: float, reason: str) -> Queu
 
 @on(list(S), QueueCall)
 def _enqueue(q: Queue, msg: QueueCall, out: Out) -> Queue:
-    if q.waiter(msg.call_id) is not None:
+    known = q.waiter(msg.call_id)
+    if known is not None:
+        if known.unconfirmed:  # the call is back: it keeps its place and is offered again
+            q, _ = _t(q, msg.at)
+            return replace(q, waiting=tuple(replace(w, unconfirmed=False) if w is known else w for w in q.waiting))
         return q  # duplicate
     q, t = _t(q, msg.at)
     cfg = q.config
@@ -448,7 +461,10 @@ def _failed(q: Queue, msg: OfferFailed, out: Out) -> Queue:
     offers = dict(q.offers)
     del offers[msg.offer_id]
     timers = cancel_timer(q.timers, out, f"offer:{msg.offer_id}")
-    return _retry_or_overflow(replace(q, offers=offers, timers=timers), msg.call_id, out, t)
+    waiting = q.waiting
+    if msg.reason == "caller_gone":
+        waiting = tuple(replace(w, unconfirmed=True) if w.call_id == msg.call_id else w for w in waiting)
+    return _retry_or_overflow(replace(q, offers=offers, timers=timers, waiting=waiting), msg.call_id, out, t)
 
 
 @on(list(S), TimerFired)

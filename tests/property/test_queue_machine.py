@@ -5,7 +5,8 @@ agent given to a later caller would have qualified for it); never an offer to an
 (relaxed) skills; never one caller offered twice at once (ring-all aside) and never one agent
 holding two offers; dispatch is maximal (no waiting caller and qualified free agent left apart);
 every caller leaves exactly once (answered, abandoned or overflowed) and the counts add up;
-timers exist only for callers still waiting.
+timers exist only for callers still waiting; a caller whose call refused an offer as "caller_gone"
+is offered nobody until it rejoins, and then keeps its place.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class QueueMachine(RuleBasedStateMachine):
         self.timers: set[str] = set()
         self.left: dict[str, str] = {}
         self.joined: list[str] = []
+        #: callers whose call refused an offer as "caller_gone" and has not rejoined (the model)
+        self.unconfirmed: set[str] = set()
 
     def apply(self, event) -> None:
         before = self.q
@@ -78,11 +81,13 @@ class QueueMachine(RuleBasedStateMachine):
             member = q.members.get(offer.agent_id) or before.members[offer.agent_id]
             waiter = q.waiter(offer.call_id)
             assert waiter is not None
+            assert offer.call_id not in self.unconfirmed, f"{offer.call_id} offered though its call refused"
             required = Q.required_skills(q.config, waiter, self.t)
             assert all(member.skills.get(s, -1) >= lvl for s, lvl in required.items()), "unqualified agent offered"
             # nobody ahead in line, still without an offer, would have qualified for this agent
             for ahead in q.waiting:
-                if order_key(ahead) < order_key(waiter) and not q.offers_for(ahead.call_id) and not ahead.overdue:
+                if (order_key(ahead) < order_key(waiter) and not q.offers_for(ahead.call_id) and not ahead.overdue
+                        and not ahead.unconfirmed):
                     need = Q.required_skills(q.config, ahead, self.t)
                     assert not all(member.skills.get(s, -1) >= lvl for s, lvl in need.items()), (
                         f"{ahead.call_id} was skipped for {waiter.call_id}")
@@ -130,6 +135,27 @@ class QueueMachine(RuleBasedStateMachine):
         kw = dict(at=self.tick(dt), offer_id=offer.offer_id, call_id=offer.call_id, agent_id=offer.agent_id,
                   queue_id="q1")
         self.apply(OfferAnswered(**kw) if answered else OfferFailed(**kw, reason="no_answer"))
+        if answered:
+            self.unconfirmed.discard(offer.call_id)
+
+    @precondition(lambda self: any(o.phase == "ringing" for o in self.q.offers.values()))
+    @rule(dt=dt, data=st.data())
+    def call_refuses_offer(self, dt, data):
+        """The call is not waiting here (ended, or rebuilt by a restarted shard and not routed yet)."""
+        offer = self.q.offers[data.draw(st.sampled_from(self.offers("ringing")))]
+        self.unconfirmed.add(offer.call_id)  # before the step: its own dispatch must not offer it
+        self.apply(OfferFailed(at=self.tick(dt), offer_id=offer.offer_id, call_id=offer.call_id,
+                               agent_id=offer.agent_id, queue_id="q1", reason="caller_gone"))
+
+    @precondition(lambda self: self.q.waiting)
+    @rule(dt=dt, data=st.data())
+    def caller_rejoins(self, dt, data):
+        """The call announces itself again (routed again after a restart, or a peer's resync)."""
+        waiter = data.draw(st.sampled_from(self.q.waiting))
+        self.unconfirmed.discard(waiter.call_id)  # before the step: its own dispatch may offer it
+        self.apply(QueueCall(queue_id="q1", call_id=waiter.call_id, at=self.tick(dt), priority=waiter.priority,
+                             skills=waiter.skills))
+        assert self.q.waiter(waiter.call_id).seq == waiter.seq, "a rejoining caller lost its place"
 
     @precondition(lambda self: self.timers)
     @rule(data=st.data())
@@ -153,7 +179,7 @@ class QueueMachine(RuleBasedStateMachine):
         busy = {o.agent_id for o in q.offers.values()}
         free = [m for m in q.members.values() if m.available and m.agent_id not in busy]
         for w in q.waiting:
-            if q.offers_for(w.call_id) or w.overdue:
+            if q.offers_for(w.call_id) or w.overdue or w.unconfirmed:
                 continue
             need = Q.required_skills(q.config, w, q.now)
             for m in free:
@@ -170,6 +196,11 @@ class QueueMachine(RuleBasedStateMachine):
         assert s.answered + s.abandoned + s.overflowed == len(self.left)
         assert s.answered_within_sl <= s.answered and s.short_abandoned <= s.abandoned
         assert self.q.state is (Q.QueueState.WAITING if waiting else Q.QueueState.IDLE)
+
+    @invariant()
+    def refused_callers_are_held_back(self):
+        held = {w.call_id for w in self.q.waiting if w.unconfirmed}
+        assert held == self.unconfirmed & {w.call_id for w in self.q.waiting}
 
     @invariant()
     def availability_index_matches_members(self):

@@ -253,3 +253,25 @@ def test_reordered_status_and_rejection_cannot_roll_the_view_back():
     # and an old status arriving late is ignored
     q2, _ = drive(q, AgentStatus(queue_id="q1", agent_id="a", at=0.5, logged_in=True, available=False, seq=1))
     assert q2.members["a"].seq == 2 and q2.members["a"].available
+
+
+def test_a_call_that_refuses_as_caller_gone_is_held_back_until_it_rejoins():
+    """A restarted shard rebuilt the call unrouted, so it refuses the queue's ConnectAgent as
+    "caller_gone". Offering it again at once traded offers with the call at message speed (1,500
+    offers in 20 s in the fault demo); it waits, keeps its place, and is offered once it rejoins."""
+    q, effects = drive(queue(), status("a1"), caller("c1", at=1.0), caller("c2", at=2.0))
+    (offer,) = reserves(effects)
+    assert offer.call_id == "c1"
+    q, _ = drive(q, ReservationAccepted(queue_id="q1", agent_id="a1", at=3.0, offer_id=offer.offer_id),
+                 status("a1", at=3.0, available=False))
+    refused = OfferFailed(at=4.0, offer_id=offer.offer_id, call_id="c1", agent_id="a1", queue_id="q1",
+                          reason="caller_gone")
+    q, effects = drive(q, refused, status("a1", at=4.0))
+    assert [r.call_id for r in reserves(effects)] == ["c2"]  # not c1 again
+    assert [w.call_id for w in q.waiting if w.unconfirmed] == ["c1"]
+    q, effects = drive(q, status("a2", at=5.0))
+    assert reserves(effects) == []  # a2 is free, and c1 is still held back
+    q, effects = drive(q, caller("c1", at=6.0))
+    assert [(r.call_id, r.agent_id) for r in reserves(effects)] == [("c1", "a2")]
+    assert [w.call_id for w in q.waiting] == ["c1", "c2"] and not q.waiting[0].unconfirmed
+    assert q.stats.offered == 2  # the rejoin is not a second arrival
