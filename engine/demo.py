@@ -520,7 +520,8 @@ def summary(r: DemoResult) -> str:
         g = r.gateway
         lines.append(f"  gateway (Ray path)             {g.get('sent', 0)} messages in {g.get('batches', 0)} batches, "
                      f"{g.get('drains', 0)} drains; after faults: {g.get('orphans_hung_up', 0)} orphan calls hung up, "
-                     f"{g.get('waiters_removed', 0)} gone waiters removed, recovered {g.get('recovered_cti', 0)} "
+                     f"{g.get('waiters_removed', 0)} gone waiters removed, {g.get('rerouted', 0)} rebuilt calls "
+                     f"routed again, recovered {g.get('recovered_cti', 0)} "
                      f"CTI events / {g.get('recovered_cdrs', 0)} CDRs")
     lines += [
         f"  CDRs:    PostgreSQL {r.pg_dsn}, table cdrs (`CALLENGINE_STATE_DIR={r.state_dir} callengine report queues`)",

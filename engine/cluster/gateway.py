@@ -46,6 +46,11 @@ Rules
    calls that host owned: a missing CALL_CREATED is published, and a call that is gone from the
    shards and the switch without its CALL_ENDED / CDR gets them, built from the ledger and marked
    ``recovered`` (CTI ``data.recovered``; the CDR's ``node`` says ``recovered:<media node>``).
+   A caller the host rebuilt with no live agent leg is routed by the host's router, and a host of
+   ``callengine run`` has none (the DID router and its configuration live in the gateway's
+   process): such a call, still in ROUTING at that point, is routed again here from its ledger
+   ``ChannelCreated`` (a caller still in its queue rejoins it and keeps its place; the queue
+   holds it back from offers meanwhile, as the call refuses them: fsm/queue.py).
    The other way round, a restarted host can rebuild a call that had already ended: its CDR was
    drained before the kill, but the switch still listed the channel (its hangup in flight). That
    phantom ends again, so the gateway lets one CDR and one CALL_ENDED per call through (a bounded
@@ -463,6 +468,8 @@ class Gateway:
         self.orphans_hung_up = 0
         self._gone_waiters: dict[tuple[str, str], float] = {}
         self.waiters_removed = 0
+        #: calls a restarted host rebuilt in ROUTING that were routed again here (Rule 6)
+        self.rerouted = 0
         #: call id -> (tenant, agent id) of the agent talking on it (ClusterRuntimeView.state_of)
         self.call_agents: OrderedDict[str, tuple[str, str]] = OrderedDict()
         #: CTI events handed to the publisher, by name
@@ -605,8 +612,11 @@ class Gateway:
                 name="CALL_CREATED", tenant=ev.tenant, at=ev.at, call_id=call_id,
                 data={"caller_id": ev.caller_id, "destination": ev.destination, "direction": ev.direction, **base}))
             entry.cti.add("CALL_CREATED")
-        alive = call_id in self.view["call"] or (call_id, "a") in self.mirror.channels
-        if alive or entry.ended_at is None:
+        call = self.view["call"].get(call_id)
+        caller_up = (call_id, "a") in self.mirror.channels
+        if call is not None and caller_up:
+            self._route_rebuilt(call, ev)
+        if call is not None or caller_up or entry.ended_at is None:
             return  # the rebuilt call will report its own end
         if "CALL_ENDED" not in entry.cti and self._first(self._ended_done, call_id):
             self.recovered["cti"] += 1
@@ -623,6 +633,23 @@ class Gateway:
                 disposition="answered" if answered else "abandoned", hangup_cause=entry.cause or "NORMAL_CLEARING",
                 agent_id=entry.agent_id, node=f"recovered:{ev.node}"))
         self.ledger.pop(call_id, None)
+
+    def _route_rebuilt(self, call: Any, created: ChannelCreated) -> None:
+        """Rule 6: a host rebuilds a caller with no live agent leg in ROUTING and routes it with
+        its own router, which a host of ``callengine run`` does not have (the DID router and its
+        configuration live here). Such a call is routed again from its ``ChannelCreated``: a
+        caller still waiting in its queue rejoins it and keeps its place (``QueueCall`` from a
+        caller the queue holds); one that was in an IVR flow starts it again."""
+        from engine.fsm.call import CallState
+
+        if call.state is not CallState.ROUTING or self.router is None:
+            return
+        decision = self.router(created)
+        if decision is None:
+            return
+        log.warning("call %s: rebuilt by a restarted shard host and not routed; routing it again", call.call_id)
+        self.rerouted += 1
+        self.put(decision)
 
     def deliver_nowait(self, message: Any) -> None:
         """The ESL links' sink interface."""
@@ -942,6 +969,7 @@ class Gateway:
                 "calls_created": self.calls_created, "asks_waiting": len(self._waiters),
                 "channels": len(self.mirror.channels), "mirror_writes": self.mirror.writes,
                 "orphans_hung_up": self.orphans_hung_up, "waiters_removed": self.waiters_removed,
+                "rerouted": self.rerouted,
                 "ledger": len(self.ledger), "recovered_cti": self.recovered["cti"],
                 "recovered_cdrs": self.recovered["cdrs"], "duplicate_cdrs_dropped": self.duplicates_dropped["cdrs"],
                 "duplicate_call_ended_dropped": self.duplicates_dropped["cti"],

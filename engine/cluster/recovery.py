@@ -6,7 +6,9 @@ Rules
    every media node (``ChannelSource``) which channels exist and rebuilds the calls it owns:
    - caller + an answered engine leg: the call is ACTIVE with that party (bridged again if needed);
    - caller + ringing legs: the legs are hung up and the caller is routed again (back in its
-     queue: a ``QueueCall`` for a caller the queue still has is a no-op, so it keeps its place);
+     queue: a ``QueueCall`` for a caller the queue still has is a no-op, so it keeps its place).
+     A host without a router (``callengine run``: the DID router lives in the gateway) leaves
+     the call in ROUTING and the gateway routes it (gateway.py Rule 6);
    - legs whose caller is gone: hung up.
 3. Agents restored from a snapshot may be up to one snapshot interval old. The switch says which
    agent is talking to whom, and which agent's phone is ringing for which offer (the

@@ -147,6 +147,30 @@ def test_a_restarted_host_calls_are_completed_from_the_ledger() -> None:
     assert gw.ledger == {} and gw.statistics()["recovered_cdrs"] == 1
 
 
+def test_a_caller_a_restarted_host_rebuilt_unrouted_is_routed_again_from_the_ledger() -> None:
+    """Rule 6: a host of ``callengine run`` has no router, so a caller it rebuilt with no agent leg
+    stays in ROUTING (its queue, elsewhere, still holds it and the call refuses its offers). The
+    gateway routes it again from the ledger's ChannelCreated; a rebuilt call that is routed, or
+    whose caller is gone, is left alone."""
+    gw = Gateway(_Cluster(), Ports.in_memory(), router=route_by_destination({"100": "q1"}))
+    events = {cid: ChannelCreated(call_id=cid, at=1.0, node="fs1", destination="100", caller_id="+1")
+              for cid in ("stuck", "queued", "gone")}
+    for ev in events.values():
+        gw.put(ev)
+    gw.put(ChannelHangup(call_id="gone", leg="a", at=2.0, node="fs1", cause="NORMAL_CLEARING"))
+    rebuilt = {cid: call_fsm.new_call(ev)[0] for cid, ev in events.items()}  # ROUTING, as rebuilt
+    rebuilt["queued"], _ = call_fsm.step(rebuilt["queued"], RouteToQueue(call_id="queued", at=1.0, queue_id="q1"))
+    gw._install({"call": list(rebuilt.values()), "agent": [], "queue": []})
+    gw._ops.clear()
+    gw._note_restarts({"s0": {"pid": 10}}, 100.0)
+    gw._note_restarts({"s0": {"pid": 11}}, 101.0)
+    gw._repair(102.0)
+    assert gw._ops == []  # not before repair_after_s
+    gw._repair(104.5)
+    assert gw._ops == [RouteToQueue(call_id="stuck", at=1.0, queue_id="q1")]
+    assert gw.statistics()["rerouted"] == 1
+
+
 def test_a_call_is_the_answering_agents_before_the_view_knows_it() -> None:
     from engine.messages import CtiEvent
 
