@@ -103,20 +103,18 @@ def rooms_from_rows(rows: Iterable[Any]) -> list[RoomConfig]:
 def fill_flow_rooms(flow: Any, room_of: Callable[[str], RoomConfig | None]) -> Any:
     """The flow with each conference node's PIN hashes and flags taken from its room
     (``room_of(number)``) where the node does not set them itself; unchanged when there is none."""
-    from engine.flows.model import ConferenceNode
+    from engine.flows.model import ConferenceNode, fill_nodes
 
-    changed = {}
-    for node_id, node in flow.nodes.items():
-        if not isinstance(node, ConferenceNode):
-            continue
+    def fill(node: ConferenceNode) -> ConferenceNode:
         cfg = room_of(node.room)
         if cfg is None:
-            continue
-        changed[node_id] = msgspec.structs.replace(
+            return node
+        return msgspec.structs.replace(
             node, moderator_pin_hash=node.moderator_pin_hash or cfg.moderator_pin_hash,
             member_pin_hash=node.member_pin_hash or cfg.member_pin_hash,
             flags=node.flags or member_flags(cfg, moderator=False))
-    return msgspec.structs.replace(flow, nodes={**flow.nodes, **changed}) if changed else flow
+
+    return fill_nodes(flow, ConferenceNode, fill)
 
 
 @dataclass(frozen=True)

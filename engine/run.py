@@ -260,14 +260,27 @@ def _flow_router(config: Any, flows: dict[str, Any]) -> Any:
 
         return lookup
 
+    def targets_of(tenant: str) -> Any:
+        # a transfer node to an extension takes its always-on recording and voicemail (the DID
+        # router gives them to a direct call; docs/recordings.md)
+        from adapters.postgres.config import Extension as ExtensionRow
+
+        def lookup(number: str) -> Any:
+            row = config.snapshot.get(ExtensionRow, tenant, number)
+            return row.target_flags() if row is not None else None
+
+        return lookup
+
     def route(event: Any) -> Any:
         decision = base(event)
         if type(decision) is EnterFlow and decision.flow is None:
             g = graph(event.tenant, decision.flow_id)
             if g is not None:
                 from engine.conference import fill_flow_rooms
+                from engine.flows.model import fill_flow_targets
 
-                decision = msgspec.structs.replace(decision, flow=fill_flow_rooms(g, room_of(event.tenant)))
+                g = fill_flow_targets(fill_flow_rooms(g, room_of(event.tenant)), targets_of(event.tenant))
+                decision = msgspec.structs.replace(decision, flow=g)
         return decision
 
     return route

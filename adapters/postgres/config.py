@@ -152,6 +152,14 @@ class Extension(Entity, frozen=True, kw_only=True):
     record: bool = False
     record_consent: str = ""
 
+    def target_flags(self) -> Any:
+        """What this extension says about a call that rings it (``engine.flows.model.TargetFlags``):
+        always-on recording and its announcement, its own mailbox when it has voicemail."""
+        from engine.flows.model import TargetFlags
+
+        return TargetFlags(record=self.record, record_consent=self.record_consent if self.record else "",
+                           voicemail=self.extension if self.voicemail else "")
+
     def _check(self) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
         if not _DIGITS.match(self.extension):
@@ -1148,11 +1156,12 @@ class NodeConfig:
             return None
 
         def ring(event: Any, target: str, ext: Extension | None) -> Any:
-            # an extension that records every call (always-on, docs/recordings.md) says so to the call
-            record = ext is not None and ext.record
-            # an extension with voicemail sends an unanswered caller to its mailbox (docs/voicemail.md)
-            return RouteToExtension(call_id=event.call_id, at=event.at, target=target, record=record,
-                                    record_consent=ext.record_consent if ext is not None and record else "",
-                                    voicemail=target if ext is not None and ext.voicemail else "")
+            # an extension that records every call (always-on, docs/recordings.md) says so to the
+            # call, and one with voicemail sends an unanswered caller to its mailbox (docs/voicemail.md)
+            if ext is None:
+                return RouteToExtension(call_id=event.call_id, at=event.at, target=target)
+            flags = ext.target_flags()
+            return RouteToExtension(call_id=event.call_id, at=event.at, target=target, record=flags.record,
+                                    record_consent=flags.record_consent, voicemail=flags.voicemail)
 
         return route

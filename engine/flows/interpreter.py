@@ -143,6 +143,10 @@ class ToQueue(msgspec.Struct, frozen=True, kw_only=True):
 class ToTarget(msgspec.Struct, frozen=True, kw_only=True):
     target: str
     timeout_s: float = 30.0
+    #: the target extension's (``TransferNode``): always-on recording, its consent, its mailbox
+    record: bool = False
+    record_consent: str = ""
+    voicemail: str = ""
 
 
 class ToHangup(msgspec.Struct, frozen=True, kw_only=True):
@@ -312,7 +316,8 @@ def _goto(flow: Flow, out: _Out, node_id: str, at: float) -> Outcome | None:
             case QueueNode():
                 return _finish(out, ToQueue(queue=node.queue, priority=node.priority, skills=dict(node.skills)))
             case TransferNode():
-                return _finish(out, ToTarget(target=node.target, timeout_s=node.timeout_s))
+                return _finish(out, ToTarget(target=node.target, timeout_s=node.timeout_s, record=node.record,
+                                             record_consent=node.record_consent, voicemail=node.voicemail))
             case HangupNode():
                 return _finish(out, ToHangup(cause=node.cause, reason="hangup_node"))
             case ConferenceNode():

@@ -20,13 +20,16 @@ decodes and validates it (missing targets, unreachable nodes, loops without exit
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import msgspec
 
 __all__ = [
     "Node", "AnswerNode", "PlayNode", "MenuNode", "TimeConditionNode", "TimeRule", "RouteNode",
     "RouteRule", "QueueNode", "TransferNode", "VoicemailNode", "VoicemailAccessNode", "SetNode", "HangupNode",
     "Flow",
-    "ConferenceNode", "TERMINAL_TYPES", "WAITING_TYPES", "DAYS",
+    "ConferenceNode", "TERMINAL_TYPES", "WAITING_TYPES", "DAYS", "TargetFlags", "fill_flow_targets", "fill_nodes",
 ]
 
 #: weekday names as ``TimeRule.days`` spells them, Monday first (``datetime.weekday()`` order)
@@ -116,10 +119,20 @@ class QueueNode(_Node, tag="queue", frozen=True, kw_only=True):
 
 
 class TransferNode(_Node, tag="transfer", frozen=True, kw_only=True):
-    """Terminal: ring an extension or an external number (the call machine's RouteToExtension)."""
+    """Terminal: ring an extension or an external number (the call machine's RouteToExtension).
+
+    ``record`` / ``record_consent`` / ``voicemail`` are the target extension's, as the DID router
+    gives them for a direct call: ``callengine run`` fills them in from the ``extensions`` row when
+    it hands the flow to a call (``fill_flow_targets``), so an always-on extension records a call a
+    flow sends it (docs/recordings.md) and one with voicemail takes the message it does not answer
+    (docs/voicemail.md). Written here they add to the row's: a flow cannot turn recording off."""
 
     target: str
     timeout_s: float = 30.0
+    record: bool = False
+    record_consent: str = ""
+    #: the mailbox an unanswered (busy, no answer) caller leaves a message in ("": the call ends)
+    voicemail: str = ""
 
 
 class VoicemailNode(_Node, tag="voicemail", frozen=True, kw_only=True):
@@ -235,3 +248,45 @@ class Flow(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
         """A menu without a fallback for timeout / invalid input hangs up: that is an exit."""
         node = self.nodes[node_id]
         return isinstance(node, MenuNode) and (not node.on_invalid or not node.on_timeout)
+
+
+class TargetFlags(msgspec.Struct, frozen=True, kw_only=True):
+    """What an extension says about the calls that ring it (its ``extensions`` row)."""
+
+    record: bool = False
+    record_consent: str = ""
+    voicemail: str = ""
+
+
+N = TypeVar("N")
+
+
+def fill_nodes(flow: Flow, kind: type[N], fill: Callable[[N], N]) -> Flow:
+    """The flow with ``fill(node)`` in place of each node of type ``kind`` (the engine completing
+    a stored flow from configuration when it hands it to a call); the same flow object when no
+    node changes."""
+    changed: dict[str, Any] = {}
+    for node_id, node in flow.nodes.items():
+        if isinstance(node, kind):
+            new = fill(node)
+            if new != node:
+                changed[node_id] = new
+    return msgspec.structs.replace(flow, nodes={**flow.nodes, **changed}) if changed else flow
+
+
+def fill_flow_targets(flow: Flow, flags_of: Callable[[str], TargetFlags | None]) -> Flow:
+    """The flow with each transfer node's ``record`` / ``record_consent`` / ``voicemail`` taken
+    from its target's flags (``flags_of(target)``: None for a number that is no extension) where
+    the node does not set them itself; a node's ``record`` can only add recording."""
+
+    def fill(node: TransferNode) -> TransferNode:
+        flags = flags_of(node.target)
+        if flags is None:
+            return node
+        record = node.record or flags.record
+        return msgspec.structs.replace(
+            node, record=record,
+            record_consent=(node.record_consent or flags.record_consent) if record else node.record_consent,
+            voicemail=node.voicemail or flags.voicemail)
+
+    return fill_nodes(flow, TransferNode, fill)

@@ -748,8 +748,9 @@ def _apply_flow(call: Call, step: FlowStep, out: Out, t: float) -> Call:
         return _route_to_queue(call, RouteToQueue(call_id=call.call_id, at=t, queue_id=outcome.queue,
                                                   priority=outcome.priority, skills=outcome.skills), out)
     if isinstance(outcome, ToTarget):
-        return _route_to_extension(call, RouteToExtension(call_id=call.call_id, at=t, target=outcome.target,
-                                                          timeout_s=outcome.timeout_s), out)
+        return _route_to_extension(call, RouteToExtension(
+            call_id=call.call_id, at=t, target=outcome.target, timeout_s=outcome.timeout_s, record=outcome.record,
+            record_consent=outcome.record_consent, voicemail=outcome.voicemail), out)
     if isinstance(outcome, ToConference):
         return _flow_conference(call, outcome, out, t, step.run.answered_at)
     assert isinstance(outcome, ToHangup)

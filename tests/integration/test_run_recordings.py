@@ -1,6 +1,6 @@
 """Recordings through ``callengine run`` (``open_engine``, in process; docs/recordings.md): an
 extension whose row says ``record`` (written while the node runs, in embedded PostgreSQL) records
-every call it answers after the consent announcement; the API starts, pauses and stops an on-demand
+every call it answers after the consent announcement, dialled directly or sent by an IVR flow; the API starts, pauses and stops an on-demand
 recording under the tenant's policy row; the rows land in ``recordings`` (the node's recordings
 writer) and Recordings/List and Get return them with the media store's URL. The FreeSWITCH emulator
 (real ESL on 127.0.0.1) plays, records and masks. Every wait is bounded."""
@@ -50,6 +50,19 @@ def test_always_on_extension_and_on_demand_recording_through_callengine_run(monk
                                      for line in emu.command_log)
         out["stop_compliance"] = await api("CallControl/StopRecording", {"call_id": ch.uuid})
         await emu.hangup(ch.uuid)
+        # always-on through an IVR: DID 7100 runs a flow whose transfer node rings 1002; run fills
+        # the extension's flag in, so this call is recorded too (it was not before)
+        from adapters.postgres.config import Did, Flow
+
+        await store.create(Flow(tenant=TENANT, flow_id="ivr", document={
+            "id": "ivr", "start": "to", "nodes": {"to": {"type": "transfer", "target": "1002"}}}))
+        await store.create(Did(tenant=TENANT, number="7100", destination="flow:ivr"))
+        await _until(lambda: engine.config.snapshot.get(Did, TENANT, "7100") is not None)
+        via_flow = await emu.place_inbound_call("2003", "7100")
+        await _until(lambda: via_flow.recording is not None)
+        out["flow_broadcast_first"] = any(f"uuid_broadcast {via_flow.uuid} {CONSENT} both" in line
+                                          for line in emu.command_log)
+        await emu.hangup(via_flow.uuid)
         # on demand: a call to 1001, started, paused, resumed and stopped through the API
         ch2 = await emu.place_inbound_call("2002", "1001")
         await _until(lambda: ch2.peer is not None)
@@ -70,7 +83,7 @@ def test_always_on_extension_and_on_demand_recording_through_callengine_run(monk
             return len((await api("Recordings/List", {}))[1].get("items", []))
 
         with trio.fail_after(10):
-            while await rows() < 2 or any(i["stopped_at"] is None for i in
+            while await rows() < 3 or any(i["stopped_at"] is None for i in
                                           (await api("Recordings/List", {}))[1]["items"]):
                 await trio.sleep(0.05)
         out["list"] = await api("Recordings/List", {})
@@ -88,11 +101,12 @@ def test_always_on_extension_and_on_demand_recording_through_callengine_run(monk
     for step in ("start", "pause", "resume", "stop"):
         assert out[step][0] == 200, (step, out[step])
     status, body = out["list"]
-    items = {i["extension"]: i for i in body["items"]}
-    assert set(items) == {"1001", "1002"}, body
-    always = items["1002"]
-    assert always["compliance"] and always["started_by"] == "auto:extension:1002"
-    assert always["stop_reason"] == "call_ended"
+    assert {i["extension"] for i in body["items"]} == {"1001", "1002"}, body
+    always = [i for i in body["items"] if i["extension"] == "1002"]
+    assert len(always) == 2, always  # the direct call and the one through the flow
+    assert all(i["compliance"] and i["started_by"] == "auto:extension:1002" and i["stop_reason"] == "call_ended"
+               for i in always), always
+    assert out["flow_broadcast_first"]
     status, got = out["get"]
     assert status == 200 and got["started_by"] == "user:root" and got["stop_reason"] == "stopped", got
     assert got["paused_s"] >= 0.15 and got["audio_url"] == f"https://media.example/rec/{got['path']}"

@@ -212,3 +212,46 @@ def test_a_blind_transfer_to_an_always_on_extension_records_once_it_answers():
     call, fx = drive(call_in(S.ACTIVE), BlindTransfer(call_id="c1", at=5.0, target="1003"))
     _, fx = drive(call, ChannelAnswered(call_id="c1", at=6.0, leg=call.ringing[0].id))
     assert not media(fx, MediaRecordStart)
+
+
+def test_a_flow_transfer_to_an_always_on_extension_records_and_keeps_its_mailbox():
+    """A flow's transfer node carries the target extension's flags (``callengine run`` fills them
+    from the row, ``fill_flow_targets``), as the DID router gives them to a direct call: before,
+    a call an IVR sent to an always-on extension was not recorded."""
+    from engine.flows.model import Flow, TargetFlags, TransferNode, fill_flow_targets
+    from engine.messages import EnterFlow
+
+    flow = Flow(id="ivr", start="to", nodes={"to": TransferNode(target="1002", timeout_s=20)})
+    rows = {"1002": TargetFlags(record=True, record_consent="/snd/rec.wav", voicemail="1002")}
+    filled = fill_flow_targets(flow, rows.get)
+    call, _ = C.new_call(ChannelCreated(call_id="c1", at=0.0, caller_id="+100", destination="5000"))
+    call, fx = drive(call, EnterFlow(call_id="c1", at=1.0, flow_id="ivr", flow=filled))
+    assert call.state is S.RINGING and call.voicemail_box == "1002"
+    call, fx = drive(call, ChannelAnswered(call_id="c1", at=2.0, leg="c1-1"))
+    assert [b.file for b in media(fx, MediaBroadcast)] == ["/snd/rec.wav"] and not media(fx, MediaRecordStart)
+    call, fx = drive(call, PlaybackFinished(call_id="c1", at=3.0, leg="a", file="/snd/rec.wav"))
+    [start] = media(fx, MediaRecordStart)
+    assert cti(fx, "CALL_RECORDING_STARTED")[0].data["by"] == "auto:extension:1002"
+    # the flow unfilled (no row for the target) records nothing
+    call2, _ = C.new_call(ChannelCreated(call_id="c2", at=0.0, caller_id="+100", destination="5000"))
+    _, fx = drive(call2, EnterFlow(call_id="c2", at=1.0, flow_id="ivr", flow=fill_flow_targets(flow, {}.get)),
+                  ChannelAnswered(call_id="c2", at=2.0, leg="c2-1"))
+    assert not media(fx, MediaRecordStart) and not media(fx, MediaBroadcast)
+
+
+def test_fill_flow_targets_adds_the_rows_flags_and_never_turns_recording_off():
+    from engine.flows.model import Flow, HangupNode, TargetFlags, TransferNode, fill_flow_targets
+
+    nodes = {"a": TransferNode(target="1001"), "b": TransferNode(target="1002", record=True, record_consent="/mine.wav"),
+             "c": TransferNode(target="+3225551234"), "d": TransferNode(target="1003", voicemail="2000"),
+             "h": HangupNode()}
+    flow = Flow(id="f", start="a", nodes=nodes)
+    rows = {"1001": TargetFlags(record=True, record_consent="/row.wav", voicemail="1001"),
+            "1002": TargetFlags(record=False, record_consent=""),
+            "1003": TargetFlags(voicemail="1003")}
+    got = fill_flow_targets(flow, rows.get).nodes
+    assert (got["a"].record, got["a"].record_consent, got["a"].voicemail) == (True, "/row.wav", "1001")
+    assert (got["b"].record, got["b"].record_consent) == (True, "/mine.wav")  # the flow's own wins
+    assert got["c"] is nodes["c"] and got["h"] is nodes["h"]  # not an extension: unchanged
+    assert got["d"].voicemail == "2000" and not got["d"].record
+    assert fill_flow_targets(flow, {}.get) is flow
