@@ -403,6 +403,17 @@ class ConferenceMemberKicked(CtiBase, tag="CONFERENCE_MEMBER_KICKED", frozen=Tru
     seconds: float = 0.0
 
 
+class ConferenceFull(CtiBase, tag="CONFERENCE_FULL", frozen=True, kw_only=True):
+    """A non-moderator's join took the room over its ``max_members``: the engine asks the switch to
+    kick that member (its KICKED and LEFT follow)."""
+
+    room: str = ""
+    member_id: int = 0
+    #: members in the room with this one
+    members: int = 0
+    max_members: int = 0
+
+
 class ConferenceFloorChanged(CtiBase, tag="CONFERENCE_FLOOR_CHANGED", frozen=True, kw_only=True):
     room: str = ""
     #: the member holding the floor now (0: nobody)
@@ -425,7 +436,7 @@ CtiWireEvent = (
     | CallEnded | QueueEntered | QueueLeft | AgentStateChanged | AgentDeviceChanged
     | AgentOfferMissed | AgentLateAnswer | AgentCallLost | QueueOfferLost | QueueConfigChanged | ActorError | CtiUnknown
     | ConferenceStarted | ConferenceEnded | ConferenceMemberJoined | ConferenceMemberLeft
-    | ConferenceMemberMuted | ConferenceMemberUnmuted | ConferenceMemberKicked | ConferenceFloorChanged
+    | ConferenceMemberMuted | ConferenceMemberUnmuted | ConferenceMemberKicked | ConferenceFull | ConferenceFloorChanged
 )
 
 #: name -> Struct class

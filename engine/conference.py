@@ -194,11 +194,14 @@ class ConferenceService:
     # ------------------------------------------------------------------ the machines
     def _room(self, name: str) -> fsm.Room:
         room = self.live.get(name)
+        tenant, number = parse_switch_room(name)
+        cfg = self.configs.get((tenant, number))
         if room is None:
-            tenant, number = parse_switch_room(name)
-            cfg = self.configs.get((tenant, number))
-            room = fsm.new_room(name, tenant, wait_for_moderator=bool(cfg and cfg.wait_for_moderator))
-        return room
+            return fsm.new_room(name, tenant, wait_for_moderator=bool(cfg and cfg.wait_for_moderator),
+                                max_members=cfg.max_members if cfg else 0)
+        limit = cfg.max_members if cfg else 0
+        # a room's capacity follows its row while it runs (PutRoom); waiting for a moderator does not
+        return room if room.max_members == limit else msgspec.structs.replace(room, max_members=limit)
 
     def _step(self, name: str, event: ConferenceMaintenance | ConferenceControl) -> list[Any]:
         room = self._room(name)

@@ -22,6 +22,11 @@ A member kicked is removed at ``kick-member`` (``CONFERENCE_MEMBER_KICKED``), it
 never a member again. An ``add-member`` while EMPTY (the create was missed: the engine connected
 late) creates the room implicitly.
 
+Capacity: a room with ``max_members`` asks the switch to kick a non-moderator whose ``add-member``
+takes the room over it (``CONFERENCE_FULL``, then the switch's kick events), however the member
+came in (a flow's dial-in, a transfer, the API, whose own check can race another join). The member
+stays a member until the switch reports the kick. Moderators always get in and count.
+
 ``ConferenceControl`` (mute/unmute/kick by the API or by a moderator's DTMF) is refused with
 ``NOT_FOUND`` for an empty room or an unknown member, and ``PERMISSION_DENIED`` when ``by_member``
 is not a moderator of this room; else the machine emits ``MediaConferenceMember`` (``api
@@ -100,6 +105,8 @@ class Room(msgspec.Struct, frozen=True, kw_only=True):
     state: RoomState = RoomState.EMPTY
     #: configuration: members wait (no CONFERENCE_STARTED) until a moderator joins
     wait_for_moderator: bool = False
+    #: configuration: at most this many members (0 = no limit); see Capacity above
+    max_members: int = 0
     room_uuid: str = ""
     node: str = ""
     members: dict[int, Member] = {}
@@ -114,8 +121,8 @@ class Room(msgspec.Struct, frozen=True, kw_only=True):
     joined_total: int = 0
 
 
-def new_room(name: str, tenant: str = "", *, wait_for_moderator: bool = False) -> Room:
-    return Room(name=name, tenant=tenant, wait_for_moderator=wait_for_moderator)
+def new_room(name: str, tenant: str = "", *, wait_for_moderator: bool = False, max_members: int = 0) -> Room:
+    return Room(name=name, tenant=tenant, wait_for_moderator=wait_for_moderator, max_members=max(0, max_members))
 
 
 S = RoomState
@@ -225,6 +232,10 @@ def _add(room: Room, ev: ConferenceMaintenance, out: Out) -> Room:
     if room.state is S.WAITING and ev.moderator:
         _cti(out, "CONFERENCE_STARTED", room, ev.at, room_uuid=room.room_uuid)
         room = msgspec.structs.replace(room, state=S.RUNNING, started_at=ev.at)
+    if room.max_members and not ev.moderator and len(members) > room.max_members:
+        _cti(out, "CONFERENCE_FULL", room, ev.at, call_id=ev.call_id, member_id=ev.member_id,
+             members=len(members), max_members=room.max_members)
+        out.add(MediaConferenceMember(room=room.name, action="kick", member_id=ev.member_id, node=room.node))  # type: ignore[arg-type]
     return room
 
 

@@ -119,6 +119,28 @@ async def _exercise(engine, emu, out: dict) -> None:
         assert only.moderator and only.channel == dialin.uuid
         assert any(f"uuid_transfer {dialin.uuid} conference:3000-{TENANT}@default+flags{{moderator}} inline" in c
                    for c in emu.command_log)
+        # the room's capacity holds for dial-ins too (the flow cannot see the live room): with
+        # max_members 2, the second caller (a member: no digits, the room has no member PIN) gets
+        # in, the third is kicked at once with CONFERENCE_FULL
+        status, body = await http_call(engine.stack, "Conferences/PutRoom", {"room": "3000", "max_members": 2}, admin)
+        assert status == 200 and body["max_members"] == 2 and body["moderator_pin"], body
+        await _until(lambda: conferences.configs[(TENANT, "3000")].max_members == 2)
+        callers = []
+        for n, number in enumerate(("5550102", "5550103"), start=2):
+            ch = await emu.place_inbound_call(number, "7000")
+            await _until(lambda ch=ch: (ch.application, ch.application_data) == ("playback", "pin.wav"))
+            await emu.send_dtmf(ch.uuid, "#")
+            await _until(lambda n=n: conferences.statistics()["members"] >= n or any(
+                type(e[0]).__name__ == "ConferenceFull" for e in sub.buffer))
+            callers.append(ch)
+        second, third = callers
+        await _until(lambda: any(type(e[0]).__name__ == "ConferenceFull" for e in sub.buffer))
+        full = next(e[0] for e in sub.buffer if type(e[0]).__name__ == "ConferenceFull")
+        assert (full.members, full.max_members, full.call_id) == (3, 2, third.uuid), full
+        assert any(f"api conference 3000-{TENANT} kick {full.member_id}" == c for c in emu.command_log)
+        await _until(lambda: not third.up)
+        assert second.up and dialin.up and len(conferences.members(TENANT, "3000")) == 2
+        await emu.hangup(second.uuid)
         await emu.hangup(dialin.uuid)
         await _until(lambda: any(type(e[0]).__name__ == "ConferenceEnded" for e in sub.buffer))
     # a PIN left out keeps the stored one; "" removes it; DeleteRoom removes the room everywhere

@@ -13,7 +13,9 @@ Invariants after every step:
 - a control command asks the switch (MediaConferenceMember) only for a present member, and only
   when the asker is a supervisor (0) or a present moderator; every command gets one Reply;
 - a DTMF key asks the switch only when a present moderator pressed a bound key, and only about
-  present non-moderators (one kick at most).
+  present non-moderators (one kick at most);
+- a room with ``max_members`` asks the switch to kick exactly the non-moderator whose join took it
+  over the limit, with one CONFERENCE_FULL, and never a moderator or anyone on a join within it.
 """
 
 from __future__ import annotations
@@ -40,9 +42,9 @@ EVENTS = st.lists(st.one_of(
 
 
 @settings(max_examples=500, deadline=None, derandomize=True)
-@given(events=EVENTS, wait=st.booleans())
-def test_room_invariants(events, wait) -> None:
-    room = new_room("r", "t", wait_for_moderator=wait)
+@given(events=EVENTS, wait=st.booleans(), cap=st.sampled_from([0, 0, 1, 2, 3]))
+def test_room_invariants(events, wait, cap) -> None:
+    room = new_room("r", "t", wait_for_moderator=wait, max_members=cap)
     present: set[int] = set()
     gone: set[int] = set()
     moderators: set[int] = set()
@@ -68,11 +70,18 @@ def test_room_invariants(events, wait) -> None:
         before = room.state
         room, effects = step(room, ev)
         asked = [e for e in effects if isinstance(e, MediaConferenceMember)]
-        if asked:  # only a present moderator's bound key asks, and only about present non-moderators
+        names = [e.event.name for e in effects if isinstance(e, PublishCti)]
+        joins = action == "add-member" and mid not in present and mid not in gone
+        over = joins and cap and flag is not True and len(present) + 1 > cap
+        if over:  # the join that took the room over its capacity: that member is kicked
+            assert [(e.action, e.member_id) for e in asked] == [("kick", mid)]
+            assert names.count("CONFERENCE_FULL") == 1
+        elif asked:  # only a present moderator's bound key asks, and only about present non-moderators
             assert action == "dtmf" and mid in present and mid in moderators and flag != "*9"
             assert all(e.member_id in present and e.member_id not in moderators for e in asked)
             assert len(asked) == 1 or flag in ("*1", "*2")
-        names = [e.event.name for e in effects if isinstance(e, PublishCti)]
+        if not over:
+            assert "CONFERENCE_FULL" not in names
         data = [e.event.data for e in effects if isinstance(e, PublishCti)]
         if action == "add-member" and mid not in present and mid not in gone:
             present.add(mid)

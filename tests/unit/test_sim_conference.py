@@ -103,3 +103,28 @@ def test_flow_conference_node_callers_dial_in_with_pins_one_is_kicked():
     r = build_report(w.sim.stats, 3)["conferences"]
     assert (r["rooms"], r["joined"], r["kicked"], r["peak_members"]) == (1, 2, 1, 2)
     assert {moderator.call_id, member.call_id, wrong.call_id} <= w.sim._cdrs
+
+
+def test_a_full_room_kicks_the_dial_in_that_takes_it_over_its_capacity():
+    """``max_members`` holds for a flow's dial-ins (the flow cannot see the live room): the room
+    machine kicks the member whose join took the room over it, and the simulator's switch does."""
+    conf = {"id": "conf", "start": "room", "nodes": {"room": {"type": "conference", "room": "3000"}}}
+    sc = small(traffic=[], warmup_s=0, duration_s=600, interval_s=600, agents=[{"id": "a", "queues": ["q"]}],
+               dids={"100": {"queue": "q"}, "3000": {"flow": "conf"}}, flows=[conf])
+    w = World(sc, start_at=1)
+    w.conference_room("3000", max_members=2)
+    first, second, third = (w.call("3000", f"+1555000020{i}", talk_s=30) for i in range(3))
+    for c in (first, second):
+        c.expect_conference()
+    third.expect_kicked()
+    third.expect_ended(within=5)
+    assert [m.call_id for m in w.conference_members("3000")] == [first.call_id, second.call_id]
+    full = [e for e in w.sim.conferences.cti if e.name == "CONFERENCE_FULL"]
+    assert [(e.call_id, e.data["members"], e.data["max_members"]) for e in full] == [(third.call_id, 3, 2)]
+    for c in (first, second):
+        c.expect_ended(within=40)
+    w.sim.run()
+    assert not w.sim.violations and not w.sim.conferences.rooms
+    r = build_report(w.sim.stats, 3)["conferences"]
+    assert (r["joined"], r["kicked"], r["peak_members"]) == (3, 1, 3)
+    assert {first.call_id, second.call_id, third.call_id} <= w.sim._cdrs
