@@ -351,6 +351,19 @@ class VoicemailDeleted(CtiBase, tag="VOICEMAIL_DELETED", frozen=True, kw_only=Tr
     message_id: str = ""
 
 
+class VoicemailPinOk(CtiBase, tag="VOICEMAIL_PIN_OK", frozen=True, kw_only=True):
+    """The owner's PIN was right at the phone menu (the wrong-PIN count is cleared)."""
+
+    box: str = ""
+
+
+class VoicemailPinFailed(CtiBase, tag="VOICEMAIL_PIN_FAILED", frozen=True, kw_only=True):
+    """A wrong PIN at the phone menu of ``box``; the service counts them across calls and locks
+    the mailbox after too many (docs/voicemail.md)."""
+
+    box: str = ""
+
+
 # ---- conference rooms (#10 part 3; engine/fsm/conference.py, docs/conferences.md) -----------
 # Filed under "call" subjects: member events carry the member's call_id (room-level ones "-").
 
@@ -432,7 +445,7 @@ CtiWireEvent = (
     | CallConferenced | CallRecordingConsent | CallRecordingStarted | CallRecordingPaused
     | CallRecordingResumed | CallRecordingStopped | CallRecordingFailed | CallInFlow | CallFlowEnded
     | CallOverflowed | CallTrunkSeized | CallTrunkFailover | CallContact | VoicemailNew | VoicemailAbandoned
-    | VoicemailAccess | VoicemailSettings | VoicemailSaved | VoicemailDeleted
+    | VoicemailAccess | VoicemailSettings | VoicemailSaved | VoicemailDeleted | VoicemailPinOk | VoicemailPinFailed
     | CallEnded | QueueEntered | QueueLeft | AgentStateChanged | AgentDeviceChanged
     | AgentOfferMissed | AgentLateAnswer | AgentCallLost | QueueOfferLost | QueueConfigChanged | ActorError | CtiUnknown
     | ConferenceStarted | ConferenceEnded | ConferenceMemberJoined | ConferenceMemberLeft

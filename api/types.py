@@ -125,7 +125,8 @@ class SetMailboxRequest(Req, frozen=True, kw_only=True):
 
 class SetPinRequest(Req, frozen=True, kw_only=True):
     """Set a mailbox's PIN (creating the mailbox with defaults when it has none). Not audited with
-    its body, so the PIN never reaches the audit log; the PIN is stored only as a hash."""
+    its body, so the PIN never reaches the audit log; the PIN is stored only as a hash. A new PIN
+    clears the wrong-PIN count and unlocks a locked mailbox."""
 
     box: Id
     pin: Pin
@@ -138,6 +139,10 @@ class MailboxInfo(Resp, frozen=True, kw_only=True):
     retention_days: int = 30
     new: int = 0
     saved: int = 0
+    #: wrong PINs in a row at the phone menu (across calls); the menu refuses every PIN until
+    #: ``locked_until`` (unix seconds) once there were too many (docs/voicemail.md); SetPin unlocks
+    pin_failures: int = 0
+    locked_until: float | None = None
 
 
 class ListMessagesRequest(Req, frozen=True, kw_only=True):

@@ -49,7 +49,8 @@ async def _info(service: Any, tenant: str, box: str) -> t.MailboxInfo:
     mb = await service.store.get_mailbox(tenant, box)
     new, saved = await service.store.counts(tenant, box)
     return t.MailboxInfo(box=box, greeting=mb.greeting, max_length_s=mb.max_length_s,
-                         retention_days=mb.retention_days, new=new, saved=saved)
+                         retention_days=mb.retention_days, new=new, saved=saved, pin_failures=mb.pin_failures,
+                         locked_until=mb.locked_until)
 
 
 async def set_mailbox(ctx: Context, req: t.SetMailboxRequest) -> t.MailboxInfo:

@@ -15,7 +15,10 @@ when the recording stops (or the caller hangs up while recording). The host-side
 (``adapters/postgres/voicemail.py``) stores the message and sends MWI.
 
 Retrieving: the owner's channel runs ``Access``: ``start`` asks for the PIN (digits then ``#``);
-after ``max_pin_attempts`` wrong PINs it hangs up. In the menu: ``1`` plays the next message (new
+after ``max_pin_attempts`` wrong PINs it hangs up. Every PIN it checks is reported
+(``PinChecked``), so the host can count wrong PINs across calls and lock the mailbox
+(``lockout``): a locked mailbox is handed to the menu with no PIN hash, every PIN fails, and the
+caller cannot tell a lockout from a wrong PIN. In the menu: ``1`` plays the next message (new
 ones first, oldest first, then saved ones), ``9`` saves the message just played (folder
 new -> saved), ``7`` deletes it, ``#`` exits. Every change emits ``Mwi(new, saved)`` with the
 counts after the change, so the phone's lamp follows the mailbox.
@@ -32,7 +35,8 @@ import msgspec
 __all__ = [
     "VoicemailError", "BadPin", "hash_pin", "check_pin", "validate_pin", "mwi_headers", "expires_at",
     "MessageRef", "Access", "Digit", "PlaybackDone", "Play", "PlayMessage", "SaveMessage",
-    "DeleteMessage", "Mwi", "HangUp", "start", "step", "counts", "PROMPTS", "PBKDF2_ROUNDS",
+    "DeleteMessage", "Mwi", "HangUp", "PinChecked", "start", "step", "counts", "PROMPTS", "PBKDF2_ROUNDS",
+    "Lockout", "lockout", "is_locked",
 ]
 
 #: PBKDF2 iterations: a PIN has few digits, so the hash must be slow to brute-force offline
@@ -168,7 +172,13 @@ class HangUp(msgspec.Struct, frozen=True):
     reason: str
 
 
-Action = Play | PlayMessage | SaveMessage | DeleteMessage | Mwi | HangUp
+class PinChecked(msgspec.Struct, frozen=True):
+    """A PIN was entered and checked (the host counts wrong ones across calls: ``lockout``)."""
+
+    ok: bool
+
+
+Action = Play | PlayMessage | SaveMessage | DeleteMessage | Mwi | HangUp | PinChecked
 Input = Digit | PlaybackDone
 
 _replace = msgspec.structs.replace
@@ -206,12 +216,12 @@ def _pin(state: Access, d: str) -> tuple[Access, list[Action]]:
         return _replace(state, digits=state.digits + d), []
     if check_pin(state.digits, state.pin_hash):
         state = _replace(state, phase="menu", digits="")
-        return state, [counts(state), Play(PROMPTS["menu"])]
+        return state, [PinChecked(True), counts(state), Play(PROMPTS["menu"])]
     failures = state.pin_failures + 1
     state = _replace(state, digits="", pin_failures=failures)
     if failures >= state.max_pin_attempts:
-        return _replace(state, phase="done"), [Play(PROMPTS["bad_pin"]), HangUp("pin_failed")]
-    return state, [Play(PROMPTS["bad_pin"]), Play(PROMPTS["enter_pin"])]
+        return _replace(state, phase="done"), [PinChecked(False), Play(PROMPTS["bad_pin"]), HangUp("pin_failed")]
+    return state, [PinChecked(False), Play(PROMPTS["bad_pin"]), Play(PROMPTS["enter_pin"])]
 
 
 def _menu(state: Access, d: str) -> tuple[Access, list[Action]]:
@@ -240,3 +250,32 @@ def _menu(state: Access, d: str) -> tuple[Access, list[Action]]:
     if d == "#":
         return _replace(state, phase="done", current=""), [Play(PROMPTS["goodbye"]), HangUp("exit")]
     return state, [Play(PROMPTS["menu"])]
+
+
+# ---- lockout across calls ------------------------------------------------------------------
+
+
+class Lockout(msgspec.Struct, frozen=True, kw_only=True):
+    """A mailbox's wrong-PIN count across calls. ``max_failures`` wrong PINs in a row (any number
+    of calls) lock it for ``lock_s`` seconds; a right PIN or a new PIN clears the count."""
+
+    failures: int = 0
+    locked_until: float | None = None
+
+
+def lockout(current: Lockout, ok: bool, at: float, *, max_failures: int = 6, lock_s: float = 900.0) -> Lockout:
+    """The count after one checked PIN at ``at``. A PIN checked while locked (it fails: the menu got
+    no hash) changes nothing: it neither counts nor extends the lock, so guessing cannot keep a
+    mailbox locked for ever, and the owner gets ``max_failures`` tries once the lock is over."""
+    if is_locked(current, at):
+        return current
+    if ok:
+        return Lockout()
+    failures = current.failures + 1
+    if failures >= max(1, max_failures):
+        return Lockout(failures=0, locked_until=at + lock_s)
+    return Lockout(failures=failures)
+
+
+def is_locked(current: Lockout, at: float) -> bool:
+    return current.locked_until is not None and current.locked_until > at

@@ -49,6 +49,15 @@ class Mailbox(msgspec.Struct, frozen=True, kw_only=True):
     greeting: str = ""
     max_length_s: int = 120
     retention_days: int = 30
+    #: wrong PINs in a row at the phone menu, across calls; locked (every PIN fails) until then
+    pin_failures: int = 0
+    locked_until: float | None = None
+
+
+def _mailbox(tenant: str, box: str, row: Any) -> Mailbox:
+    return Mailbox(tenant=tenant, box=box, greeting=row["greeting"], max_length_s=row["max_length_s"],
+                   retention_days=row["retention_days"], pin_failures=row["pin_failures"],
+                   locked_until=_unix(row["locked_until"]))
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True):
@@ -106,11 +115,13 @@ class VoicemailStore:
                 return await conn.fetchrow(
                     "UPDATE voicemail_boxes SET greeting=$3, max_length_s=$4, retention_days=$5, updated_at=now()"
                     " WHERE tenant=$1 AND box=$2 RETURNING *", tenant, box, greeting, max_length_s, retention_days)
+            # a new PIN clears the wrong-PIN count and any lock (the owner was given a new one)
             return await conn.fetchrow(
                 "INSERT INTO voicemail_boxes (tenant, box, pin_hash, greeting, max_length_s, retention_days)"
                 " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant, box) DO UPDATE SET"
                 " pin_hash=EXCLUDED.pin_hash, greeting=EXCLUDED.greeting, max_length_s=EXCLUDED.max_length_s,"
-                " retention_days=EXCLUDED.retention_days, updated_at=now() RETURNING *",
+                " retention_days=EXCLUDED.retention_days, pin_failures=0, locked_until=NULL, updated_at=now()"
+                " RETURNING *",
                 tenant, box, pin_hash, greeting, max_length_s, retention_days)
 
         try:
@@ -119,8 +130,7 @@ class VoicemailStore:
             raise FailedPrecondition(f"voicemail box {box}", f"tenant {tenant} has no extension {box}") from None
         if row is None:
             raise InvalidArgument(f"voicemail box {box}", "pin", "a new mailbox needs a PIN")
-        return Mailbox(tenant=tenant, box=box, greeting=row["greeting"], max_length_s=row["max_length_s"],
-                       retention_days=row["retention_days"])
+        return _mailbox(tenant, box, row)
 
     async def set_pin(self, tenant: str, box: str, pin: str) -> None:
         """Set the PIN only (a mailbox with the defaults is created when there is none)."""
@@ -132,7 +142,8 @@ class VoicemailStore:
         async def go(conn: Any) -> None:
             await conn.execute(
                 "INSERT INTO voicemail_boxes (tenant, box, pin_hash) VALUES ($1, $2, $3) ON CONFLICT (tenant, box)"
-                " DO UPDATE SET pin_hash=EXCLUDED.pin_hash, updated_at=now()", tenant, box, pin_hash)
+                " DO UPDATE SET pin_hash=EXCLUDED.pin_hash, pin_failures=0, locked_until=NULL, updated_at=now()",
+                tenant, box, pin_hash)
 
         try:
             await self.pg.run(go)
@@ -140,9 +151,30 @@ class VoicemailStore:
             raise FailedPrecondition(f"voicemail box {box}", f"tenant {tenant} has no extension {box}") from None
 
     async def get_mailbox(self, tenant: str, box: str) -> Mailbox:
-        row = await self._box_row(tenant, box)
-        return Mailbox(tenant=tenant, box=box, greeting=row["greeting"], max_length_s=row["max_length_s"],
-                       retention_days=row["retention_days"])
+        return _mailbox(tenant, box, await self._box_row(tenant, box))
+
+    async def pin_checked(self, tenant: str, box: str, ok: bool, at: float, *, max_failures: int,
+                          lock_s: float) -> vm.Lockout | None:
+        """Count one PIN checked at the phone menu (``engine.voicemail.lockout``), in one
+        transaction with the row locked, so two calls guessing at once both count. None: no such
+        mailbox (nothing to count)."""
+
+        async def go(conn: Any) -> vm.Lockout | None:
+            async with conn.transaction():
+                row = await conn.fetchrow("SELECT pin_failures, locked_until FROM voicemail_boxes"
+                                          " WHERE tenant=$1 AND box=$2 FOR UPDATE", tenant, box)
+                if row is None:
+                    return None
+                now = vm.Lockout(failures=row["pin_failures"], locked_until=_unix(row["locked_until"]))
+                new = vm.lockout(now, ok, at, max_failures=max_failures, lock_s=lock_s)
+                if new != now:
+                    await conn.execute(
+                        "UPDATE voicemail_boxes SET pin_failures=$3, locked_until=$4 WHERE tenant=$1 AND box=$2",
+                        tenant, box, new.failures, None if new.locked_until is None else _ts(new.locked_until))
+                return new
+
+        result: vm.Lockout | None = await self.pg.run(go)
+        return result
 
     async def _box_row(self, tenant: str, box: str) -> Any:
         async def go(conn: Any) -> Any:
@@ -156,9 +188,13 @@ class VoicemailStore:
     async def check_pin(self, tenant: str, box: str, pin: str) -> bool:
         return vm.check_pin(pin, (await self._box_row(tenant, box))["pin_hash"])
 
-    async def pin_hash(self, tenant: str, box: str) -> str:
-        """For the owner's menu (``engine.voicemail.start``); never for an API reply."""
-        return str((await self._box_row(tenant, box))["pin_hash"])
+    async def pin_hash(self, tenant: str, box: str, at: float | None = None) -> str:
+        """For the owner's menu (``engine.voicemail.start``); never for an API reply. With ``at``:
+        "" while the mailbox is locked then (every PIN fails, the caller cannot tell why)."""
+        row = await self._box_row(tenant, box)
+        if at is not None and vm.is_locked(vm.Lockout(locked_until=_unix(row["locked_until"])), at):
+            return ""
+        return str(row["pin_hash"])
 
     async def delete_mailbox(self, tenant: str, box: str) -> int:
         """Remove the mailbox; its messages are erased first (tombstones kept for the files)."""
@@ -287,12 +323,17 @@ class VoicemailService:
 
     #: the CTI events the service acts on
     EVENTS = frozenset({"VOICEMAIL_NEW", "VOICEMAIL_ACCESS", "VOICEMAIL_SETTINGS", "VOICEMAIL_SAVED",
-                        "VOICEMAIL_DELETED"})
+                        "VOICEMAIL_DELETED", "VOICEMAIL_PIN_OK", "VOICEMAIL_PIN_FAILED"})
 
     def __init__(self, store: VoicemailStore, mwi: MwiSender, *, buffer: int = 1024,
-                 deliver: Callable[[VoicemailBox, str], None] | None = None) -> None:
+                 deliver: Callable[[VoicemailBox, str], None] | None = None,
+                 max_pin_failures: int = 6, pin_lock_s: float = 900.0) -> None:
         self.store = store
         self.mwi = mwi
+        #: wrong PINs in a row (any number of calls) that lock a mailbox, and for how long
+        self.max_pin_failures = max_pin_failures
+        self.pin_lock_s = pin_lock_s
+        self.lockouts = 0
         #: hands a loaded mailbox to the call that asked (``node.deliver_nowait(message, tenant)``)
         self.deliver = deliver
         self._send, self._recv = trio.open_memory_channel[CtiEvent](buffer)
@@ -335,6 +376,18 @@ class VoicemailService:
             await self.save(event.tenant, box, str(event.data.get("message_id") or ""))
         elif event.name == "VOICEMAIL_DELETED":
             await self.delete(event.tenant, box, str(event.data.get("message_id") or ""))
+        elif event.name in ("VOICEMAIL_PIN_OK", "VOICEMAIL_PIN_FAILED"):
+            await self.pin_checked(event.tenant, box, event.name == "VOICEMAIL_PIN_OK", event.at, event.call_id)
+
+    async def pin_checked(self, tenant: str, box: str, ok: bool, at: float, call_id: str = "") -> vm.Lockout | None:
+        """Count a PIN checked at the phone menu; too many wrong ones in a row lock the mailbox."""
+        result = await self.store.pin_checked(tenant, box, ok, at, max_failures=self.max_pin_failures,
+                                              lock_s=self.pin_lock_s)
+        if result is not None and result.locked_until == at + self.pin_lock_s and not ok:
+            self.lockouts += 1
+            log.warning("voicemail %s/%s: %d wrong PINs in a row (the last by call %s): locked for %.0f s",
+                        tenant, box, self.max_pin_failures, call_id, self.pin_lock_s)
+        return result
 
     async def settings(self, tenant: str, box: str, call_id: str, at: float) -> VoicemailBox:
         """The greeting and max length of ``box`` for a caller about to leave a message (no PIN,
@@ -353,7 +406,7 @@ class VoicemailService:
         """The mailbox for a call at a voicemail_access node; an unknown one has no PIN hash (every
         PIN fails), so a caller cannot tell a missing mailbox from a wrong PIN."""
         try:
-            pin_hash = await self.store.pin_hash(tenant, box)
+            pin_hash = await self.store.pin_hash(tenant, box, at)  # "" while locked
             msgs = await self.store.messages(tenant, box)
         except NotFound:
             pin_hash, msgs = "", []

@@ -534,6 +534,8 @@ def _access_actions(out: _Out, actions: list[vm.Action]) -> Outcome | None:
                 out.events.append(FlowEvent("VOICEMAIL_SAVED", {"box": box, "message_id": message_id}))
             case vm.DeleteMessage(id=message_id):
                 out.events.append(FlowEvent("VOICEMAIL_DELETED", {"box": box, "message_id": message_id}))
+            case vm.PinChecked(ok=ok):  # the host counts wrong PINs across calls (vm.lockout)
+                out.events.append(FlowEvent("VOICEMAIL_PIN_OK" if ok else "VOICEMAIL_PIN_FAILED", {"box": box}))
             case vm.HangUp(reason=reason):
                 return _finish(out, ToHangup(reason=f"voicemail_{reason}"))
     return None

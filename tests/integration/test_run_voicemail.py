@@ -18,6 +18,10 @@ FLOW = {"id": "vm", "start": "vm", "nodes": {"vm": {
 ACCESS = {"id": "vmaccess", "start": "menu", "nodes": {"menu": {"type": "voicemail_access"}}}
 
 
+async def _equals(read, value) -> bool:
+    return await read() == value
+
+
 async def _until(predicate, timeout: float = 10.0) -> None:
     with trio.fail_after(timeout):
         while not await predicate():
@@ -71,7 +75,14 @@ def test_run_stores_a_message_sends_mwi_and_serves_the_api(monkeypatch, in_proce
                                        and f.event.unique_id == owner.uuid
                                        and f.event.headers.get("Application-Data") == file, timeout=10)
 
+        async def failures() -> int:
+            return json.loads(await api.invoke_json(admin, "Voicemail/GetMailbox", b'{"box": "1001"}',
+                                                    "test"))["pin_failures"]
+
         await played("voicemail/vm-enter_pass.wav")
+        await emu.send_dtmf(owner.uuid, "1111#")  # a wrong PIN first: counted across calls (lockout)
+        await played("voicemail/vm-fail_auth.wav")
+        await _until(lambda: _equals(failures, 1))
         await emu.send_dtmf(owner.uuid, "4711#")
         await played("voicemail/vm-menu.wav")
         await emu.send_dtmf(owner.uuid, "1")
@@ -80,6 +91,7 @@ def test_run_stores_a_message_sends_mwi_and_serves_the_api(monkeypatch, in_proce
         mwi = await watcher.event(named("MESSAGE_WAITING"), timeout=10)
         await emu.send_dtmf(owner.uuid, "#")
         out["mwi_after"] = mwi.event.headers["MWI-Voice-Message"]
+        await _until(lambda: _equals(failures, 0))  # the right PIN cleared the count
 
     run_engine(monkeypatch, body, in_process=in_process, emulator={"playback_seconds": 0.05})
     assert out["mwi"] == "1/0 (0/0)" and out["mwi_after"] == "0/0 (0/0)"

@@ -200,3 +200,44 @@ def test_voicemail_files_command_lists_deleted_messages_and_records_their_remova
     assert "1 files recorded as removed" in capsys.readouterr().err
     assert main(["voicemail-files", "list", "--dsn", dsn]) == 0
     assert capsys.readouterr().out.splitlines() == ["acme\tc2\tvoicemail/1001/c2.wav"]
+
+
+def test_wrong_pins_across_calls_lock_the_mailbox_until_its_time_or_a_new_pin() -> None:
+    """The phone menu reports every PIN it checks (VOICEMAIL_PIN_OK/FAILED); the service counts the
+    wrong ones in a row across calls (migration 0015) and, after ``max_pin_failures``, hands the
+    menu no PIN hash until the lock is over, so even the right PIN fails. A right PIN clears the
+    count; a PIN during the lock changes nothing; a new PIN unlocks."""
+    def pin(ok, at, box="1001", tenant="acme", call="c"):
+        return CtiEvent(name="VOICEMAIL_PIN_OK" if ok else "VOICEMAIL_PIN_FAILED", tenant=tenant, at=at,
+                        call_id=call, data={"box": box})
+
+    async def body(pg, store, service, sent):
+        service.max_pin_failures, service.pin_lock_s = 3, 600.0
+        await store.set_pin("acme", "1001", "4711")
+        await store.set_pin("beta", "1001", "4711")
+        for at in (T0, T0 + 1):
+            await service.on_event(pin(False, at))
+        await service.on_event(pin(True, T0 + 2))  # the owner got it right: the count starts again
+        assert (await store.get_mailbox("acme", "1001")).pin_failures == 0
+        for i, at in enumerate((T0 + 10, T0 + 20, T0 + 30)):  # three calls, one wrong PIN each
+            await service.on_event(pin(False, at, call=f"c{i}"))
+        mb = await store.get_mailbox("acme", "1001")
+        assert mb.locked_until == T0 + 630 and service.lockouts == 1
+        assert (await service.load("acme", "1001", "c9", T0 + 40)).pin_hash == ""  # every PIN fails
+        assert (await service.load("beta", "1001", "c9", T0 + 40)).pin_hash  # another tenant's box: not locked
+        await service.on_event(pin(False, T0 + 50))  # guessing during the lock neither counts nor extends it
+        await service.on_event(pin(True, T0 + 51))
+        assert await store.get_mailbox("acme", "1001") == mb
+        hashed = (await service.load("acme", "1001", "c9", T0 + 631)).pin_hash  # the lock is over
+        assert hashed.startswith("pbkdf2_sha256$")
+        await service.on_event(pin(False, T0 + 640))
+        await service.on_event(pin(False, T0 + 641))
+        await service.on_event(pin(False, T0 + 642))
+        assert (await store.get_mailbox("acme", "1001")).locked_until == T0 + 1242
+        await store.set_pin("acme", "1001", "1234")  # the admin gives a new PIN: unlocked at once
+        mb = await store.get_mailbox("acme", "1001")
+        assert (mb.pin_failures, mb.locked_until) == (0, None)
+        assert (await service.load("acme", "1001", "c9", T0 + 643)).pin_hash
+        assert await service.pin_checked("acme", "9999", False, T0) is None  # no such mailbox: nothing
+
+    run(body)

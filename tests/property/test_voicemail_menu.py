@@ -3,7 +3,9 @@
 Hypothesis drives random key presses over random mailboxes and checks: the menu is never reached
 without the right PIN; after the attempts are spent the session hangs up; a deleted message is
 never played again; every MWI carries the counts of the mailbox as it then is; every message is
-played at most once per session and ``1`` walks new messages before saved ones.
+played at most once per session and ``1`` walks new messages before saved ones; every PIN entered
+is reported once, right or wrong; the lockout across calls locks after ``max_failures`` wrong PINs
+in a row, opens only when its time is over, and a right PIN (outside a lock) clears the count.
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ def test_walk_through_listen_save_delete_exit():
     for k in "4711":
         state, _ = vm.step(state, vm.Digit(k))
     state, actions = vm.step(state, vm.Digit("#"))
-    assert actions == [vm.Mwi(2, 1), vm.Play(vm.PROMPTS["menu"])]
+    assert actions == [vm.PinChecked(True), vm.Mwi(2, 1), vm.Play(vm.PROMPTS["menu"])]
     state, actions = vm.step(state, vm.Digit("1"))
     assert actions == [vm.PlayMessage("b", "b.wav")]
     state, actions = vm.step(state, vm.Digit("9"))
@@ -147,3 +149,46 @@ def test_mwi_headers_as_freeswitch_fires_them():
         "MWI-Voice-Message": "2/1 (0/0)"}
     assert vm.mwi_headers("1001@d", 0, 3)["MWI-Messages-Waiting"] == "no"
     assert vm.expires_at(100.0, 0) is None and vm.expires_at(100.0, 2) == 100.0 + 2 * 86400
+
+
+@settings(max_examples=300, deadline=None)
+@given(msgs=messages, presses=pin_keys, max_attempts=st.integers(1, 4))
+def test_every_pin_entered_is_reported_once_right_or_wrong(msgs, presses, max_attempts):
+    entered = ""
+    for k, state, actions in run(msgs, presses, max_attempts)[1:]:
+        checked = [a for a in actions if isinstance(a, vm.PinChecked)]
+        if k == "#" and (checked or entered):
+            assert len(checked) == 1 and checked[0].ok == (entered == PIN) == (state.phase == "menu")
+        else:
+            assert not checked
+        if k == "#":
+            entered = ""
+            if state.phase != "pin":
+                break
+        elif len(entered) < 12:
+            entered += k
+
+
+@settings(max_examples=300, deadline=None)
+@given(results=st.lists(st.tuples(st.booleans(), st.floats(0, 400)), max_size=40),
+       max_failures=st.integers(1, 6))
+def test_lockout_counts_wrong_pins_across_calls(results, max_failures):
+    current, t, wrong_in_a_row = vm.Lockout(), 0.0, 0
+    for ok, dt in results:
+        t += dt
+        locked_before = vm.is_locked(current, t)
+        new = vm.lockout(current, ok, t, max_failures=max_failures, lock_s=900.0)
+        if locked_before:
+            assert new == current  # a PIN during the lock changes nothing
+            continue
+        if ok:
+            assert new == vm.Lockout()
+            wrong_in_a_row = 0
+        else:
+            wrong_in_a_row += 1
+            if wrong_in_a_row >= max_failures:
+                assert new.locked_until == t + 900.0 and vm.is_locked(new, t) and new.failures == 0
+                wrong_in_a_row = 0
+            else:
+                assert not vm.is_locked(new, t) and new.failures == wrong_in_a_row
+        current = new
