@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from api.auth import issue_token
-from tests.support.engine import SECRET, run_engine
+from tests.support.engine import SECRET, run_engine_plainly
 from tests.support.engine import until as _until
 from tests.support.nats import http_call
 
@@ -20,16 +20,7 @@ TENANT = "default"
 @pytest.mark.timeout(120)
 def test_click_to_call_and_blind_transfer_dial_trunks_over_http(monkeypatch) -> None:
     out: dict = {}
-
-    async def body(engine, emu) -> None:
-        try:
-            await _exercise(engine, emu, out)
-        except Exception as exc:  # noqa: BLE001 - shown as itself, not in nested groups
-            out["error"] = exc
-
-    run_engine(monkeypatch, body, phones=("2001", "2002"))
-    if "error" in out:
-        raise out["error"]
+    run_engine_plainly(monkeypatch, lambda engine, emu: _exercise(engine, emu, out), phones=("2001", "2002"))
     _check(out)
 
 

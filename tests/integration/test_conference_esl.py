@@ -16,23 +16,19 @@ from adapters.freeswitch.link import open_authenticated
 from api.events import ConferenceMemberJoined, ConferenceMemberLeft, to_wire
 from engine.actors.ports import InMemoryCdrs, InMemoryCti
 from engine.conference import ConferenceEsl, ConferenceService, RoomConfig, hash_pin, switch_room
-from engine.messages import JoinConference, RouteToExtension
+from engine.messages import JoinConference
 from sim.freeswitch import FreeSwitchEmulator
-from tests.support.esl import node_on_emulator, until
+from tests.support.esl import node_on_emulator, ring_the_destination, until
 
 ROOM = switch_room("default", "3000")
 SALT = b"0123456789abcdef"
-
-
-def _router(event):
-    return RouteToExtension(call_id=event.call_id, at=event.at, target=event.destination, timeout_s=5.0)
 
 
 def run(body, *, timeout: float = 20.0) -> None:
     async def main():
         cdrs, cti = InMemoryCdrs(), InMemoryCti()
         async with trio.open_nursery() as n:
-            async with node_on_emulator(n, cti=cti, cdrs=cdrs, router=_router,
+            async with node_on_emulator(n, cti=cti, cdrs=cdrs, router=ring_the_destination,
                                         phones=("1001", "1002", "1003")) as (emu, node, links):
 
                 def call_of(uuid: str) -> str:

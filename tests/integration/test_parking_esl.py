@@ -11,20 +11,16 @@ import trio
 
 from adapters.freeswitch.config import EslNodeConfig
 from engine.actors.ports import InMemoryCdrs, InMemoryCti
-from engine.messages import Park, Pickup, RouteToExtension
+from engine.messages import Park, Pickup
 from sim.freeswitch import FreeSwitchEmulator
-from tests.support.esl import node_on_emulator, until
-
-
-def _router(event):
-    return RouteToExtension(call_id=event.call_id, at=event.at, target=event.destination, timeout_s=5.0)
+from tests.support.esl import node_on_emulator, ring_the_destination, until
 
 
 def run(body, *, timeout: float = 20.0) -> None:
     async def main():
         cdrs, cti = InMemoryCdrs(), InMemoryCti()
         async with trio.open_nursery() as n:
-            async with node_on_emulator(n, cti=cti, cdrs=cdrs, router=_router,
+            async with node_on_emulator(n, cti=cti, cdrs=cdrs, router=ring_the_destination,
                                         phones=("1001", "1002", "1005", "3000")) as (emu, node, _):
                 with trio.fail_after(timeout):
                     await body(emu, node, cdrs, cti)

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from api.auth import issue_token
-from tests.support.engine import SECRET, run_engine
+from tests.support.engine import SECRET, run_engine_plainly
 from tests.support.engine import until as _until
 from tests.support.nats import http_call
 
@@ -20,20 +20,10 @@ TENANT = "default"
 
 @pytest.mark.timeout(120)
 def test_run_join_by_pin_cti_kick_and_the_cdr_in_postgres(monkeypatch) -> None:
-    out: dict = {}
-
-    async def body(engine, emu) -> None:
-        try:
-            await _exercise(engine, emu, out)
-        except Exception as exc:  # noqa: BLE001 - shown as itself, not in nested groups
-            out["error"] = exc
-
-    run_engine(monkeypatch, body, phones=("2001",))
-    if "error" in out:
-        raise out["error"]
+    run_engine_plainly(monkeypatch, _exercise, phones=("2001",))
 
 
-async def _exercise(engine, emu, out: dict) -> None:
+async def _exercise(engine, emu) -> None:
     from adapters.postgres.config import ConferenceRoom, Extension
 
     admin = issue_token(SECRET, tenant=TENANT, sub="root", roles=("admin",))

@@ -65,3 +65,19 @@ def run_engine(monkeypatch: Any, body: Callable[[Any, Any], Awaitable[None]], *,
             outer.cancel_scope.cancel()
 
     trio.run(main, clock=EpochClock())
+
+
+def run_engine_plainly(monkeypatch: Any, body: Callable[[Any, Any], Awaitable[None]], **kw: Any) -> None:
+    """``run_engine``, with a failure of ``body`` (an assertion and its message) raised as itself
+    after the engine stopped, not wrapped in the nurseries' exception groups."""
+    failed: list[Exception] = []
+
+    async def guarded(engine: Any, emu: Any) -> None:
+        try:
+            await body(engine, emu)
+        except Exception as exc:  # noqa: BLE001 - raised again below, as itself
+            failed.append(exc)
+
+    run_engine(monkeypatch, guarded, **kw)
+    if failed:
+        raise failed[0]

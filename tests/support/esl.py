@@ -51,6 +51,13 @@ async def until(pred, timeout: float = 5.0) -> None:
             await trio.sleep(0.005)
 
 
+def ring_the_destination(event: Any) -> Any:
+    """A router for ``node_on_emulator``: the dialled number is rung as an extension (5 s)."""
+    from engine.messages import RouteToExtension
+
+    return RouteToExtension(call_id=event.call_id, at=event.at, target=event.destination, timeout_s=5.0)
+
+
 @asynccontextmanager
 async def node_on_emulator(nursery: trio.Nursery, *, cti: Any, cdrs: Any, router: Any, phones: Iterable[str] = (),
                            emulator: dict[str, Any] | None = None) -> AsyncIterator[tuple[Any, Any, Any]]:
